@@ -1,0 +1,16 @@
+//! weaveloop's engine: the parts of an event loop that need no Python — clock, timer
+//! heap, poller, cross-thread injector with its wake-up handshake, and the thread pool.
+//! Invariant: nothing here knows about the GIL; the binding layer owns that.
+
+pub mod clock;
+pub mod injector;
+pub mod poller;
+pub mod pool;
+pub mod timers;
+pub mod wake;
+
+pub use injector::Injector;
+pub use poller::{Poller, Readiness};
+pub use pool::{Pool, Submitted};
+pub use timers::TimerHeap;
+pub use wake::WakeState;

@@ -1,0 +1,204 @@
+//! The thread pool's queue and bookkeeping. The worker threads themselves are started by
+//! the caller (the binding makes them real `threading.Thread`s) and run `next_job` in a
+//! loop. Invariants: jobs run in submission order of dequeue; after `shutdown` no job is
+//! accepted; every worker that was started receives exactly one exit signal.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+
+use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
+
+enum Msg<J> {
+    Job(J),
+    Exit,
+}
+
+/// What `submit` asks of its caller.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// Queued; a worker will pick it up.
+    Queued,
+    /// Queued, and the caller must start one more worker (a slot was reserved for it).
+    SpawnWorker,
+}
+
+/// A job queue with the stdlib pool's spawning policy: a new worker is started when no
+/// worker is idle and fewer than `max_workers` exist.
+pub struct Pool<J> {
+    tx: Sender<Msg<J>>,
+    rx: Receiver<Msg<J>>,
+    max_workers: usize,
+    workers: AtomicUsize,
+    idle: AtomicUsize,
+    shut_down: AtomicBool,
+}
+
+impl<J: Send> Pool<J> {
+    pub fn new(max_workers: usize) -> Self {
+        assert!(max_workers > 0, "max_workers must be greater than 0");
+        let (tx, rx) = unbounded();
+        Pool {
+            tx,
+            rx,
+            max_workers,
+            workers: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
+            shut_down: AtomicBool::new(false),
+        }
+    }
+
+    pub fn max_workers(&self) -> usize {
+        self.max_workers
+    }
+
+    /// Workers started (or reserved) so far.
+    pub fn workers(&self) -> usize {
+        self.workers.load(SeqCst)
+    }
+
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down.load(SeqCst)
+    }
+
+    /// Jobs queued and not yet taken by a worker.
+    pub fn pending(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Queues `job`; gives it back after shutdown.
+    pub fn submit(&self, job: J) -> Result<Submitted, J> {
+        if self.shut_down.load(SeqCst) {
+            return Err(job);
+        }
+        if let Err(e) = self.tx.send(Msg::Job(job)) {
+            match e.0 {
+                Msg::Job(j) => return Err(j),
+                Msg::Exit => unreachable!("submit only sends jobs"),
+            }
+        }
+        // Claim an idle worker for this job, as the stdlib claims its idle semaphore.
+        if self
+            .idle
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Ok(Submitted::Queued);
+        }
+        let reserved = self
+            .workers
+            .fetch_update(SeqCst, SeqCst, |n| (n < self.max_workers).then_some(n + 1))
+            .is_ok();
+        Ok(if reserved {
+            Submitted::SpawnWorker
+        } else {
+            Submitted::Queued
+        })
+    }
+
+    /// Undo a reservation made by `submit` when the worker could not be started.
+    pub fn worker_failed_to_start(&self) {
+        self.workers.fetch_sub(1, SeqCst);
+    }
+
+    /// Worker side: the next job, blocking while the queue is empty; None means exit.
+    /// Call it without holding any interpreter lock.
+    pub fn next_job(&self) -> Option<J> {
+        let msg = match self.rx.try_recv() {
+            Ok(m) => m,
+            Err(TryRecvError::Empty) => {
+                self.idle.fetch_add(1, SeqCst);
+                match self.rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => return None,
+                }
+            }
+            Err(TryRecvError::Disconnected) => return None,
+        };
+        match msg {
+            Msg::Job(j) => Some(j),
+            Msg::Exit => None,
+        }
+    }
+
+    /// Refuses further jobs; returns the queued jobs if `cancel_pending` (they will not
+    /// run), and tells every started worker to exit once the queue ahead of it is done.
+    pub fn shutdown(&self, cancel_pending: bool) -> Vec<J> {
+        let first = !self.shut_down.swap(true, SeqCst);
+        let mut cancelled = Vec::new();
+        if cancel_pending {
+            let mut exits = 0;
+            while let Ok(m) = self.rx.try_recv() {
+                match m {
+                    Msg::Job(j) => cancelled.push(j),
+                    Msg::Exit => exits += 1,
+                }
+            }
+            for _ in 0..exits {
+                let _ = self.tx.send(Msg::Exit);
+            }
+        }
+        if first {
+            for _ in 0..self.workers.load(SeqCst) {
+                let _ = self.tx.send(Msg::Exit);
+            }
+        }
+        cancelled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn spawns_up_to_max_then_queues() {
+        let pool = Pool::new(2);
+        assert_eq!(pool.submit(1), Ok(Submitted::SpawnWorker));
+        assert_eq!(pool.submit(2), Ok(Submitted::SpawnWorker));
+        assert_eq!(pool.submit(3), Ok(Submitted::Queued));
+        assert_eq!(pool.workers(), 2);
+        assert_eq!(pool.pending(), 3);
+    }
+
+    #[test]
+    fn workers_drain_then_exit_after_shutdown() {
+        let pool = Arc::new(Pool::new(3));
+        let mut spawned = 0;
+        for i in 0..100u32 {
+            if pool.submit(i).unwrap() == Submitted::SpawnWorker {
+                spawned += 1;
+            }
+        }
+        let threads: Vec<_> = (0..spawned)
+            .map(|_| {
+                let pool = pool.clone();
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    while let Some(j) = pool.next_job() {
+                        got.push(j);
+                    }
+                    got
+                })
+            })
+            .collect();
+        assert!(pool.shutdown(false).is_empty());
+        let mut all: Vec<u32> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        all.sort();
+        assert_eq!(all, (0..100).collect::<Vec<_>>());
+        assert_eq!(pool.submit(5), Err(5), "no jobs after shutdown");
+    }
+
+    #[test]
+    fn shutdown_with_cancel_returns_queued_jobs() {
+        let pool = Pool::new(1);
+        for i in 0..5 {
+            pool.submit(i).unwrap();
+        }
+        let cancelled = pool.shutdown(true);
+        assert_eq!(cancelled, vec![0, 1, 2, 3, 4]);
+        assert_eq!(pool.next_job(), None, "the worker is told to exit");
+    }
+}
