@@ -1,0 +1,51 @@
+"""weaveloop: a drop-in asyncio event loop in Rust, for coroutines and threads together.
+
+``weaveloop.run(main())`` or ``asyncio.Runner(loop_factory=weaveloop.new_event_loop)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ._executor import BrokenThreadPool, ThreadPoolExecutor
+from ._loop import LOOP_OPTIONS, Loop, _validate_options, new_event_loop
+
+__all__ = [
+    "BrokenThreadPool",
+    "EventLoopPolicy",
+    "LOOP_OPTIONS",
+    "Loop",
+    "ThreadPoolExecutor",
+    "install",
+    "new_event_loop",
+    "run",
+]
+
+__version__ = "0.1.0"
+
+
+def run(main, *, debug=None, **loop_options):
+    """Run coroutine ``main`` on a new weaveloop loop, like ``asyncio.run``.
+
+    ``loop_options`` are validated up front: an unknown one is a ``TypeError``.
+    """
+    _validate_options(loop_options)
+    with asyncio.Runner(debug=debug, loop_factory=lambda: new_event_loop(**loop_options)) as r:
+        return r.run(main)
+
+
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """Policy whose ``new_event_loop`` makes weaveloop loops (``options`` passed on)."""
+
+    def __init__(self, **loop_options) -> None:
+        super().__init__()
+        _validate_options(loop_options)
+        self._loop_options = loop_options
+
+    def _loop_factory(self):
+        return new_event_loop(**self._loop_options)
+
+
+def install(**loop_options) -> None:
+    """Make weaveloop the loop of ``asyncio.new_event_loop()`` and ``asyncio.run()``."""
+    asyncio.set_event_loop_policy(EventLoopPolicy(**loop_options))

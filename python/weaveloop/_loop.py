@@ -1,0 +1,261 @@
+"""The weaveloop event loop: Rust core (``_core.LoopCore``) under asyncio's own API.
+
+Rust owns scheduling, timers, polling, wake-ups and the executor fast path; the
+stock selector loop's protocol code (sockets, pipes, subprocesses, signals) is
+reused on top of the Rust poller through ``_add_reader``/``_add_writer``.
+Invariant: every method that touches the ready queue or the timer heap is Rust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import selectors
+import signal
+import sys
+import threading
+import warnings
+import weakref
+from asyncio import base_events, events, unix_events
+
+from . import _core
+from ._executor import ThreadPoolExecutor
+
+__all__ = ["Loop", "new_event_loop", "LOOP_OPTIONS"]
+
+#: Loop options, keyword-only, accepted by ``new_event_loop``/``run``/``Loop``.
+LOOP_OPTIONS = {
+    "strict_threads": "raise RuntimeError when a non-thread-safe method is called from a "
+    "thread other than the one running the loop (default True)",
+    "executor_workers": "max_workers of the default executor (default: the stdlib's "
+    "min(32, cpu_count + 4))",
+}
+
+_live_loops: weakref.WeakSet[Loop] = weakref.WeakSet()
+
+
+class _SelectorView:
+    """Read-only stand-in for ``loop._selector``: what the Rust poller watches.
+
+    The stock transports only read it (``get_key`` in their reprs).
+    """
+
+    def __init__(self, loop: Loop) -> None:
+        self._loop = weakref.ref(loop)
+
+    def get_key(self, fileobj):
+        loop = self._loop()
+        fd = selectors._fileobj_to_fd(fileobj)
+        info = loop._io_key(fd) if loop is not None else None
+        if info is None:
+            raise KeyError(f"{fileobj!r} is not registered")
+        events_mask, reader, writer = info
+        return selectors.SelectorKey(fileobj, fd, events_mask, (reader, writer))
+
+    def get_map(self):
+        loop = self._loop()
+        if loop is None:
+            return {}
+        return {fd: self.get_key(fd) for fd in loop._io_fds()}
+
+    def close(self) -> None:
+        pass
+
+
+def _validate_options(options: dict) -> dict:
+    unknown = set(options) - set(LOOP_OPTIONS)
+    if unknown:
+        name = sorted(unknown)[0]
+        raise TypeError(f"unknown weaveloop loop option {name!r}; known: {sorted(LOOP_OPTIONS)}")
+    strict = options.get("strict_threads", True)
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict_threads must be a bool, got {strict!r}")
+    workers = options.get("executor_workers")
+    if workers is not None:
+        if not isinstance(workers, int) or isinstance(workers, bool):
+            raise TypeError(f"executor_workers must be an int, got {workers!r}")
+        if workers <= 0:
+            raise ValueError("executor_workers must be greater than 0")
+    return {"strict_threads": strict, "executor_workers": workers}
+
+
+class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
+    """An ``asyncio.AbstractEventLoop`` whose scheduler, timers, poller and executor are Rust."""
+
+    def __init__(self, **options) -> None:
+        opts = _validate_options(options)
+        # BaseEventLoop's bookkeeping (debug flag, exception handler, asyncgens, ...);
+        # its _ready/_scheduled containers are never used: the Rust core owns those.
+        base_events.BaseEventLoop.__init__(self)
+        self._strict_threads = opts["strict_threads"]
+        self._executor_workers = opts["executor_workers"]
+        self._selector = _SelectorView(self)
+        self._transports = weakref.WeakValueDictionary()
+        self._signal_handlers = {}
+        self._ssock = self._csock = None
+        self._make_self_pipe()
+        _live_loops.add(self)
+
+    # -- running -------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self._debug)
+        old_agen_hooks = sys.get_asyncgen_hooks()
+        old_wakeup_fd = self._install_wakeup_fd()
+        try:
+            sys.set_asyncgen_hooks(
+                firstiter=self._asyncgen_firstiter_hook,
+                finalizer=self._asyncgen_finalizer_hook,
+            )
+            events._set_running_loop(self)
+            self._run_forever_core()
+        finally:
+            events._set_running_loop(None)
+            self._set_coroutine_origin_tracking(False)
+            sys.set_asyncgen_hooks(*old_agen_hooks)
+            self._restore_wakeup_fd(old_wakeup_fd)
+
+    def _install_wakeup_fd(self):
+        # So that Ctrl+C wakes a parked loop even when the kernel delivers SIGINT to
+        # another thread: CPython writes the signal number to this fd.
+        if self._csock is None or threading.current_thread() is not threading.main_thread():
+            return None
+        try:
+            old = signal.set_wakeup_fd(self._csock.fileno(), warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            return None
+        if old != -1:
+            # Someone (add_signal_handler, another library) already owns it: keep theirs.
+            signal.set_wakeup_fd(old)
+            return None
+        return old
+
+    def _restore_wakeup_fd(self, old) -> None:
+        if old is None:
+            return
+        try:
+            if self._signal_handlers:
+                return  # add_signal_handler now relies on our fd
+            signal.set_wakeup_fd(old)
+        except (ValueError, OSError):
+            pass
+
+    def _write_to_self(self) -> None:
+        self._wakeup()
+
+    # -- executor ------------------------------------------------------------------
+
+    def _default_pool(self):
+        if self._executor_shutdown_called:
+            raise RuntimeError("Executor shutdown has been called")
+        executor = self._default_executor
+        if executor is None:
+            executor = ThreadPoolExecutor(
+                max_workers=self._executor_workers, thread_name_prefix="asyncio"
+            )
+            self._default_executor = executor
+        return executor
+
+    def _run_in_foreign_executor(self, executor, func, args):
+        return asyncio.wrap_future(executor.submit(func, *args), loop=self)
+
+    def set_default_executor(self, executor) -> None:
+        if not isinstance(executor, (concurrent.futures.ThreadPoolExecutor, ThreadPoolExecutor)):
+            raise TypeError("executor must be ThreadPoolExecutor instance")
+        self._default_executor = executor
+
+    async def shutdown_default_executor(self, timeout=None) -> None:
+        """Shut the default executor down, waiting at most ``timeout`` seconds for it."""
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is None:
+            return
+        future = self.create_future()
+        thread = threading.Thread(target=self._do_shutdown, args=(executor, future))
+        thread.start()
+        try:
+            await future
+        finally:
+            thread.join(timeout)
+        if thread.is_alive():
+            warnings.warn(
+                "The executor did not finishing joining "
+                f"its threads within {timeout} seconds.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            executor.shutdown(wait=False)
+
+    def _do_shutdown(self, executor, future) -> None:
+        try:
+            executor.shutdown(wait=True)
+            if not self.is_closed():
+                self.call_soon_threadsafe(_set_result_unless_done, future, None)
+        except Exception as ex:
+            if not self.is_closed():
+                self.call_soon_threadsafe(future.set_exception, ex)
+
+    # -- closing -------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        if self._debug:
+            base_events.logger.debug("Close %r", self)
+        if sys.is_finalizing():
+            self._signal_handlers.clear()
+        else:
+            for sig in list(self._signal_handlers):
+                self.remove_signal_handler(sig)
+        self._close_self_pipe()
+        self._close_core()
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is not None:
+            self._default_executor = None
+            executor.shutdown(wait=False)
+        _live_loops.discard(self)
+
+    def _close_self_pipe(self) -> None:
+        if self._ssock is None:
+            return
+        self._remove_reader(self._ssock.fileno())
+        self._ssock.close()
+        self._ssock = None
+        self._csock.close()
+        self._csock = None
+        self._internal_fds -= 1
+
+    # -- debug ---------------------------------------------------------------------
+
+    def set_debug(self, enabled: bool) -> None:
+        self._debug = enabled
+        if self.is_running():
+            self.call_soon_threadsafe(self._set_coroutine_origin_tracking, enabled)
+
+    def _after_fork_in_child(self) -> None:
+        self._after_fork()
+
+
+def _set_result_unless_done(future, result) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def new_event_loop(**options) -> Loop:
+    """A new weaveloop ``Loop``; ``options`` are keyword-only (see ``LOOP_OPTIONS``)."""
+    return Loop(**options)
+
+
+def _after_fork_in_child() -> None:
+    for loop in list(_live_loops):
+        if not loop.is_closed():
+            loop._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
