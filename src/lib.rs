@@ -1,1 +1,23 @@
-//! placeholder
+//! `weaveloop._core`: the PyO3 binding layer over the engine crate — the one place that
+//! touches the GIL and turns engine errors into Python exceptions.
+
+use pyo3::prelude::*;
+
+mod errors;
+mod executor;
+mod handles;
+mod interop;
+mod io;
+mod loop_core;
+mod posted;
+mod run;
+
+#[pymodule(gil_used = true)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<loop_core::LoopCore>()?;
+    m.add_class::<handles::Handle>()?;
+    m.add_class::<handles::TimerHandle>()?;
+    m.add_class::<executor::PoolCore>()?;
+    m.add_function(wrap_pyfunction!(executor::worker_main, m)?)?;
+    Ok(())
+}

@@ -7,6 +7,7 @@ pool's they are joined at interpreter exit and replaced with fresh ones after fo
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.thread
 import os
 import threading
 import weakref

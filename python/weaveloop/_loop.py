@@ -17,7 +17,7 @@ import sys
 import threading
 import warnings
 import weakref
-from asyncio import base_events, events, unix_events
+from asyncio import base_events, coroutines, events, unix_events
 
 from . import _core
 from ._executor import ThreadPoolExecutor
@@ -85,9 +85,18 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
 
     def __init__(self, **options) -> None:
         opts = _validate_options(options)
-        # BaseEventLoop's bookkeeping (debug flag, exception handler, asyncgens, ...);
-        # its _ready/_scheduled containers are never used: the Rust core owns those.
-        base_events.BaseEventLoop.__init__(self)
+        # The Python-side bookkeeping of BaseEventLoop.__init__, minus what the Rust core
+        # owns (ready queue, timers, closed/stopping flags, running thread, clock).
+        self._internal_fds = 0
+        self._exception_handler = None
+        self.slow_callback_duration = 0.1
+        self._current_handle = None
+        self._task_factory = None
+        self._coroutine_origin_tracking_enabled = False
+        self._coroutine_origin_tracking_saved_depth = None
+        self._asyncgens = weakref.WeakSet()
+        self._asyncgens_shutdown_called = False
+        self.set_debug(coroutines._is_debug_mode())
         self._strict_threads = opts["strict_threads"]
         self._executor_workers = opts["executor_workers"]
         self._selector = _SelectorView(self)
@@ -208,7 +217,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         if self._debug:
             base_events.logger.debug("Close %r", self)
         if sys.is_finalizing():
-            self._signal_handlers.clear()
+            self._signal_handlers.clear()  # the signal module may be gone already
         else:
             for sig in list(self._signal_handlers):
                 self.remove_signal_handler(sig)

@@ -199,7 +199,11 @@ mod tests {
                 t.join().unwrap();
             }
             assert!(inj.is_empty(), "nothing lands after close");
-            assert_eq!(drained.len(), accepted.load(SeqCst), "no accepted post vanished");
+            assert_eq!(
+                drained.len(),
+                accepted.load(SeqCst),
+                "no accepted post vanished"
+            );
         }
     }
 

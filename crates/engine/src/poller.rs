@@ -95,7 +95,11 @@ impl Poller {
             (Some(_), Some(i)) => {
                 // The fd may have been closed and its number reused since we registered
                 // it (epoll forgets closed fds): fall back to a fresh registration.
-                if self.registry.reregister(&mut SourceFd(&fd), Token(fd as usize), i).is_err() {
+                if self
+                    .registry
+                    .reregister(&mut SourceFd(&fd), Token(fd as usize), i)
+                    .is_err()
+                {
                     self.add(fd, i)?;
                 }
             }

@@ -89,9 +89,15 @@ impl<T> TimerHeap<T> {
         }
     }
 
-    /// Keeps only the entries for which `keep` is true, in one O(n) rebuild.
-    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
-        self.heap.retain(|e| keep(&e.item));
+    /// Moves the entries for which `dead` is true out (one O(n) rebuild that keeps the
+    /// order of the rest), so the caller can drop them outside any lock it holds.
+    pub fn remove_where(&mut self, mut dead: impl FnMut(&T) -> bool) -> Vec<T> {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.heap)
+            .into_vec()
+            .into_iter()
+            .partition(|e| dead(&e.item));
+        self.heap = BinaryHeap::from(kept);
+        gone.into_iter().map(|e| e.item).collect()
     }
 
     /// Removes every entry, returning them in no particular order.
@@ -126,12 +132,13 @@ mod tests {
     }
 
     #[test]
-    fn retain_drops_dead_entries_and_keeps_order() {
+    fn remove_where_drops_dead_entries_and_keeps_order() {
         let mut h = TimerHeap::new();
         for i in 0..100 {
             h.push(f64::from(100 - i), i);
         }
-        h.retain(|i| i % 2 == 0);
+        let gone = h.remove_where(|i| i % 2 == 1);
+        assert_eq!(gone.len(), 50);
         assert_eq!(h.len(), 50);
         let mut last = f64::NEG_INFINITY;
         while let Some((when, item)) = h.pop() {

@@ -1,0 +1,391 @@
+//! The executor's Python face: `PoolCore` (base of `weaveloop.ThreadPoolExecutor`), the
+//! worker run loop (`worker_main`, the target of real `threading.Thread`s) and the
+//! `run_in_executor` fast path. Invariant: a worker waits for jobs and posts completions
+//! without the GIL; a job whose future was cancelled before it started never runs.
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use weaveloop_engine::{Pool, Submitted};
+
+use crate::errors;
+use crate::handles::check_callback;
+use crate::interop;
+use crate::loop_core::{lock, new_future, LoopCore, Shared};
+use crate::posted::{Outcome, Posted};
+
+/// `run_in_executor` job: settles an asyncio future on its loop.
+pub struct LoopJob {
+    func: Py<PyAny>,
+    args: Py<PyTuple>,
+    fut: Py<PyAny>,
+    target: Arc<Shared>,
+}
+
+/// `submit` job: settles a `concurrent.futures.Future`.
+pub struct SubmitJob {
+    func: Py<PyAny>,
+    args: Py<PyTuple>,
+    kwargs: Option<Py<PyDict>>,
+    fut: Py<PyAny>,
+}
+
+pub enum Job {
+    Loop(LoopJob),
+    Submit(SubmitJob),
+}
+
+static POOL_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+#[pyclass(module = "weaveloop._core", subclass, frozen, weakref)]
+pub struct PoolCore {
+    pool: Mutex<Arc<Pool<Job>>>,
+    threads: Mutex<Vec<Py<PyAny>>>,
+    prefix: String,
+    initializer: Option<Py<PyAny>>,
+    initargs: Py<PyTuple>,
+    broken: Mutex<Option<String>>,
+    started: AtomicUsize,
+}
+
+const BROKEN_MSG: &str = "A thread initializer failed, the thread pool is not usable anymore";
+
+impl PoolCore {
+    fn pool(&self) -> Arc<Pool<Job>> {
+        lock(&self.pool).clone()
+    }
+
+    fn check_accepting(&self, py: Python<'_>) -> PyResult<Arc<Pool<Job>>> {
+        if let Some(msg) = lock(&self.broken).clone() {
+            return Err(PyErr::from_value(
+                interop::broken_thread_pool(py)?.call1((msg,))?,
+            ));
+        }
+        let pool = self.pool();
+        if pool.is_shut_down() {
+            return Err(errors::pool_shut_down());
+        }
+        Ok(pool)
+    }
+
+    /// Queues `job`, starting a worker thread when the stdlib's policy asks for one.
+    fn enqueue(slf: &Bound<'_, Self>, pool: &Pool<Job>, job: Job) -> PyResult<()> {
+        match pool.submit(job) {
+            Err(_refused) => Err(errors::pool_shut_down()),
+            Ok(Submitted::Queued) => Ok(()),
+            Ok(Submitted::SpawnWorker) => {
+                let this = slf.get();
+                let n = this.started.fetch_add(1, Relaxed);
+                let name = format!("{}_{}", this.prefix, n);
+                match slf.call_method1(pyo3::intern!(slf.py(), "_start_worker"), (name,)) {
+                    Ok(t) => {
+                        lock(&this.threads).push(t.unbind());
+                        Ok(())
+                    }
+                    Err(e) => {
+                        pool.worker_failed_to_start();
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fast path of `run_in_executor`: an asyncio future settled through the loop's
+    /// injector, no `concurrent.futures.Future`, no self-pipe.
+    pub fn submit_for_loop<'py>(
+        slf: &Bound<'py, Self>,
+        loop_obj: &Bound<'py, LoopCore>,
+        func: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let pool = slf.get().check_accepting(py)?;
+        let fut = new_future(loop_obj.as_any())?;
+        let core = loop_obj.get();
+        core.track_in_flight(&fut);
+        let job = Job::Loop(LoopJob {
+            func: func.clone().unbind(),
+            args: args.clone().unbind(),
+            fut: fut.clone().unbind(),
+            target: core.shared(),
+        });
+        if let Err(e) = Self::enqueue(slf, &pool, job) {
+            drop(core.untrack_in_flight(&fut.clone().unbind()));
+            return Err(e);
+        }
+        Ok(fut)
+    }
+
+    /// Fails every queued job with BrokenThreadPool (an initializer failed).
+    fn break_pool(&self, py: Python<'_>) -> PyResult<()> {
+        *lock(&self.broken) = Some(BROKEN_MSG.to_string());
+        let pool = self.pool();
+        let queued = pool.shutdown(true);
+        for job in queued {
+            let err = PyErr::from_value(interop::broken_thread_pool(py)?.call1((BROKEN_MSG,))?);
+            match job {
+                Job::Submit(j) => {
+                    j.fut
+                        .bind(py)
+                        .call_method1(pyo3::intern!(py, "set_exception"), (err.value(py),))?;
+                }
+                Job::Loop(j) => post_done(py, j.target, j.fut, Outcome::Error(err)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Posts a completion to a loop; if the loop is closed the completion is dropped
+/// (`close()` already cancelled the future).
+fn post_done(py: Python<'_>, target: Arc<Shared>, fut: Py<PyAny>, outcome: Outcome) {
+    let refused = py.detach(|| target.injector.post(Posted::Done { fut, outcome }).err());
+    drop(refused);
+}
+
+fn run_submit_job(py: Python<'_>, job: SubmitJob) -> PyResult<()> {
+    let fut = job.fut.bind(py);
+    if !fut
+        .call_method0(pyo3::intern!(py, "set_running_or_notify_cancel"))?
+        .is_truthy()?
+    {
+        return Ok(());
+    }
+    let result = job
+        .func
+        .bind(py)
+        .call(job.args.bind(py), job.kwargs.as_ref().map(|k| k.bind(py)));
+    match result {
+        Ok(v) => fut.call_method1(pyo3::intern!(py, "set_result"), (v,))?,
+        Err(e) => fut.call_method1(pyo3::intern!(py, "set_exception"), (e.value(py),))?,
+    };
+    Ok(())
+}
+
+fn run_loop_job(py: Python<'_>, job: &LoopJob) -> Outcome {
+    let cancelled = job
+        .fut
+        .bind(py)
+        .call_method0(pyo3::intern!(py, "done"))
+        .and_then(|d| d.is_truthy())
+        .unwrap_or(false);
+    if cancelled {
+        return Outcome::Skipped;
+    }
+    match job.func.bind(py).call1(job.args.bind(py)) {
+        Ok(v) => Outcome::Value(v.unbind()),
+        Err(e) => Outcome::Error(e),
+    }
+}
+
+/// The body of every worker thread: runs the initializer, then jobs until told to exit.
+#[pyfunction]
+pub fn worker_main(py: Python<'_>, executor: &Bound<'_, PoolCore>) -> PyResult<()> {
+    let this = executor.get();
+    let pool = this.pool();
+    if let Some(init) = &this.initializer {
+        if let Err(e) = init.bind(py).call1(this.initargs.bind(py)) {
+            let logger = py.import("concurrent.futures._base")?.getattr("LOGGER")?;
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("exc_info", e.value(py))?;
+            logger.call_method("critical", ("Exception in initializer:",), Some(&kwargs))?;
+            return this.break_pool(py);
+        }
+    }
+    let mut done: Option<(Arc<Shared>, Posted)> = None;
+    loop {
+        // Post the previous completion and wait for the next job in one GIL release.
+        let (job, refused) = py.detach(|| {
+            let refused = done
+                .take()
+                .and_then(|(target, posted)| target.injector.post(posted).err());
+            (pool.next_job(), refused)
+        });
+        drop(refused);
+        match job {
+            None => return Ok(()),
+            Some(Job::Submit(j)) => {
+                if let Err(e) = run_submit_job(py, j) {
+                    e.write_unraisable(py, None);
+                }
+            }
+            Some(Job::Loop(j)) => {
+                let outcome = run_loop_job(py, &j);
+                done = Some((
+                    j.target,
+                    Posted::Done {
+                        fut: j.fut,
+                        outcome,
+                    },
+                ));
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl PoolCore {
+    #[new]
+    #[pyo3(signature = (max_workers = None, thread_name_prefix = "", initializer = None, initargs = None))]
+    fn new(
+        py: Python<'_>,
+        max_workers: Option<&Bound<'_, PyAny>>,
+        thread_name_prefix: &str,
+        initializer: Option<&Bound<'_, PyAny>>,
+        initargs: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let max = match max_workers {
+            Some(m) if !m.is_none() => m.extract::<i64>()?,
+            _ => {
+                let cpus: Option<i64> = py.import("os")?.call_method0("cpu_count")?.extract()?;
+                (cpus.unwrap_or(1) + 4).min(32)
+            }
+        };
+        if max <= 0 {
+            return Err(PyValueError::new_err("max_workers must be greater than 0"));
+        }
+        let initializer = match initializer {
+            Some(i) if !i.is_none() => {
+                if !i.is_callable() {
+                    return Err(PyTypeError::new_err("initializer must be a callable"));
+                }
+                Some(i.clone().unbind())
+            }
+            _ => None,
+        };
+        let initargs = match initargs {
+            Some(a) if !a.is_none() => a.try_iter()?.collect::<PyResult<Vec<_>>>()?,
+            _ => Vec::new(),
+        };
+        let prefix = if thread_name_prefix.is_empty() {
+            format!("ThreadPoolExecutor-{}", POOL_COUNTER.fetch_add(1, Relaxed))
+        } else {
+            thread_name_prefix.to_string()
+        };
+        Ok(PoolCore {
+            pool: Mutex::new(Arc::new(Pool::new(max as usize))),
+            threads: Mutex::new(Vec::new()),
+            prefix,
+            initializer,
+            initargs: PyTuple::new(py, initargs)?.unbind(),
+            broken: Mutex::new(None),
+            started: AtomicUsize::new(0),
+        })
+    }
+
+    /// `submit(fn, *args, **kwargs)` without the argument packing (done in Python).
+    #[pyo3(signature = (func, args, kwargs = None))]
+    fn _submit<'py>(
+        slf: &Bound<'py, Self>,
+        func: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let pool = slf.get().check_accepting(py)?;
+        check_callback(func, "submit", false)?;
+        let fut = interop::concurrent_future(py)?.call0()?;
+        let job = Job::Submit(SubmitJob {
+            func: func.clone().unbind(),
+            args: args.clone().unbind(),
+            kwargs: kwargs.map(|k| k.clone().unbind()),
+            fut: fut.clone().unbind(),
+        });
+        PoolCore::enqueue(slf, &pool, job)?;
+        Ok(fut)
+    }
+
+    /// Refuses new jobs and tells the workers to exit when the queue is done; with
+    /// `cancel_futures`, queued jobs are cancelled instead of run. Joining is Python's.
+    fn _shutdown(&self, py: Python<'_>, cancel_futures: bool) -> PyResult<()> {
+        let cancelled = self.pool().shutdown(cancel_futures);
+        for job in cancelled {
+            match job {
+                Job::Submit(j) => {
+                    j.fut.bind(py).call_method0(pyo3::intern!(py, "cancel"))?;
+                }
+                Job::Loop(j) => post_done(py, j.target, j.fut, Outcome::Cancelled),
+            }
+        }
+        Ok(())
+    }
+
+    fn _threads_snapshot(&self, py: Python<'_>) -> Vec<Py<PyAny>> {
+        lock(&self.threads)
+            .iter()
+            .map(|t| t.clone_ref(py))
+            .collect()
+    }
+
+    /// In a forked child: the parent's workers do not exist here; start afresh.
+    fn _reset_after_fork(&self) {
+        let max = self.pool().max_workers();
+        let old = std::mem::replace(&mut *lock(&self.pool), Arc::new(Pool::new(max)));
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        self.started.store(0, Relaxed);
+        // The parent's queued jobs stay with the old pool; it is leaked rather than
+        // dropped because its channel may have been locked by a thread that is gone.
+        std::mem::forget(old);
+        drop(threads);
+    }
+
+    #[getter]
+    fn _max_workers(&self) -> usize {
+        self.pool().max_workers()
+    }
+
+    #[getter]
+    fn _thread_name_prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    #[getter]
+    fn _broken(&self) -> Option<String> {
+        lock(&self.broken).clone()
+    }
+
+    #[getter]
+    fn _is_shut_down(&self) -> bool {
+        self.pool().is_shut_down()
+    }
+}
+
+#[pymethods]
+impl LoopCore {
+    /// `run_in_executor`: the fast path for weaveloop pools, the generic path (via
+    /// `concurrent.futures.Future`) for any other executor.
+    #[pyo3(signature = (executor, func, *args))]
+    fn run_in_executor<'py>(
+        slf: &Bound<'py, Self>,
+        executor: &Bound<'py, PyAny>,
+        func: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_usable()?;
+        check_callback(func, "run_in_executor", this.is_debug())?;
+        let executor = if executor.is_none() {
+            let default = lock(&this.default_executor)
+                .as_ref()
+                .map(|e| e.clone_ref(py));
+            match default {
+                Some(e) if !this.executor_shutdown_called.load(Relaxed) => e.into_bound(py),
+                _ => slf.call_method0(pyo3::intern!(py, "_default_pool"))?,
+            }
+        } else {
+            executor.clone()
+        };
+        match executor.cast::<PoolCore>() {
+            Ok(pool) => PoolCore::submit_for_loop(pool, slf, func, args),
+            Err(_) => slf.call_method1(
+                pyo3::intern!(py, "_run_in_foreign_executor"),
+                (executor, func, args),
+            ),
+        }
+    }
+}

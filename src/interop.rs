@@ -1,0 +1,114 @@
+//! Python objects the binding layer calls into, imported once per interpreter, and small
+//! helpers around CPython's C API (contexts, thread idents) that the rest of `src/` uses.
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+
+macro_rules! cached_import {
+    ($fn_name:ident, $module:literal, $attr:literal) => {
+        pub fn $fn_name(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+            static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+            CELL.import(py, $module, $attr)
+        }
+    };
+}
+
+cached_import!(
+    format_callback_source,
+    "asyncio.format_helpers",
+    "_format_callback_source"
+);
+cached_import!(format_handle, "asyncio.base_events", "_format_handle");
+cached_import!(asyncio_logger, "asyncio.log", "logger");
+cached_import!(asyncio_future, "asyncio", "Future");
+cached_import!(concurrent_future, "concurrent.futures", "Future");
+cached_import!(
+    broken_thread_pool,
+    "concurrent.futures.thread",
+    "BrokenThreadPool"
+);
+cached_import!(partial_type, "functools", "partial");
+cached_import!(method_type, "types", "MethodType");
+cached_import!(
+    iscoroutinefunction,
+    "asyncio.coroutines",
+    "iscoroutinefunction"
+);
+
+/// `contextvars.copy_context()`.
+pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    // SAFETY: the GIL is held (we have `py`); PyContext_CopyCurrent returns a new
+    // reference or NULL with an exception set, which from_owned_ptr_or_err handles.
+    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }.map(Bound::unbind)
+}
+
+/// Runs `f` with `context` entered, as `Context.run` does.
+pub fn in_context<T>(
+    py: Python<'_>,
+    context: &Py<PyAny>,
+    f: impl FnOnce() -> PyResult<T>,
+) -> PyResult<T> {
+    let ctx = context.as_ptr();
+    // SAFETY: the GIL is held and `context` is a strong reference that outlives this call;
+    // PyContext_Enter type-checks its argument and fails with TypeError for a non-Context.
+    if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    let result = f();
+    // SAFETY: `ctx` was entered just above on this thread and is still alive.
+    if unsafe { ffi::PyContext_Exit(ctx) } < 0 {
+        let exit_err = PyErr::fetch(py);
+        return result.and(Err(exit_err));
+    }
+    result
+}
+
+thread_local! {
+    // SAFETY (of the unsafe call inside): PyThread_get_thread_ident only reads the
+    // calling thread's pthread id; it needs no GIL and cannot fail.
+    static IDENT: u64 = unsafe { ffi::PyThread_get_thread_ident() } as u64;
+}
+
+/// `threading.get_ident()` of the calling thread, without a Python call.
+pub fn thread_ident() -> u64 {
+    IDENT.with(|i| *i)
+}
+
+/// True if `obj` is exactly a native coroutine object.
+pub fn is_coroutine_object(obj: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: `obj` is a live object and the GIL is held (it is a Bound).
+    unsafe { ffi::PyCoro_CheckExact(obj.as_ptr()) != 0 }
+}
+
+const CO_COROUTINE: u32 = 0x80;
+
+/// Cheap `iscoroutinefunction`: plain functions, bound methods and partials are
+/// unwrapped down to their code flags; anything else is asked of asyncio only in debug.
+pub fn is_coroutine_function(obj: &Bound<'_, PyAny>, debug: bool) -> PyResult<bool> {
+    let py = obj.py();
+    let mut f = obj.clone();
+    for _ in 0..8 {
+        // SAFETY: `f` is a live object and the GIL is held.
+        if unsafe { ffi::PyFunction_Check(f.as_ptr()) } != 0 {
+            // SAFETY: `f` is a function object (checked above), so PyFunction_GetCode
+            // returns a borrowed, non-NULL reference to its code object.
+            let code = unsafe { Bound::from_borrowed_ptr(py, ffi::PyFunction_GetCode(f.as_ptr())) };
+            let flags: u32 = code.getattr(pyo3::intern!(py, "co_flags"))?.extract()?;
+            return Ok(flags & CO_COROUTINE != 0
+                || (debug && iscoroutinefunction(py)?.call1((obj,))?.is_truthy()?));
+        }
+        let ty = f.get_type();
+        if ty.is(method_type(py)?) {
+            f = f.getattr(pyo3::intern!(py, "__func__"))?;
+        } else if ty.is(partial_type(py)?) {
+            f = f.getattr(pyo3::intern!(py, "func"))?;
+        } else {
+            break;
+        }
+    }
+    if debug {
+        return iscoroutinefunction(py)?.call1((obj,))?.is_truthy();
+    }
+    Ok(false)
+}

@@ -1,0 +1,189 @@
+//! fd watchers: `_add_reader`/`_remove_reader`/`_add_writer`/`_remove_writer`, the
+//! primitives under asyncio's public `add_reader` family and the stock selector
+//! transports. Callbacks fire level-triggered, once per iteration while the fd is ready.
+
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::errors;
+use crate::handles::{check_callback, Callback, Handle};
+use crate::loop_core::{lock, LoopCore, Watchers};
+
+const EVENT_READ: u8 = 1;
+const EVENT_WRITE: u8 = 2;
+
+/// An int fd or an object with `fileno()`, as the `selectors` module accepts.
+fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let fd: i64 = match obj.extract::<i64>() {
+        Ok(fd) => fd,
+        Err(_) => obj
+            .call_method0(pyo3::intern!(obj.py(), "fileno"))
+            .and_then(|f| f.extract::<i64>())
+            .map_err(|_| {
+                PyValueError::new_err(format!(
+                    "Invalid file object: {}",
+                    obj.repr().map(|r| r.to_string()).unwrap_or_default()
+                ))
+            })?,
+    };
+    if fd < 0 || fd > i64::from(i32::MAX) {
+        return Err(PyValueError::new_err(format!(
+            "Invalid file descriptor: {fd}"
+        )));
+    }
+    Ok(fd as RawFd)
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Read,
+    Write,
+}
+
+impl LoopCore {
+    fn add_watcher(
+        &self,
+        py: Python<'_>,
+        side: Side,
+        fileobj: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        self.check_usable()?;
+        let fd = fileobj_to_fd(fileobj)?;
+        let method = match side {
+            Side::Read => "add_reader",
+            Side::Write => "add_writer",
+        };
+        check_callback(callback, method, self.is_debug())?;
+        let handle = Py::new(
+            py,
+            Handle {
+                cb: Callback::new(callback, args, None)?,
+            },
+        )?;
+        let shared = self.shared();
+        let replaced = {
+            let mut watchers = lock(&self.watchers);
+            let w = watchers.entry(fd).or_default();
+            let (read, write) = match side {
+                Side::Read => (true, w.writer.is_some()),
+                Side::Write => (w.reader.is_some(), true),
+            };
+            if let Err(e) = shared.poller.set_interest(fd, read, write) {
+                if w.reader.is_none() && w.writer.is_none() {
+                    watchers.remove(&fd);
+                }
+                return Err(errors::os_error(e));
+            }
+            let slot = match side {
+                Side::Read => &mut w.reader,
+                Side::Write => &mut w.writer,
+            };
+            slot.replace(handle.clone_ref(py))
+        };
+        if let Some(old) = replaced {
+            old.get().cb.cancel();
+        }
+        Ok(handle)
+    }
+
+    fn remove_watcher(&self, side: Side, fileobj: &Bound<'_, PyAny>) -> PyResult<bool> {
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(false);
+        }
+        self.check_thread()?;
+        let fd = fileobj_to_fd(fileobj)?;
+        let shared = self.shared();
+        let (removed, emptied) = {
+            let mut watchers = lock(&self.watchers);
+            let Some(w) = watchers.get_mut(&fd) else {
+                return Ok(false);
+            };
+            let removed = match side {
+                Side::Read => w.reader.take(),
+                Side::Write => w.writer.take(),
+            };
+            let (read, write) = (w.reader.is_some(), w.writer.is_some());
+            let _ = shared.poller.set_interest(fd, read, write);
+            let emptied = if !read && !write {
+                watchers.remove(&fd)
+            } else {
+                None
+            };
+            (removed, emptied)
+        };
+        drop(emptied);
+        Ok(match removed {
+            Some(h) => {
+                h.get().cb.cancel();
+                true
+            }
+            None => false,
+        })
+    }
+}
+
+#[pymethods]
+impl LoopCore {
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        self.add_watcher(py, Side::Read, fd, callback, args)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        self.add_watcher(py, Side::Write, fd, callback, args)
+    }
+
+    fn _remove_reader(&self, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.remove_watcher(Side::Read, fd)
+    }
+
+    fn _remove_writer(&self, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.remove_watcher(Side::Write, fd)
+    }
+
+    /// `(events mask, reader handle, writer handle)` for a watched fd, else None.
+    #[allow(clippy::type_complexity)]
+    fn _io_key(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+    ) -> Option<(u8, Option<Py<Handle>>, Option<Py<Handle>>)> {
+        let watchers = lock(&self.watchers);
+        let w: &Watchers = watchers.get(&fd)?;
+        let mut mask = 0;
+        if w.reader.is_some() {
+            mask |= EVENT_READ;
+        }
+        if w.writer.is_some() {
+            mask |= EVENT_WRITE;
+        }
+        Some((
+            mask,
+            w.reader.as_ref().map(|h| h.clone_ref(py)),
+            w.writer.as_ref().map(|h| h.clone_ref(py)),
+        ))
+    }
+
+    /// Every watched fd.
+    fn _io_fds(&self) -> Vec<RawFd> {
+        lock(&self.watchers).keys().copied().collect()
+    }
+}

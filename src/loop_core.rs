@@ -1,0 +1,414 @@
+//! `LoopCore`: the Rust half of `weaveloop.Loop` — ready queue, timer heap, fd watchers,
+//! cross-thread injector — and the scheduling methods (`call_soon`, `call_later`, ...).
+//! Invariants: no lock here is held while Python code runs or a Python object is dropped
+//! (a `__del__` could re-enter the loop); the strict thread check costs one compare.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use weaveloop_engine::{clock, Injector, Poller, TimerHeap};
+
+use crate::errors;
+use crate::handles::{check_callback, Callback, Handle, TimerHandle};
+use crate::interop;
+use crate::posted::Posted;
+
+/// An entry of the ready queue.
+pub enum Ready {
+    Soon(Py<Handle>),
+    Timer(Py<TimerHandle>),
+    /// A handle made by Python code (signal handlers use `asyncio.Handle`); run via `_run()`.
+    Foreign(Py<PyAny>),
+}
+
+/// Reader and writer callbacks registered for one fd.
+#[derive(Default)]
+pub struct Watchers {
+    pub reader: Option<Py<Handle>>,
+    pub writer: Option<Py<Handle>>,
+}
+
+/// What other threads reach: the poller (for its waker) and the injector.
+/// Replaced wholesale in a forked child.
+pub struct Shared {
+    pub poller: Poller,
+    pub injector: Injector<Posted>,
+}
+
+impl Shared {
+    pub fn new() -> PyResult<Arc<Shared>> {
+        let poller = Poller::new().map_err(errors::os_error)?;
+        let injector = Injector::new(poller.waker());
+        Ok(Arc::new(Shared { poller, injector }))
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[pyclass(module = "weaveloop._core", subclass, frozen, weakref)]
+pub struct LoopCore {
+    pub(crate) ready: Mutex<VecDeque<Ready>>,
+    /// The buffer the previous iteration ran from, kept to reuse its capacity.
+    pub(crate) spare: Mutex<VecDeque<Ready>>,
+    pub(crate) timers: Mutex<TimerHeap<Py<TimerHandle>>>,
+    pub(crate) watchers: Mutex<HashMap<RawFd, Watchers>>,
+    pub(crate) shared: Mutex<Arc<Shared>>,
+    /// Futures of fast-path executor jobs not yet completed, by address.
+    pub(crate) in_flight: Mutex<HashMap<usize, Py<PyAny>>>,
+    pub(crate) in_flight_count: AtomicUsize,
+    /// `threading.get_ident()` of the thread running the loop; 0 when not running.
+    pub(crate) owner: AtomicU64,
+    pub(crate) closed: AtomicBool,
+    pub(crate) stopping: AtomicBool,
+    pub(crate) debug: AtomicBool,
+    pub(crate) strict: AtomicBool,
+    pub(crate) executor_shutdown_called: AtomicBool,
+    pub(crate) default_executor: Mutex<Option<Py<PyAny>>>,
+    pub(crate) cancelled_in_heap: Arc<AtomicUsize>,
+    pub(crate) clock_resolution: f64,
+}
+
+impl LoopCore {
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        lock(&self.shared).clone()
+    }
+
+    pub(crate) fn check_closed(&self) -> PyResult<()> {
+        if self.closed.load(Relaxed) {
+            return Err(errors::loop_closed());
+        }
+        Ok(())
+    }
+
+    /// Rule 5: non-thread-safe methods only from the thread running the loop.
+    pub(crate) fn check_thread(&self) -> PyResult<()> {
+        let owner = self.owner.load(Relaxed);
+        if owner != 0
+            && owner != interop::thread_ident()
+            && (self.strict.load(Relaxed) || self.debug.load(Relaxed))
+        {
+            return Err(errors::wrong_thread());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_usable(&self) -> PyResult<()> {
+        self.check_closed()?;
+        self.check_thread()
+    }
+
+    pub(crate) fn is_debug(&self) -> bool {
+        self.debug.load(Relaxed)
+    }
+
+    pub(crate) fn push_ready(&self, item: Ready) {
+        lock(&self.ready).push_back(item);
+    }
+
+    fn schedule_at(
+        &self,
+        py: Python<'_>,
+        when: f64,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+        method: &str,
+    ) -> PyResult<Py<TimerHandle>> {
+        self.check_usable()?;
+        check_callback(callback, method, self.is_debug())?;
+        let cb = Callback::new(callback, args, context)?;
+        let handle = Py::new(
+            py,
+            TimerHandle::new(cb, when, self.cancelled_in_heap.clone()),
+        )?;
+        lock(&self.timers).push(when, handle.clone_ref(py));
+        Ok(handle)
+    }
+
+    pub(crate) fn has_in_flight(&self) -> bool {
+        self.in_flight_count.load(Relaxed) > 0
+    }
+
+    pub(crate) fn track_in_flight(&self, fut: &Bound<'_, PyAny>) {
+        lock(&self.in_flight).insert(fut.as_ptr() as usize, fut.clone().unbind());
+        self.in_flight_count.fetch_add(1, Relaxed);
+    }
+
+    /// Forgets a completed fast-path job; the caller drops the returned reference.
+    pub(crate) fn untrack_in_flight(&self, fut: &Py<PyAny>) -> Option<Py<PyAny>> {
+        let gone = lock(&self.in_flight).remove(&(fut.as_ptr() as usize));
+        if gone.is_some() {
+            self.in_flight_count.fetch_sub(1, Relaxed);
+        }
+        gone
+    }
+}
+
+fn check_when(when: f64, what: &str) -> PyResult<f64> {
+    if when.is_nan() {
+        return Err(if what == "delay" {
+            errors::nan_delay()
+        } else {
+            pyo3::exceptions::PyValueError::new_err("Invalid when: NaN (not a number)")
+        });
+    }
+    Ok(when)
+}
+
+#[pymethods]
+impl LoopCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        Ok(LoopCore {
+            ready: Mutex::new(VecDeque::with_capacity(64)),
+            spare: Mutex::new(VecDeque::with_capacity(64)),
+            timers: Mutex::new(TimerHeap::new()),
+            watchers: Mutex::new(HashMap::new()),
+            shared: Mutex::new(Shared::new()?),
+            in_flight: Mutex::new(HashMap::new()),
+            in_flight_count: AtomicUsize::new(0),
+            owner: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
+            strict: AtomicBool::new(true),
+            executor_shutdown_called: AtomicBool::new(false),
+            default_executor: Mutex::new(None),
+            cancelled_in_heap: Arc::new(AtomicUsize::new(0)),
+            clock_resolution: clock::resolution(),
+        })
+    }
+
+    /// The loop clock: `time.monotonic()`'s clock.
+    fn time(&self) -> f64 {
+        clock::monotonic()
+    }
+
+    #[pyo3(signature = (callback, *args, context = None))]
+    fn call_soon(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        self.check_usable()?;
+        check_callback(callback, "call_soon", self.is_debug())?;
+        let handle = Py::new(
+            py,
+            Handle {
+                cb: Callback::new(callback, args, context)?,
+            },
+        )?;
+        self.push_ready(Ready::Soon(handle.clone_ref(py)));
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context = None))]
+    fn call_later(
+        &self,
+        py: Python<'_>,
+        delay: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if delay.is_none() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "delay must not be None",
+            ));
+        }
+        let delay = check_when(delay.extract::<f64>()?, "delay")?;
+        let when = clock::monotonic() + delay;
+        self.schedule_at(py, when, callback, args, context, "call_later")
+    }
+
+    #[pyo3(signature = (when, callback, *args, context = None))]
+    fn call_at(
+        &self,
+        py: Python<'_>,
+        when: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if when.is_none() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "when cannot be None",
+            ));
+        }
+        let when = check_when(when.extract::<f64>()?, "when")?;
+        self.schedule_at(py, when, callback, args, context, "call_at")
+    }
+
+    /// Thread-safe: queues the callback on the lock-free injector and wakes the loop
+    /// only if it is parked. Raises RuntimeError once the loop is closed, never drops.
+    #[pyo3(signature = (callback, *args, context = None))]
+    fn call_soon_threadsafe(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        self.check_closed()?;
+        check_callback(callback, "call_soon_threadsafe", self.is_debug())?;
+        let handle = Py::new(
+            py,
+            Handle {
+                cb: Callback::new(callback, args, context)?,
+            },
+        )?;
+        let posted = Posted::Call(handle.clone_ref(py));
+        if let Err(refused) = self.shared().injector.post(posted) {
+            drop(refused);
+            return Err(errors::loop_closed());
+        }
+        Ok(handle)
+    }
+
+    /// Queues an `asyncio.Handle` made by Python code (signal handlers).
+    fn _add_callback(&self, handle: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !handle
+            .getattr(pyo3::intern!(handle.py(), "_cancelled"))?
+            .is_truthy()?
+        {
+            self.push_ready(Ready::Foreign(handle.clone().unbind()));
+        }
+        Ok(())
+    }
+
+    fn _add_callback_signalsafe(&self, handle: &Bound<'_, PyAny>) -> PyResult<()> {
+        self._add_callback(handle)?;
+        self._wakeup();
+        Ok(())
+    }
+
+    /// Wakes the loop if it is parked (thread-safe, no allocation).
+    fn _wakeup(&self) {
+        self.shared().injector.nudge();
+    }
+
+    /// Asks the loop to stop after the current iteration. Safe from any thread.
+    fn stop(&self) {
+        self.stopping.store(true, Relaxed);
+        self._wakeup();
+    }
+
+    fn is_running(&self) -> bool {
+        self.owner.load(Relaxed) != 0
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    fn _check_closed(&self) -> PyResult<()> {
+        self.check_closed()
+    }
+
+    fn _check_thread(&self) -> PyResult<()> {
+        self.check_thread()
+    }
+
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        slf.get().check_thread()?;
+        new_future(slf.as_any())
+    }
+
+    #[getter]
+    fn _debug(&self) -> bool {
+        self.is_debug()
+    }
+
+    #[setter(_debug)]
+    fn set_debug_attr(&self, value: bool) {
+        self.debug.store(value, Relaxed);
+    }
+
+    fn get_debug(&self) -> bool {
+        self.is_debug()
+    }
+
+    #[getter]
+    fn _strict_threads(&self) -> bool {
+        self.strict.load(Relaxed)
+    }
+
+    #[setter(_strict_threads)]
+    fn set_strict_threads_attr(&self, value: bool) {
+        self.strict.store(value, Relaxed);
+    }
+
+    #[getter]
+    fn _closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    #[getter]
+    fn _stopping(&self) -> bool {
+        self.stopping.load(Relaxed)
+    }
+
+    #[getter]
+    fn _thread_id(&self) -> Option<u64> {
+        match self.owner.load(Relaxed) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    #[getter]
+    fn _timer_cancelled_count(&self) -> usize {
+        self.cancelled_in_heap.load(Relaxed)
+    }
+
+    #[getter]
+    fn _clock_resolution(&self) -> f64 {
+        self.clock_resolution
+    }
+
+    #[getter]
+    fn _default_executor(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        lock(&self.default_executor)
+            .as_ref()
+            .map(|e| e.clone_ref(py))
+    }
+
+    #[setter(_default_executor)]
+    fn set_default_executor_attr(&self, value: Option<Py<PyAny>>) {
+        let old = std::mem::replace(&mut *lock(&self.default_executor), value);
+        drop(old);
+    }
+
+    #[getter]
+    fn _executor_shutdown_called(&self) -> bool {
+        self.executor_shutdown_called.load(Relaxed)
+    }
+
+    #[setter(_executor_shutdown_called)]
+    fn set_executor_shutdown_called_attr(&self, value: bool) {
+        self.executor_shutdown_called.store(value, Relaxed);
+    }
+
+    /// Number of callbacks ready to run and timers scheduled (for tests and reprs).
+    fn _queue_sizes(&self) -> (usize, usize) {
+        (lock(&self.ready).len(), lock(&self.timers).len())
+    }
+}
+
+/// `asyncio.Future(loop=loop)`.
+pub fn new_future<'py>(loop_obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = loop_obj.py();
+    let kwargs = PyDict::new(py);
+    kwargs.set_item(pyo3::intern!(py, "loop"), loop_obj)?;
+    interop::asyncio_future(py)?.call((), Some(&kwargs))
+}

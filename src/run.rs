@@ -1,0 +1,362 @@
+//! One loop iteration and the loops around it: `_run_once`, `_run_forever_core`,
+//! `_close_core`, `_after_fork`. An iteration runs only the callbacks that were ready
+//! when it began (after polling), as the stock loop does; the GIL is released while
+//! parked, and while briefly spinning for executor completions.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use weaveloop_engine::{clock, Readiness};
+
+use crate::errors;
+use crate::handles::Callback;
+use crate::interop;
+use crate::loop_core::{lock, LoopCore, Ready, Shared};
+use crate::posted::Posted;
+
+/// asyncio's cap on one poll: a day.
+const MAX_POLL: f64 = 24.0 * 3600.0;
+/// How long the loop spins (GIL released, no syscalls) for executor completions before
+/// parking in epoll; only while jobs are in flight and nothing else is ready.
+const SPIN: Duration = Duration::from_micros(50);
+/// Timer heap compaction thresholds (asyncio's).
+const MIN_SCHEDULED_FOR_COMPACTION: usize = 100;
+
+fn is_fatal(py: Python<'_>, e: &PyErr) -> bool {
+    e.is_instance_of::<PyKeyboardInterrupt>(py) || e.is_instance_of::<PySystemExit>(py)
+}
+
+impl LoopCore {
+    /// Drops cancelled timers: all of them when they are the majority, else from the head.
+    fn housekeep_timers(&self) {
+        let dead = {
+            let mut timers = lock(&self.timers);
+            let n = timers.len();
+            if n > MIN_SCHEDULED_FOR_COMPACTION && self.cancelled_in_heap.load(Relaxed) * 2 > n {
+                let dead = timers.remove_where(|h| h.get().cb.is_cancelled());
+                self.cancelled_in_heap.store(0, Relaxed);
+                dead
+            } else {
+                let mut dead = Vec::new();
+                while let Some((_, h)) = timers.peek() {
+                    if !h.get().cb.is_cancelled() {
+                        break;
+                    }
+                    if let Some((_, h)) = timers.pop() {
+                        dead.push(h);
+                    }
+                    let _ = self
+                        .cancelled_in_heap
+                        .fetch_update(Relaxed, Relaxed, |c| c.checked_sub(1));
+                }
+                dead
+            }
+        };
+        for h in &dead {
+            h.get().scheduled.store(false, Relaxed);
+        }
+        drop(dead);
+    }
+
+    /// How long the poll may block: zero when work is ready, until the next timer, or
+    /// forever (None).
+    fn poll_timeout(&self) -> Option<Duration> {
+        if self.stopping.load(Relaxed) || !lock(&self.ready).is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let next = lock(&self.timers).peek().map(|(when, _)| when);
+        next.map(|when| {
+            let secs = (when - clock::monotonic()).clamp(0.0, MAX_POLL);
+            Duration::from_secs_f64(secs)
+        })
+    }
+
+    fn poll(
+        &self,
+        py: Python<'_>,
+        shared: &Shared,
+        mut timeout: Option<Duration>,
+        events: &mut Vec<Readiness>,
+    ) -> PyResult<()> {
+        if timeout != Some(Duration::ZERO) && self.has_in_flight() {
+            let budget = timeout.map_or(SPIN, |t| t.min(SPIN));
+            if py.detach(|| shared.injector.spin_wait(budget)) {
+                timeout = Some(Duration::ZERO);
+            }
+        }
+        let result = if timeout == Some(Duration::ZERO) {
+            shared.poller.poll(timeout, events)
+        } else {
+            // The handshake of wake.rs: announce the park, then look at the queue.
+            let may_block = shared.injector.begin_park();
+            let t = if may_block {
+                timeout
+            } else {
+                Some(Duration::ZERO)
+            };
+            let r = py.detach(|| shared.poller.poll(t, events));
+            shared.injector.end_park();
+            r
+        };
+        match result {
+            Ok(()) => Ok(()),
+            // A signal arrived: run the Python handlers (Ctrl+C raises KeyboardInterrupt).
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => py.check_signals(),
+            Err(e) => Err(errors::os_error(e)),
+        }
+    }
+
+    fn dispatch_io(&self, py: Python<'_>, events: &[Readiness]) {
+        if events.is_empty() {
+            return;
+        }
+        let watchers = lock(&self.watchers);
+        let mut ready = lock(&self.ready);
+        for ev in events {
+            let Some(w) = watchers.get(&ev.fd) else {
+                continue;
+            };
+            if ev.readable {
+                if let Some(h) = &w.reader {
+                    ready.push_back(Ready::Soon(h.clone_ref(py)));
+                }
+            }
+            if ev.writable {
+                if let Some(h) = &w.writer {
+                    ready.push_back(Ready::Soon(h.clone_ref(py)));
+                }
+            }
+        }
+    }
+
+    fn collect_due_timers(&self) {
+        let end = clock::monotonic() + self.clock_resolution;
+        let mut timers = lock(&self.timers);
+        if timers.peek().is_none_or(|(when, _)| when >= end) {
+            return;
+        }
+        let mut ready = lock(&self.ready);
+        while let Some(h) = timers.pop_due(end) {
+            h.get().scheduled.store(false, Relaxed);
+            ready.push_back(Ready::Timer(h));
+        }
+    }
+
+    /// Runs what was ready when called; a KeyboardInterrupt/SystemExit stops the batch
+    /// and puts the rest back at the front of the queue, so nothing is lost.
+    fn run_ready(&self, slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+        let mut batch = std::mem::take(&mut *lock(&self.spare));
+        std::mem::swap(&mut batch, &mut *lock(&self.ready));
+        let debug = self.is_debug();
+        let mut result = Ok(());
+        while let Some(item) = batch.pop_front() {
+            let r = if debug {
+                self.run_item_timed(slf, &item)
+            } else {
+                self.run_item(slf, &item)
+            };
+            drop(item);
+            if let Err(e) = r {
+                result = Err(e);
+                break;
+            }
+        }
+        if !batch.is_empty() {
+            let mut ready = lock(&self.ready);
+            while let Some(item) = batch.pop_back() {
+                ready.push_front(item);
+            }
+        }
+        *lock(&self.spare) = batch;
+        result
+    }
+
+    fn run_item(&self, slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
+        let py = slf.py();
+        let (cb, handle): (&Callback, &Py<PyAny>) = match item {
+            Ready::Soon(h) => (&h.get().cb, h.as_any()),
+            Ready::Timer(h) => (&h.get().cb, h.as_any()),
+            Ready::Foreign(h) => {
+                let h = h.bind(py);
+                if h.getattr(pyo3::intern!(py, "_cancelled"))?.is_truthy()? {
+                    return Ok(());
+                }
+                return h.call_method0(pyo3::intern!(py, "_run")).map(drop);
+            }
+        };
+        if cb.is_cancelled() {
+            return Ok(());
+        }
+        match cb.run(py) {
+            Ok(()) => Ok(()),
+            Err(e) if is_fatal(py, &e) => Err(e),
+            Err(e) => report_callback_error(slf, cb, handle.bind(py), e),
+        }
+    }
+
+    fn run_item_timed(&self, slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
+        let py = slf.py();
+        let t0 = clock::monotonic();
+        let r = self.run_item(slf, item);
+        let dt = clock::monotonic() - t0;
+        let limit: f64 = slf
+            .getattr(pyo3::intern!(py, "slow_callback_duration"))
+            .and_then(|v| v.extract())
+            .unwrap_or(0.1);
+        if dt >= limit {
+            let handle = match item {
+                Ready::Soon(h) => h.bind(py).clone().into_any(),
+                Ready::Timer(h) => h.bind(py).clone().into_any(),
+                Ready::Foreign(h) => h.bind(py).clone(),
+            };
+            let formatted = interop::format_handle(py)?.call1((handle,))?;
+            interop::asyncio_logger(py)?.call_method1(
+                pyo3::intern!(py, "warning"),
+                ("Executing %s took %.3f seconds", formatted, dt),
+            )?;
+        }
+        r
+    }
+
+    /// One iteration: poll (blocking at most until the next timer), then run what is ready.
+    pub(crate) fn run_once(&self, slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+        let py = slf.py();
+        let shared = self.shared();
+        self.housekeep_timers();
+        let timeout = self.poll_timeout();
+        let mut events = Vec::new();
+        self.poll(py, &shared, timeout, &mut events)?;
+        self.drain_posted(slf)?;
+        self.dispatch_io(py, &events);
+        self.collect_due_timers();
+        self.run_ready(slf)
+    }
+}
+
+/// Hands a callback's exception to the loop's exception handler, with asyncio's keys.
+fn report_callback_error(
+    slf: &Bound<'_, LoopCore>,
+    cb: &Callback,
+    handle: &Bound<'_, PyAny>,
+    err: PyErr,
+) -> PyResult<()> {
+    let py = slf.py();
+    let src = interop::format_callback_source(py)?.call1((&cb.callback, &cb.args))?;
+    let context = PyDict::new(py);
+    context.set_item("message", format!("Exception in callback {src}"))?;
+    context.set_item("exception", err.value(py))?;
+    context.set_item("handle", handle)?;
+    slf.call_method1(pyo3::intern!(py, "call_exception_handler"), (context,))
+        .map(drop)
+}
+
+#[pymethods]
+impl LoopCore {
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slf.get().run_once(slf)
+    }
+
+    /// Runs iterations until `stop()`; the Python side sets up asyncgen hooks and the
+    /// running-loop marker around it.
+    fn _run_forever_core(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        let me = interop::thread_ident();
+        if this
+            .owner
+            .compare_exchange(0, me, Relaxed, Relaxed)
+            .is_err()
+        {
+            return Err(errors::already_running());
+        }
+        let result = loop {
+            if let Err(e) = this.run_once(slf) {
+                break Err(e);
+            }
+            if this.stopping.load(Relaxed) {
+                break Ok(());
+            }
+        };
+        this.stopping.store(false, Relaxed);
+        this.owner.store(0, Relaxed);
+        result
+    }
+
+    /// Closes the Rust side: executor futures still in flight are cancelled, later posts
+    /// are refused, callbacks posted before the close are still run (so a post either
+    /// runs or raises), queues and fd registrations are dropped.
+    fn _close_core(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.owner.load(Relaxed) != 0 {
+            return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
+        }
+        if this.closed.load(Relaxed) {
+            return Ok(());
+        }
+        let in_flight: Vec<Py<PyAny>> = lock(&this.in_flight).drain().map(|(_, f)| f).collect();
+        this.in_flight_count.store(0, Relaxed);
+        for fut in &in_flight {
+            fut.bind(py).call_method0(pyo3::intern!(py, "cancel"))?;
+        }
+        drop(in_flight);
+        this.closed.store(true, Relaxed);
+        let shared = this.shared();
+        let leftovers = shared.injector.close();
+        let mut fatal = None;
+        for item in leftovers {
+            match item {
+                Posted::Call(h) => {
+                    let ready = Ready::Soon(h);
+                    if let Err(e) = this.run_item(slf, &ready) {
+                        fatal.get_or_insert(e);
+                    }
+                }
+                // A completion whose future is already cancelled above: nothing to do.
+                Posted::Done { fut, .. } => drop(this.untrack_in_flight(&fut)),
+            }
+        }
+        let ready: VecDeque<Ready> = std::mem::take(&mut *lock(&this.ready));
+        drop(ready);
+        let timers = lock(&this.timers).drain();
+        for t in &timers {
+            t.get().scheduled.store(false, Relaxed);
+        }
+        drop(timers);
+        let watchers: Vec<_> = lock(&this.watchers).drain().collect();
+        for (fd, _) in &watchers {
+            let _ = shared.poller.set_interest(*fd, false, false);
+        }
+        drop(watchers);
+        match fatal {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// In a forked child: a fresh epoll fd, eventfd and injector; fds re-registered;
+    /// executor jobs of the parent (whose threads do not exist here) are cancelled.
+    fn _after_fork(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let fresh = Shared::new()?;
+        for (fd, w) in lock(&this.watchers).iter() {
+            fresh
+                .poller
+                .set_interest(*fd, w.reader.is_some(), w.writer.is_some())
+                .map_err(errors::os_error)?;
+        }
+        let old = std::mem::replace(&mut *lock(&this.shared), fresh);
+        let in_flight: Vec<Py<PyAny>> = lock(&this.in_flight).drain().map(|(_, f)| f).collect();
+        this.in_flight_count.store(0, Relaxed);
+        for fut in &in_flight {
+            fut.bind(py).call_method0(pyo3::intern!(py, "cancel"))?;
+        }
+        drop(old);
+        Ok(())
+    }
+}

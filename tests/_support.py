@@ -1,0 +1,56 @@
+"""Helpers shared by the test files: loop factories, safety-netted waits, thread starts.
+
+Every timeout here is a safety net: reaching one means the test failed, never that it
+passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+#: Upper bound for any single wait in a test: reaching it means the test failed.
+SAFETY = 10.0
+
+LOOP_KINDS = ["weaveloop", "asyncio"]
+
+
+def weaveloop_factory(**options):
+    import weaveloop
+
+    return weaveloop.new_event_loop(**options)
+
+
+def asyncio_factory():
+    return asyncio.SelectorEventLoop()
+
+
+FACTORIES = {"weaveloop": weaveloop_factory, "asyncio": asyncio_factory}
+
+
+def run(loop, coro, timeout: float = SAFETY):
+    """run_until_complete with a safety timeout, so a broken loop fails instead of hangs."""
+
+    async def guarded():
+        return await asyncio.wait_for(coro, timeout)
+
+    return loop.run_until_complete(guarded())
+
+
+def start_thread(target, *args, name=None) -> threading.Thread:
+    t = threading.Thread(target=target, args=args, name=name, daemon=True)
+    t.start()
+    return t
+
+
+def wait_or_fail(event: threading.Event, what: str, timeout: float = SAFETY) -> None:
+    if not event.wait(timeout):
+        pytest.fail(f"timed out (safety net) waiting for {what}")
+
+
+def join_or_fail(thread: threading.Thread, timeout: float = SAFETY) -> None:
+    thread.join(timeout)
+    if thread.is_alive():
+        pytest.fail(f"thread {thread.name} did not finish (safety net)")

@@ -1,0 +1,157 @@
+"""Debug mode: set_debug/get_debug, PYTHONASYNCIODEBUG and -X dev, slow-callback logging.
+
+Differential: every test runs on weaveloop and on the stock loop; the environment tests
+start a fresh interpreter so the variable is read the way a user's program reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from _support import SAFETY, run
+
+PROBE = {
+    "weaveloop": "import weaveloop; lp = weaveloop.new_event_loop()",
+    "asyncio": "import asyncio; lp = asyncio.SelectorEventLoop()",
+}
+
+
+def _debug_in_fresh_interpreter(loop_kind, extra_args=(), env_debug=None) -> str:
+    env = dict(os.environ)
+    env.pop("PYTHONASYNCIODEBUG", None)
+    env.pop("PYTHONDEVMODE", None)
+    if env_debug is not None:
+        env["PYTHONASYNCIODEBUG"] = env_debug
+    code = PROBE[loop_kind] + "; print(lp.get_debug()); lp.close()"
+    out = subprocess.run(
+        [sys.executable, *extra_args, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_debug_defaults_to_the_interpreter_setting(loop):
+    expected = sys.flags.dev_mode or (
+        not sys.flags.ignore_environment and bool(os.environ.get("PYTHONASYNCIODEBUG"))
+    )
+    assert loop.get_debug() is expected
+
+
+def test_set_debug_roundtrip(loop):
+    loop.set_debug(True)
+    assert loop.get_debug() is True
+    loop.set_debug(False)
+    assert loop.get_debug() is False
+
+
+def test_debug_off_in_a_plain_interpreter(loop_kind):
+    assert _debug_in_fresh_interpreter(loop_kind) == "False"
+
+
+def test_pythonasynciodebug_turns_debug_on(loop_kind):
+    assert _debug_in_fresh_interpreter(loop_kind, env_debug="1") == "True"
+
+
+def test_dev_mode_turns_debug_on(loop_kind):
+    assert _debug_in_fresh_interpreter(loop_kind, extra_args=("-X", "dev")) == "True"
+
+
+def test_slow_callback_is_logged_in_debug_mode(loop, caplog):
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.01
+
+    def slow_callback():
+        # Busy-wait so the callback is slow by construction, whatever the scheduler does.
+        end = time.monotonic() + 0.05
+        while time.monotonic() < end:
+            pass
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        loop.call_soon(slow_callback)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    slow = [m for m in messages if m.startswith("Executing") and "slow_callback" in m]
+    assert slow, messages
+    assert " took " in slow[0] and slow[0].endswith(" seconds")
+
+
+def test_fast_callbacks_are_not_logged(loop, caplog):
+    loop.set_debug(True)
+    loop.slow_callback_duration = SAFETY
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        for _ in range(100):
+            loop.call_soon(lambda: None)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    assert not [r for r in caplog.records if r.getMessage().startswith("Executing")]
+
+
+def test_slow_callbacks_are_not_logged_without_debug(loop, caplog):
+    loop.set_debug(False)
+    loop.slow_callback_duration = 0.0
+
+    def callback():
+        end = time.monotonic() + 0.002
+        while time.monotonic() < end:
+            pass
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        loop.call_soon(callback)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    assert not [r for r in caplog.records if r.getMessage().startswith("Executing")]
+
+
+def test_debug_tracks_coroutine_origins_while_running(loop):
+    async def depth():
+        return sys.get_coroutine_origin_tracking_depth()
+
+    loop.set_debug(True)
+    assert run(loop, depth()) > 0
+    assert sys.get_coroutine_origin_tracking_depth() == 0
+    loop.set_debug(False)
+    assert run(loop, depth()) == 0
+
+
+def test_set_debug_while_running_takes_effect(loop):
+    async def main():
+        loop.set_debug(True)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return loop.get_debug(), sys.get_coroutine_origin_tracking_depth()
+
+    debug, depth = run(loop, main())
+    assert debug is True
+    assert depth > 0
+
+
+def test_debug_callback_exception_carries_source_traceback(loop):
+    contexts = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+    loop.set_debug(True)
+
+    def failing():
+        raise ValueError("x")
+
+    loop.call_soon(failing)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert len(contexts) == 1
+    assert "source_traceback" in contexts[0]
+    assert contexts[0]["source_traceback"]
+
+
+def test_slow_callback_duration_defaults_to_asyncio_value_and_is_settable(loop):
+    assert loop.slow_callback_duration == 0.1
+    loop.slow_callback_duration = 0.25
+    assert loop.slow_callback_duration == 0.25

@@ -1,0 +1,234 @@
+"""Exception handling: set/get/default/call_exception_handler, callback failures, BaseException.
+
+Differential: every test runs on weaveloop and on the stock loop. Exceptions from callbacks
+reach the handler with asyncio's context keys and the loop keeps running;
+KeyboardInterrupt/SystemExit propagate out of run_forever and the loop stays usable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+
+import pytest
+from _support import run
+
+
+def failing_callback():
+    raise ZeroDivisionError("from callback")
+
+
+def _collecting_handler(contexts):
+    def handler(lp, context):
+        contexts.append((lp, context))
+
+    return handler
+
+
+def test_default_handler_is_none_and_set_get_roundtrip(loop):
+    assert loop.get_exception_handler() is None
+
+    def handler(lp, ctx):
+        pass
+
+    loop.set_exception_handler(handler)
+    assert loop.get_exception_handler() is handler
+    loop.set_exception_handler(None)
+    assert loop.get_exception_handler() is None
+
+
+def test_set_exception_handler_rejects_non_callables(loop):
+    with pytest.raises(TypeError):
+        loop.set_exception_handler("not callable")
+
+
+def test_callback_exception_goes_to_handler_and_loop_keeps_running(loop):
+    contexts = []
+    loop.set_exception_handler(_collecting_handler(contexts))
+    ran = []
+    h = loop.call_soon(failing_callback)
+    loop.call_soon(ran.append, "same batch")
+    loop.call_soon(lambda: loop.call_soon(loop.stop))
+    loop.run_forever()
+    assert ran == ["same batch"]
+    assert len(contexts) == 1
+    lp, ctx = contexts[0]
+    assert lp is loop
+    assert ctx["message"].startswith("Exception in callback")
+    assert "failing_callback" in ctx["message"]
+    assert isinstance(ctx["exception"], ZeroDivisionError)
+    assert ctx["handle"] is h
+
+
+def test_timer_exception_goes_to_handler(loop):
+    contexts = []
+    loop.set_exception_handler(_collecting_handler(contexts))
+    t = loop.call_later(0.001, failing_callback)
+    loop.call_later(0.005, loop.stop)
+    loop.run_forever()
+    assert len(contexts) == 1
+    ctx = contexts[0][1]
+    assert isinstance(ctx["exception"], ZeroDivisionError)
+    assert ctx["handle"] is t
+
+
+def test_many_failing_callbacks_are_all_reported(loop):
+    contexts = []
+    loop.set_exception_handler(_collecting_handler(contexts))
+    for _ in range(100):
+        loop.call_soon(failing_callback)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert len(contexts) == 100
+
+
+def test_default_handler_logs_message_and_traceback(loop, caplog):
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.call_soon(failing_callback)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    records = [r for r in caplog.records if r.name == "asyncio"]
+    assert len(records) == 1
+    rec = records[0]
+    assert rec.levelno == logging.ERROR
+    assert rec.getMessage().startswith("Exception in callback")
+    assert "handle: " in rec.getMessage()
+    assert rec.exc_info and rec.exc_info[0] is ZeroDivisionError
+
+
+def test_call_exception_handler_uses_custom_handler(loop):
+    contexts = []
+    loop.set_exception_handler(_collecting_handler(contexts))
+    ctx = {"message": "custom", "exception": ValueError("x"), "future": None}
+    loop.call_exception_handler(ctx)
+    assert contexts == [(loop, ctx)]
+
+
+def test_call_exception_handler_default_log_format(loop, caplog):
+    fut = loop.create_future()
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.call_exception_handler({"message": "Something odd", "future": fut, "extra": 7})
+    (rec,) = [r for r in caplog.records if r.name == "asyncio"]
+    lines = rec.getMessage().splitlines()
+    assert lines[0] == "Something odd"
+    assert "extra: 7" in lines
+    assert f"future: {fut!r}" in lines
+    assert not rec.exc_info
+    fut.cancel()
+
+
+def test_default_exception_handler_callable_directly(loop, caplog):
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.default_exception_handler({"message": "direct", "exception": KeyError("k")})
+    (rec,) = [r for r in caplog.records if r.name == "asyncio"]
+    assert rec.getMessage().startswith("direct")
+    assert rec.exc_info[0] is KeyError
+
+
+def test_failing_custom_handler_falls_back_to_default(loop, caplog):
+    def bad_handler(lp, ctx):
+        raise RuntimeError("handler broke")
+
+    loop.set_exception_handler(bad_handler)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.call_soon(failing_callback)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    messages = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert any(m.startswith("Unhandled error in exception handler") for m in messages)
+
+
+def test_unretrieved_task_exception_reaches_handler(loop):
+    contexts = []
+    loop.set_exception_handler(_collecting_handler(contexts))
+
+    async def fails():
+        raise ValueError("never retrieved")
+
+    async def main():
+        task = loop.create_task(fails())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert task.done()
+
+    run(loop, main())
+    gc.collect()
+    messages = [c["message"] for _, c in contexts]
+    assert "Task exception was never retrieved" in messages
+    ctx = next(c for _, c in contexts if c["message"] == "Task exception was never retrieved")
+    assert isinstance(ctx["exception"], ValueError)
+    assert isinstance(ctx["future"], asyncio.Task)
+
+
+def test_executor_job_exception_goes_to_the_awaiting_future(loop):
+    contexts = []
+    loop.set_exception_handler(_collecting_handler(contexts))
+
+    def job():
+        raise ArithmeticError("in job")
+
+    async def main():
+        with pytest.raises(ArithmeticError, match="in job"):
+            await loop.run_in_executor(None, job)
+        return await loop.run_in_executor(None, lambda: "still works")
+
+    assert run(loop, main()) == "still works"
+    assert contexts == []
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_base_exception_from_callback_propagates_and_loop_stays_usable(loop, exc_type):
+    ran = []
+
+    def raiser():
+        raise exc_type("out")
+
+    loop.call_soon(raiser)
+    loop.call_soon(ran.append, "after")
+    with pytest.raises(exc_type):
+        loop.run_forever()
+    assert not loop.is_running()
+    assert asyncio._get_running_loop() is None
+    # The rest of the interrupted batch is not lost: it runs on the next run.
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ran == ["after"]
+    assert run(loop, asyncio.sleep(0, "usable")) == "usable"
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_base_exception_from_timer_propagates_and_loop_stays_usable(loop, exc_type):
+    def raiser():
+        raise exc_type("out")
+
+    loop.call_later(0.001, raiser)
+    with pytest.raises(exc_type):
+        loop.run_forever()
+    assert not loop.is_running()
+    assert run(loop, asyncio.sleep(0.001, "usable")) == "usable"
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_base_exception_from_task_propagates_from_run_until_complete(loop, exc_type):
+    async def main():
+        await asyncio.sleep(0)
+        raise exc_type("in task")
+
+    with pytest.raises(exc_type):
+        loop.run_until_complete(main())
+    assert not loop.is_running()
+    assert run(loop, asyncio.sleep(0, "usable")) == "usable"
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_base_exception_from_exception_handler_propagates(loop, exc_type):
+    def handler(lp, ctx):
+        raise exc_type("from handler")
+
+    loop.set_exception_handler(handler)
+    loop.call_soon(failing_callback)
+    with pytest.raises(exc_type):
+        loop.run_forever()
+    loop.set_exception_handler(None)
+    assert run(loop, asyncio.sleep(0, "usable")) == "usable"

@@ -1,0 +1,177 @@
+"""Handle and TimerHandle: cancel, cancelled, when, get_context, repr, reference release.
+
+Differential: every test runs on weaveloop and on the stock loop.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import gc
+import sys
+import weakref
+
+import pytest
+
+
+def named_callback():
+    pass
+
+
+def _skip_without_get_context(loop_kind: str) -> None:
+    # Handle.get_context() is new in Python 3.12; weaveloop offers it on 3.11 too.
+    if loop_kind == "asyncio" and sys.version_info < (3, 12):
+        pytest.skip("stock Handle.get_context() needs Python 3.12")
+
+
+def _spin(loop, iterations: int = 2) -> None:
+    """Run exactly ``iterations`` loop iterations (a chain of call_soon then stop)."""
+
+    def step(n):
+        if n <= 1:
+            loop.stop()
+        else:
+            loop.call_soon(step, n - 1)
+
+    loop.call_soon(step, iterations)
+    loop.run_forever()
+
+
+def test_cancelled_handle_does_not_run(loop):
+    ran = []
+    h = loop.call_soon(ran.append, 1)
+    assert not h.cancelled()
+    h.cancel()
+    assert h.cancelled()
+    _spin(loop)
+    assert ran == []
+
+
+def test_cancel_is_idempotent(loop):
+    h = loop.call_soon(named_callback)
+    h.cancel()
+    h.cancel()
+    assert h.cancelled()
+
+
+def test_cancel_after_run_marks_cancelled(loop):
+    ran = []
+    h = loop.call_soon(ran.append, 1)
+    _spin(loop)
+    assert ran == [1]
+    h.cancel()
+    assert h.cancelled()
+
+
+def test_callback_cancels_a_later_callback_of_the_same_batch(loop):
+    ran = []
+    later = None
+
+    def first():
+        ran.append("first")
+        later.cancel()
+
+    loop.call_soon(first)
+    later = loop.call_soon(ran.append, "later")
+    _spin(loop)
+    assert ran == ["first"]
+
+
+def test_cancelled_timer_does_not_run(loop):
+    ran = []
+    h = loop.call_later(0.001, ran.append, 1)
+    h.cancel()
+    assert h.cancelled()
+    loop.call_later(0.005, loop.stop)
+    loop.run_forever()
+    assert ran == []
+
+
+def test_timer_cancelled_by_a_timer_due_in_the_same_iteration(loop):
+    ran = []
+    when = loop.time() + 0.002
+    victim = None
+
+    def killer():
+        ran.append("killer")
+        victim.cancel()
+
+    loop.call_at(when - 0.0005, killer)
+    victim = loop.call_at(when, ran.append, "victim")
+    loop.call_at(when + 0.003, loop.stop)
+    loop.run_forever()
+    assert ran == ["killer"]
+
+
+def test_timer_handle_when_is_the_exact_deadline(loop):
+    when = loop.time() + 123.25
+    h = loop.call_at(when, named_callback)
+    assert h.when() == when
+    h.cancel()
+    assert h.when() == when
+
+
+def test_timer_handles_compare_by_deadline(loop):
+    now = loop.time()
+    early = loop.call_at(now + 10, named_callback)
+    late = loop.call_at(now + 20, named_callback)
+    assert early < late
+    assert late > early
+    assert early <= early
+    early.cancel()
+    late.cancel()
+
+
+def test_get_context_returns_the_given_context(loop, loop_kind):
+    _skip_without_get_context(loop_kind)
+    ctx = contextvars.copy_context()
+    h = loop.call_soon(named_callback, context=ctx)
+    assert h.get_context() is ctx
+    t = loop.call_later(1, named_callback, context=ctx)
+    assert t.get_context() is ctx
+    h.cancel()
+    t.cancel()
+
+
+def test_get_context_defaults_to_a_copy_of_the_current_context(loop, loop_kind):
+    _skip_without_get_context(loop_kind)
+    var = contextvars.ContextVar("var")
+    token = var.set("value")
+    try:
+        h = loop.call_soon(named_callback)
+        ctx = h.get_context()
+        assert isinstance(ctx, contextvars.Context)
+        assert ctx[var] == "value"
+    finally:
+        var.reset(token)
+        h.cancel()
+
+
+def test_repr_names_the_callback(loop):
+    h = loop.call_soon(named_callback)
+    t = loop.call_later(10, named_callback)
+    assert "named_callback" in repr(h)
+    assert "named_callback" in repr(t)
+    assert "when=" in repr(t)
+    h.cancel()
+    t.cancel()
+    assert "cancelled" in repr(h)
+    assert "cancelled" in repr(t)
+
+
+def test_cancel_releases_callback_and_arguments(loop):
+    class Payload:
+        def __call__(self):
+            pass
+
+    cb, arg = Payload(), Payload()
+    cb_ref, arg_ref = weakref.ref(cb), weakref.ref(arg)
+    h = loop.call_soon(cb, arg)
+    t = loop.call_later(3600, cb, arg)
+    del cb, arg
+    h.cancel()
+    t.cancel()
+    gc.collect()
+    assert cb_ref() is None
+    assert arg_ref() is None
+    # The handles stay usable after the release.
+    assert h.cancelled() and t.cancelled()

@@ -1,0 +1,352 @@
+"""Running and closing: run_forever, run_until_complete, stop, close, entry points, options.
+
+Differential where both loops share the behaviour; the weaveloop entry points (run,
+Runner with loop_factory, EventLoopPolicy, install, options) are weaveloop by nature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import weaveloop
+from _support import run
+
+
+def test_loop_is_an_abstract_event_loop(loop):
+    assert isinstance(loop, asyncio.AbstractEventLoop)
+
+
+def test_weaveloop_loop_class(wloop):
+    assert isinstance(wloop, weaveloop.Loop)
+    assert issubclass(weaveloop.Loop, asyncio.AbstractEventLoop)
+
+
+def test_run_until_complete_returns_the_result(loop):
+    async def main():
+        await asyncio.sleep(0)
+        return 42
+
+    assert loop.run_until_complete(main()) == 42
+
+
+def test_run_until_complete_accepts_a_future(loop):
+    fut = loop.create_future()
+    loop.call_soon(fut.set_result, "done")
+    assert loop.run_until_complete(fut) == "done"
+
+
+def test_run_until_complete_raises_the_exception(loop):
+    async def main():
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        loop.run_until_complete(main())
+
+
+def test_run_until_complete_rejects_non_awaitables(loop):
+    with pytest.raises(TypeError):
+        loop.run_until_complete(42)
+
+
+def test_run_until_complete_rejects_a_future_of_another_loop(loop, make_loop):
+    other = make_loop()
+    fut = other.create_future()
+    with pytest.raises(ValueError):
+        loop.run_until_complete(fut)
+
+
+def test_run_until_complete_stopped_early_raises(loop):
+    fut = loop.create_future()
+    loop.call_soon(loop.stop)
+    with pytest.raises(RuntimeError, match="Event loop stopped before Future completed."):
+        loop.run_until_complete(fut)
+
+
+def test_run_until_complete_leaves_later_callbacks_for_the_next_run(loop):
+    ran = []
+
+    async def main():
+        loop.call_soon(ran.append, "after")
+        return "result"
+
+    assert loop.run_until_complete(main()) == "result"
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ran == ["after"]
+
+
+def test_is_running_and_running_loop(loop):
+    seen = []
+
+    def probe():
+        seen.append((loop.is_running(), asyncio.get_running_loop() is loop))
+        seen.append(asyncio.get_event_loop() is loop)
+        loop.stop()
+
+    assert not loop.is_running()
+    loop.call_soon(probe)
+    loop.run_forever()
+    assert seen == [(True, True), True]
+    assert not loop.is_running()
+    assert asyncio._get_running_loop() is None
+
+
+def test_loop_runs_again_after_stop(loop):
+    for i in range(5):
+        ran = []
+        loop.call_soon(ran.append, i)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert ran == [i]
+
+
+def test_close_is_idempotent(loop):
+    assert not loop.is_closed()
+    loop.close()
+    assert loop.is_closed()
+    loop.close()
+    assert loop.is_closed()
+
+
+def test_close_while_running_raises(loop):
+    errors = []
+
+    def try_close():
+        try:
+            loop.close()
+        except RuntimeError as e:
+            errors.append(str(e))
+        loop.stop()
+
+    loop.call_soon(try_close)
+    loop.run_forever()
+    assert errors == ["Cannot close a running event loop"]
+    assert not loop.is_closed()
+
+
+def test_close_drops_pending_callbacks(loop):
+    ran = []
+    loop.call_soon(ran.append, 1)
+    loop.call_later(0, ran.append, 2)
+    loop.close()
+    assert ran == []
+
+
+def test_run_forever_while_running_raises(loop):
+    errors = []
+
+    def reenter():
+        for method in (loop.run_forever, lambda: loop.run_until_complete(asyncio.sleep(0))):
+            try:
+                method()
+            except RuntimeError as e:
+                errors.append(str(e))
+        loop.stop()
+
+    loop.call_soon(reenter)
+    loop.run_forever()
+    assert errors == ["This event loop is already running"] * 2
+    assert loop.is_running() is False
+
+
+def test_running_a_second_loop_in_a_running_loop_raises(loop, make_loop):
+    inner = make_loop()
+    errors = []
+    coro = asyncio.sleep(0)
+
+    def nested():
+        try:
+            inner.run_forever()
+        except RuntimeError as e:
+            errors.append(str(e))
+        try:
+            inner.run_until_complete(coro)
+        except RuntimeError as e:
+            errors.append(str(e))
+        loop.stop()
+
+    loop.call_soon(nested)
+    loop.run_forever()
+    coro.close()
+    assert errors == ["Cannot run the event loop while another loop is running"] * 2
+    assert not inner.is_running()
+    # Both loops still work afterwards.
+    assert inner.run_until_complete(asyncio.sleep(0, "inner")) == "inner"
+    assert loop.run_until_complete(asyncio.sleep(0, "outer")) == "outer"
+
+
+def test_asyncio_runner_with_loop_factory(loop_factory):
+    async def main():
+        return asyncio.get_running_loop()
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        lp = runner.run(main())
+        assert lp is runner.get_loop()
+        assert runner.run(asyncio.sleep(0, "again")) == "again"
+    assert lp.is_closed()
+
+
+def test_asyncio_runner_with_weaveloop_factory():
+    async def main():
+        return type(asyncio.get_running_loop())
+
+    with asyncio.Runner(loop_factory=weaveloop.new_event_loop) as runner:
+        assert runner.run(main()) is weaveloop.Loop
+
+
+def test_weaveloop_run_returns_the_result_on_a_weaveloop_loop():
+    async def main():
+        lp = asyncio.get_running_loop()
+        await asyncio.sleep(0)
+        return type(lp), lp.get_debug()
+
+    assert weaveloop.run(main()) == (weaveloop.Loop, False)
+
+
+def test_weaveloop_run_debug():
+    async def main():
+        return asyncio.get_running_loop().get_debug()
+
+    assert weaveloop.run(main(), debug=True) is True
+
+
+def test_weaveloop_run_passes_options():
+    async def main():
+        return asyncio.get_running_loop()
+
+    lp = weaveloop.run(main(), strict_threads=False, executor_workers=2)
+    assert isinstance(lp, weaveloop.Loop)
+    assert lp.is_closed()
+
+
+def test_weaveloop_run_propagates_exceptions():
+    async def main():
+        raise LookupError("inside")
+
+    with pytest.raises(LookupError, match="inside"):
+        weaveloop.run(main())
+
+
+def test_weaveloop_run_inside_a_running_loop_raises(loop):
+    async def outer():
+        coro = asyncio.sleep(0)
+        try:
+            with pytest.raises(RuntimeError):
+                weaveloop.run(coro)
+        finally:
+            coro.close()
+
+    run(loop, outer())
+
+
+def test_weaveloop_run_shuts_down_asyncgens_and_default_executor():
+    finalized = []
+
+    async def agen():
+        try:
+            yield 1
+            yield 2
+        finally:
+            finalized.append("agen")
+
+    async def main():
+        g = agen()
+        await g.__anext__()
+        lp = asyncio.get_running_loop()
+        await lp.run_in_executor(None, lambda: None)
+        main.executor = lp._default_executor
+        main.g = g
+
+    weaveloop.run(main())
+    assert finalized == ["agen"]
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        main.executor.submit(lambda: None)
+
+
+def test_event_loop_policy_makes_weaveloop_loops():
+    policy = weaveloop.EventLoopPolicy()
+    lp = policy.new_event_loop()
+    try:
+        assert isinstance(lp, weaveloop.Loop)
+    finally:
+        lp.close()
+
+
+def test_event_loop_policy_passes_options():
+    policy = weaveloop.EventLoopPolicy(executor_workers=3)
+    lp = policy.new_event_loop()
+    try:
+
+        async def main():
+            await lp.run_in_executor(None, lambda: None)
+            return lp._default_executor._max_workers
+
+        assert run(lp, main()) == 3
+    finally:
+        lp.close()
+
+
+def test_install_makes_asyncio_run_use_weaveloop():
+    weaveloop.install()
+
+    async def main():
+        return type(asyncio.get_running_loop())
+
+    assert asyncio.run(main()) is weaveloop.Loop
+    lp = asyncio.new_event_loop()
+    try:
+        assert isinstance(lp, weaveloop.Loop)
+    finally:
+        lp.close()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: weaveloop.new_event_loop(no_such_option=1),
+        lambda: weaveloop.Loop(no_such_option=1),
+        lambda: weaveloop.EventLoopPolicy(no_such_option=1),
+        lambda: weaveloop.install(no_such_option=1),
+    ],
+    ids=["new_event_loop", "Loop", "EventLoopPolicy", "install"],
+)
+def test_unknown_option_is_a_type_error(make):
+    policy = asyncio.get_event_loop_policy()
+    with pytest.raises(TypeError, match="no_such_option"):
+        make()
+    assert asyncio.get_event_loop_policy() is policy
+
+
+def test_weaveloop_run_unknown_option_is_a_type_error():
+    coro = asyncio.sleep(0)
+    try:
+        with pytest.raises(TypeError, match="no_such_option"):
+            weaveloop.run(coro, no_such_option=1)
+    finally:
+        coro.close()
+
+
+def test_options_are_keyword_only():
+    with pytest.raises(TypeError):
+        weaveloop.new_event_loop(True)
+
+
+def test_loop_options_are_documented():
+    assert {"strict_threads", "executor_workers"} <= set(weaveloop.LOOP_OPTIONS)
+    for name, doc in weaveloop.LOOP_OPTIONS.items():
+        assert isinstance(doc, str) and doc, name
+
+
+@pytest.mark.parametrize(
+    "options, exc",
+    [
+        ({"strict_threads": "yes"}, TypeError),
+        ({"executor_workers": "4"}, TypeError),
+        ({"executor_workers": 0}, ValueError),
+        ({"executor_workers": -1}, ValueError),
+    ],
+)
+def test_invalid_option_values_are_rejected(options, exc):
+    with pytest.raises(exc):
+        weaveloop.new_event_loop(**options)

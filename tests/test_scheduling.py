@@ -1,0 +1,249 @@
+"""Scheduling: call_soon FIFO, call_later/call_at ordering, run-once batches, the clock.
+
+Differential: every test runs on weaveloop and on the stock loop.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import random
+import socket
+import time
+
+import pytest
+from _support import SAFETY
+
+
+def test_call_soon_runs_fifo(loop):
+    ran = []
+    for i in range(200):
+        loop.call_soon(ran.append, i)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ran == list(range(200))
+
+
+def test_call_soon_passes_args_and_returns_handle(loop):
+    got = []
+    h = loop.call_soon(lambda *a: got.append(a), 1, "two", None)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert got == [(1, "two", None)]
+    assert hasattr(h, "cancel")
+
+
+def test_call_soon_from_a_callback_keeps_fifo_across_iterations(loop):
+    ran = []
+
+    def first():
+        ran.append("first")
+        loop.call_soon(ran.append, "scheduled-by-first")
+
+    loop.call_soon(first)
+    loop.call_soon(ran.append, "second")
+    loop.call_soon(lambda: loop.call_soon(loop.stop))
+    loop.run_forever()
+    assert ran == ["first", "second", "scheduled-by-first"]
+
+
+def test_call_soon_runs_in_the_given_context(loop):
+    var = contextvars.ContextVar("var", default="unset")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "in-ctx")
+    seen = []
+    loop.call_soon(lambda: seen.append(var.get()), context=ctx)
+    loop.call_soon(lambda: seen.append(var.get()))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == ["in-ctx", "unset"]
+
+
+def test_call_soon_captures_the_context_at_scheduling_time(loop):
+    var = contextvars.ContextVar("var", default="unset")
+    seen = []
+    token = var.set("at-schedule")
+    loop.call_soon(lambda: seen.append(var.get()))
+    var.reset(token)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == ["at-schedule"]
+
+
+def test_call_at_fires_in_deadline_order(loop):
+    ran = []
+    base = loop.time()
+    for k in [5, 1, 4, 2, 3]:
+        loop.call_at(base + k * 0.002, ran.append, k)
+    loop.call_at(base + 0.011, loop.stop)
+    loop.run_forever()
+    assert ran == [1, 2, 3, 4, 5]
+
+
+def test_call_later_fires_in_delay_order(loop):
+    ran = []
+    for k in [3, 1, 2]:
+        loop.call_later(k * 0.003, ran.append, k)
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert ran == [1, 2, 3]
+
+
+def test_many_random_timers_fire_in_deadline_order(loop):
+    rng = random.Random(1234)
+    fired = []
+    pending = 1000
+
+    def fire(when):
+        nonlocal pending
+        fired.append(when)
+        pending -= 1
+        if pending == 0:
+            loop.stop()
+
+    for _ in range(1000):
+        when = loop.time() + rng.uniform(0, 0.05)
+        loop.call_at(when, fire, when)
+    guard = loop.call_later(SAFETY, loop.stop)
+    loop.run_forever()
+    guard.cancel()
+    assert pending == 0
+    assert fired == sorted(fired)
+
+
+def test_timer_never_fires_before_its_deadline(loop):
+    late = []
+
+    def check(when):
+        late.append(loop.time() - when)
+
+    for k in range(1, 21):
+        when = loop.time() + k * 0.0005
+        loop.call_at(when, check, when)
+    loop.call_later(0.02, loop.stop)
+    loop.run_forever()
+    assert len(late) == 20
+    assert min(late) >= -1e-6
+
+
+def test_expired_timer_runs_after_callbacks_already_ready(loop):
+    # asyncio appends expired timers behind the ready queue of the same iteration.
+    ran = []
+    loop.call_soon(ran.append, "a")
+    loop.call_later(0, ran.append, "timer")
+    loop.call_soon(ran.append, "c")
+    loop.call_soon(lambda: loop.call_soon(loop.stop))
+    loop.run_forever()
+    assert ran == ["a", "c", "timer"]
+
+
+def test_run_once_runs_only_callbacks_ready_when_it_began(loop):
+    # stop() lets the current batch finish; what that batch schedules waits for the next.
+    ran = []
+
+    def a():
+        ran.append("a")
+        loop.call_soon(ran.append, "scheduled-by-a")
+        loop.stop()
+
+    loop.call_soon(a)
+    loop.call_soon(ran.append, "b")
+    loop.run_forever()
+    assert ran == ["a", "b"]
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ran == ["a", "b", "scheduled-by-a"]
+
+
+def test_stop_before_run_forever_runs_one_iteration(loop):
+    ran = []
+    loop.call_soon(ran.append, 1)
+    loop.stop()
+    loop.run_forever()
+    assert ran == [1]
+    assert not loop.is_running()
+
+
+def test_ready_io_is_polled_between_batches(loop):
+    # A callback chain that always reschedules itself must not starve a ready reader.
+    a, b = socket.socketpair()
+    try:
+        b.send(b"x")
+        steps = 0
+        reader_seen_at = []
+
+        def on_readable():
+            reader_seen_at.append(steps)
+            a.recv(1)
+            loop.remove_reader(a)
+
+        def chain():
+            nonlocal steps
+            steps += 1
+            if reader_seen_at or steps >= 1000:
+                loop.stop()
+            else:
+                loop.call_soon(chain)
+
+        loop.add_reader(a, on_readable)
+        loop.call_soon(chain)
+        loop.run_forever()
+        assert reader_seen_at, "reader never ran while the ready queue stayed busy"
+        assert reader_seen_at[0] <= 3
+    finally:
+        a.close()
+        b.close()
+
+
+def test_due_timer_is_not_starved_by_a_busy_ready_queue(loop):
+    fired = []
+    start = loop.time()
+
+    def chain():
+        if fired or loop.time() - start > SAFETY:
+            loop.stop()
+        else:
+            loop.call_soon(chain)
+
+    loop.call_later(0.001, fired.append, True)
+    loop.call_soon(chain)
+    loop.run_forever()
+    assert fired
+
+
+def test_time_is_the_monotonic_clock(loop):
+    for _ in range(100):
+        before = time.monotonic()
+        now = loop.time()
+        after = time.monotonic()
+        assert before - 1e-6 <= now <= after + 1e-6
+
+
+def test_time_is_the_monotonic_clock_while_running(loop):
+    samples = []
+
+    def sample():
+        before = time.monotonic()
+        samples.append((before, loop.time(), time.monotonic()))
+        loop.stop()
+
+    loop.call_soon(sample)
+    loop.run_forever()
+    (before, now, after) = samples[0]
+    assert before - 1e-6 <= now <= after + 1e-6
+
+
+def test_timer_handle_when_is_relative_to_loop_time(loop):
+    before = loop.time()
+    h = loop.call_later(100, lambda: None)
+    after = loop.time()
+    assert before + 100 <= h.when() <= after + 100
+    h.cancel()
+
+
+@pytest.mark.parametrize("delay", [0, 0.0, 0.001])
+def test_call_later_accepts_int_and_float(loop, delay):
+    ran = []
+    loop.call_later(delay, ran.append, delay)
+    loop.call_later(0.005, loop.stop)
+    loop.run_forever()
+    assert ran == [delay]

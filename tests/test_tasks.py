@@ -1,0 +1,129 @@
+"""Tasks and futures made by the loop: create_future, create_task (name, context), factories.
+
+Differential: every test runs on weaveloop and on the stock loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+
+import pytest
+from _support import run
+
+
+def test_create_future_belongs_to_the_loop(loop):
+    fut = loop.create_future()
+    assert isinstance(fut, asyncio.Future)
+    assert fut.get_loop() is loop
+    assert not fut.done()
+    fut.cancel()
+
+
+def test_create_task_runs_the_coroutine(loop):
+    async def work(x):
+        await asyncio.sleep(0)
+        return x * 2
+
+    task = loop.create_task(work(21))
+    assert isinstance(task, asyncio.Task)
+    assert task.get_loop() is loop
+    assert loop.run_until_complete(task) == 42
+
+
+def test_create_task_name(loop):
+    async def work():
+        return asyncio.current_task().get_name()
+
+    task = loop.create_task(work(), name="my-task")
+    assert task.get_name() == "my-task"
+    assert loop.run_until_complete(task) == "my-task"
+
+
+def test_create_task_context(loop):
+    var = contextvars.ContextVar("var", default="default")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "from-ctx")
+
+    async def work():
+        return var.get()
+
+    assert loop.run_until_complete(loop.create_task(work(), context=ctx)) == "from-ctx"
+    assert loop.run_until_complete(loop.create_task(work())) == "default"
+
+
+def test_create_task_rejects_non_coroutines(loop):
+    with pytest.raises(TypeError):
+        loop.create_task(lambda: None)
+
+
+def test_task_factory_is_used_and_can_be_reset(loop):
+    made = []
+
+    def factory(lp, coro, **kwargs):
+        made.append(kwargs)
+        return asyncio.Task(coro, loop=lp, **kwargs)
+
+    assert loop.get_task_factory() is None
+    loop.set_task_factory(factory)
+    assert loop.get_task_factory() is factory
+
+    async def work():
+        return "ok"
+
+    task = loop.create_task(work(), name="n")
+    assert len(made) == 1
+    assert task.get_name() == "n"
+    assert loop.run_until_complete(task) == "ok"
+    loop.set_task_factory(None)
+    assert loop.get_task_factory() is None
+
+
+def test_set_task_factory_rejects_non_callables(loop):
+    with pytest.raises(TypeError):
+        loop.set_task_factory(42)
+
+
+def test_gather_of_many_tasks(loop):
+    async def work(i):
+        await asyncio.sleep(0)
+        return i
+
+    async def main():
+        return await asyncio.gather(*(work(i) for i in range(5000)))
+
+    assert run(loop, main()) == list(range(5000))
+
+
+def test_task_cancellation(loop):
+    seen = []
+
+    async def victim(started):
+        started.set_result(None)
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    async def main():
+        started = loop.create_future()
+        task = loop.create_task(victim(started))
+        await started
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return task.cancelled()
+
+    assert run(loop, main()) is True
+    assert seen == ["cancelled"]
+
+
+def test_sleep_and_wait_for_timeout(loop):
+    async def main():
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.sleep(3600), 0.01)
+        await asyncio.sleep(0.001)
+        return "ok"
+
+    assert run(loop, main()) == "ok"
