@@ -11,18 +11,20 @@ PY="$VENV/bin/python"
 stamp="$VENV/.deps-$( (cat pyproject.toml scripts/env.sh; echo "${EXTRA_PIP:-}") | cksum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ]; then
     "$PY" -m pip install -q --upgrade pip
-    "$PY" -m pip install -q "maturin>=1.5,<2" "pytest>=7" psutil ruff ${EXTRA_PIP:-}
+    "$PY" -m pip install -q "pytest>=7" psutil ruff ${EXTRA_PIP:-}
     touch "$stamp"
 fi
 build() {
-    local flags=()
-    [ "${BUILD:-debug}" = release ] && flags+=(--release)
-    (source "$VENV/bin/activate" && maturin develop -q --skip-install "${flags[@]}" 2>&1 | grep -v "^📦\|^🔗\|^🐍\|^📡\|^🛠\|^✏️" || true)
-    # --skip-install leaves the freshly built module in python/weaveloop; make it importable.
-    "$PY" - <<PYEOF
-import pathlib, site
-pth = pathlib.Path(site.getsitepackages()[0]) / "weaveloop-dev.pth"
-pth.write_text("$ROOT/python\n")
-PYEOF
+    # cargo directly (not `maturin develop`): the new module is renamed into place, so
+    # processes still running the old one keep a valid mapping of it.
+    local profile=debug flags=()
+    if [ "${BUILD:-debug}" = release ]; then profile=release; flags+=(--release); fi
+    PYO3_PYTHON="$PY" PYO3_BUILD_EXTENSION_MODULE=1 cargo build -q --lib "${flags[@]}"
+    local suffix
+    suffix="$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
+    cp "target/$profile/lib_core.so" "python/weaveloop/._core.so.tmp"
+    mv -f "python/weaveloop/._core.so.tmp" "python/weaveloop/_core$suffix"
+    # Make the in-tree package importable from the virtualenv.
+    "$PY" -c 'import pathlib, site, sys; (pathlib.Path(site.getsitepackages()[0]) / "weaveloop-dev.pth").write_text(sys.argv[1] + "\n")' "$ROOT/python"
     "$PY" -c "import weaveloop._core" || { echo "weaveloop failed to build" >&2; exit 1; }
 }

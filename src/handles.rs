@@ -3,21 +3,33 @@
 //! Invariant: handles are immutable but for atomic flags, so they need no lock or borrow.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use pyo3::basic::CompareOp;
-use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyTuple};
-use pyo3::PyTraverseError;
 
 use crate::errors;
 use crate::interop;
 
+/// The callable and its arguments; dropped once a one-shot handle has run or any
+/// handle is cancelled, which breaks `obj -> handle -> obj.method` cycles (handles are
+/// not tracked by the cyclic GC, so nothing else would).
+struct Target {
+    callback: Py<PyAny>,
+    args: Py<PyTuple>,
+}
+
+/// A callback's exception, with what is needed to report it as asyncio does.
+pub struct CallbackError {
+    pub err: PyErr,
+    pub callback: Py<PyAny>,
+    pub args: Py<PyAny>,
+}
+
 /// A callback with its arguments and the context it runs in.
 pub struct Callback {
-    pub callback: Py<PyAny>,
-    pub args: Py<PyTuple>,
+    target: Mutex<Option<Target>>,
     pub context: Py<PyAny>,
     cancelled: AtomicBool,
 }
@@ -34,18 +46,48 @@ impl Callback {
             _ => interop::copy_context(callback.py())?,
         };
         Ok(Callback {
-            callback: callback.clone().unbind(),
-            args: args.clone().unbind(),
+            target: Mutex::new(Some(Target {
+                callback: callback.clone().unbind(),
+                args: args.clone().unbind(),
+            })),
             context,
             cancelled: AtomicBool::new(false),
         })
     }
 
-    /// Calls the callback inside its context; its exception is returned, not reported.
-    pub fn run(&self, py: Python<'_>) -> PyResult<()> {
-        interop::in_context(py, &self.context, || {
-            self.callback.bind(py).call1(self.args.bind(py)).map(drop)
+    fn target(&self) -> std::sync::MutexGuard<'_, Option<Target>> {
+        self.target.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Calls the callback inside its context. Its exception is returned, not reported,
+    /// with the callback and arguments for the report. `once`: the handle will not run
+    /// again, so its references are released afterwards.
+    pub fn run(&self, py: Python<'_>, once: bool) -> Result<(), CallbackError> {
+        let target = if once {
+            self.target().take()
+        } else {
+            self.target().as_ref().map(|t| Target {
+                callback: t.callback.clone_ref(py),
+                args: t.args.clone_ref(py),
+            })
+        };
+        let Some(t) = target else { return Ok(()) };
+        let result = interop::in_context(py, &self.context, || {
+            t.callback.bind(py).call1(t.args.bind(py)).map(drop)
+        });
+        result.map_err(|err| CallbackError {
+            err,
+            callback: t.callback,
+            args: t.args.into_any(),
         })
+    }
+
+    /// `(callback, args)` while the handle still holds them.
+    pub fn parts(&self, py: Python<'_>) -> (Py<PyAny>, Py<PyAny>) {
+        match &*self.target() {
+            Some(t) => (t.callback.clone_ref(py), t.args.clone_ref(py).into_any()),
+            None => (py.None(), py.None()),
+        }
     }
 
     pub fn is_cancelled(&self) -> bool {
@@ -54,13 +96,12 @@ impl Callback {
 
     /// Returns true if this call cancelled it (false if it already was).
     pub fn cancel(&self) -> bool {
-        !self.cancelled.swap(true, Relaxed)
-    }
-
-    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.callback)?;
-        visit.call(&self.args)?;
-        visit.call(&self.context)
+        let first = !self.cancelled.swap(true, Relaxed);
+        if first {
+            let released = self.target().take();
+            drop(released);
+        }
+        first
     }
 
     fn repr_parts(&self, py: Python<'_>, class: &str, when: Option<f64>) -> PyResult<String> {
@@ -71,30 +112,55 @@ impl Callback {
         if let Some(w) = when {
             info.push(format!("when={}", PyFloat::new(py, w).repr()?));
         }
-        let src = interop::format_callback_source(py)?.call1((&self.callback, &self.args))?;
-        info.push(src.to_string());
+        let (callback, args) = self.parts(py);
+        if !callback.is_none(py) {
+            let src = interop::format_callback_source(py)?.call1((callback, args))?;
+            info.push(src.to_string());
+        }
         Ok(format!("<{}>", info.join(" ")))
     }
 }
 
-/// Checks what asyncio's `_check_callback` checks, always (not only in debug mode).
-pub fn check_callback(cb: &Bound<'_, PyAny>, method: &str, debug: bool) -> PyResult<()> {
+/// Checks what asyncio's `_check_callback` checks, always (not only in debug mode):
+/// coroutine objects and non-callables. Coroutine *functions* are checked when
+/// `functions` is set (executor paths, where running one would silently do nothing)
+/// and in debug mode.
+pub fn check_callback(
+    cb: &Bound<'_, PyAny>,
+    method: &str,
+    debug: bool,
+    functions: bool,
+) -> PyResult<()> {
     if interop::is_coroutine_object(cb) {
         return Err(errors::coroutine_refused(method));
     }
     if !cb.is_callable() {
         return Err(errors::not_callable(method, cb));
     }
-    if interop::is_coroutine_function(cb, debug)? {
+    if (functions || debug) && interop::is_coroutine_function(cb, debug)? {
         return Err(errors::coroutine_refused(method));
     }
     Ok(())
+}
+
+/// Takes a new handle out of the cyclic GC's sight. Handles are allocated per callback
+/// and often queued by the hundred thousand; tracking them makes every full collection
+/// walk them all. Safe to skip because a handle releases its callable and arguments
+/// as soon as it has run (one-shot) or is cancelled, so it cannot keep a cycle alive
+/// beyond its own life in the ready queue or timer heap.
+pub fn untrack<T>(obj: &Py<T>) {
+    // SAFETY: `obj` is a live pyclass instance (pyo3 pyclasses are GC types) and the
+    // caller holds the GIL (it just created `obj`); PyObject_GC_UnTrack is idempotent
+    // and pyo3's dealloc untracks again safely.
+    unsafe { pyo3::ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) }
 }
 
 /// What `loop.call_soon()` and the fd watchers return.
 #[pyclass(module = "weaveloop._core", frozen, weakref, freelist = 1024)]
 pub struct Handle {
     pub cb: Callback,
+    /// fd watchers run on every readiness until removed; other handles run once.
+    pub repeats: bool,
 }
 
 #[pymethods]
@@ -113,12 +179,12 @@ impl Handle {
 
     #[getter]
     fn _callback(&self, py: Python<'_>) -> Py<PyAny> {
-        self.cb.callback.clone_ref(py)
+        self.cb.parts(py).0
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> Py<PyTuple> {
-        self.cb.args.clone_ref(py)
+    fn _args(&self, py: Python<'_>) -> Py<PyAny> {
+        self.cb.parts(py).1
     }
 
     #[getter]
@@ -128,10 +194,6 @@ impl Handle {
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         self.cb.repr_parts(py, "Handle", None)
-    }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.cb.traverse(&visit)
     }
 }
 
@@ -189,12 +251,12 @@ impl TimerHandle {
 
     #[getter]
     fn _callback(&self, py: Python<'_>) -> Py<PyAny> {
-        self.cb.callback.clone_ref(py)
+        self.cb.parts(py).0
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> Py<PyTuple> {
-        self.cb.args.clone_ref(py)
+    fn _args(&self, py: Python<'_>) -> Py<PyAny> {
+        self.cb.parts(py).1
     }
 
     #[getter]
@@ -213,9 +275,10 @@ impl TimerHandle {
         };
         let o = other.get();
         let same = || -> PyResult<bool> {
+            let (mine, theirs) = (self.cb.parts(py), o.cb.parts(py));
             Ok(self.when == o.when
-                && self.cb.callback.bind(py).eq(o.cb.callback.bind(py))?
-                && self.cb.args.bind(py).eq(o.cb.args.bind(py))?
+                && mine.0.bind(py).eq(theirs.0.bind(py))?
+                && mine.1.bind(py).eq(theirs.1.bind(py))?
                 && self.cb.is_cancelled() == o.cb.is_cancelled())
         };
         let result = match op {
@@ -234,9 +297,5 @@ impl TimerHandle {
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         self.cb.repr_parts(py, "TimerHandle", Some(self.when))
-    }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.cb.traverse(&visit)
     }
 }

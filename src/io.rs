@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use crate::errors;
-use crate::handles::{check_callback, Callback, Handle};
+use crate::handles::{check_callback, untrack, Callback, Handle};
 use crate::loop_core::{lock, LoopCore, Watchers};
 
 const EVENT_READ: u8 = 1;
@@ -58,13 +58,15 @@ impl LoopCore {
             Side::Read => "add_reader",
             Side::Write => "add_writer",
         };
-        check_callback(callback, method, self.is_debug())?;
+        check_callback(callback, method, self.is_debug(), false)?;
         let handle = Py::new(
             py,
             Handle {
                 cb: Callback::new(callback, args, None)?,
+                repeats: true,
             },
         )?;
+        untrack(&handle);
         let shared = self.shared();
         let replaced = {
             let mut watchers = lock(&self.watchers);

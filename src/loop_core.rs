@@ -13,7 +13,7 @@ use pyo3::types::{PyDict, PyTuple};
 use weaveloop_engine::{clock, Injector, Poller, TimerHeap};
 
 use crate::errors;
-use crate::handles::{check_callback, Callback, Handle, TimerHandle};
+use crate::handles::{check_callback, untrack, Callback, Handle, TimerHandle};
 use crate::interop;
 use crate::posted::Posted;
 
@@ -122,12 +122,13 @@ impl LoopCore {
         method: &str,
     ) -> PyResult<Py<TimerHandle>> {
         self.check_usable()?;
-        check_callback(callback, method, self.is_debug())?;
+        check_callback(callback, method, self.is_debug(), false)?;
         let cb = Callback::new(callback, args, context)?;
         let handle = Py::new(
             py,
             TimerHandle::new(cb, when, self.cancelled_in_heap.clone()),
         )?;
+        untrack(&handle);
         lock(&self.timers).push(when, handle.clone_ref(py));
         Ok(handle)
     }
@@ -201,13 +202,15 @@ impl LoopCore {
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         self.check_usable()?;
-        check_callback(callback, "call_soon", self.is_debug())?;
+        check_callback(callback, "call_soon", self.is_debug(), false)?;
         let handle = Py::new(
             py,
             Handle {
                 cb: Callback::new(callback, args, context)?,
+                repeats: false,
             },
         )?;
+        untrack(&handle);
         self.push_ready(Ready::Soon(handle.clone_ref(py)));
         Ok(handle)
     }
@@ -260,13 +263,15 @@ impl LoopCore {
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         self.check_closed()?;
-        check_callback(callback, "call_soon_threadsafe", self.is_debug())?;
+        check_callback(callback, "call_soon_threadsafe", self.is_debug(), false)?;
         let handle = Py::new(
             py,
             Handle {
                 cb: Callback::new(callback, args, context)?,
+                repeats: false,
             },
         )?;
+        untrack(&handle);
         let posted = Posted::Call(handle.clone_ref(py));
         if let Err(refused) = self.shared().injector.post(posted) {
             drop(refused);

@@ -14,7 +14,7 @@ use pyo3::types::PyDict;
 use weaveloop_engine::{clock, Readiness};
 
 use crate::errors;
-use crate::handles::Callback;
+use crate::handles::{Callback, CallbackError};
 use crate::interop;
 use crate::loop_core::{lock, LoopCore, Ready, Shared};
 use crate::posted::Posted;
@@ -178,9 +178,9 @@ impl LoopCore {
 
     fn run_item(&self, slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
         let py = slf.py();
-        let (cb, handle): (&Callback, &Py<PyAny>) = match item {
-            Ready::Soon(h) => (&h.get().cb, h.as_any()),
-            Ready::Timer(h) => (&h.get().cb, h.as_any()),
+        let (cb, handle, once): (&Callback, &Py<PyAny>, bool) = match item {
+            Ready::Soon(h) => (&h.get().cb, h.as_any(), !h.get().repeats),
+            Ready::Timer(h) => (&h.get().cb, h.as_any(), true),
             Ready::Foreign(h) => {
                 let h = h.bind(py);
                 if h.getattr(pyo3::intern!(py, "_cancelled"))?.is_truthy()? {
@@ -192,10 +192,10 @@ impl LoopCore {
         if cb.is_cancelled() {
             return Ok(());
         }
-        match cb.run(py) {
+        match cb.run(py, once) {
             Ok(()) => Ok(()),
-            Err(e) if is_fatal(py, &e) => Err(e),
-            Err(e) => report_callback_error(slf, cb, handle.bind(py), e),
+            Err(e) if is_fatal(py, &e.err) => Err(e.err),
+            Err(e) => report_callback_error(slf, e, handle.bind(py)),
         }
     }
 
@@ -241,12 +241,12 @@ impl LoopCore {
 /// Hands a callback's exception to the loop's exception handler, with asyncio's keys.
 fn report_callback_error(
     slf: &Bound<'_, LoopCore>,
-    cb: &Callback,
+    e: CallbackError,
     handle: &Bound<'_, PyAny>,
-    err: PyErr,
 ) -> PyResult<()> {
     let py = slf.py();
-    let src = interop::format_callback_source(py)?.call1((&cb.callback, &cb.args))?;
+    let (err, callback, args) = (e.err, e.callback, e.args);
+    let src = interop::format_callback_source(py)?.call1((callback, args))?;
     let context = PyDict::new(py);
     context.set_item("message", format!("Exception in callback {src}"))?;
     context.set_item("exception", err.value(py))?;

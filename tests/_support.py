@@ -54,3 +54,32 @@ def join_or_fail(thread: threading.Thread, timeout: float = SAFETY) -> None:
     thread.join(timeout)
     if thread.is_alive():
         pytest.fail(f"thread {thread.name} did not finish (safety net)")
+
+
+class LoopThread:
+    """Runs ``loop.run_forever()`` in a worker thread; ``stop()`` stops it and joins."""
+
+    def __init__(self, loop) -> None:
+        self.loop = loop
+        self.running = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, name="loop-thread", daemon=True)
+
+    def _main(self) -> None:
+        self.loop.call_soon(self.running.set)
+        try:
+            self.loop.run_forever()
+        except BaseException as e:  # noqa: BLE001 - re-raised in stop()
+            self.error = e
+
+    def start(self) -> LoopThread:
+        self.thread.start()
+        wait_or_fail(self.running, "the loop thread to start")
+        return self
+
+    def stop(self) -> None:
+        if self.thread.is_alive() and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        join_or_fail(self.thread)
+        if self.error is not None:
+            raise self.error

@@ -11,7 +11,7 @@ import faulthandler
 import sys
 
 import pytest
-from _support import FACTORIES, LOOP_KINDS, weaveloop_factory
+from _support import FACTORIES, LOOP_KINDS, LoopThread, weaveloop_factory
 
 #: A test still running after this long is hung: dump every stack and exit.
 HANG_GUARD = 90.0
@@ -63,6 +63,14 @@ def make_loop(loop_factory):
 def loop(make_loop):
     """A fresh loop of the parametrised kind, closed at teardown."""
     return make_loop()
+
+
+@pytest.fixture
+def threaded_loop(loop):
+    """``loop`` running forever in a worker thread (a LoopThread), stopped at teardown."""
+    lt = LoopThread(loop).start()
+    yield lt
+    lt.stop()
 
 
 @pytest.fixture

@@ -297,7 +297,7 @@ def child_main(args) -> None:
     import unittest
 
     faulthandler.enable()
-    out = open(args.results, "a", buffering=1)  # noqa: SIM115 - line-buffered journal
+    out = open(args.results, "a", buffering=1)  # line-buffered journal
 
     def emit(**rec):
         out.write(json.dumps(rec) + "\n")
@@ -305,8 +305,9 @@ def child_main(args) -> None:
     counters = _install_loop(args.loop)
     suite = _build_suite(args.child, counters)
     exclude = set(json.loads(Path(args.exclude).read_text())) if args.exclude else set()
-    tests = [t for t in _flatten(suite) if _short_id(t.id()) not in exclude]
-    emit(tests=[_short_id(t.id()) for t in tests])
+    everything = list(_flatten(suite))
+    tests = [t for t in everything if _short_id(t.id()) not in exclude]
+    emit(tests=[_short_id(t.id()) for t in tests], known=[_short_id(t.id()) for t in everything])
 
     _inject_faults(tests)
     timeout = args.test_timeout
@@ -324,7 +325,7 @@ def child_main(args) -> None:
             emit(start=self._id)
             signal.signal(signal.SIGALRM, on_alarm)
             signal.setitimer(signal.ITIMER_REAL, timeout)
-            faulthandler.dump_traceback_later(timeout + 30, exit=True)
+            faulthandler.dump_traceback_later(timeout + 20, exit=True)
 
         def stopTest(self, test):
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -343,7 +344,8 @@ def child_main(args) -> None:
             if isinstance(test, unittest.TestCase) and _short_id(test.id()) == getattr(
                 self, "_id", None
             ):
-                self._status = FAIL
+                timed_out = isinstance(err[1], TestTimeout) or self._status == HANG
+                self._status = HANG if timed_out else FAIL
                 self._detail += text
             else:  # class/module fixture error, outside any test
                 emit(id=_fixture_id(str(test)), status=FAIL, detail=text[-8000:], loops=0)
@@ -466,11 +468,12 @@ def run_unit(unit: str, args, exp: dict[str, Expectation], log_dir: Path) -> Uni
         for t, e in exp.items()
         if e.status == "skip" and t.startswith(unit + ".") and (args.loop == "weaveloop" or e.env)
     }
-    excluded = set(skip)
+    excluded = set() if args.run_skipped else set(skip)
     log_path = log_dir / f"{unit}.log"
     log_path.write_text("")
     t_start = time.monotonic()
     all_ids: list[str] = []
+    known: set[str] = set()
     with tempfile.TemporaryDirectory(prefix=f"conformance-{unit}-") as tmp:
         tmpdir = Path(tmp)
         while True:
@@ -492,7 +495,10 @@ def run_unit(unit: str, args, exp: dict[str, Expectation], log_dir: Path) -> Uni
                 "--test-timeout",
                 str(args.test_timeout),
             ]
-            remaining = args.module_timeout - (time.monotonic() - t_start)
+            remaining = min(
+                args.module_timeout - (time.monotonic() - t_start),
+                args.deadline - time.monotonic(),
+            )
             log_offset = log_path.stat().st_size
             with open(log_path, "ab") as log:
                 log.write(f"=== attempt {res.attempts}: {' '.join(cmd)}\n".encode())
@@ -519,6 +525,7 @@ def run_unit(unit: str, args, exp: dict[str, Expectation], log_dir: Path) -> Uni
                 if "tests" in r:
                     if not all_ids:
                         all_ids = list(r["tests"])
+                        known = set(r["known"])
                 elif "start" in r:
                     started = r["start"]
                 elif "id" in r:
@@ -539,7 +546,7 @@ def run_unit(unit: str, args, exp: dict[str, Expectation], log_dir: Path) -> Uni
                 break
             log_tail = log_path.read_bytes()[log_offset:].decode(errors="replace")
             if timed_out:
-                why = f"module timeout ({args.module_timeout:g} s) exceeded"
+                why = "module/run timeout exceeded (--module-timeout/--total-timeout)"
                 status = HANG
             elif rc == 1 and "Timeout (" in log_tail:
                 why = f"hung past the {args.test_timeout:g} s test timeout (faulthandler exit)"
@@ -563,12 +570,15 @@ def run_unit(unit: str, args, exp: dict[str, Expectation], log_dir: Path) -> Uni
     for tid in all_ids:
         if tid not in res.outcomes:
             res.outcomes[tid] = (NOTRUN, "never ran (module killed or fixture failure)")
-    for tid in skip:
+    for tid in (skip & known) - set(all_ids):
         res.outcomes.setdefault(tid, (XSKIP, exp[tid].reason))
     return res
 
 
-def _last_line(detail: str) -> str:
+def _summary(status: str, detail: str) -> str:
+    """One line for a failure: the exception line, or why the process died."""
+    if status in (CRASH, HANG, NOTRUN, XSKIP):
+        return detail.strip().split("\n", 1)[0][:200]
     lines = [ln for ln in detail.strip().splitlines() if ln.strip()]
     for ln in reversed(lines):
         if not ln.startswith((" ", "---", "===", "Ran ", "[subtest")):
@@ -584,8 +594,12 @@ def main() -> int:
     ap.add_argument("-v", "--verbose", action="store_true")
     ap.add_argument("-j", "--jobs", type=int, default=2, help="modules run in parallel")
     ap.add_argument("--test-timeout", type=float, default=60.0)
-    ap.add_argument("--module-timeout", type=float, default=420.0)
+    ap.add_argument("--module-timeout", type=float, default=300.0)
+    ap.add_argument("--total-timeout", type=float, default=450.0)
     ap.add_argument("--max-restarts", type=int, default=8)
+    ap.add_argument(
+        "--run-skipped", action="store_true", help="run the tests expectations mark skip too"
+    )
     ap.add_argument("--expectations", type=Path, default=EXPECTATIONS)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--results", help=argparse.SUPPRESS)
@@ -628,6 +642,7 @@ def main() -> int:
     sys.stdout.flush()
 
     t0 = time.monotonic()
+    args.deadline = t0 + args.total_timeout
     results: dict[str, UnitResult] = {}
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
         futs = {pool.submit(run_unit, u, args, exp, log_dir): u for u in units}
@@ -692,7 +707,7 @@ def main() -> int:
             for tid, status, detail in failures_by_unit[unit]:
                 e = exp.get(tid)
                 tag = f"expected {e.status}: {e.reason}" if e else "UNEXPECTED"
-                print(f"  [{status}] {tid}  ({tag})  -> {_last_line(detail)}")
+                print(f"  [{status}] {tid}  ({tag})  -> {_summary(status, detail)}")
 
     if now_passing:
         print(f"\nnow passing: remove from expectations ({len(now_passing)}):")
@@ -708,7 +723,7 @@ def main() -> int:
             if args.verbose:
                 print(f"--- {tid} [{status}]\n{detail.rstrip()}\n")
             else:
-                print(f"  [{status}] {tid}: {_last_line(detail)}")
+                print(f"  [{status}] {tid}: {_summary(status, detail)}")
         print(f"  (tracebacks: {log_dir}/<module>.failures.txt, or -v)")
     if no_loop:
         print(f"\nNO {args.loop} LOOP CREATED by: {', '.join(no_loop)} (plug-in broken?)")
@@ -729,7 +744,10 @@ def main() -> int:
                         reason = f"{ENV_PREFIX} {reason}"
                     new[tid] = Expectation(old.status if old else "fail", reason)
                 elif status in (CRASH, HANG):
-                    reason = old.reason if old else f"{status}es the process: {TODO_REASON}"
+                    what = "crashes the process" if status == CRASH else "hangs"
+                    reason = old.reason if old else f"{what}: {TODO_REASON}"
+                    if args.loop == "asyncio" and not reason.startswith(ENV_PREFIX):
+                        reason = f"{ENV_PREFIX} {reason}"
                     new[tid] = Expectation("skip", reason)
             for tid in stale:
                 new.pop(tid, None)

@@ -33,7 +33,9 @@ def unavailable(name: str) -> str | None:
     return None
 
 
-def factory(name: str, executor_workers: int | None = None) -> Callable[[], asyncio.AbstractEventLoop]:
+def factory(
+    name: str, executor_workers: int | None = None
+) -> Callable[[], asyncio.AbstractEventLoop]:
     """A zero-argument loop factory for ``asyncio.Runner``."""
     module = importlib.import_module(_MODULES[name])
 

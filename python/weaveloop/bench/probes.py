@@ -15,24 +15,25 @@ from typing import Any
 
 
 def periodic_lateness(
-    loop: asyncio.AbstractEventLoop, period: float, duration: float
+    loop: asyncio.AbstractEventLoop, period: float, deadline: float
 ) -> asyncio.Future:
-    """Run a ``period``-second timer for ``duration`` s; resolve to its lateness samples.
+    """Run a ``period``-second timer until ``deadline`` (a ``perf_counter`` time);
+    resolve to its lateness samples in seconds.
 
-    Each tick re-arms with ``call_later(period)`` and records how late it ran compared
-    with its due time (seconds, measured with ``perf_counter``), so lateness never
-    accumulates across ticks.
+    Each tick re-arms with ``call_later(period)`` from the moment it ran and records
+    how late it ran against its due time, so lateness never accumulates across ticks
+    (the classic loop-lag probe). The tick due before ``deadline`` is always waited
+    for, however late it comes: a stalled loop shows as a huge sample, not as none.
     """
     done = loop.create_future()
     samples: list[float] = []
-    end = perf_counter() + duration
     due = perf_counter() + period
 
     def tick() -> None:
         nonlocal due
         now = perf_counter()
         samples.append(now - due)
-        if now >= end:
+        if now >= deadline:
             done.set_result(samples)
             return
         due = now + period

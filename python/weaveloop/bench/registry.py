@@ -20,15 +20,16 @@ class Metric:
     name: str
     unit: str
     higher_is_better: bool
+    label: str = ""
 
 
 def throughput(unit: str) -> Metric:
-    return Metric("throughput", unit, True)
+    return Metric("throughput", unit, True, unit)
 
 
-def latency(name: str) -> Metric:
+def latency(name: str, what: str = "latency") -> Metric:
     """A latency (or lateness) percentile, reported in milliseconds."""
-    return Metric(name, "ms", False)
+    return Metric(name, "ms", False, f"{name} {what}")
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 SPEC is a JSON object (group, workload, contender, params, settings, timeout); the
 outcome is written as JSON to the file RESULT, so stray prints cannot corrupt it.
-A job that hangs dumps every thread's stack to stderr and exits (faulthandler); an
-interpreter exit that hangs after the result is written is cut short with status 3.
+A crash (e.g. SIGSEGV in the extension) or a hung job dumps every thread's stack to
+stderr (faulthandler); an interpreter exit that hangs after the result is written is
+cut short with status 3.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def run(spec: dict) -> dict:
 def main(argv: list[str]) -> int:
     spec_json, result_path = argv
     spec = json.loads(spec_json)
+    faulthandler.enable()  # a crash in the extension leaves its Python stack in stderr
     timeout = spec.get("timeout")
     if timeout:
         faulthandler.dump_traceback_later(timeout, exit=True)

@@ -1,0 +1,253 @@
+"""File-descriptor watchers: add_reader/add_writer/remove_* for fds and socket objects.
+
+Differential: every test runs on weaveloop and on the stock loop. Watchers are
+level-triggered: a reader that leaves data unread is called again.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+from _support import SAFETY
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def _run_until(loop, done, timeout: float = SAFETY) -> None:
+    """Run the loop until ``done()`` holds after a callback (checked every iteration)."""
+    guard = loop.call_later(timeout, loop.stop)
+
+    def check():
+        if done():
+            loop.stop()
+        else:
+            loop.call_soon(check)
+
+    loop.call_soon(check)
+    loop.run_forever()
+    guard.cancel()
+
+
+@pytest.mark.parametrize("as_object", [False, True], ids=["fd", "socket"])
+def test_reader_called_when_data_arrives(loop, pair, as_object):
+    a, b = pair
+    got = []
+
+    def on_readable(tag):
+        got.append((tag, a.recv(100)))
+        loop.remove_reader(a if as_object else a.fileno())
+        loop.stop()
+
+    loop.add_reader(a if as_object else a.fileno(), on_readable, "tag")
+    loop.call_soon(b.send, b"hello")
+    guard = loop.call_later(SAFETY, loop.stop)
+    loop.run_forever()
+    guard.cancel()
+    assert got == [("tag", b"hello")]
+
+
+@pytest.mark.parametrize("as_object", [False, True], ids=["fd", "socket"])
+def test_writer_called_when_writable(loop, pair, as_object):
+    a, _ = pair
+    got = []
+
+    def on_writable(tag):
+        got.append(tag)
+        loop.remove_writer(a if as_object else a.fileno())
+        loop.stop()
+
+    loop.add_writer(a if as_object else a.fileno(), on_writable, "w")
+    guard = loop.call_later(SAFETY, loop.stop)
+    loop.run_forever()
+    guard.cancel()
+    assert got == ["w"]
+
+
+def test_remove_reader_return_values(loop, pair):
+    a, _ = pair
+    assert loop.remove_reader(a) is False
+    loop.add_reader(a, lambda: None)
+    assert loop.remove_reader(a) is True
+    assert loop.remove_reader(a) is False
+
+
+def test_remove_writer_return_values(loop, pair):
+    a, _ = pair
+    assert loop.remove_writer(a.fileno()) is False
+    loop.add_writer(a.fileno(), lambda: None)
+    assert loop.remove_writer(a.fileno()) is True
+    assert loop.remove_writer(a.fileno()) is False
+
+
+def test_socket_object_and_its_fd_name_the_same_watcher(loop, pair):
+    a, _ = pair
+    loop.add_reader(a, lambda: None)
+    assert loop.remove_reader(a.fileno()) is True
+    loop.add_writer(a.fileno(), lambda: None)
+    assert loop.remove_writer(a) is True
+
+
+def test_reader_and_writer_on_one_fd_are_independent(loop, pair):
+    a, b = pair
+    events = []
+
+    def on_writable():
+        events.append("w")
+        loop.remove_writer(a)
+        b.send(b"x")
+
+    def on_readable():
+        events.append("r")
+        a.recv(1)
+        loop.remove_reader(a)
+
+    loop.add_reader(a, on_readable)
+    loop.add_writer(a, on_writable)
+    _run_until(loop, lambda: len(events) == 2)
+    assert events == ["w", "r"]
+    assert loop.remove_reader(a) is False
+    assert loop.remove_writer(a) is False
+
+
+def test_removing_the_writer_keeps_the_reader(loop, pair):
+    a, b = pair
+    events = []
+    loop.add_reader(a, lambda: (events.append("r"), a.recv(1)))
+    loop.add_writer(a, lambda: events.append("w"))
+    assert loop.remove_writer(a) is True
+    b.send(b"x")
+    _run_until(loop, lambda: "r" in events)
+    assert events == ["r"]
+    assert loop.remove_reader(a) is True
+
+
+def test_add_reader_again_replaces_the_callback(loop, pair):
+    a, b = pair
+    got = []
+    loop.add_reader(a, lambda: got.append("first"))
+    loop.add_reader(a, lambda: (got.append("second"), a.recv(1)))
+    b.send(b"x")
+    _run_until(loop, lambda: bool(got))
+    loop.remove_reader(a)
+    assert got == ["second"]
+
+
+def test_reader_is_level_triggered(loop, pair):
+    # A reader that takes one byte per call must be called again until it has drained.
+    a, b = pair
+    payload = b"abcdefgh"
+    b.send(payload)
+    received = []
+
+    def read_one():
+        received.append(a.recv(1))
+
+    loop.add_reader(a, read_one)
+    _run_until(loop, lambda: len(received) >= len(payload))
+    assert b"".join(received) == payload
+    # Drained: a few more full iterations must not call it again.
+    calls_when_drained = len(received)
+    _spin_iterations(loop, 5)
+    assert len(received) == calls_when_drained
+    loop.remove_reader(a)
+
+
+def test_writer_is_level_triggered(loop, pair):
+    a, _ = pair
+    calls = []
+    loop.add_writer(a, calls.append, 1)
+    _run_until(loop, lambda: len(calls) >= 5)
+    loop.remove_writer(a)
+    assert len(calls) >= 5
+
+
+def test_reader_sees_eof(loop, pair):
+    a, b = pair
+    got = []
+
+    def on_readable():
+        got.append(a.recv(10))
+        loop.remove_reader(a)
+
+    loop.add_reader(a, on_readable)
+    b.close()
+    _run_until(loop, lambda: bool(got))
+    assert got == [b""]
+
+
+def test_pipe_fds(loop):
+    r, w = os.pipe()
+    try:
+        os.set_blocking(r, False)
+        got = []
+
+        def on_readable():
+            got.append(os.read(r, 10))
+            loop.remove_reader(r)
+
+        loop.add_reader(r, on_readable)
+        os.write(w, b"pipe")
+        _run_until(loop, lambda: bool(got))
+        assert got == [b"pipe"]
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_exception_in_reader_goes_to_handler_and_loop_continues(loop, pair):
+    a, b = pair
+    contexts = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+
+    def bad_reader():
+        a.recv(1)
+        loop.remove_reader(a)
+        raise OSError("reader failed")
+
+    loop.add_reader(a, bad_reader)
+    b.send(b"x")
+    _run_until(loop, lambda: bool(contexts))
+    assert isinstance(contexts[0]["exception"], OSError)
+    assert "handle" in contexts[0]
+
+
+def test_many_sockets_each_reported_once_per_readiness(loop):
+    pairs = [socket.socketpair() for _ in range(50)]
+    try:
+        seen = []
+        for i, (a, b) in enumerate(pairs):
+
+            def on_readable(i=i, a=a):
+                seen.append(i)
+                a.recv(1)
+                loop.remove_reader(a)
+
+            loop.add_reader(a, on_readable)
+            b.send(b"x")
+        _run_until(loop, lambda: len(seen) == len(pairs))
+        assert sorted(seen) == list(range(len(pairs)))
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def _spin_iterations(loop, n: int) -> None:
+    def step(k):
+        if k <= 1:
+            loop.stop()
+        else:
+            loop.call_soon(step, k - 1)
+
+    loop.call_soon(step, n)
+    loop.run_forever()
