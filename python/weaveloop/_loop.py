@@ -127,6 +127,10 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             sys.set_asyncgen_hooks(*old_agen_hooks)
             self._restore_wakeup_fd(old_wakeup_fd)
 
+    def create_task(self, coro, *, name=None, context=None):
+        self._check_thread()
+        return super().create_task(coro, name=name, context=context)
+
     def _install_wakeup_fd(self):
         # So that Ctrl+C wakes a parked loop even when the kernel delivers SIGINT to
         # another thread: CPython writes the signal number to this fd.
@@ -191,8 +195,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             thread.join(timeout)
         if thread.is_alive():
             warnings.warn(
-                "The executor did not finishing joining "
-                f"its threads within {timeout} seconds.",
+                f"The executor did not finishing joining its threads within {timeout} seconds.",
                 RuntimeWarning,
                 stacklevel=2,
             )

@@ -110,7 +110,7 @@ impl<T, U: Unpark> Injector<T, U> {
                 return true;
             }
             i = i.wrapping_add(1);
-            if i % 64 == 0 {
+            if i.is_multiple_of(64) {
                 if Instant::now() >= deadline {
                     return false;
                 }

@@ -34,13 +34,19 @@ def group_table(res: GroupResults, runs: int) -> str:
     base = res.baseline
     others = [c for c in res.contenders if c != base]
     noun = "loop" if res.group.axis == "loop" else res.group.axis
-    head = [
-        f"{res.group.title}: median of {runs} run{'s' if runs != 1 else ''}"
-        + (f", on the {res.settings['host_loop']} loop" if res.settings.get("host_loop") else ""),
-        f"ratio = vs {base}; > 1 means better than {base} for every metric "
-        f"(throughput: {noun}/{base}, latency: {base}/{noun})",
-        "",
-    ]
+    title = f"{res.group.title}: median of {runs} run{'s' if runs != 1 else ''}"
+    if res.settings.get("host_loop"):
+        title += f", on the {res.settings['host_loop']} loop"
+    if not others:
+        explain = f"no ratios: only one {noun} ran"
+    else:
+        explain = (
+            f"ratio = vs {base}; > 1 means better than {base} for every metric "
+            f"(throughput: {noun}/{base}, latency: {base}/{noun})"
+        )
+        if base != res.group.baseline:
+            explain += f"; {res.group.baseline} did not run"
+    head = [title, explain, ""]
     header = ["workload", "metric", *res.contenders, *[f"{c}/{base}" for c in others]]
     rows = [header]
     failures = []

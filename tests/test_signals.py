@@ -1,0 +1,199 @@
+"""Signals: Ctrl+C interrupts a parked loop promptly, add/remove_signal_handler.
+
+Differential: every test runs on weaveloop and on the stock loop. A helper thread sends
+the signal once the loop is running; a safety timer stops the loop if the signal is
+never noticed, so a broken loop fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+
+import pytest
+from _support import SAFETY, join_or_fail, run, start_thread, wait_or_fail
+
+
+@pytest.fixture(autouse=True)
+def _default_sigint_handler():
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def _send_sigint(how: str) -> None:
+    if how == "pthread_kill":
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+    else:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def _interrupt_when_parked(loop, how: str, running: threading.Event) -> threading.Thread:
+    """Send SIGINT from a helper thread once the loop runs (and so will park)."""
+
+    def helper():
+        wait_or_fail(running, "the loop to run")
+        _send_sigint(how)
+
+    return start_thread(helper)
+
+
+@pytest.mark.parametrize("how", ["pthread_kill", "os_kill"])
+def test_sigint_interrupts_a_parked_run_forever(loop, how):
+    running = threading.Event()
+    loop.call_soon(running.set)
+    guard = loop.call_later(SAFETY, loop.stop)  # safety net only
+    helper = _interrupt_when_parked(loop, how, running)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_forever()
+    join_or_fail(helper)
+    assert guard.when() > loop.time(), "the safety timer fired: SIGINT was not noticed"
+    guard.cancel()
+    assert not loop.is_running()
+    # The loop is usable afterwards.
+    assert run(loop, asyncio.sleep(0.001, "usable")) == "usable"
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+
+
+@pytest.mark.parametrize("how", ["pthread_kill", "os_kill"])
+def test_sigint_interrupts_a_long_sleep(loop, how):
+    running = threading.Event()
+
+    async def main():
+        running.set()
+        await asyncio.sleep(3600)
+
+    task = loop.create_task(main())
+    helper = _interrupt_when_parked(loop, how, running)
+    guard = loop.call_later(SAFETY, task.cancel)  # safety net only
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_until_complete(task)
+    join_or_fail(helper)
+    guard.cancel()
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        loop.run_until_complete(task)
+    assert run(loop, asyncio.sleep(0, "usable")) == "usable"
+
+
+def test_sigint_interrupts_a_loop_waiting_on_an_executor_job(loop):
+    release = threading.Event()
+    running = threading.Event()
+
+    async def main():
+        running.set()
+        await loop.run_in_executor(None, release.wait, SAFETY)
+
+    task = loop.create_task(main())
+    helper = _interrupt_when_parked(loop, "pthread_kill", running)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(task)
+    finally:
+        release.set()
+    join_or_fail(helper)
+    assert run(loop, task) is None
+
+
+def test_runner_turns_sigint_into_task_cancellation(loop_factory):
+    # asyncio.Runner (and so weaveloop.run) cancels the main task on the first Ctrl+C.
+    running = threading.Event()
+    saw_cancel = []
+
+    async def main():
+        running.set()
+        try:
+            await asyncio.sleep(SAFETY)
+        except asyncio.CancelledError:
+            saw_cancel.append(True)
+            raise
+
+    helper = _interrupt_when_parked(None, "pthread_kill", running)
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(main())
+    join_or_fail(helper)
+    assert saw_cancel == [True]
+
+
+def test_add_signal_handler_runs_on_the_loop(loop):
+    got = []
+
+    def handler(tag):
+        got.append((tag, threading.current_thread() is threading.main_thread()))
+        loop.stop()
+
+    loop.add_signal_handler(signal.SIGUSR1, handler, "usr1")
+    try:
+        loop.call_soon(os.kill, os.getpid(), signal.SIGUSR1)
+        guard = loop.call_later(SAFETY, loop.stop)
+        loop.run_forever()
+        guard.cancel()
+    finally:
+        assert loop.remove_signal_handler(signal.SIGUSR1) is True
+    assert got == [("usr1", True)]
+    assert loop.remove_signal_handler(signal.SIGUSR1) is False
+
+
+def test_signal_handler_from_another_thread_wakes_the_loop(loop):
+    got = []
+
+    def handler():
+        got.append("usr2")
+        loop.stop()
+
+    running = threading.Event()
+    loop.add_signal_handler(signal.SIGUSR2, handler)
+    try:
+        loop.call_soon(running.set)
+
+        def helper():
+            wait_or_fail(running, "the loop to run")
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+        t = start_thread(helper)
+        guard = loop.call_later(SAFETY, loop.stop)
+        loop.run_forever()
+        guard.cancel()
+        join_or_fail(t)
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR2)
+    assert got == ["usr2"]
+
+
+def test_add_signal_handler_bad_input(loop):
+    async def coro_handler():
+        pass
+
+    with pytest.raises(TypeError):
+        loop.add_signal_handler(signal.SIGUSR1, coro_handler)
+    with pytest.raises(ValueError):
+        loop.add_signal_handler(0x10000, lambda: None)
+    with pytest.raises(RuntimeError):
+        loop.add_signal_handler(signal.SIGKILL, lambda: None)
+
+
+def test_add_signal_handler_outside_the_main_thread_raises(loop_factory):
+    errors = []
+
+    def worker():
+        lp = loop_factory()
+        try:
+            lp.add_signal_handler(signal.SIGUSR1, lambda: None)
+        except RuntimeError as e:
+            errors.append(e)
+        finally:
+            lp.close()
+
+    join_or_fail(start_thread(worker))
+    assert len(errors) == 1
+
+
+def test_close_removes_signal_handlers(loop):
+    loop.add_signal_handler(signal.SIGUSR1, lambda: None)
+    loop.close()
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
