@@ -14,12 +14,20 @@ if [ ! -f "$stamp" ]; then
     "$PY" -m pip install -q "pytest>=7" psutil ruff ${EXTRA_PIP:-}
     touch "$stamp"
 fi
+# One cargo build at a time on this machine, across worktrees.
+cargo_locked() {
+    if command -v flock >/dev/null; then
+        flock /tmp/weaveloop-cargo.lock cargo "$@"
+    else
+        cargo "$@"
+    fi
+}
 build() {
     # cargo directly (not `maturin develop`): the new module is renamed into place, so
     # processes still running the old one keep a valid mapping of it.
     local profile=debug flags=()
     if [ "${BUILD:-debug}" = release ]; then profile=release; flags+=(--release); fi
-    PYO3_PYTHON="$PY" PYO3_BUILD_EXTENSION_MODULE=1 cargo build -q --lib "${flags[@]}"
+    PYO3_PYTHON="$PY" PYO3_BUILD_EXTENSION_MODULE=1 cargo_locked build -q --lib "${flags[@]}"
     local suffix
     suffix="$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
     cp "target/$profile/lib_core.so" "python/weaveloop/._core.so.tmp"
