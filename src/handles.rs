@@ -12,6 +12,10 @@ use pyo3::types::{PyFloat, PyTuple};
 use crate::errors;
 use crate::interop;
 
+fn call(py: Python<'_>, t: &Target) -> PyResult<()> {
+    t.callback.bind(py).call1(t.args.bind(py)).map(drop)
+}
+
 /// The callable and its arguments; dropped once a one-shot handle has run or any
 /// handle is cancelled, which breaks `obj -> handle -> obj.method` cycles (handles are
 /// not tracked by the cyclic GC, so nothing else would).
@@ -28,9 +32,15 @@ pub struct CallbackError {
 }
 
 /// A callback with its arguments and the context it runs in.
+///
+/// `context` is None when the callback was scheduled from a context with no variables
+/// set (the common case for threads and plain callbacks): it then runs in a fresh empty
+/// context, which is what a copy of an empty context is, but nothing has to be kept
+/// alive in the queue. (Queued copies, tracked by the cyclic GC, dominated the cost of
+/// `call_soon`/`call_soon_threadsafe` bursts.)
 pub struct Callback {
     target: Mutex<Option<Target>>,
-    pub context: Py<PyAny>,
+    context: Option<Py<PyAny>>,
     cancelled: AtomicBool,
 }
 
@@ -42,8 +52,8 @@ impl Callback {
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let context = match context {
-            Some(c) if !c.is_none() => c.clone().unbind(),
-            _ => interop::copy_context(callback.py())?,
+            Some(c) if !c.is_none() => Some(c.clone().unbind()),
+            _ => interop::copy_context_unless_empty(callback.py())?,
         };
         Ok(Callback {
             target: Mutex::new(Some(Target {
@@ -72,9 +82,11 @@ impl Callback {
             })
         };
         let Some(t) = target else { return Ok(()) };
-        let result = interop::in_context(py, &self.context, || {
-            t.callback.bind(py).call1(t.args.bind(py)).map(drop)
-        });
+        let result = match &self.context {
+            Some(c) => interop::in_context(py, c, || call(py, &t)),
+            None => interop::new_context(py)
+                .and_then(|fresh| interop::in_context(py, &fresh, || call(py, &t))),
+        };
         result.map_err(|err| CallbackError {
             err,
             callback: t.callback,
@@ -87,6 +99,15 @@ impl Callback {
         match &*self.target() {
             Some(t) => (t.callback.clone_ref(py), t.args.clone_ref(py).into_any()),
             None => (py.None(), py.None()),
+        }
+    }
+
+    /// The context the callback runs in (a new empty one if it was scheduled from an
+    /// empty context).
+    pub fn get_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match &self.context {
+            Some(c) => Ok(c.clone_ref(py)),
+            None => interop::new_context(py),
         }
     }
 
@@ -173,8 +194,8 @@ impl Handle {
         self.cb.is_cancelled()
     }
 
-    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.cb.context.clone_ref(py)
+    fn get_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.cb.get_context(py)
     }
 
     #[getter]
@@ -235,8 +256,8 @@ impl TimerHandle {
         self.when
     }
 
-    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.cb.context.clone_ref(py)
+    fn get_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.cb.get_context(py)
     }
 
     #[getter]

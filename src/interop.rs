@@ -35,12 +35,30 @@ cached_import!(
     "asyncio.coroutines",
     "iscoroutinefunction"
 );
+cached_import!(convert_future_exc, "asyncio.futures", "_convert_future_exc");
 
 /// `contextvars.copy_context()`.
 pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: the GIL is held (we have `py`); PyContext_CopyCurrent returns a new
     // reference or NULL with an exception set, which from_owned_ptr_or_err handles.
     unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }.map(Bound::unbind)
+}
+
+/// A copy of the current context, or None when it has no variables set.
+pub fn copy_context_unless_empty(py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+    let ctx = copy_context(py)?;
+    Ok(if ctx.bind(py).len()? == 0 {
+        None
+    } else {
+        Some(ctx)
+    })
+}
+
+/// `contextvars.Context()`: a new empty context.
+pub fn new_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    // SAFETY: the GIL is held; PyContext_New returns a new reference or NULL with an
+    // exception set, which from_owned_ptr_or_err handles.
+    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_New()) }.map(Bound::unbind)
 }
 
 /// Runs `f` with `context` entered, as `Context.run` does.

@@ -5,9 +5,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use arc_swap::ArcSwap;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use weaveloop_engine::{clock, Injector, Poller, TimerHeap};
@@ -59,10 +60,14 @@ pub struct LoopCore {
     pub(crate) spare: Mutex<VecDeque<Ready>>,
     pub(crate) timers: Mutex<TimerHeap<Py<TimerHandle>>>,
     pub(crate) watchers: Mutex<HashMap<RawFd, Watchers>>,
-    pub(crate) shared: Mutex<Arc<Shared>>,
+    /// Swapped only in a forked child; loaded lock-free on every post.
+    pub(crate) shared: ArcSwap<Shared>,
     /// Futures of fast-path executor jobs not yet completed, by address.
     pub(crate) in_flight: Mutex<HashMap<usize, Py<PyAny>>>,
     pub(crate) in_flight_count: AtomicUsize,
+    /// Consecutive spins that ended with nothing posted; spinning pauses after a few,
+    /// until the next job is submitted (a long job must not keep the loop spinning).
+    pub(crate) spin_misses: AtomicU32,
     /// `threading.get_ident()` of the thread running the loop; 0 when not running.
     pub(crate) owner: AtomicU64,
     pub(crate) closed: AtomicBool,
@@ -77,7 +82,7 @@ pub struct LoopCore {
 
 impl LoopCore {
     pub(crate) fn shared(&self) -> Arc<Shared> {
-        lock(&self.shared).clone()
+        self.shared.load_full()
     }
 
     pub(crate) fn check_closed(&self) -> PyResult<()> {
@@ -104,12 +109,23 @@ impl LoopCore {
         self.check_thread()
     }
 
+    /// True on the thread that runs the loop, or on any thread while it is not running:
+    /// the threads allowed to drain the injector.
+    pub(crate) fn is_drainer(&self) -> bool {
+        let owner = self.owner.load(Relaxed);
+        owner == 0 || owner == interop::thread_ident()
+    }
+
     pub(crate) fn is_debug(&self) -> bool {
         self.debug.load(Relaxed)
     }
 
     pub(crate) fn push_ready(&self, item: Ready) {
         lock(&self.ready).push_back(item);
+    }
+
+    pub(crate) fn extend_ready(&self, items: impl IntoIterator<Item = Ready>) {
+        lock(&self.ready).extend(items);
     }
 
     fn schedule_at(
@@ -140,6 +156,7 @@ impl LoopCore {
     pub(crate) fn track_in_flight(&self, fut: &Bound<'_, PyAny>) {
         lock(&self.in_flight).insert(fut.as_ptr() as usize, fut.clone().unbind());
         self.in_flight_count.fetch_add(1, Relaxed);
+        self.spin_misses.store(0, Relaxed);
     }
 
     /// Forgets a completed fast-path job; the caller drops the returned reference.
@@ -173,9 +190,10 @@ impl LoopCore {
             spare: Mutex::new(VecDeque::with_capacity(64)),
             timers: Mutex::new(TimerHeap::new()),
             watchers: Mutex::new(HashMap::new()),
-            shared: Mutex::new(Shared::new()?),
+            shared: ArcSwap::new(Shared::new()?),
             in_flight: Mutex::new(HashMap::new()),
             in_flight_count: AtomicUsize::new(0),
+            spin_misses: AtomicU32::new(0),
             owner: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -195,23 +213,29 @@ impl LoopCore {
 
     #[pyo3(signature = (callback, *args, context = None))]
     fn call_soon(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        self.check_usable()?;
-        check_callback(callback, "call_soon", self.is_debug(), false)?;
+        let this = slf.get();
+        this.check_usable()?;
+        check_callback(callback, "call_soon", this.is_debug(), false)?;
         let handle = Py::new(
-            py,
+            slf.py(),
             Handle {
                 cb: Callback::new(callback, args, context)?,
                 repeats: false,
             },
         )?;
         untrack(&handle);
-        self.push_ready(Ready::Soon(handle.clone_ref(py)));
+        // Keep one FIFO with call_soon_threadsafe: what other threads posted before
+        // this call joins the ready queue first.
+        let shared = this.shared.load();
+        if !shared.injector.is_empty() && this.is_drainer() {
+            this.drain_posted(slf, &shared);
+        }
+        this.push_ready(Ready::Soon(handle.clone_ref(slf.py())));
         Ok(handle)
     }
 
@@ -272,8 +296,13 @@ impl LoopCore {
             },
         )?;
         untrack(&handle);
+        if self.owner.load(Relaxed) == interop::thread_ident() {
+            // On the loop's own thread while it runs: no need for the injector.
+            self.push_ready(Ready::Soon(handle.clone_ref(py)));
+            return Ok(handle);
+        }
         let posted = Posted::Call(handle.clone_ref(py));
-        if let Err(refused) = self.shared().injector.post(posted) {
+        if let Err(refused) = self.shared.load().injector.post(posted) {
             drop(refused);
             return Err(errors::loop_closed());
         }
@@ -299,7 +328,7 @@ impl LoopCore {
 
     /// Wakes the loop if it is parked (thread-safe, no allocation).
     fn _wakeup(&self) {
-        self.shared().injector.nudge();
+        self.shared.load().injector.nudge();
     }
 
     /// Asks the loop to stop after the current iteration. Safe from any thread.
@@ -404,9 +433,23 @@ impl LoopCore {
         self.executor_shutdown_called.store(value, Relaxed);
     }
 
-    /// Number of callbacks ready to run and timers scheduled (for tests and reprs).
-    fn _queue_sizes(&self) -> (usize, usize) {
-        (lock(&self.ready).len(), lock(&self.timers).len())
+    /// A snapshot of the ready queue (stock asyncio's `_ready`, read-only here).
+    #[getter]
+    fn _ready(&self, py: Python<'_>) -> Vec<Py<PyAny>> {
+        lock(&self.ready)
+            .iter()
+            .map(|item| match item {
+                Ready::Soon(h) => h.clone_ref(py).into_any(),
+                Ready::Timer(h) => h.clone_ref(py).into_any(),
+                Ready::Foreign(h) => h.clone_ref(py),
+            })
+            .collect()
+    }
+
+    /// A snapshot of the scheduled timers (stock asyncio's `_scheduled`, read-only here).
+    #[getter]
+    fn _scheduled(&self, py: Python<'_>) -> Vec<Py<TimerHandle>> {
+        lock(&self.timers).iter().map(|h| h.clone_ref(py)).collect()
     }
 }
 

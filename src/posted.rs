@@ -5,7 +5,8 @@
 use pyo3::prelude::*;
 
 use crate::handles::Handle;
-use crate::loop_core::{LoopCore, Ready};
+use crate::interop;
+use crate::loop_core::{LoopCore, Ready, Shared};
 
 /// How a fast-path executor job ended.
 pub enum Outcome {
@@ -24,28 +25,33 @@ pub enum Posted {
 
 impl LoopCore {
     /// Loop thread: drains the injector, settling completions and queueing callbacks.
-    pub(crate) fn drain_posted(&self, slf: &Bound<'_, LoopCore>) -> PyResult<()> {
-        let shared = self.shared();
+    pub(crate) fn drain_posted(&self, slf: &Bound<'_, LoopCore>, shared: &Shared) {
         if shared.injector.is_empty() {
-            return Ok(());
+            return;
         }
         let mut items = Vec::with_capacity(shared.injector.len());
         shared.injector.drain_into(&mut items);
-        self.apply_posted(slf, items)
+        self.apply_posted(slf, items);
     }
 
-    pub(crate) fn apply_posted(
-        &self,
-        slf: &Bound<'_, LoopCore>,
-        items: Vec<Posted>,
-    ) -> PyResult<()> {
+    /// Applies drained items in posting order. A completion that cannot be settled is
+    /// reported through `sys.unraisablehook`; the rest are still applied.
+    pub(crate) fn apply_posted(&self, slf: &Bound<'_, LoopCore>, items: Vec<Posted>) {
+        let mut calls = Vec::with_capacity(items.len());
         for item in items {
             match item {
-                Posted::Call(h) => self.push_ready(Ready::Soon(h)),
-                Posted::Done { fut, outcome } => self.settle(slf, fut, outcome)?,
+                Posted::Call(h) => calls.push(Ready::Soon(h)),
+                Posted::Done { fut, outcome } => {
+                    // Callbacks posted before this completion keep their place ahead of
+                    // the callbacks that settling it schedules.
+                    self.extend_ready(calls.drain(..));
+                    if let Err(e) = self.settle(slf, fut, outcome) {
+                        e.write_unraisable(slf.py(), None);
+                    }
+                }
             }
         }
-        Ok(())
+        self.extend_ready(calls);
     }
 
     fn settle(&self, slf: &Bound<'_, LoopCore>, fut: Py<PyAny>, outcome: Outcome) -> PyResult<()> {
@@ -61,7 +67,10 @@ impl LoopCore {
         let result = match outcome {
             Outcome::Value(v) => fut.call_method1(pyo3::intern!(py, "set_result"), (v,)),
             Outcome::Error(e) => {
-                fut.call_method1(pyo3::intern!(py, "set_exception"), (e.value(py),))
+                // As wrap_future does: concurrent.futures' Cancelled/InvalidState errors
+                // become asyncio's.
+                let exc = interop::convert_future_exc(py)?.call1((e.value(py),))?;
+                fut.call_method1(pyo3::intern!(py, "set_exception"), (exc,))
             }
             Outcome::Cancelled => fut.call_method0(pyo3::intern!(py, "cancel")),
             Outcome::Skipped => unreachable!("handled above"),

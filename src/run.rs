@@ -24,6 +24,9 @@ const MAX_POLL: f64 = 24.0 * 3600.0;
 /// How long the loop spins (GIL released, no syscalls) for executor completions before
 /// parking in epoll; only while jobs are in flight and nothing else is ready.
 const SPIN: Duration = Duration::from_micros(50);
+/// Spins in a row that may find nothing before the loop stops spinning (until the next
+/// executor job is submitted).
+const MAX_SPIN_MISSES: u32 = 3;
 /// Timer heap compaction thresholds (asyncio's).
 const MIN_SCHEDULED_FOR_COMPACTION: usize = 100;
 
@@ -83,10 +86,16 @@ impl LoopCore {
         mut timeout: Option<Duration>,
         events: &mut Vec<Readiness>,
     ) -> PyResult<()> {
-        if timeout != Some(Duration::ZERO) && self.has_in_flight() {
+        if timeout != Some(Duration::ZERO)
+            && self.has_in_flight()
+            && self.spin_misses.load(Relaxed) < MAX_SPIN_MISSES
+        {
             let budget = timeout.map_or(SPIN, |t| t.min(SPIN));
             if py.detach(|| shared.injector.spin_wait(budget)) {
                 timeout = Some(Duration::ZERO);
+                self.spin_misses.store(0, Relaxed);
+            } else {
+                self.spin_misses.fetch_add(1, Relaxed);
             }
         }
         let result = if timeout == Some(Duration::ZERO) {
@@ -231,7 +240,7 @@ impl LoopCore {
         let timeout = self.poll_timeout();
         let mut events = Vec::new();
         self.poll(py, &shared, timeout, &mut events)?;
-        self.drain_posted(slf)?;
+        self.drain_posted(slf, &shared);
         self.dispatch_io(py, &events);
         self.collect_due_timers();
         self.run_ready(slf)
@@ -350,7 +359,7 @@ impl LoopCore {
                 .set_interest(*fd, w.reader.is_some(), w.writer.is_some())
                 .map_err(errors::os_error)?;
         }
-        let old = std::mem::replace(&mut *lock(&this.shared), fresh);
+        let old = this.shared.swap(fresh);
         let in_flight: Vec<Py<PyAny>> = lock(&this.in_flight).drain().map(|(_, f)| f).collect();
         this.in_flight_count.store(0, Relaxed);
         for fut in &in_flight {

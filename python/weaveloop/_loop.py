@@ -226,6 +226,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
                 self.remove_signal_handler(sig)
         self._close_self_pipe()
         self._close_core()
+        self._selector = None
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:

@@ -79,6 +79,7 @@ UNITS = [
     "test_context",
     "test_pep492",
     "test_waitfor",
+    "test_streams",
 ]
 
 #: Units that need not create a loop of the loop under test (none so far).
@@ -270,7 +271,7 @@ def _flatten(suite):
 
 
 def _inject_faults(tests) -> None:
-    """Self-test hook: WEAVELOOP_CONFORMANCE_INJECT="id=crash,id=hang,id=wedge,id=fail"."""
+    """Self-test hook: WEAVELOOP_CONFORMANCE_INJECT="id=crash,id=hang,id=park,id=wedge,id=fail"."""
     spec = os.environ.get("WEAVELOOP_CONFORMANCE_INJECT")
     if not spec:
         return
@@ -285,6 +286,14 @@ def _inject_faults(tests) -> None:
                 os.abort()
             if kind == "wedge":  # deaf to the alarm: only the faulthandler exit ends it
                 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+            if kind == "park":  # a loop parked forever: the alarm must wake it
+                import asyncio
+
+                loop = asyncio.new_event_loop()
+                try:
+                    loop.run_until_complete(asyncio.sleep(1e6))
+                finally:
+                    loop.close()
             if kind in ("hang", "wedge"):
                 time.sleep(1e6)
             raise AssertionError("injected failure")
