@@ -64,7 +64,6 @@ pub struct LoopCore {
     pub(crate) shared: ArcSwap<Shared>,
     /// Futures of fast-path executor jobs not yet completed, by address.
     pub(crate) in_flight: Mutex<HashMap<usize, Py<PyAny>>>,
-    pub(crate) in_flight_count: AtomicUsize,
     /// Consecutive spins that ended with nothing posted; spinning pauses after a few,
     /// until the next job is submitted (a long job must not keep the loop spinning).
     pub(crate) spin_misses: AtomicU32,
@@ -149,23 +148,14 @@ impl LoopCore {
         Ok(handle)
     }
 
-    pub(crate) fn has_in_flight(&self) -> bool {
-        self.in_flight_count.load(Relaxed) > 0
-    }
-
     pub(crate) fn track_in_flight(&self, fut: &Bound<'_, PyAny>) {
         lock(&self.in_flight).insert(fut.as_ptr() as usize, fut.clone().unbind());
-        self.in_flight_count.fetch_add(1, Relaxed);
         self.spin_misses.store(0, Relaxed);
     }
 
     /// Forgets a completed fast-path job; the caller drops the returned reference.
     pub(crate) fn untrack_in_flight(&self, fut: &Py<PyAny>) -> Option<Py<PyAny>> {
-        let gone = lock(&self.in_flight).remove(&(fut.as_ptr() as usize));
-        if gone.is_some() {
-            self.in_flight_count.fetch_sub(1, Relaxed);
-        }
-        gone
+        lock(&self.in_flight).remove(&(fut.as_ptr() as usize))
     }
 }
 
@@ -192,8 +182,7 @@ impl LoopCore {
             watchers: Mutex::new(HashMap::new()),
             shared: ArcSwap::new(Shared::new()?),
             in_flight: Mutex::new(HashMap::new()),
-            in_flight_count: AtomicUsize::new(0),
-            spin_misses: AtomicU32::new(0),
+            spin_misses: AtomicU32::new(u32::MAX / 2),
             owner: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),

@@ -21,11 +21,13 @@ use crate::posted::Posted;
 
 /// asyncio's cap on one poll: a day.
 const MAX_POLL: f64 = 24.0 * 3600.0;
-/// How long the loop spins (GIL released, no syscalls) for executor completions before
-/// parking in epoll; only while jobs are in flight and nothing else is ready.
+/// How long the loop spins (GIL released, no syscalls) before parking in epoll, when
+/// nothing is ready but cross-thread work is likely to come back soon: an executor job
+/// was just submitted or other threads just posted. Spinning stops after
+/// `MAX_SPIN_MISSES` fruitless spins, so an idle loop never spins.
 const SPIN: Duration = Duration::from_micros(50);
 /// Spins in a row that may find nothing before the loop stops spinning (until the next
-/// executor job is submitted).
+/// executor job is submitted or the next cross-thread post is processed).
 const MAX_SPIN_MISSES: u32 = 3;
 /// Timer heap compaction thresholds (asyncio's).
 const MIN_SCHEDULED_FOR_COMPACTION: usize = 100;
@@ -86,10 +88,7 @@ impl LoopCore {
         mut timeout: Option<Duration>,
         events: &mut Vec<Readiness>,
     ) -> PyResult<()> {
-        if timeout != Some(Duration::ZERO)
-            && self.has_in_flight()
-            && self.spin_misses.load(Relaxed) < MAX_SPIN_MISSES
-        {
+        if timeout != Some(Duration::ZERO) && self.spin_misses.load(Relaxed) < MAX_SPIN_MISSES {
             let budget = timeout.map_or(SPIN, |t| t.min(SPIN));
             if py.detach(|| shared.injector.spin_wait(budget)) {
                 timeout = Some(Duration::ZERO);
@@ -308,7 +307,6 @@ impl LoopCore {
             return Ok(());
         }
         let in_flight: Vec<Py<PyAny>> = lock(&this.in_flight).drain().map(|(_, f)| f).collect();
-        this.in_flight_count.store(0, Relaxed);
         for fut in &in_flight {
             fut.bind(py).call_method0(pyo3::intern!(py, "cancel"))?;
         }
@@ -361,7 +359,6 @@ impl LoopCore {
         }
         let old = this.shared.swap(fresh);
         let in_flight: Vec<Py<PyAny>> = lock(&this.in_flight).drain().map(|(_, f)| f).collect();
-        this.in_flight_count.store(0, Relaxed);
         for fut in &in_flight {
             fut.bind(py).call_method0(pyo3::intern!(py, "cancel"))?;
         }

@@ -8,6 +8,7 @@ Exit status: 0 when the suite ran (even if some jobs failed: they show as "n/a")
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         _list()
         return 0
-    runs = args.runs or (QUICK_RUNS if args.quick else DEFAULT_RUNS)
+    runs = args.runs if args.runs is not None else (QUICK_RUNS if args.quick else DEFAULT_RUNS)
     if runs < 1:
         p.error("--runs must be at least 1")
     selection = _select(args, p)
@@ -136,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
 
+    build_before = machine.weaveloop_build()
+    for warning in machine.build_warnings(build_before):
+        print(f"warning: {warning}", file=sys.stderr)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > 0.5 * (os.cpu_count() or 1):
+        print(f"warning: load average {load:.1f} at start; numbers will be noisy", file=sys.stderr)
     started = datetime.now(timezone.utc)  # noqa: UP017 - readable on 3.11
     t0 = time.perf_counter()
     interrupted = False
@@ -153,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     for res in results.values():
         print(report.group_table(res, runs))
         print()
+    build_after = machine.weaveloop_build()
+    warnings = machine.build_warnings(build_before, build_after)
+    for warning in warnings:
+        print(f"warning: {warning}")
 
     versions = {
         "loops": {c: loops.version(c) for c in loops.LOOPS if not loops.unavailable(c)},
@@ -173,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_meaning": "> 1 means better than the group's baseline "
         "(throughput: contender/baseline, latency: baseline/contender)",
         "machine": machine.describe(versions),
+        "warnings": warnings,
         "groups": {name: res.to_json() for name, res in results.items()},
     }
     out = Path(args.out)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
+import struct
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,27 @@ def _git_commit(where: Path) -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def _elf_debug_bytes(path: str) -> int | None:
+    """Total size of an ELF64 file's ``.debug_*`` sections (None if not ELF64)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:5] != b"\x7fELF\x02":
+        return None
+    (table,) = struct.unpack_from("<Q", data, 0x28)
+    entry, count, names_index = struct.unpack_from("<HHH", data, 0x3A)
+    names = struct.unpack_from("<IIQQQQ", data, table + names_index * entry)[4]
+    total = 0
+    for i in range(count):
+        name_at, *_, size = struct.unpack_from("<IIQQQQ", data, table + i * entry)
+        name = data[names + name_at : data.index(b"\0", names + name_at)]
+        if name.startswith(b".debug_"):
+            total += size
+    return total
 
 
 def weaveloop_build() -> dict[str, Any]:
@@ -48,7 +69,30 @@ def weaveloop_build() -> dict[str, Any]:
     if info["module"]:
         st = os.stat(info["module"])
         info.update(size_bytes=st.st_size, mtime=st.st_mtime)
+        try:
+            debug = _elf_debug_bytes(info["module"])
+        except (OSError, struct.error, ValueError):
+            debug = None
+        if debug is not None:
+            info["debug_section_bytes"] = debug
+            info["looks_like_debug_build"] = debug > 1_000_000
     return info
+
+
+def build_warnings(before: dict[str, Any], after: dict[str, Any] | None = None) -> list[str]:
+    """What a reader must know about the weaveloop build the numbers came from."""
+    warnings = []
+    if before.get("looks_like_debug_build"):
+        warnings.append(
+            "weaveloop's extension carries debug info: a debug build, its numbers mean "
+            "nothing (build with `make bench`, a release build)"
+        )
+    if after and (before.get("mtime"), before.get("size_bytes")) != (
+        after.get("mtime"),
+        after.get("size_bytes"),
+    ):
+        warnings.append("weaveloop's extension was rebuilt during the run: results mix two builds")
+    return warnings
 
 
 def describe(versions: dict[str, dict[str, str | None]]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 from .registry import Group, Workload
 from .units import format_metrics
 
-TAIL_CHARS = 4000
+TAIL_CHARS = 8000
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,10 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _tail(text: str | bytes | None) -> str:
+def _tail(text: str | bytes | None, limit: int | None = TAIL_CHARS) -> str:
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
-    return (text or "")[-TAIL_CHARS:]
+    return (text or "")[-limit:] if limit else (text or "")
 
 
 def execute(job: Job, settings: dict[str, Any], timeout: float, scratch: str) -> dict[str, Any]:
@@ -103,9 +103,9 @@ def execute(job: Job, settings: dict[str, Any], timeout: float, scratch: str) ->
         if returncode != 0:
             record["warning"] = f"worker exited with status {returncode} after its result"
     elif returncode is None:
-        record = {"ok": False, "error": f"killed: no result after {timeout + 15:.0f} s"}
-    elif "Timeout (" in _tail(stderr):
-        record = {"ok": False, "error": f"timed out after {timeout:.0f} s (stacks in stderr)"}
+        record = {"ok": False, "error": f"killed: no result after {timeout + 15:g} s"}
+    elif "Timeout (" in _tail(stderr, limit=None):
+        record = {"ok": False, "error": f"timed out after {timeout:g} s (stacks in stderr)"}
     elif returncode < 0:
         record = {"ok": False, "error": f"worker killed by {_signal_name(-returncode)}, no result"}
     else:

@@ -137,9 +137,18 @@ def _weaveloop_queue() -> QueueFace:
     q = cls()
     if hasattr(q, "sync_q") and hasattr(q, "async_q"):  # janus-style faces
         return QueueFace(q.sync_q.put, q.sync_q.get, q.async_q.put, q.async_q.get)
-    for put_name, get_name in (("async_put", "async_get"), ("aput", "aget")):
-        if hasattr(q, put_name) and hasattr(q, get_name):  # method-prefix style
-            return QueueFace(q.put, q.get, getattr(q, put_name), getattr(q, get_name))
+
+    def first(*names: str) -> Any:
+        return next((getattr(q, n) for n in names if hasattr(q, n)), None)
+
+    faces = (
+        first("green_put", "sync_put", "put"),
+        first("green_get", "sync_get", "get"),
+        first("async_put", "aput"),
+        first("async_get", "aget"),
+    )
+    if all(faces):  # method-prefix style (aiologic-like)
+        return QueueFace(*faces)
     raise NotImplementedError(
         f"weaveloop.sync.{cls.__name__}: no known coroutine face (sync_q/async_q, "
         "async_put/async_get, aput/aget); teach bench/sync_adapters.py"

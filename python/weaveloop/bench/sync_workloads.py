@@ -9,7 +9,9 @@ workload       what                                                           si
 =============  =============================================================  ===========
 queue_t2c      one thread puts N items, a coroutine gets them                 200k / 20k
 queue_c2t      a coroutine puts N items, one thread gets them                 200k / 20k
-lock_handoff   a thread and a coroutine each take one lock N times           20k / 2k
+lock_handoff   a thread and a coroutine each take one lock N times, each      20k / 2k
+               holding it across a yield (GIL release / loop iteration) so
+               the other side contends; JSON extra.handoffs counts switches
 lock_thread    uncontended with-lock from a thread (stdlib: threading.Lock)   500k / 50k
 lock_coro      uncontended async-with from a coroutine (stdlib: asyncio.Lock) 300k / 30k
 lock_lag       1 ms timer lateness while a thread holds the lock in 50 ms     1.0 s / 0.4 s
@@ -97,6 +99,7 @@ async def lock_handoff(lib: str, n: int) -> dict:
         for _ in range(n):
             with lock:
                 take("thread")
+                time.sleep(0)  # hold it across a GIL release, so the coroutine contends
 
     other = in_thread(loop, thread_side, name="lock-thread")
     lock = face.coro_side
@@ -105,6 +108,7 @@ async def lock_handoff(lib: str, n: int) -> dict:
     for _ in range(n):
         async with lock:
             take("coro")
+            await asyncio.sleep(0)  # hold it across a loop iteration, so the thread contends
     await other
     elapsed = perf_counter() - t0
     return {"throughput": 2 * n / elapsed, "extra": {"handoffs": handoffs}}
