@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -64,9 +64,8 @@ pub struct LoopCore {
     pub(crate) shared: ArcSwap<Shared>,
     /// Futures of fast-path executor jobs not yet completed, by address.
     pub(crate) in_flight: Mutex<HashMap<usize, Py<PyAny>>>,
-    /// Consecutive spins that ended with nothing posted; spinning pauses after a few,
-    /// until the next job is submitted (a long job must not keep the loop spinning).
-    pub(crate) spin_misses: AtomicU32,
+    /// Whether the loop spins briefly before its next park (see run.rs, `SPIN`).
+    pub(crate) spin_worthy: AtomicBool,
     /// `threading.get_ident()` of the thread running the loop; 0 when not running.
     pub(crate) owner: AtomicU64,
     pub(crate) closed: AtomicBool,
@@ -150,7 +149,6 @@ impl LoopCore {
 
     pub(crate) fn track_in_flight(&self, fut: &Bound<'_, PyAny>) {
         lock(&self.in_flight).insert(fut.as_ptr() as usize, fut.clone().unbind());
-        self.spin_misses.store(0, Relaxed);
     }
 
     /// Forgets a completed fast-path job; the caller drops the returned reference.
@@ -182,7 +180,7 @@ impl LoopCore {
             watchers: Mutex::new(HashMap::new()),
             shared: ArcSwap::new(Shared::new()?),
             in_flight: Mutex::new(HashMap::new()),
-            spin_misses: AtomicU32::new(u32::MAX / 2),
+            spin_worthy: AtomicBool::new(false),
             owner: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),

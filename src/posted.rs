@@ -31,9 +31,6 @@ impl LoopCore {
         }
         let mut items = Vec::with_capacity(shared.injector.len());
         shared.injector.drain_into(&mut items);
-        // Other threads are active: worth spinning for their next post before parking.
-        self.spin_misses
-            .store(0, std::sync::atomic::Ordering::Relaxed);
         self.apply_posted(slf, items);
     }
 

@@ -22,13 +22,11 @@ use crate::posted::Posted;
 /// asyncio's cap on one poll: a day.
 const MAX_POLL: f64 = 24.0 * 3600.0;
 /// How long the loop spins (GIL released, no syscalls) before parking in epoll, when
-/// nothing is ready but cross-thread work is likely to come back soon: an executor job
-/// was just submitted or other threads just posted. Spinning stops after
-/// `MAX_SPIN_MISSES` fruitless spins, so an idle loop never spins.
+/// nothing is ready but another thread is likely to post within that time: only after a
+/// wake-up by a post that came that quickly (an executor round trip, a thread in
+/// ping-pong with the loop), and only until a spin finds nothing. An idle loop, or one
+/// fed by a slow trickle of posts, never spins; it parks as any loop does.
 const SPIN: Duration = Duration::from_micros(50);
-/// Spins in a row that may find nothing before the loop stops spinning (until the next
-/// executor job is submitted or the next cross-thread post is processed).
-const MAX_SPIN_MISSES: u32 = 3;
 /// Timer heap compaction thresholds (asyncio's).
 const MIN_SCHEDULED_FOR_COMPACTION: usize = 100;
 
@@ -88,13 +86,14 @@ impl LoopCore {
         mut timeout: Option<Duration>,
         events: &mut Vec<Readiness>,
     ) -> PyResult<()> {
-        if timeout != Some(Duration::ZERO) && self.spin_misses.load(Relaxed) < MAX_SPIN_MISSES {
+        let idle = timeout != Some(Duration::ZERO);
+        let idle_since = clock::monotonic();
+        if idle && self.spin_worthy.load(Relaxed) {
             let budget = timeout.map_or(SPIN, |t| t.min(SPIN));
             if py.detach(|| shared.injector.spin_wait(budget)) {
                 timeout = Some(Duration::ZERO);
-                self.spin_misses.store(0, Relaxed);
             } else {
-                self.spin_misses.fetch_add(1, Relaxed);
+                self.spin_worthy.store(false, Relaxed);
             }
         }
         let result = if timeout == Some(Duration::ZERO) {
@@ -109,6 +108,11 @@ impl LoopCore {
             };
             let r = py.detach(|| shared.poller.poll(t, events));
             shared.injector.end_park();
+            // Spin next time only if this wake-up, by another thread, came within the
+            // spin budget: ping-pong with a worker or a posting thread, not a slow trickle.
+            let quick = clock::monotonic() - idle_since <= SPIN.as_secs_f64();
+            self.spin_worthy
+                .store(quick && !shared.injector.is_empty(), Relaxed);
             r
         };
         match result {

@@ -15,12 +15,14 @@ from _support import FACTORIES, LOOP_KINDS, LoopThread, weaveloop_factory
 
 #: A test still running after this long is hung: dump every stack and exit.
 HANG_GUARD = 90.0
+SOAK_HANG_GUARD = 1800.0
 
 
 @pytest.fixture(autouse=True)
-def _hang_guard():
+def _hang_guard(request):
     """Turn a hung test into a traceback dump instead of a suite that never ends."""
-    faulthandler.dump_traceback_later(HANG_GUARD, exit=True, file=sys.__stderr__)
+    limit = SOAK_HANG_GUARD if request.node.get_closest_marker("soak") else HANG_GUARD
+    faulthandler.dump_traceback_later(limit, exit=True, file=sys.__stderr__)
     yield
     faulthandler.cancel_dump_traceback_later()
 

@@ -1,16 +1,18 @@
 """Signals: Ctrl+C interrupts a parked loop promptly, add/remove_signal_handler.
 
 Differential: every test runs on weaveloop and on the stock loop. A helper thread sends
-the signal once the loop is running; a safety timer stops the loop if the signal is
-never noticed, so a broken loop fails instead of hanging.
+SIGINT once the loop thread is *parked in the poller* (read from /proc, so no sleeps);
+a safety timer stops the loop if the signal is never noticed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import signal
 import threading
+import time
 
 import pytest
 from _support import SAFETY, join_or_fail, run, start_thread, wait_or_fail
@@ -30,12 +32,48 @@ def _send_sigint(how: str) -> None:
         os.kill(os.getpid(), signal.SIGINT)
 
 
+# Syscalls a loop parks in (epoll_wait, epoll_pwait, epoll_pwait2, poll, ppoll, select, ...).
+POLL_SYSCALLS = {
+    "x86_64": {7, 23, 232, 270, 271, 281, 441},
+    "aarch64": {22, 72, 73, 441},
+}
+
+
+pytestmark = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.machine() not in POLL_SYSCALLS,
+    reason="parked-state detection reads /proc/self/task/*/syscall (Linux x86_64/aarch64)",
+)
+
+
+def _parked_in_poller(native_id: int) -> bool:
+    with open(f"/proc/self/task/{native_id}/syscall") as f:
+        first = f.read().split()[0]
+    return first != "running" and int(first) in POLL_SYSCALLS[platform.machine()]
+
+
+def _wait_until_parked(native_id: int) -> None:
+    deadline = time.monotonic() + SAFETY
+    while not _parked_in_poller(native_id):
+        if time.monotonic() > deadline:
+            raise AssertionError("the loop thread never parked in the poller (safety net)")
+        time.sleep(0.0005)  # poll interval of a condition check, not a synchronisation
+
+
 def _interrupt_when_parked(loop, how: str, running: threading.Event) -> threading.Thread:
-    """Send SIGINT from a helper thread once the loop runs (and so will park)."""
+    """Send SIGINT from a helper thread once the main thread is parked in the poller.
+
+    Parked matters: the stock loop only notices a signal that interrupts its poll, so a
+    signal sent a moment earlier could be missed by either loop for a reason unrelated
+    to what is tested here.
+    """
+    main_id = threading.main_thread().native_id
 
     def helper():
         wait_or_fail(running, "the loop to run")
-        _send_sigint(how)
+        try:
+            _wait_until_parked(main_id)
+        finally:
+            _send_sigint(how)
 
     return start_thread(helper)
 
@@ -197,3 +235,25 @@ def test_close_removes_signal_handlers(loop):
     loop.add_signal_handler(signal.SIGUSR1, lambda: None)
     loop.close()
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+
+
+@pytest.mark.parametrize("how", ["pthread_kill", "os_kill"])
+def test_sigint_just_before_the_park_is_not_missed(wloop, how):
+    # weaveloop-only: the stock loop has no wake-up fd outside add_signal_handler, so a
+    # SIGINT landing between its last signal check and epoll_wait goes unnoticed until
+    # something else wakes it. weaveloop wakes on the signal in every case.
+    running = threading.Event()
+
+    def helper():
+        wait_or_fail(running, "the loop to run")
+        _send_sigint(how)
+
+    wloop.call_soon(running.set)
+    guard = wloop.call_later(SAFETY, wloop.stop)  # safety net only
+    t = start_thread(helper)
+    with pytest.raises(KeyboardInterrupt):
+        wloop.run_forever()
+    join_or_fail(t)
+    assert guard.when() > wloop.time(), "the safety timer fired: SIGINT was not noticed"
+    guard.cancel()
+    assert run(wloop, asyncio.sleep(0, "usable")) == "usable"

@@ -93,10 +93,12 @@ def _select(
             continue
         names = wanted.get(group.axis) or list(group.contenders)
         contenders, skipped = [], {}
-        for c in group.contenders:
-            if c in names:
-                why = group.available(c)
-                contenders.append(c) if why is None else skipped.__setitem__(c, why)
+        for c in (c for c in group.contenders if c in names):
+            why = group.available(c)
+            if why is None:
+                contenders.append(c)
+            else:
+                skipped[c] = why
         selection.append((group, chosen, contenders, skipped))
     return selection
 
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if runs < 1:
         p.error("--runs must be at least 1")
     selection = _select(args, p)
-    if any(g.name == "sync" for g, *_ in selection) and loops.unavailable(args.sync_loop):
+    if any(g.axis == "library" for g, *_ in selection) and loops.unavailable(args.sync_loop):
         p.error(f"--sync-loop {args.sync_loop}: {loops.unavailable(args.sync_loop)}")
     settings: dict[str, Any] = {"sync_loop": args.sync_loop, "quick": args.quick}
     jobs = runner.plan([(g, ws, cs) for g, ws, cs, _ in selection], runs, args.quick)
@@ -177,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         "schema": 1,
         "started": started.isoformat(),
         "duration_s": time.perf_counter() - t0,
+        "loadavg_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "interrupted": interrupted,
-        "argv": sys.argv,
+        "argv": sys.argv[1:] if argv is None else argv,
         "runs": runs,
         "quick": args.quick,
         "ratio_meaning": "> 1 means better than the group's baseline "

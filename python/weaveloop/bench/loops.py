@@ -61,5 +61,5 @@ def version(name: str) -> str | None:
         from importlib.metadata import version as dist_version
 
         return dist_version(name)
-    except Exception:
-        return None
+    except Exception:  # e.g. weaveloop used from a source tree, not pip-installed
+        return getattr(importlib.import_module(_MODULES[name]), "__version__", None)

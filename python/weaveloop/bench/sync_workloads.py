@@ -9,9 +9,10 @@ workload       what                                                           si
 =============  =============================================================  ===========
 queue_t2c      one thread puts N items, a coroutine gets them                 200k / 20k
 queue_c2t      a coroutine puts N items, one thread gets them                 200k / 20k
-lock_handoff   a thread and a coroutine each take one lock N times, each      20k / 2k
-               holding it across a yield (GIL release / loop iteration) so
-               the other side contends; JSON extra.handoffs counts switches
+lock_handoff   a thread and a coroutine each take one lock N times in tight   20k / 2k
+               loops, the coroutine queued behind the thread at the start: a
+               fair lock alternates; acquisitions/s and thread<->coroutine
+               handoffs/s (a barging lock scores on the first, a fair one on both)
 lock_thread    uncontended with-lock from a thread (stdlib: threading.Lock)   500k / 50k
 lock_coro      uncontended async-with from a coroutine (stdlib: asyncio.Lock) 300k / 30k
 lock_lag       1 ms timer lateness while a thread holds the lock in 50 ms     1.0 s / 0.4 s
@@ -29,7 +30,7 @@ from time import perf_counter
 
 from . import loops, sync_adapters
 from .probes import in_thread, periodic_lateness
-from .registry import Group, Workload, latency, throughput
+from .registry import Group, Metric, Workload, latency, throughput
 from .stats import lateness_summary
 
 
@@ -83,7 +84,7 @@ async def queue_c2t(lib: str, n: int) -> dict:
 async def lock_handoff(lib: str, n: int) -> dict:
     loop = asyncio.get_running_loop()
     face = sync_adapters.make_lock(lib, "lock")
-    go = threading.Event()
+    holding = threading.Event()
     last_owner = None
     handoffs = 0
 
@@ -95,23 +96,25 @@ async def lock_handoff(lib: str, n: int) -> dict:
 
     def thread_side() -> None:
         lock = face.thread_side
-        go.wait()
-        for _ in range(n):
+        with lock:  # hold it until the coroutine is queued behind us
+            take("thread")
+            holding.set()
+            time.sleep(0.005)
+        for _ in range(n - 1):
             with lock:
                 take("thread")
-                time.sleep(0)  # hold it across a GIL release, so the coroutine contends
 
     other = in_thread(loop, thread_side, name="lock-thread")
+    while not holding.is_set():
+        await asyncio.sleep(0.0005)
     lock = face.coro_side
     t0 = perf_counter()
-    go.set()
     for _ in range(n):
         async with lock:
             take("coro")
-            await asyncio.sleep(0)  # hold it across a loop iteration, so the thread contends
     await other
     elapsed = perf_counter() - t0
-    return {"throughput": 2 * n / elapsed, "extra": {"handoffs": handoffs}}
+    return {"throughput": 2 * n / elapsed, "handoffs": handoffs / elapsed}
 
 
 async def lock_thread(lib: str, n: int) -> dict:
@@ -194,7 +197,8 @@ WORKLOADS = (
     Workload("queue_c2t", "queue: coroutine puts, thread gets", (throughput("items/s"),),
              queue_c2t, {"n": 200_000}, {"n": 20_000}, needs="queue"),
     Workload("lock_handoff", "lock contended by a thread and a coroutine",
-             (throughput("acq/s"),), lock_handoff, {"n": 20_000}, {"n": 2_000}, needs="lock"),
+             (throughput("acq/s"), Metric("handoffs", "handoffs/s", True, "handoffs/s")),
+             lock_handoff, {"n": 20_000}, {"n": 2_000}, needs="lock"),
     Workload("lock_thread", "uncontended acquire/release from a thread",
              (throughput("acq/s"),), lock_thread, {"n": 500_000}, {"n": 50_000},
              needs="lock_thread"),

@@ -1,0 +1,317 @@
+"""DESIGN.md's bad-input table, row by row, for the loop and the executor.
+
+Rows tested elsewhere: "run_forever while running / nested" in test_running.py;
+"exception in a callback or executor job" and "KeyboardInterrupt/SystemExit in a callback"
+in test_exception_handler.py; "closing a loop with executor jobs in flight" in
+test_executor.py; "foreign-thread posts racing close()" in test_threadsafe.py.
+Differential where the stock loop shares the behaviour; weaveloop-only tests say why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import math
+import socket
+
+import pytest
+import weaveloop
+from _support import SAFETY, run
+
+
+async def coro_function():
+    pass
+
+
+class NotCallable:
+    pass
+
+
+# -- row: non-callable callback, coroutine passed to call_soon/run_in_executor -------------
+
+SCHEDULERS = {
+    "call_soon": lambda lp, cb: lp.call_soon(cb),
+    "call_soon_threadsafe": lambda lp, cb: lp.call_soon_threadsafe(cb),
+    "call_later": lambda lp, cb: lp.call_later(0, cb),
+    "call_at": lambda lp, cb: lp.call_at(lp.time(), cb),
+    "run_in_executor": lambda lp, cb: lp.run_in_executor(None, cb),
+}
+
+BAD_CALLBACKS = {
+    "coroutine_function": lambda: coro_function,
+    "coroutine": coro_function,  # called per test: a fresh coroutine object
+    "none": lambda: None,
+    "int": lambda: 42,
+    "object": NotCallable,
+}
+
+
+def _bad_callback(kind):
+    return BAD_CALLBACKS[kind]()
+
+
+@pytest.mark.parametrize("method", list(SCHEDULERS))
+@pytest.mark.parametrize("kind", list(BAD_CALLBACKS))
+def test_bad_callback_is_a_type_error_in_debug_mode(loop, method, kind):
+    # The stock loop validates callbacks in debug mode; both loops must agree there.
+    loop.set_debug(True)
+    cb = _bad_callback(kind)
+    try:
+        with pytest.raises(TypeError) as info:
+            SCHEDULERS[method](loop, cb)
+    finally:
+        if asyncio.iscoroutine(cb):
+            cb.close()
+    message = str(info.value)
+    # The stock call_later validates through call_at and names that method.
+    names = {method, "call_at"} if method == "call_later" else {method}
+    if kind.startswith("coroutine"):
+        assert message in {f"coroutines cannot be used with {n}()" for n in names}
+    else:
+        assert any(message.startswith(f"a callable object was expected by {n}()") for n in names)
+
+
+ALWAYS_CHECKED = [
+    (method, kind)
+    for method in SCHEDULERS
+    for kind in BAD_CALLBACKS
+    # The contract names call_soon and run_in_executor for coroutine functions; every
+    # scheduling method refuses non-callables (coroutine objects included).
+    if kind != "coroutine_function" or method in ("call_soon", "run_in_executor")
+]
+
+
+@pytest.mark.parametrize("method, kind", ALWAYS_CHECKED)
+def test_bad_callback_is_always_a_type_error_on_weaveloop(wloop, method, kind):
+    # weaveloop-only: the stock loop checks only in debug mode; weaveloop always does.
+    assert not wloop.get_debug()
+    cb = _bad_callback(kind)
+    try:
+        with pytest.raises(TypeError) as info:
+            SCHEDULERS[method](wloop, cb)
+    finally:
+        if asyncio.iscoroutine(cb):
+            cb.close()
+    if kind.startswith("coroutine"):
+        assert "coroutine" in str(info.value)
+    else:
+        assert "callable" in str(info.value)
+
+
+def test_set_exception_handler_non_callable(loop):
+    with pytest.raises(TypeError):
+        loop.set_exception_handler(42)
+
+
+def test_call_later_none_delay(loop):
+    with pytest.raises(TypeError):
+        loop.call_later(None, lambda: None)
+
+
+# -- row: NaN or infinite delay; negative delay ------------------------------------------
+
+
+@pytest.mark.parametrize("schedule", ["call_later", "call_at"])
+def test_nan_delay_is_a_value_error(wloop, schedule):
+    # weaveloop-only: the stock loop accepts NaN and puts a never-ordered timer in its heap.
+    with pytest.raises(ValueError):
+        if schedule == "call_later":
+            wloop.call_later(math.nan, lambda: None)
+        else:
+            wloop.call_at(math.nan, lambda: None)
+    # The loop is unharmed.
+    assert run(wloop, asyncio.sleep(0.001, "ok")) == "ok"
+
+
+@pytest.mark.parametrize("schedule", ["call_later", "call_at"])
+def test_infinite_delay_never_fires(loop, schedule):
+    ran = []
+    if schedule == "call_later":
+        h = loop.call_later(math.inf, ran.append, "inf")
+    else:
+        h = loop.call_at(math.inf, ran.append, "inf")
+    assert h.when() == math.inf
+    # Other timers keep working around it, and the loop does not spin or fire it.
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert ran == []
+    assert run(loop, asyncio.sleep(0.001, "ok")) == "ok"
+    h.cancel()
+
+
+@pytest.mark.parametrize("delay", [-1, -1e9, -0.0])
+def test_negative_delay_means_now(loop, delay):
+    ran = []
+    loop.call_later(delay, ran.append, "timer")
+    loop.call_soon(loop.stop)
+    loop.run_forever()  # one iteration: the timer is already due
+    assert ran == ["timer"]
+
+
+def test_call_at_in_the_past_means_now(loop):
+    ran = []
+    loop.call_at(loop.time() - 100, ran.append, "past")
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ran == ["past"]
+
+
+def test_bad_delay_types(loop):
+    with pytest.raises(TypeError):
+        loop.call_later("1", lambda: None)
+
+
+# -- row: any method on a closed loop -------------------------------------------------------
+
+
+def _closed_loop_calls(loop, sock):
+    return {
+        "call_soon": lambda: loop.call_soon(lambda: None),
+        "call_soon_threadsafe": lambda: loop.call_soon_threadsafe(lambda: None),
+        "call_later": lambda: loop.call_later(1, lambda: None),
+        "call_at": lambda: loop.call_at(loop.time() + 1, lambda: None),
+        "run_forever": loop.run_forever,
+        "run_until_complete": lambda: loop.run_until_complete(loop.create_future()),
+        "run_in_executor": lambda: loop.run_in_executor(None, int),
+        "add_reader": lambda: loop.add_reader(sock, lambda: None),
+        "add_writer": lambda: loop.add_writer(sock, lambda: None),
+        "add_signal_handler": lambda: loop.add_signal_handler(10, lambda: None),
+    }
+
+
+CLOSED_METHODS = [
+    "call_soon",
+    "call_soon_threadsafe",
+    "call_later",
+    "call_at",
+    "run_forever",
+    "run_until_complete",
+    "run_in_executor",
+    "add_reader",
+    "add_writer",
+    "add_signal_handler",
+]
+
+
+@pytest.mark.parametrize("method", CLOSED_METHODS)
+def test_closed_loop_raises(loop, method):
+    a, b = socket.socketpair()
+    try:
+        loop.close()
+        with pytest.raises(RuntimeError, match="^Event loop is closed$"):
+            _closed_loop_calls(loop, a)[method]()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_closed_loop_create_task_raises(loop):
+    loop.close()
+    coro = coro_function()
+    try:
+        with pytest.raises(RuntimeError, match="^Event loop is closed$"):
+            loop.create_task(coro)
+    finally:
+        coro.close()
+
+
+def test_closed_loop_still_answers_queries(loop):
+    loop.close()
+    assert loop.is_closed()
+    assert not loop.is_running()
+    assert isinstance(loop.time(), float)
+    assert loop.get_debug() in (True, False)
+    loop.close()
+
+
+# -- rows: submit after shutdown, initializer failure (executor) -------------------------
+
+
+@pytest.fixture(params=["weaveloop", "stdlib"], ids=["weaveloop-pool", "stdlib-pool"])
+def pool_cls(request):
+    if request.param == "weaveloop":
+        return weaveloop.ThreadPoolExecutor
+    return concurrent.futures.ThreadPoolExecutor
+
+
+def test_submit_after_shutdown_is_a_runtime_error(pool_cls):
+    pool = pool_cls(max_workers=1)
+    pool.shutdown(wait=True)
+    with pytest.raises(RuntimeError, match="^cannot schedule new futures after shutdown$"):
+        pool.submit(int)
+    with pytest.raises(RuntimeError, match="^cannot schedule new futures after shutdown$"):
+        list(pool.map(int, [1]))
+
+
+def test_run_in_executor_after_default_executor_shutdown(loop):
+    async def main():
+        await loop.run_in_executor(None, int)
+        await loop.shutdown_default_executor()
+        with pytest.raises(RuntimeError, match="Executor shutdown has been called"):
+            loop.run_in_executor(None, int)
+
+    run(loop, main())
+
+
+def test_initializer_failure_is_broken_thread_pool(pool_cls):
+    def bad_init():
+        raise OSError("cannot initialise")
+
+    pool = pool_cls(max_workers=2, initializer=bad_init)
+    try:
+        f = pool.submit(int)
+        with pytest.raises(weaveloop.BrokenThreadPool):
+            f.result(SAFETY)
+        with pytest.raises(weaveloop.BrokenThreadPool):
+            pool.submit(int)
+    finally:
+        pool.shutdown(wait=True)
+
+
+def test_initializer_failure_through_run_in_executor(loop, pool_cls):
+    def bad_init():
+        raise OSError("cannot initialise")
+
+    pool = pool_cls(max_workers=1, initializer=bad_init)
+
+    async def main():
+        with pytest.raises(weaveloop.BrokenThreadPool):
+            await loop.run_in_executor(pool, int)
+        return "loop still fine"
+
+    try:
+        assert run(loop, main()) == "loop still fine"
+    finally:
+        pool.shutdown(wait=True)
+
+
+def test_initializer_not_callable(pool_cls):
+    with pytest.raises(TypeError):
+        pool_cls(max_workers=1, initializer=42)
+
+
+@pytest.mark.parametrize("workers", [0, -1])
+def test_max_workers_must_be_positive(pool_cls, workers):
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        pool_cls(max_workers=workers)
+
+
+# -- fd watcher bad input -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("add", ["add_reader", "add_writer"])
+def test_invalid_file_objects(loop, add):
+    with pytest.raises(ValueError):
+        getattr(loop, add)(-1, lambda: None)
+    with pytest.raises(ValueError):
+        getattr(loop, add)(NotCallable(), lambda: None)
+
+
+@pytest.mark.parametrize("add", ["add_reader", "add_writer"])
+def test_closed_fd_is_refused(loop, add):
+    a, b = socket.socketpair()
+    fd = a.fileno()
+    a.close()
+    b.close()
+    with pytest.raises(OSError):
+        getattr(loop, add)(fd, lambda: None)
