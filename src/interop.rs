@@ -4,6 +4,7 @@
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+use pyo3::types::PyTuple;
 
 macro_rules! cached_import {
     ($fn_name:ident, $module:literal, $attr:literal) => {
@@ -42,6 +43,61 @@ pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: the GIL is held (we have `py`); PyContext_CopyCurrent returns a new
     // reference or NULL with an exception set, which from_owned_ptr_or_err handles.
     unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }.map(Bound::unbind)
+}
+
+cached_import!(asyncio_task, "asyncio", "Task");
+cached_import!(set_task_name, "asyncio.tasks", "_set_task_name");
+
+/// Interned keyword-name tuples for `call_kw`.
+pub fn kwnames<'py>(
+    py: Python<'py>,
+    names: &'static [&'static str],
+) -> PyResult<&'py Bound<'py, PyTuple>> {
+    static LOOP: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+    static TASK: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+    let cell = match names {
+        ["loop"] => &LOOP,
+        ["loop", "name", "context"] => &TASK,
+        _ => return Err(pyo3::exceptions::PyValueError::new_err("unknown kwnames")),
+    };
+    cell.get_or_try_init(py, || PyTuple::new(py, names).map(Bound::unbind))
+        .map(|t| t.bind(py))
+}
+
+/// `callable(*positional, **dict(zip(kwnames, kwvalues)))` through vectorcall: no
+/// argument tuple or keyword dict is built.
+pub fn call_kw<'py>(
+    callable: &Bound<'py, PyAny>,
+    positional: &[&Bound<'py, PyAny>],
+    kwnames: &Bound<'py, PyTuple>,
+    kwvalues: &[&Bound<'py, PyAny>],
+) -> PyResult<Bound<'py, PyAny>> {
+    const MAX: usize = 8;
+    let n = positional.len() + kwvalues.len();
+    if n > MAX || kwnames.len() != kwvalues.len() {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "call_kw: bad arguments",
+        ));
+    }
+    let mut argv = [std::ptr::null_mut::<ffi::PyObject>(); MAX];
+    for (slot, obj) in argv.iter_mut().zip(positional.iter().chain(kwvalues)) {
+        *slot = obj.as_ptr();
+    }
+    // SAFETY: `argv[..n]` holds borrowed pointers to objects the caller keeps alive
+    // (their Bounds outlive this call); `kwnames` is a tuple of str whose length equals
+    // the number of keyword values (checked above); the GIL is held. Vectorcall returns
+    // a new reference or NULL with an exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            callable.py(),
+            ffi::PyObject_Vectorcall(
+                callable.as_ptr(),
+                argv.as_ptr(),
+                positional.len(),
+                kwnames.as_ptr(),
+            ),
+        )
+    }
 }
 
 /// A copy of the current context, or None when it has no variables set.

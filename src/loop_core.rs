@@ -340,6 +340,49 @@ impl LoopCore {
         self.check_thread()
     }
 
+    /// `asyncio.Task(coro, loop=self, ...)`, or the task factory's result, as asyncio
+    /// does; only from the loop's thread while it runs (strict mode).
+    #[pyo3(signature = (coro, *, name = None, context = None))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_usable()?;
+        let none = py.None().into_bound(py);
+        let name = name.unwrap_or(&none);
+        let context = context.unwrap_or(&none);
+        let factory = slf.getattr(pyo3::intern!(py, "_task_factory"))?;
+        if factory.is_none() {
+            let names = interop::kwnames(py, &["loop", "name", "context"])?;
+            let task = interop::call_kw(
+                interop::asyncio_task(py)?,
+                &[coro],
+                names,
+                &[slf.as_any(), name, context],
+            )?;
+            if this.is_debug() {
+                let tb = task.getattr(pyo3::intern!(py, "_source_traceback"))?;
+                if tb.is_truthy()? {
+                    tb.del_item(-1)?;
+                }
+            }
+            return Ok(task);
+        }
+        let task = if context.is_none() {
+            factory.call1((slf, coro))?
+        } else {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("context", context)?;
+            factory.call((slf, coro), Some(&kwargs))?
+        };
+        interop::set_task_name(py)?.call1((&task, name))?;
+        Ok(task)
+    }
+
     fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         slf.get().check_thread()?;
         new_future(slf.as_any())
@@ -443,7 +486,6 @@ impl LoopCore {
 /// `asyncio.Future(loop=loop)`.
 pub fn new_future<'py>(loop_obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = loop_obj.py();
-    let kwargs = PyDict::new(py);
-    kwargs.set_item(pyo3::intern!(py, "loop"), loop_obj)?;
-    interop::asyncio_future(py)?.call((), Some(&kwargs))
+    let names = interop::kwnames(py, &["loop"])?;
+    interop::call_kw(interop::asyncio_future(py)?, &[], names, &[loop_obj])
 }

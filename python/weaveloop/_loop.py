@@ -127,10 +127,6 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             sys.set_asyncgen_hooks(*old_agen_hooks)
             self._restore_wakeup_fd(old_wakeup_fd)
 
-    def create_task(self, coro, *, name=None, context=None):
-        self._check_thread()
-        return super().create_task(coro, name=name, context=context)
-
     def _install_wakeup_fd(self):
         # So that Ctrl+C wakes a parked loop even when the kernel delivers SIGINT to
         # another thread: CPython writes the signal number to this fd.
