@@ -276,13 +276,21 @@ def test_post_accepted_before_close_is_not_lost():
 
 
 def _close_race_trial(lp, closer: str, n_posters: int = 3) -> tuple[int, int]:
-    """Posters hammer ``lp`` while it is stopped and closed; returns (accepted, ran)."""
+    """Posters hammer ``lp`` while it is stopped and closed; returns (accepted, ran).
+
+    Until the stop is requested, posters keep at most ``max_ahead`` posts outstanding so
+    the backlog stays small; from then on they post without pause, racing stop and close
+    (yielding the GIL between posts, so the loop thread is not starved meanwhile).
+    """
+    max_ahead = 2000
     lock = threading.Lock()
     ran = [0]
     accepted = [0] * n_posters
     ended_by_close = [False] * n_posters
     errors = []
     warmed_up = threading.Event()
+    stopping = threading.Event()
+    deadline = time.monotonic() + SAFETY
 
     def callback():
         with lock:
@@ -291,7 +299,11 @@ def _close_race_trial(lp, closer: str, n_posters: int = 3) -> tuple[int, int]:
                 warmed_up.set()
 
     def poster(k):
-        for _ in range(500_000):
+        while time.monotonic() < deadline:  # safety net: the loop must close before this
+            while not stopping.is_set() and sum(accepted) - ran[0] > max_ahead:
+                time.sleep(0)
+            if stopping.is_set():
+                time.sleep(0)
             try:
                 lp.call_soon_threadsafe(callback)
             except RuntimeError as e:
@@ -309,6 +321,7 @@ def _close_race_trial(lp, closer: str, n_posters: int = 3) -> tuple[int, int]:
     loop_thread = start_thread(loop_main)
     posters = [start_thread(poster, k) for k in range(n_posters)]
     wait_or_fail(warmed_up, "posts to start running")
+    stopping.set()
     lp.call_soon_threadsafe(lp.stop)
     join_or_fail(loop_thread)
     if closer == "other-thread":

@@ -216,7 +216,15 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         if self._debug:
             base_events.logger.debug("Close %r", self)
         if sys.is_finalizing():
-            self._signal_handlers.clear()  # the signal module may be gone already
+            # As the stock loop: the signal module may be gone already.
+            if self._signal_handlers:
+                warnings.warn(
+                    f"Closing the loop {self!r} on interpreter shutdown stage, "
+                    "skipping signal handlers removal",
+                    ResourceWarning,
+                    source=self,
+                )
+                self._signal_handlers.clear()
         else:
             for sig in list(self._signal_handlers):
                 self.remove_signal_handler(sig)
