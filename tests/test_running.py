@@ -7,6 +7,8 @@ Runner with loop_factory, EventLoopPolicy, install, options) are weaveloop by na
 from __future__ import annotations
 
 import asyncio
+import gc
+import warnings
 
 import pytest
 import weaveloop
@@ -136,8 +138,10 @@ def test_close_drops_pending_callbacks(loop):
 def test_run_forever_while_running_raises(loop):
     errors = []
 
+    coro = asyncio.sleep(0)
+
     def reenter():
-        for method in (loop.run_forever, lambda: loop.run_until_complete(asyncio.sleep(0))):
+        for method in (loop.run_forever, lambda: loop.run_until_complete(coro)):
             try:
                 method()
             except RuntimeError as e:
@@ -146,6 +150,7 @@ def test_run_forever_while_running_raises(loop):
 
     loop.call_soon(reenter)
     loop.run_forever()
+    coro.close()
     assert errors == ["This event loop is already running"] * 2
     assert loop.is_running() is False
 
@@ -229,15 +234,22 @@ def test_weaveloop_run_propagates_exceptions():
 
 
 def test_weaveloop_run_inside_a_running_loop_raises(loop):
+    # Like asyncio.run: refused up front, without creating (and leaking) a second loop.
     async def outer():
         coro = asyncio.sleep(0)
         try:
-            with pytest.raises(RuntimeError):
-                weaveloop.run(coro)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                with pytest.raises(
+                    RuntimeError, match="cannot be called from a running event loop"
+                ):
+                    weaveloop.run(coro)
+                gc.collect()
         finally:
             coro.close()
+        return [str(w.message) for w in caught]
 
-    run(loop, outer())
+    assert run(loop, outer()) == []
 
 
 def test_weaveloop_run_shuts_down_asyncgens_and_default_executor():
@@ -311,10 +323,12 @@ def test_install_makes_asyncio_run_use_weaveloop():
     ],
     ids=["new_event_loop", "Loop", "EventLoopPolicy", "install"],
 )
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_unknown_option_is_a_type_error(make):
     policy = asyncio.get_event_loop_policy()
     with pytest.raises(TypeError, match="no_such_option"):
         make()
+    gc.collect()  # a half-built loop must be collected quietly (no error in __del__)
     assert asyncio.get_event_loop_policy() is policy
 
 
@@ -347,6 +361,8 @@ def test_loop_options_are_documented():
         ({"executor_workers": -1}, ValueError),
     ],
 )
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_invalid_option_values_are_rejected(options, exc):
     with pytest.raises(exc):
         weaveloop.new_event_loop(**options)
+    gc.collect()  # a half-built loop must be collected quietly (no error in __del__)

@@ -223,6 +223,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
                     "skipping signal handlers removal",
                     ResourceWarning,
                     source=self,
+                    stacklevel=2,
                 )
                 self._signal_handlers.clear()
         else:
