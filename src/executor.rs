@@ -287,7 +287,7 @@ impl PoolCore {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let pool = slf.get().check_accepting(py)?;
-        check_callback(func, "submit", false, true)?;
+        check_callback(func, "submit", false)?;
         let fut = interop::concurrent_future(py)?.call0()?;
         let job = Job::Submit(SubmitJob {
             func: func.clone().unbind(),
@@ -368,7 +368,7 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         this.check_usable()?;
-        check_callback(func, "run_in_executor", this.is_debug(), true)?;
+        check_callback(func, "run_in_executor", this.is_debug())?;
         let executor = if executor.is_none() {
             let default = lock(&this.default_executor)
                 .as_ref()

@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use pyo3::basic::CompareOp;
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyTuple};
+use pyo3::PyTraverseError;
 
 use crate::errors;
 use crate::interop;
@@ -29,6 +31,7 @@ pub struct CallbackError {
     pub err: PyErr,
     pub callback: Py<PyAny>,
     pub args: Py<PyAny>,
+    pub source_traceback: Option<Py<PyAny>>,
 }
 
 /// A callback with its arguments and the context it runs in.
@@ -42,6 +45,8 @@ pub struct Callback {
     target: Mutex<Option<Target>>,
     context: Option<Py<PyAny>>,
     cancelled: AtomicBool,
+    /// Where the callback was scheduled; recorded in debug mode only, as asyncio does.
+    source_traceback: Option<Py<PyAny>>,
 }
 
 impl Callback {
@@ -50,7 +55,13 @@ impl Callback {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
+        debug: bool,
     ) -> PyResult<Self> {
+        let source_traceback = if debug {
+            Some(interop::caller_stack(callback.py())?)
+        } else {
+            None
+        };
         let context = match context {
             Some(c) if !c.is_none() => Some(c.clone().unbind()),
             _ => interop::copy_context_unless_empty(callback.py())?,
@@ -62,6 +73,7 @@ impl Callback {
             })),
             context,
             cancelled: AtomicBool::new(false),
+            source_traceback,
         })
     }
 
@@ -87,11 +99,42 @@ impl Callback {
             None => interop::new_context(py)
                 .and_then(|fresh| interop::in_context(py, &fresh, || call(py, &t))),
         };
-        result.map_err(|err| CallbackError {
-            err,
-            callback: t.callback,
-            args: t.args.into_any(),
+        result.map_err(|err| {
+            // Keep the callable until the error report has named the handle.
+            let error = CallbackError {
+                err,
+                callback: t.callback.clone_ref(py),
+                args: t.args.clone_ref(py).into_any(),
+                source_traceback: self.source_traceback.as_ref().map(|tb| tb.clone_ref(py)),
+            };
+            if once {
+                *self.target() = Some(t);
+            }
+            error
         })
+    }
+
+    /// GC support: what this callback holds (visited by tracked fd-watcher handles
+    /// themselves, and by the loop for the untracked one-shot handles it queues).
+    pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Ok(target) = self.target.try_lock() {
+            if let Some(t) = &*target {
+                visit.call(&t.callback)?;
+                visit.call(&t.args)?;
+            }
+        }
+        visit.call(&self.context)?;
+        visit.call(&self.source_traceback)
+    }
+
+    /// Drops the callable and arguments (a one-shot handle that has run).
+    pub fn release(&self) {
+        let released = self.target().take();
+        drop(released);
+    }
+
+    pub fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
     }
 
     /// `(callback, args)` while the handle still holds them.
@@ -119,8 +162,7 @@ impl Callback {
     pub fn cancel(&self) -> bool {
         let first = !self.cancelled.swap(true, Relaxed);
         if first {
-            let released = self.target().take();
-            drop(released);
+            self.release();
         }
         first
     }
@@ -142,23 +184,16 @@ impl Callback {
     }
 }
 
-/// Checks what asyncio's `_check_callback` checks, always (not only in debug mode):
-/// coroutine objects and non-callables. Coroutine *functions* are checked when
-/// `functions` is set (executor paths, where running one would silently do nothing)
-/// and in debug mode.
-pub fn check_callback(
-    cb: &Bound<'_, PyAny>,
-    method: &str,
-    debug: bool,
-    functions: bool,
-) -> PyResult<()> {
+/// Checks what asyncio's `_check_callback` checks, always (asyncio: only in debug mode):
+/// coroutine objects, coroutine functions and non-callables are refused with TypeError.
+pub fn check_callback(cb: &Bound<'_, PyAny>, method: &str, debug: bool) -> PyResult<()> {
     if interop::is_coroutine_object(cb) {
         return Err(errors::coroutine_refused(method));
     }
     if !cb.is_callable() {
         return Err(errors::not_callable(method, cb));
     }
-    if (functions || debug) && interop::is_coroutine_function(cb, debug)? {
+    if interop::is_coroutine_function(cb, debug)? {
         return Err(errors::coroutine_refused(method));
     }
     Ok(())
@@ -174,6 +209,19 @@ pub fn untrack<T>(obj: &Py<T>) {
     // caller holds the GIL (it just created `obj`); PyObject_GC_UnTrack is idempotent
     // and pyo3's dealloc untracks again safely.
     unsafe { pyo3::ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) }
+}
+
+/// Puts a handle under the cyclic GC's watch (fd watchers). Needed explicitly because a
+/// handle object reused from the freelist comes back untracked.
+pub fn track<T>(obj: &Py<T>) {
+    let ptr = obj.as_ptr().cast();
+    // SAFETY: `obj` is a live pyclass instance (a GC type) and the caller holds the GIL;
+    // PyObject_GC_Track must not be called on a tracked object, hence the check.
+    unsafe {
+        if pyo3::ffi::PyObject_GC_IsTracked(obj.as_ptr()) == 0 {
+            pyo3::ffi::PyObject_GC_Track(ptr);
+        }
+    }
 }
 
 /// What `loop.call_soon()` and the fd watchers return.
@@ -213,8 +261,21 @@ impl Handle {
         self.cb.is_cancelled()
     }
 
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.cb.source_traceback(py)
+    }
+
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         self.cb.repr_parts(py, "Handle", None)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.cb.traverse(&visit)
+    }
+
+    fn __clear__(&self) {
+        self.cb.release();
     }
 }
 
@@ -283,6 +344,11 @@ impl TimerHandle {
     #[getter]
     fn _cancelled(&self) -> bool {
         self.cb.is_cancelled()
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.cb.source_traceback(py)
     }
 
     fn __hash__(&self) -> u64 {

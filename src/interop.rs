@@ -100,6 +100,14 @@ pub fn call_kw<'py>(
     }
 }
 
+cached_import!(extract_stack, "asyncio.format_helpers", "extract_stack");
+
+/// The Python stack of whoever called into Rust, as asyncio's debug mode records it.
+pub fn caller_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    let frame = py.import("sys")?.call_method1("_getframe", (0,))?;
+    Ok(extract_stack(py)?.call1((frame,))?.unbind())
+}
+
 /// A copy of the current context, or None when it has no variables set.
 pub fn copy_context_unless_empty(py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
     let ctx = copy_context(py)?;

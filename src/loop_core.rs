@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
+use pyo3::PyTraverseError;
 use weaveloop_engine::{clock, Injector, Poller, TimerHeap};
 
 use crate::errors;
@@ -136,8 +138,8 @@ impl LoopCore {
         method: &str,
     ) -> PyResult<Py<TimerHandle>> {
         self.check_usable()?;
-        check_callback(callback, method, self.is_debug(), false)?;
-        let cb = Callback::new(callback, args, context)?;
+        check_callback(callback, method, self.is_debug())?;
+        let cb = Callback::new(callback, args, context, self.is_debug())?;
         let handle = Py::new(
             py,
             TimerHandle::new(cb, when, self.cancelled_in_heap.clone()),
@@ -207,11 +209,11 @@ impl LoopCore {
     ) -> PyResult<Py<Handle>> {
         let this = slf.get();
         this.check_usable()?;
-        check_callback(callback, "call_soon", this.is_debug(), false)?;
+        check_callback(callback, "call_soon", this.is_debug())?;
         let handle = Py::new(
             slf.py(),
             Handle {
-                cb: Callback::new(callback, args, context)?,
+                cb: Callback::new(callback, args, context, this.is_debug())?,
                 repeats: false,
             },
         )?;
@@ -274,11 +276,11 @@ impl LoopCore {
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         self.check_closed()?;
-        check_callback(callback, "call_soon_threadsafe", self.is_debug(), false)?;
+        check_callback(callback, "call_soon_threadsafe", self.is_debug())?;
         let handle = Py::new(
             py,
             Handle {
-                cb: Callback::new(callback, args, context)?,
+                cb: Callback::new(callback, args, context, self.is_debug())?,
                 repeats: false,
             },
         )?;
@@ -461,6 +463,55 @@ impl LoopCore {
     #[setter(_executor_shutdown_called)]
     fn set_executor_shutdown_called_attr(&self, value: bool) {
         self.executor_shutdown_called.store(value, Relaxed);
+    }
+
+    /// GC support: everything the loop holds. A lock already held means this thread is
+    /// inside a loop operation (the GC runs on allocation); that container is skipped,
+    /// which only makes the loop look externally referenced for this collection.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Ok(watchers) = self.watchers.try_lock() {
+            for w in watchers.values() {
+                visit.call(&w.reader)?;
+                visit.call(&w.writer)?;
+            }
+        }
+        // One-shot handles are not tracked by the GC (see handles.rs): the loop reports
+        // what they hold as its own, so an abandoned loop with pending callbacks that
+        // refer back to it is still collectable.
+        if let Ok(ready) = self.ready.try_lock() {
+            for item in ready.iter() {
+                match item {
+                    Ready::Soon(h) if h.get().repeats => visit.call(h)?,
+                    Ready::Soon(h) => h.get().cb.traverse(&visit)?,
+                    Ready::Timer(h) => h.get().cb.traverse(&visit)?,
+                    Ready::Foreign(h) => visit.call(h)?,
+                }
+            }
+        }
+        if let Ok(timers) = self.timers.try_lock() {
+            for h in timers.iter() {
+                h.get().cb.traverse(&visit)?;
+            }
+        }
+        if let Ok(in_flight) = self.in_flight.try_lock() {
+            for fut in in_flight.values() {
+                visit.call(fut)?;
+            }
+        }
+        if let Ok(executor) = self.default_executor.try_lock() {
+            visit.call(&*executor)?;
+        }
+        Ok(())
+    }
+
+    /// GC support: drops every reference the loop holds (it is garbage by now).
+    fn __clear__(&self) {
+        let watchers: Vec<_> = lock(&self.watchers).drain().collect();
+        let ready: VecDeque<Ready> = std::mem::take(&mut *lock(&self.ready));
+        let timers = lock(&self.timers).drain();
+        let in_flight: Vec<_> = lock(&self.in_flight).drain().collect();
+        let executor = lock(&self.default_executor).take();
+        drop((watchers, ready, timers, in_flight, executor));
     }
 
     /// A snapshot of the ready queue (stock asyncio's `_ready`, read-only here).

@@ -170,7 +170,7 @@ impl LoopCore {
             let r = if debug {
                 self.run_item_timed(slf, &item)
             } else {
-                self.run_item(slf, &item)
+                self.run_item(slf, &item, true)
             };
             drop(item);
             if let Err(e) = r {
@@ -188,11 +188,12 @@ impl LoopCore {
         result
     }
 
-    fn run_item(&self, slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
+    /// Runs one ready entry; `release`: a one-shot handle drops its callable after.
+    fn run_item(&self, slf: &Bound<'_, LoopCore>, item: &Ready, release: bool) -> PyResult<()> {
         let py = slf.py();
         let (cb, handle, once): (&Callback, &Py<PyAny>, bool) = match item {
-            Ready::Soon(h) => (&h.get().cb, h.as_any(), !h.get().repeats),
-            Ready::Timer(h) => (&h.get().cb, h.as_any(), true),
+            Ready::Soon(h) => (&h.get().cb, h.as_any(), release && !h.get().repeats),
+            Ready::Timer(h) => (&h.get().cb, h.as_any(), release),
             Ready::Foreign(h) => {
                 let h = h.bind(py);
                 if h.getattr(pyo3::intern!(py, "_cancelled"))?.is_truthy()? {
@@ -204,17 +205,22 @@ impl LoopCore {
         if cb.is_cancelled() {
             return Ok(());
         }
-        match cb.run(py, once) {
-            Ok(()) => Ok(()),
+        let result = match cb.run(py, once) {
+            Ok(()) => return Ok(()),
             Err(e) if is_fatal(py, &e.err) => Err(e.err),
             Err(e) => report_callback_error(slf, e, handle.bind(py)),
+        };
+        if once {
+            cb.release();
         }
+        result
     }
 
     fn run_item_timed(&self, slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
         let py = slf.py();
         let t0 = clock::monotonic();
-        let r = self.run_item(slf, item);
+        // Keep the callable until the slow-callback message has named it.
+        let r = self.run_item(slf, item, false);
         let dt = clock::monotonic() - t0;
         let limit: f64 = slf
             .getattr(pyo3::intern!(py, "slow_callback_duration"))
@@ -231,6 +237,11 @@ impl LoopCore {
                 pyo3::intern!(py, "warning"),
                 ("Executing %s took %.3f seconds", formatted, dt),
             )?;
+        }
+        match item {
+            Ready::Soon(h) if !h.get().repeats => h.get().cb.release(),
+            Ready::Timer(h) => h.get().cb.release(),
+            _ => {}
         }
         r
     }
@@ -257,12 +268,15 @@ fn report_callback_error(
     handle: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
     let py = slf.py();
-    let (err, callback, args) = (e.err, e.callback, e.args);
+    let (err, callback, args, source_traceback) = (e.err, e.callback, e.args, e.source_traceback);
     let src = interop::format_callback_source(py)?.call1((callback, args))?;
     let context = PyDict::new(py);
     context.set_item("message", format!("Exception in callback {src}"))?;
     context.set_item("exception", err.value(py))?;
     context.set_item("handle", handle)?;
+    if let Some(tb) = source_traceback {
+        context.set_item("source_traceback", tb)?;
+    }
     slf.call_method1(pyo3::intern!(py, "call_exception_handler"), (context,))
         .map(drop)
 }
@@ -323,7 +337,7 @@ impl LoopCore {
             match item {
                 Posted::Call(h) => {
                     let ready = Ready::Soon(h);
-                    if let Err(e) = this.run_item(slf, &ready) {
+                    if let Err(e) = this.run_item(slf, &ready, true) {
                         fatal.get_or_insert(e);
                     }
                 }

@@ -7,6 +7,7 @@ passed.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 
 import pytest
@@ -83,3 +84,31 @@ class LoopThread:
         join_or_fail(self.thread)
         if self.error is not None:
             raise self.error
+
+
+class Blocker:
+    """A job that signals when it starts and then blocks until released."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __call__(self, result="released"):
+        self.thread = threading.current_thread()
+        self.started.set()
+        if not self.release.wait(SAFETY):
+            raise TimeoutError("Blocker was never released (safety net)")
+        return result
+
+
+class InlineExecutor(concurrent.futures.Executor):
+    """A foreign Executor: runs jobs inline, to exercise the generic path."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        f = concurrent.futures.Future()
+        try:
+            f.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - forwarded to the future
+            f.set_exception(e)
+        return f

@@ -1,12 +1,14 @@
 """Shared fixtures: differential tests run on weaveloop and on the stock loop (the oracle).
 
 ``loop`` is parametrised over both loops; ``wloop`` is weaveloop only, for behaviour the
-stock loop does not have (each such test says why).
+stock loop does not have (each such test says why). ``pool_cls``/``make_pool`` do the same
+for thread pools: weaveloop.ThreadPoolExecutor and concurrent.futures' (the oracle).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import faulthandler
 import sys
 
@@ -88,3 +90,31 @@ def _dispose(lp) -> None:
         return  # a failed test left it running in another thread; nothing safe to do
     if not lp.is_closed():
         lp.close()
+
+
+POOL_KINDS = ["weaveloop", "stdlib"]
+
+
+@pytest.fixture(params=POOL_KINDS, ids=[f"{k}-pool" for k in POOL_KINDS])
+def pool_cls(request):
+    """weaveloop.ThreadPoolExecutor, or the stdlib pool as the oracle."""
+    if request.param == "weaveloop":
+        import weaveloop
+
+        return weaveloop.ThreadPoolExecutor
+    return concurrent.futures.ThreadPoolExecutor
+
+
+@pytest.fixture
+def make_pool(pool_cls):
+    """Create pools of the current kind; every one is shut down at teardown."""
+    pools = []
+
+    def make(*args, **kwargs):
+        p = pool_cls(*args, **kwargs)
+        pools.append(p)
+        return p
+
+    yield make
+    for p in pools:
+        p.shutdown(wait=True, cancel_futures=True)

@@ -3,14 +3,13 @@
 Rows tested elsewhere: "run_forever while running / nested" in test_running.py;
 "exception in a callback or executor job" and "KeyboardInterrupt/SystemExit in a callback"
 in test_exception_handler.py; "closing a loop with executor jobs in flight" in
-test_executor.py; "foreign-thread posts racing close()" in test_threadsafe.py.
+test_run_in_executor.py; "foreign-thread posts racing close()" in test_threadsafe.py.
 Differential where the stock loop shares the behaviour; weaveloop-only tests say why.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import math
 import socket
 
@@ -96,6 +95,15 @@ def test_bad_callback_is_always_a_type_error_on_weaveloop(wloop, method, kind):
         assert "coroutine" in str(info.value)
     else:
         assert "callable" in str(info.value)
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe", "call_later"])
+def test_keyword_arguments_for_the_callback_are_refused(loop, method):
+    with pytest.raises(TypeError):
+        if method == "call_later":
+            loop.call_later(0, print, sep="")
+        else:
+            getattr(loop, method)(print, sep="")
 
 
 def test_set_exception_handler_non_callable(loop):
@@ -225,13 +233,6 @@ def test_closed_loop_still_answers_queries(loop):
 
 
 # -- rows: submit after shutdown, initializer failure (executor) -------------------------
-
-
-@pytest.fixture(params=["weaveloop", "stdlib"], ids=["weaveloop-pool", "stdlib-pool"])
-def pool_cls(request):
-    if request.param == "weaveloop":
-        return weaveloop.ThreadPoolExecutor
-    return concurrent.futures.ThreadPoolExecutor
 
 
 def test_submit_after_shutdown_is_a_runtime_error(pool_cls):

@@ -92,8 +92,10 @@ def test_default_handler_logs_message_and_traceback(loop, caplog):
     assert len(records) == 1
     rec = records[0]
     assert rec.levelno == logging.ERROR
-    assert rec.getMessage().startswith("Exception in callback")
-    assert "handle: " in rec.getMessage()
+    lines = rec.getMessage().splitlines()
+    assert lines[0].startswith("Exception in callback failing_callback()")
+    handle_lines = [line for line in lines if line.startswith("handle: ")]
+    assert len(handle_lines) == 1 and "failing_callback" in handle_lines[0]
     assert rec.exc_info and rec.exc_info[0] is ZeroDivisionError
 
 

@@ -242,6 +242,58 @@ def test_many_sockets_each_reported_once_per_readiness(loop):
             b.close()
 
 
+def test_fd_closed_while_watched_can_be_removed_and_reused(loop):
+    a, b = socket.socketpair()
+    fd = a.fileno()
+    loop.add_reader(a, lambda: None)
+    a.close()  # closed behind the loop's back, as transports sometimes do
+    b.close()
+    assert loop.remove_reader(fd) is True
+    # The OS hands the same number out again: it must be watchable afresh.
+    c, d = socket.socketpair()
+    try:
+        got = []
+
+        def on_readable():
+            got.append(c.recv(1))
+            loop.remove_reader(c)
+
+        loop.add_reader(c, on_readable)
+        d.send(b"z")
+        _run_until(loop, lambda: bool(got))
+        assert got == [b"z"]
+    finally:
+        c.close()
+        d.close()
+
+
+def test_fd_closed_while_watched_then_reused_without_remove(loop):
+    # The number is reused while the old registration still exists in the loop's map.
+    a, b = socket.socketpair()
+    fd = a.fileno()
+    stale = []
+    loop.add_reader(fd, stale.append, "stale")
+    a.close()
+    b.close()
+    c, d = socket.socketpair()
+    try:
+        got = []
+
+        def on_readable():
+            got.append(c.recv(1))
+            loop.remove_reader(c)
+
+        loop.remove_reader(fd)
+        loop.add_reader(c, on_readable)
+        d.send(b"y")
+        _run_until(loop, lambda: bool(got))
+        assert got == [b"y"]
+        assert stale == []
+    finally:
+        c.close()
+        d.close()
+
+
 def _spin_iterations(loop, n: int) -> None:
     def step(k):
         if k <= 1:

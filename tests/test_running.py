@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import warnings
+import weakref
 
 import pytest
 import weaveloop
@@ -101,6 +102,36 @@ def test_loop_runs_again_after_stop(loop):
         loop.call_soon(loop.stop)
         loop.run_forever()
         assert ran == [i]
+
+
+def test_unclosed_loop_warns_when_collected(loop_factory):
+    lp = loop_factory()
+    with pytest.warns(ResourceWarning, match="unclosed event loop"):
+        del lp
+        gc.collect()
+
+
+def test_unclosed_loop_is_garbage_collected(loop_factory):
+    lp = loop_factory()
+    lp.call_soon(lp.stop)  # a pending callback that refers back to the loop
+    ref = weakref.ref(lp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        del lp
+        gc.collect()
+    assert ref() is None
+
+
+def test_closed_loop_is_garbage_collected(loop_factory):
+    lp = loop_factory()
+    run(lp, lp.run_in_executor(None, int))
+    lp.call_soon(lp.stop)
+    lp.call_later(3600, lp.stop)
+    lp.close()
+    ref = weakref.ref(lp)
+    del lp
+    gc.collect()
+    assert ref() is None
 
 
 def test_close_is_idempotent(loop):

@@ -79,6 +79,32 @@ def test_posts_from_many_threads_keep_per_thread_order(threaded_loop):
         assert ran[k] == list(range(per_thread))
 
 
+def test_post_made_during_an_iteration_waits_for_the_next(loop):
+    # Like call_soon: a post that lands while a batch runs is not part of that batch.
+    ran = []
+    go, posted = threading.Event(), threading.Event()
+
+    def poster():
+        wait_or_fail(go, "the batch to start")
+        loop.call_soon_threadsafe(ran.append, "posted")
+        posted.set()
+
+    def first():
+        go.set()
+        wait_or_fail(posted, "the post")
+        loop.stop()
+
+    t = start_thread(poster)
+    loop.call_soon(first)
+    loop.call_soon(ran.append, "same batch")
+    loop.run_forever()
+    join_or_fail(t)
+    assert ran == ["same batch"]
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ran == ["same batch", "posted"]
+
+
 def test_post_from_the_loop_thread_works(loop):
     ran = []
     loop.call_soon(lambda: loop.call_soon_threadsafe(ran.append, "inner"))

@@ -30,6 +30,9 @@ def run(main, *, debug=None, **loop_options):
     ``loop_options`` are validated up front: an unknown one is a ``TypeError``.
     """
     _validate_options(loop_options)
+    if asyncio.events._get_running_loop() is not None:
+        # Like asyncio.run: refused before a second loop is created.
+        raise RuntimeError("weaveloop.run() cannot be called from a running event loop")
     with asyncio.Runner(debug=debug, loop_factory=lambda: new_event_loop(**loop_options)) as r:
         return r.run(main)
 

@@ -83,6 +83,12 @@ def _validate_options(options: dict) -> dict:
 class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
     """An ``asyncio.AbstractEventLoop`` whose scheduler, timers, poller and executor are Rust."""
 
+    def __new__(cls, **options):
+        # Refuse bad options before an object exists (a half-built loop would be
+        # finalised as an unclosed one).
+        _validate_options(options)
+        return super().__new__(cls)
+
     def __init__(self, **options) -> None:
         opts = _validate_options(options)
         # The Python-side bookkeeping of BaseEventLoop.__init__, minus what the Rust core
@@ -177,7 +183,8 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         self._default_executor = executor
 
     async def shutdown_default_executor(self, timeout=None) -> None:
-        """Shut the default executor down, waiting at most ``timeout`` seconds for it."""
+        """Shut the default executor down, waiting at most ``timeout`` seconds for it
+        (Python 3.12's signature, available here on 3.11 too)."""
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is None:
@@ -186,16 +193,17 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         thread = threading.Thread(target=self._do_shutdown, args=(executor, future))
         thread.start()
         try:
-            await future
-        finally:
-            thread.join(timeout)
-        if thread.is_alive():
+            async with asyncio.timeout(timeout):
+                await future
+        except TimeoutError:
             warnings.warn(
                 f"The executor did not finishing joining its threads within {timeout} seconds.",
                 RuntimeWarning,
                 stacklevel=2,
             )
             executor.shutdown(wait=False)
+        else:
+            thread.join()
 
     def _do_shutdown(self, executor, future) -> None:
         try:

@@ -1,0 +1,375 @@
+"""run_in_executor, to_thread and the default executor, on weaveloop and the stock loop.
+
+Differential (loops x pools) unless a test says why it is weaveloop only; includes closing
+a loop with jobs in flight and the after-fork reset. Blocking jobs wait on events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+import weaveloop
+from _support import SAFETY, Blocker, InlineExecutor, join_or_fail, run, wait_or_fail
+
+# -- run_in_executor and to_thread (both loops) ------------------------------------------
+
+
+def test_run_in_executor_default_pool(loop):
+    async def main():
+        return await loop.run_in_executor(
+            None, lambda a, b: (a + b, threading.current_thread()), 1, 2
+        )
+
+    (total, worker) = run(loop, main())
+    assert total == 3
+    assert re.fullmatch(r"asyncio_\d+", worker.name), worker.name
+    assert type(worker) is threading.Thread
+
+
+def test_run_in_executor_explicit_pools(loop, make_pool):
+    pool = make_pool(max_workers=2, thread_name_prefix="explicit")
+
+    async def main():
+        return await loop.run_in_executor(pool, lambda: threading.current_thread().name)
+
+    assert run(loop, main()).startswith("explicit_")
+
+
+def test_run_in_executor_foreign_executor(loop):
+    async def main():
+        return await loop.run_in_executor(InlineExecutor(), lambda x: x * 3, 5)
+
+    assert run(loop, main()) == 15
+
+
+def test_run_in_executor_exception(loop):
+    def job():
+        raise LookupError("job failed")
+
+    async def main():
+        with pytest.raises(LookupError, match="job failed"):
+            await loop.run_in_executor(None, job)
+        return "after"
+
+    assert run(loop, main()) == "after"
+
+
+def test_run_in_executor_wide_gather(loop):
+    async def main():
+        futs = [loop.run_in_executor(None, pow, i, 2) for i in range(2000)]
+        return await asyncio.gather(*futs)
+
+    assert run(loop, main()) == [i**2 for i in range(2000)]
+
+
+def test_run_in_executor_returns_an_asyncio_future(loop):
+    async def main():
+        fut = loop.run_in_executor(None, int)
+        assert isinstance(fut, asyncio.Future)
+        assert fut.get_loop() is loop
+        return await fut
+
+    assert run(loop, main()) == 0
+
+
+def test_run_in_executor_after_pool_shutdown(loop, make_pool):
+    pool = make_pool(max_workers=1)
+    pool.shutdown()
+
+    async def main():
+        with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+            loop.run_in_executor(pool, int)
+
+    run(loop, main())
+
+
+def test_run_in_executor_does_not_propagate_context(loop):
+    # Unlike to_thread, run_in_executor runs the function outside the caller's context.
+    var = contextvars.ContextVar("var", default="unset")
+
+    async def main():
+        var.set("from-task")
+        return await loop.run_in_executor(None, var.get)
+
+    assert run(loop, main()) == "unset"
+
+
+def test_to_thread_propagates_context_and_arguments(loop):
+    var = contextvars.ContextVar("var", default="unset")
+
+    def job(a, *, b):
+        return var.get(), a, b, threading.current_thread().name
+
+    async def main():
+        var.set("from-task")
+        return await asyncio.to_thread(job, 1, b=2)
+
+    value, a, b, name = run(loop, main())
+    assert (value, a, b) == ("from-task", 1, 2)
+    assert name.startswith("asyncio_")
+
+
+def test_executor_cancelled_before_start_never_runs(loop, make_pool):
+    pool = make_pool(max_workers=1)
+    blocker = Blocker()
+    ran = []
+
+    async def main():
+        started = loop.create_future()
+
+        def block():
+            loop.call_soon_threadsafe(started.set_result, None)
+            return blocker()
+
+        first = loop.run_in_executor(pool, block)
+        await started
+        victim = loop.run_in_executor(pool, ran.append, "victim")
+        victim.cancel()
+        await asyncio.sleep(0)  # let the cancellation reach the pool (stock needs a turn)
+        blocker.release.set()
+        await loop.run_in_executor(pool, ran.append, "after")
+        assert victim.cancelled()
+        return await first
+
+    assert run(loop, main()) == "released"
+    assert ran == ["after"]
+
+
+def test_cancelling_the_awaiting_future_of_a_running_job_is_quiet(loop, make_pool):
+    contexts = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+    pool = make_pool(max_workers=1)
+    blocker = Blocker()
+
+    async def main():
+        fut = loop.run_in_executor(pool, blocker)
+        await loop.run_in_executor(None, blocker.started.wait, SAFETY)
+        fut.cancel()
+        blocker.release.set()
+        # Same single worker: this completes after the cancelled job's completion arrived.
+        assert await loop.run_in_executor(pool, int) == 0
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return fut.cancelled()
+
+    assert run(loop, main()) is True
+    assert contexts == []
+
+
+def test_set_default_executor_with_a_stdlib_pool(loop):
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mine")
+    try:
+        loop.set_default_executor(pool)
+
+        async def main():
+            return await loop.run_in_executor(None, lambda: threading.current_thread().name)
+
+        assert run(loop, main()).startswith("mine_")
+    finally:
+        pool.shutdown()
+
+
+def test_set_default_executor_rejects_non_executors(loop):
+    with pytest.raises(TypeError):
+        loop.set_default_executor(object())
+
+
+def test_shutdown_default_executor(loop):
+    async def main():
+        worker = await loop.run_in_executor(None, threading.current_thread)
+        await loop.shutdown_default_executor()
+        with pytest.raises(RuntimeError, match="Executor shutdown has been called"):
+            loop.run_in_executor(None, int)
+        return worker
+
+    worker = run(loop, main())
+    assert not worker.is_alive()
+
+
+def test_shutdown_default_executor_without_executor(loop):
+    assert run(loop, loop.shutdown_default_executor()) is None
+
+
+def test_shutdown_default_executor_timeout(loop, loop_kind):
+    if loop_kind == "asyncio" and sys.version_info < (3, 12):
+        pytest.skip("shutdown_default_executor(timeout) is new in Python 3.12")
+    blocker = Blocker()
+
+    async def main():
+        job = loop.run_in_executor(None, blocker)
+        await loop.run_in_executor(InlineExecutor(), blocker.started.wait, SAFETY)
+        with pytest.warns(RuntimeWarning):
+            await loop.shutdown_default_executor(timeout=0.05)
+        assert not job.done()  # returned while the job still runs
+        blocker.release.set()
+        return await job
+
+    assert run(loop, main()) == "released"
+
+
+def test_close_with_a_job_in_flight_does_not_hang_or_leak(loop):
+    blocker = Blocker()
+    loop.run_in_executor(None, blocker)
+    wait_or_fail(blocker.started, "the job to start")
+    loop.close()  # must return while the job is still blocked
+    assert blocker.thread.is_alive()
+    blocker.release.set()
+    join_or_fail(blocker.thread)
+
+
+def test_close_retires_the_default_pool_workers(loop):
+    barrier = threading.Barrier(3, timeout=SAFETY)
+
+    def job():
+        barrier.wait()  # three jobs at once: at least three workers exist
+        return threading.current_thread()
+
+    async def main():
+        return set(await asyncio.gather(*[loop.run_in_executor(None, job) for _ in range(3)]))
+
+    workers = run(loop, main())
+    assert len(workers) == 3
+    loop.close()
+    for worker in workers:
+        join_or_fail(worker)
+
+
+# -- weaveloop only ------------------------------------------------------------------------
+
+
+def test_default_executor_is_the_weaveloop_pool(wloop):
+    # The stock loop's default pool is concurrent.futures'; weaveloop's is its own.
+    run(wloop, wloop.run_in_executor(None, int))
+    assert isinstance(wloop._default_executor, weaveloop.ThreadPoolExecutor)
+    assert wloop._default_executor._max_workers == min(32, (os.cpu_count() or 1) + 4)
+
+
+def test_executor_workers_option_sizes_the_default_pool():
+    # A weaveloop loop option; the stock loop has no such option.
+    lp = weaveloop.new_event_loop(executor_workers=3)
+    try:
+        run(lp, lp.run_in_executor(None, int))
+        assert lp._default_executor._max_workers == 3
+    finally:
+        lp.close()
+
+
+def test_set_default_executor_accepts_a_weaveloop_pool(wloop):
+    # The stock loop only accepts concurrent.futures.ThreadPoolExecutor instances.
+    pool = weaveloop.ThreadPoolExecutor(max_workers=1, thread_name_prefix="wl")
+    try:
+        wloop.set_default_executor(pool)
+        name = run(wloop, wloop.run_in_executor(None, lambda: threading.current_thread().name))
+        assert name.startswith("wl_")
+    finally:
+        pool.shutdown()
+
+
+def test_default_pool_job_cancelled_before_start_never_runs():
+    # The fast path (weaveloop pool as default executor) has its own cancellation route.
+    lp = weaveloop.new_event_loop(executor_workers=1)
+    blocker = Blocker()
+    ran = []
+
+    async def main():
+        first = lp.run_in_executor(None, blocker)
+        await lp.run_in_executor(InlineExecutor(), blocker.started.wait, SAFETY)
+        victims = [lp.run_in_executor(None, ran.append, i) for i in range(10)]
+        for v in victims:
+            v.cancel()
+        await asyncio.sleep(0)
+        blocker.release.set()
+        await lp.run_in_executor(None, ran.append, "after")
+        return await first
+
+    try:
+        assert run(lp, main()) == "released"
+        assert ran == ["after"]
+    finally:
+        lp.close()
+
+
+def test_close_with_jobs_in_flight_settles_their_futures():
+    # The stock loop leaves such futures pending forever; weaveloop promises they settle.
+    lp = weaveloop.new_event_loop(executor_workers=1)
+    blocker = Blocker()
+    running = lp.run_in_executor(None, blocker)
+    queued = lp.run_in_executor(None, int)
+    wait_or_fail(blocker.started, "the job to start")
+    lp.close()
+    blocker.release.set()
+    join_or_fail(blocker.thread)
+    assert running.done()
+    assert queued.done()
+
+
+FORK_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys, threading, traceback
+    KIND = sys.argv[1]
+    if KIND == "weaveloop":
+        import weaveloop
+
+    def make():
+        return weaveloop.new_event_loop() if KIND == "weaveloop" else asyncio.SelectorEventLoop()
+
+    def use(loop):
+        async def main():
+            name = await loop.run_in_executor(None, lambda: threading.current_thread().name)
+            total = await asyncio.to_thread(sum, [1, 2, 3])
+            fut = loop.create_future()
+            t = threading.Thread(target=loop.call_soon_threadsafe, args=(fut.set_result, "p"))
+            t.start()
+            posted = await fut
+            t.join()
+            assert name.startswith("asyncio_") and total == 6 and posted == "p", (name, total)
+        loop.run_until_complete(asyncio.wait_for(main(), 10))
+
+    parent_loop = make()
+    use(parent_loop)  # the parent's default pool now has live threads
+    if KIND == "weaveloop":
+        pool = weaveloop.ThreadPoolExecutor(max_workers=2)
+        assert pool.submit(int).result(10) == 0
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(30)  # safety net: a hung child dies instead of lingering
+        try:
+            fresh = make()
+            use(fresh)
+            fresh.close()
+            if KIND == "weaveloop":
+                # Inherited loop and pool are reset after fork (the stock pool is not:
+                # an inherited concurrent.futures pool can hang in the child).
+                use(parent_loop)
+                assert pool.submit(lambda: 7).result(10) == 7
+                parent_loop.close()
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    use(parent_loop)
+    parent_loop.close()
+    print("child exit", os.waitstatus_to_exitcode(status))
+    """
+)
+
+
+def test_fork_child_gets_working_loop_and_pool(loop_kind):
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, loop_kind],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "child exit 0", out.stderr
