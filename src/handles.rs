@@ -14,6 +14,33 @@ use pyo3::PyTraverseError;
 use crate::errors;
 use crate::interop;
 
+/// The context that callbacks scheduled from an empty context run in: one empty
+/// `Context` reused until a callback leaves a variable set in it, then replaced. A context
+/// with no variables is indistinguishable from a fresh one, and callbacks cannot get hold
+/// of the object itself (`copy_context()` returns a copy), so reuse is unobservable; it
+/// saves allocating a context per callback.
+#[derive(Default)]
+pub struct EmptyContext(Option<Py<PyAny>>);
+
+impl EmptyContext {
+    fn get(&mut self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match &self.0 {
+            Some(c) => Ok(c.clone_ref(py)),
+            None => {
+                let c = interop::new_context(py)?;
+                self.0 = Some(c.clone_ref(py));
+                Ok(c)
+            }
+        }
+    }
+
+    fn after_run(&mut self, py: Python<'_>, ctx: Py<PyAny>) {
+        if ctx.bind(py).len().map_or(true, |n| n != 0) {
+            self.0 = None;
+        }
+    }
+}
+
 fn call(py: Python<'_>, t: &Target) -> PyResult<()> {
     t.callback.bind(py).call1(t.args.bind(py)).map(drop)
 }
@@ -84,7 +111,12 @@ impl Callback {
     /// Calls the callback inside its context. Its exception is returned, not reported,
     /// with the callback and arguments for the report. `once`: the handle will not run
     /// again, so its references are released afterwards.
-    pub fn run(&self, py: Python<'_>, once: bool) -> Result<(), CallbackError> {
+    pub fn run(
+        &self,
+        py: Python<'_>,
+        once: bool,
+        empty: &mut EmptyContext,
+    ) -> Result<(), CallbackError> {
         let target = if once {
             self.target().take()
         } else {
@@ -96,8 +128,11 @@ impl Callback {
         let Some(t) = target else { return Ok(()) };
         let result = match &self.context {
             Some(c) => interop::in_context(py, c, || call(py, &t)),
-            None => interop::new_context(py)
-                .and_then(|fresh| interop::in_context(py, &fresh, || call(py, &t))),
+            None => empty.get(py).and_then(|ctx| {
+                let r = interop::in_context(py, &ctx, || call(py, &t));
+                empty.after_run(py, ctx);
+                r
+            }),
         };
         result.map_err(|err| {
             // Keep the callable until the error report has named the handle.

@@ -16,7 +16,7 @@ use pyo3::PyTraverseError;
 use weaveloop_engine::{clock, Injector, Poller, TimerHeap};
 
 use crate::errors;
-use crate::handles::{check_callback, untrack, Callback, Handle, TimerHandle};
+use crate::handles::{check_callback, untrack, Callback, EmptyContext, Handle, TimerHandle};
 use crate::interop;
 use crate::posted::Posted;
 
@@ -61,6 +61,8 @@ pub struct LoopCore {
     /// The buffer the previous iteration ran from, kept to reuse its capacity.
     pub(crate) spare: Mutex<VecDeque<Ready>>,
     pub(crate) timers: Mutex<TimerHeap<Py<TimerHandle>>>,
+    /// Reused by callbacks scheduled from an empty context (see handles.rs).
+    pub(crate) empty_context: Mutex<EmptyContext>,
     pub(crate) watchers: Mutex<HashMap<RawFd, Watchers>>,
     /// Swapped only in a forked child; loaded lock-free on every post.
     pub(crate) shared: ArcSwap<Shared>,
@@ -179,6 +181,7 @@ impl LoopCore {
             ready: Mutex::new(VecDeque::with_capacity(64)),
             spare: Mutex::new(VecDeque::with_capacity(64)),
             timers: Mutex::new(TimerHeap::new()),
+            empty_context: Mutex::new(EmptyContext::default()),
             watchers: Mutex::new(HashMap::new()),
             shared: ArcSwap::new(Shared::new()?),
             in_flight: Mutex::new(HashMap::new()),

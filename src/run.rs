@@ -14,7 +14,7 @@ use pyo3::types::PyDict;
 use weaveloop_engine::{clock, Readiness};
 
 use crate::errors;
-use crate::handles::{Callback, CallbackError};
+use crate::handles::{Callback, CallbackError, EmptyContext};
 use crate::interop;
 use crate::loop_core::{lock, LoopCore, Ready, Shared};
 use crate::posted::Posted;
@@ -152,11 +152,13 @@ impl LoopCore {
         if timers.peek().is_none_or(|(when, _)| when >= end) {
             return;
         }
-        let mut ready = lock(&self.ready);
-        while let Some(h) = timers.pop_due(end) {
+        let mut due = Vec::new();
+        timers.pop_all_due(end, &mut due);
+        drop(timers);
+        for h in &due {
             h.get().scheduled.store(false, Relaxed);
-            ready.push_back(Ready::Timer(h));
         }
+        lock(&self.ready).extend(due.into_iter().map(Ready::Timer));
     }
 
     /// Runs what was ready when called; a KeyboardInterrupt/SystemExit stops the batch
@@ -165,12 +167,13 @@ impl LoopCore {
         let mut batch = std::mem::take(&mut *lock(&self.spare));
         std::mem::swap(&mut batch, &mut *lock(&self.ready));
         let debug = self.is_debug();
+        let mut empty = std::mem::take(&mut *lock(&self.empty_context));
         let mut result = Ok(());
         while let Some(item) = batch.pop_front() {
             let r = if debug {
-                self.run_item_timed(slf, &item)
+                self.run_item_timed(slf, &item, &mut empty)
             } else {
-                self.run_item(slf, &item, true)
+                self.run_item(slf, &item, true, &mut empty)
             };
             drop(item);
             if let Err(e) = r {
@@ -185,11 +188,18 @@ impl LoopCore {
             }
         }
         *lock(&self.spare) = batch;
+        *lock(&self.empty_context) = empty;
         result
     }
 
     /// Runs one ready entry; `release`: a one-shot handle drops its callable after.
-    fn run_item(&self, slf: &Bound<'_, LoopCore>, item: &Ready, release: bool) -> PyResult<()> {
+    fn run_item(
+        &self,
+        slf: &Bound<'_, LoopCore>,
+        item: &Ready,
+        release: bool,
+        empty: &mut EmptyContext,
+    ) -> PyResult<()> {
         let py = slf.py();
         let (cb, handle, once): (&Callback, &Py<PyAny>, bool) = match item {
             Ready::Soon(h) => (&h.get().cb, h.as_any(), release && !h.get().repeats),
@@ -205,7 +215,7 @@ impl LoopCore {
         if cb.is_cancelled() {
             return Ok(());
         }
-        let result = match cb.run(py, once) {
+        let result = match cb.run(py, once, empty) {
             Ok(()) => return Ok(()),
             Err(e) if is_fatal(py, &e.err) => Err(e.err),
             Err(e) => report_callback_error(slf, e, handle.bind(py)),
@@ -216,11 +226,16 @@ impl LoopCore {
         result
     }
 
-    fn run_item_timed(&self, slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
+    fn run_item_timed(
+        &self,
+        slf: &Bound<'_, LoopCore>,
+        item: &Ready,
+        empty: &mut EmptyContext,
+    ) -> PyResult<()> {
         let py = slf.py();
         let t0 = clock::monotonic();
         // Keep the callable until the slow-callback message has named it.
-        let r = self.run_item(slf, item, false);
+        let r = self.run_item(slf, item, false, empty);
         let dt = clock::monotonic() - t0;
         let limit: f64 = slf
             .getattr(pyo3::intern!(py, "slow_callback_duration"))
@@ -337,7 +352,7 @@ impl LoopCore {
             match item {
                 Posted::Call(h) => {
                     let ready = Ready::Soon(h);
-                    if let Err(e) = this.run_item(slf, &ready, true) {
+                    if let Err(e) = this.run_item(slf, &ready, true, &mut EmptyContext::default()) {
                         fatal.get_or_insert(e);
                     }
                 }
