@@ -143,7 +143,7 @@ impl PoolCore {
 /// Posts a completion to a loop; if the loop is closed the completion is dropped
 /// (`close()` already cancelled the future).
 fn post_done(py: Python<'_>, target: Arc<Shared>, fut: Py<PyAny>, outcome: Outcome) {
-    let refused = py.detach(|| target.injector.post(Posted::Done { fut, outcome }).err());
+    let refused = py.detach(|| target.injector.post(Posted::done(fut, outcome)).err());
     drop(refused);
 }
 
@@ -215,13 +215,7 @@ pub fn worker_main(py: Python<'_>, executor: &Bound<'_, PoolCore>) -> PyResult<(
             }
             Some(Job::Loop(j)) => {
                 let outcome = run_loop_job(py, &j);
-                done = Some((
-                    j.target,
-                    Posted::Done {
-                        fut: j.fut,
-                        outcome,
-                    },
-                ));
+                done = Some((j.target, Posted::done(j.fut, outcome)));
             }
         }
     }

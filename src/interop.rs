@@ -1,6 +1,8 @@
 //! Python objects the binding layer calls into, imported once per interpreter, and small
 //! helpers around CPython's C API (contexts, thread idents) that the rest of `src/` uses.
 
+use std::cell::RefCell;
+
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -165,6 +167,30 @@ pub fn is_coroutine_object(obj: &Bound<'_, PyAny>) -> bool {
 
 const CO_COROUTINE: u32 = 0x80;
 
+thread_local! {
+    /// The code object last checked on this thread, with its answer: callbacks tend to
+    /// be the same function over and over. Holding the code object keeps its address
+    /// from being reused by another one while it is cached.
+    static LAST_CODE: RefCell<Option<(Py<PyAny>, bool)>> = const { RefCell::new(None) };
+}
+
+fn code_is_coroutine(code: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let hit = LAST_CODE.with(|c| match &*c.borrow() {
+        Some((cached, answer)) if cached.as_ptr() == code.as_ptr() => Some(*answer),
+        _ => None,
+    });
+    if let Some(answer) = hit {
+        return Ok(answer);
+    }
+    let flags: u32 = code
+        .getattr(pyo3::intern!(code.py(), "co_flags"))?
+        .extract()?;
+    let answer = flags & CO_COROUTINE != 0;
+    let old = LAST_CODE.with(|c| c.replace(Some((code.clone().unbind(), answer))));
+    drop(old);
+    Ok(answer)
+}
+
 /// Cheap `iscoroutinefunction`: plain functions, bound methods and partials are
 /// unwrapped down to their code flags; anything else is asked of asyncio only in debug.
 pub fn is_coroutine_function(obj: &Bound<'_, PyAny>, debug: bool) -> PyResult<bool> {
@@ -176,9 +202,8 @@ pub fn is_coroutine_function(obj: &Bound<'_, PyAny>, debug: bool) -> PyResult<bo
             // SAFETY: `f` is a function object (checked above), so PyFunction_GetCode
             // returns a borrowed, non-NULL reference to its code object.
             let code = unsafe { Bound::from_borrowed_ptr(py, ffi::PyFunction_GetCode(f.as_ptr())) };
-            let flags: u32 = code.getattr(pyo3::intern!(py, "co_flags"))?.extract()?;
-            return Ok(flags & CO_COROUTINE != 0
-                || (debug && iscoroutinefunction(py)?.call1((obj,))?.is_truthy()?));
+            let is_coro = code_is_coroutine(&code)?;
+            return Ok(is_coro || (debug && iscoroutinefunction(py)?.call1((obj,))?.is_truthy()?));
         }
         let ty = f.get_type();
         if ty.is(method_type(py)?) {

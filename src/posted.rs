@@ -18,9 +18,22 @@ pub enum Outcome {
     Skipped,
 }
 
+/// Kept two words wide (the completion is boxed): the injector's slots stay small, so a
+/// drained batch spans few cache lines.
 pub enum Posted {
     Call(Py<Handle>),
-    Done { fut: Py<PyAny>, outcome: Outcome },
+    Done(Box<Completion>),
+}
+
+pub struct Completion {
+    pub fut: Py<PyAny>,
+    pub outcome: Outcome,
+}
+
+impl Posted {
+    pub fn done(fut: Py<PyAny>, outcome: Outcome) -> Posted {
+        Posted::Done(Box::new(Completion { fut, outcome }))
+    }
 }
 
 impl LoopCore {
@@ -41,7 +54,8 @@ impl LoopCore {
         for item in items {
             match item {
                 Posted::Call(h) => calls.push(Ready::Soon(h)),
-                Posted::Done { fut, outcome } => {
+                Posted::Done(done) => {
+                    let Completion { fut, outcome } = *done;
                     // Callbacks posted before this completion keep their place ahead of
                     // the callbacks that settling it schedules.
                     self.extend_ready(calls.drain(..));

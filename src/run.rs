@@ -357,7 +357,7 @@ impl LoopCore {
                     }
                 }
                 // A completion whose future is already cancelled above: nothing to do.
-                Posted::Done { fut, .. } => drop(this.untrack_in_flight(&fut)),
+                Posted::Done(done) => drop(this.untrack_in_flight(&done.fut)),
             }
         }
         let ready: VecDeque<Ready> = std::mem::take(&mut *lock(&this.ready));

@@ -5,7 +5,7 @@
 //! been handed to `close`'s caller, so none vanishes; (2) a post that finds the loop
 //! parked wakes it (see `wake.rs`), and only the first such post per park pays for it.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
@@ -35,9 +35,12 @@ pub struct Injector<T, U: Unpark = std::sync::Arc<mio::Waker>> {
     queue: SegQueue<T>,
     wake: WakeState,
     unpark: U,
-    closed: AtomicBool,
-    posting: AtomicUsize,
+    /// Bit 0: closed. The rest: posts in progress, counted in steps of `POSTING`.
+    gate: AtomicUsize,
 }
+
+const CLOSED: usize = 1;
+const POSTING: usize = 2;
 
 impl<T, U: Unpark> Injector<T, U> {
     pub fn new(unpark: U) -> Self {
@@ -45,22 +48,21 @@ impl<T, U: Unpark> Injector<T, U> {
             queue: SegQueue::new(),
             wake: WakeState::new(),
             unpark,
-            closed: AtomicBool::new(false),
-            posting: AtomicUsize::new(0),
+            gate: AtomicUsize::new(0),
         }
     }
 
     /// Posts `item`, waking the loop if it is parked. Gives the item back once closed.
     pub fn post(&self, item: T) -> Result<(), T> {
-        // Dekker pair with `close`: either we see `closed`, or `close` sees `posting > 0`
-        // and waits for this push to finish before its final drain.
-        self.posting.fetch_add(1, SeqCst);
-        if self.closed.load(SeqCst) {
-            self.posting.fetch_sub(1, SeqCst);
+        // One word for both: either this post sees CLOSED, or `close` (which sets it
+        // with an RMW on the same word) sees the post in progress and waits for the push
+        // to finish before its final drain.
+        if self.gate.fetch_add(POSTING, SeqCst) & CLOSED != 0 {
+            self.gate.fetch_sub(POSTING, SeqCst);
             return Err(item);
         }
         self.queue.push(item);
-        self.posting.fetch_sub(1, SeqCst);
+        self.gate.fetch_sub(POSTING, SeqCst);
         if self.wake.notify() {
             self.unpark.unpark();
         }
@@ -75,8 +77,11 @@ impl<T, U: Unpark> Injector<T, U> {
     }
 
     /// Loop thread: moves every queued item into `out`, in posting order per thread.
-    pub fn drain_into(&self, out: &mut impl Extend<T>) {
-        out.extend(std::iter::from_fn(|| self.queue.pop()));
+    pub fn drain_into(&self, out: &mut Vec<T>) {
+        out.reserve(self.queue.len());
+        while let Some(item) = self.queue.pop() {
+            out.push(item);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -122,13 +127,13 @@ impl<T, U: Unpark> Injector<T, U> {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closed.load(SeqCst)
+        self.gate.load(SeqCst) & CLOSED != 0
     }
 
     /// Refuses every later post and returns everything accepted but not yet drained.
     pub fn close(&self) -> Vec<T> {
-        self.closed.store(true, SeqCst);
-        while self.posting.load(SeqCst) != 0 {
+        self.gate.fetch_or(CLOSED, SeqCst);
+        while self.gate.load(SeqCst) != CLOSED {
             std::thread::yield_now();
         }
         let mut rest = Vec::new();

@@ -58,9 +58,13 @@ impl WakeState {
     /// OS-level wake-up (exactly one caller per park gets true).
     pub fn notify(&self) -> bool {
         fence(SeqCst);
-        self.state
-            .compare_exchange(PARKED, NOTIFIED, SeqCst, SeqCst)
-            .is_ok()
+        // A plain load first: posters to a running loop (the common case under load)
+        // then only share the cache line, instead of bouncing it with a CAS each.
+        self.state.load(SeqCst) == PARKED
+            && self
+                .state
+                .compare_exchange(PARKED, NOTIFIED, SeqCst, SeqCst)
+                .is_ok()
     }
 
     /// True while the loop thread is parked (or about to park).
