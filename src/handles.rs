@@ -42,7 +42,7 @@ impl EmptyContext {
 }
 
 fn call(py: Python<'_>, t: &Target) -> PyResult<()> {
-    t.callback.bind(py).call1(t.args.bind(py)).map(drop)
+    interop::call_with_tuple(t.callback.bind(py), t.args.bind(py)).map(drop)
 }
 
 /// The callable and its arguments; dropped once a one-shot handle has run or any

@@ -110,6 +110,25 @@ pub fn caller_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
     Ok(extract_stack(py)?.call1((frame,))?.unbind())
 }
 
+/// `callable(*args)` through vectorcall on the tuple's own item array: no unpacking of
+/// the argument tuple as `PyObject_Call` does.
+pub fn call_with_tuple<'py>(
+    callable: &Bound<'py, PyAny>,
+    args: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let tuple = args.as_ptr().cast::<ffi::PyTupleObject>();
+    // SAFETY: `args` is a live tuple (a Bound<PyTuple>), so `ob_item` holds `len` valid
+    // borrowed pointers that stay alive for the call (the tuple is immutable and we hold
+    // it); the GIL is held; vectorcall returns a new reference or NULL with an exception.
+    unsafe {
+        let items = std::ptr::addr_of!((*tuple).ob_item).cast::<*mut ffi::PyObject>();
+        Bound::from_owned_ptr_or_err(
+            callable.py(),
+            ffi::PyObject_Vectorcall(callable.as_ptr(), items, args.len(), std::ptr::null_mut()),
+        )
+    }
+}
+
 /// A copy of the current context, or None when it has no variables set.
 pub fn copy_context_unless_empty(py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
     let ctx = copy_context(py)?;
