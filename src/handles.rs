@@ -259,6 +259,45 @@ pub fn track<T>(obj: &Py<T>) {
     }
 }
 
+/// The part of asyncio's handle interface that both handle types share.
+macro_rules! callback_accessors {
+    ($ty:ty) => {
+        #[pymethods]
+        impl $ty {
+            fn cancelled(&self) -> bool {
+                self.cb.is_cancelled()
+            }
+
+            fn get_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+                self.cb.get_context(py)
+            }
+
+            #[getter]
+            fn _callback(&self, py: Python<'_>) -> Py<PyAny> {
+                self.cb.parts(py).0
+            }
+
+            #[getter]
+            fn _args(&self, py: Python<'_>) -> Py<PyAny> {
+                self.cb.parts(py).1
+            }
+
+            #[getter]
+            fn _cancelled(&self) -> bool {
+                self.cb.is_cancelled()
+            }
+
+            #[getter]
+            fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+                self.cb.source_traceback(py)
+            }
+        }
+    };
+}
+
+callback_accessors!(Handle);
+callback_accessors!(TimerHandle);
+
 /// What `loop.call_soon()` and the fd watchers return.
 #[pyclass(module = "weaveloop._core", frozen, weakref, freelist = 1024)]
 pub struct Handle {
@@ -267,38 +306,24 @@ pub struct Handle {
     pub repeats: bool,
 }
 
+impl Handle {
+    /// A new handle. One-shot handles are kept out of the cyclic GC (`untrack`); fd
+    /// watchers, few and long-lived, are tracked.
+    pub fn create(py: Python<'_>, cb: Callback, repeats: bool) -> PyResult<Py<Handle>> {
+        let handle = Py::new(py, Handle { cb, repeats })?;
+        if repeats {
+            track(&handle);
+        } else {
+            untrack(&handle);
+        }
+        Ok(handle)
+    }
+}
+
 #[pymethods]
 impl Handle {
     fn cancel(&self) {
         self.cb.cancel();
-    }
-
-    fn cancelled(&self) -> bool {
-        self.cb.is_cancelled()
-    }
-
-    fn get_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.cb.get_context(py)
-    }
-
-    #[getter]
-    fn _callback(&self, py: Python<'_>) -> Py<PyAny> {
-        self.cb.parts(py).0
-    }
-
-    #[getter]
-    fn _args(&self, py: Python<'_>) -> Py<PyAny> {
-        self.cb.parts(py).1
-    }
-
-    #[getter]
-    fn _cancelled(&self) -> bool {
-        self.cb.is_cancelled()
-    }
-
-    #[getter]
-    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.cb.source_traceback(py)
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
@@ -344,16 +369,8 @@ impl TimerHandle {
         }
     }
 
-    fn cancelled(&self) -> bool {
-        self.cb.is_cancelled()
-    }
-
     fn when(&self) -> f64 {
         self.when
-    }
-
-    fn get_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.cb.get_context(py)
     }
 
     #[getter]
@@ -364,26 +381,6 @@ impl TimerHandle {
     #[getter]
     fn _scheduled(&self) -> bool {
         self.scheduled.load(Relaxed)
-    }
-
-    #[getter]
-    fn _callback(&self, py: Python<'_>) -> Py<PyAny> {
-        self.cb.parts(py).0
-    }
-
-    #[getter]
-    fn _args(&self, py: Python<'_>) -> Py<PyAny> {
-        self.cb.parts(py).1
-    }
-
-    #[getter]
-    fn _cancelled(&self) -> bool {
-        self.cb.is_cancelled()
-    }
-
-    #[getter]
-    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.cb.source_traceback(py)
     }
 
     fn __hash__(&self) -> u64 {

@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use crate::errors;
-use crate::handles::{check_callback, track, Callback, Handle};
+use crate::handles::{check_callback, Callback, Handle};
 use crate::loop_core::{lock, LoopCore, Watchers};
 
 const EVENT_READ: u8 = 1;
@@ -59,16 +59,11 @@ impl LoopCore {
             Side::Write => "add_writer",
         };
         check_callback(callback, method, self.is_debug())?;
-        let handle = Py::new(
+        let handle = Handle::create(
             py,
-            Handle {
-                cb: Callback::new(callback, args, None, self.is_debug())?,
-                repeats: true,
-            },
+            Callback::new(callback, args, None, self.is_debug())?,
+            true,
         )?;
-        // fd watchers are tracked by the cyclic GC (unlike one-shot handles): they are
-        // few, long-lived, and their callbacks usually reference the loop's transports.
-        track(&handle);
         let shared = self.shared();
         let replaced = {
             let mut watchers = lock(&self.watchers);

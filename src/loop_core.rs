@@ -213,14 +213,11 @@ impl LoopCore {
         let this = slf.get();
         this.check_usable()?;
         check_callback(callback, "call_soon", this.is_debug())?;
-        let handle = Py::new(
+        let handle = Handle::create(
             slf.py(),
-            Handle {
-                cb: Callback::new(callback, args, context, this.is_debug())?,
-                repeats: false,
-            },
+            Callback::new(callback, args, context, this.is_debug())?,
+            false,
         )?;
-        untrack(&handle);
         // Keep one FIFO with call_soon_threadsafe: what other threads posted before
         // this call joins the ready queue first.
         let shared = this.shared.load();
@@ -280,14 +277,11 @@ impl LoopCore {
     ) -> PyResult<Py<Handle>> {
         self.check_closed()?;
         check_callback(callback, "call_soon_threadsafe", self.is_debug())?;
-        let handle = Py::new(
+        let handle = Handle::create(
             py,
-            Handle {
-                cb: Callback::new(callback, args, context, self.is_debug())?,
-                repeats: false,
-            },
+            Callback::new(callback, args, context, self.is_debug())?,
+            false,
         )?;
-        untrack(&handle);
         if self.owner.load(Relaxed) == interop::thread_ident() {
             // On the loop's own thread while it runs: no need for the injector.
             self.push_ready(Ready::Soon(handle.clone_ref(py)));
