@@ -246,19 +246,6 @@ pub fn untrack<T>(obj: &Py<T>) {
     unsafe { pyo3::ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) }
 }
 
-/// Puts a handle under the cyclic GC's watch (fd watchers). Needed explicitly because a
-/// handle object reused from the freelist comes back untracked.
-pub fn track<T>(obj: &Py<T>) {
-    let ptr = obj.as_ptr().cast();
-    // SAFETY: `obj` is a live pyclass instance (a GC type) and the caller holds the GIL;
-    // PyObject_GC_Track must not be called on a tracked object, hence the check.
-    unsafe {
-        if pyo3::ffi::PyObject_GC_IsTracked(obj.as_ptr()) == 0 {
-            pyo3::ffi::PyObject_GC_Track(ptr);
-        }
-    }
-}
-
 /// The part of asyncio's handle interface that both handle types share.
 macro_rules! callback_accessors {
     ($ty:ty) => {
@@ -299,7 +286,7 @@ callback_accessors!(Handle);
 callback_accessors!(TimerHandle);
 
 /// What `loop.call_soon()` and the fd watchers return.
-#[pyclass(module = "weaveloop._core", frozen, weakref, freelist = 1024)]
+#[pyclass(module = "weaveloop._core", frozen, weakref)]
 pub struct Handle {
     pub cb: Callback,
     /// fd watchers run on every readiness until removed; other handles run once.
@@ -307,13 +294,13 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// A new handle. One-shot handles are kept out of the cyclic GC (`untrack`); fd
-    /// watchers, few and long-lived, are tracked.
+    /// A new handle. One-shot handles are taken out of the cyclic GC (`untrack`); fd
+    /// watchers, few and long-lived, stay tracked as every new pyclass object starts.
+    /// (No freelist: pyo3's is slower than pymalloc here, and reused objects would come
+    /// back untracked.)
     pub fn create(py: Python<'_>, cb: Callback, repeats: bool) -> PyResult<Py<Handle>> {
         let handle = Py::new(py, Handle { cb, repeats })?;
-        if repeats {
-            track(&handle);
-        } else {
+        if !repeats {
             untrack(&handle);
         }
         Ok(handle)
@@ -340,7 +327,7 @@ impl Handle {
 }
 
 /// What `loop.call_later()`/`call_at()` return.
-#[pyclass(module = "weaveloop._core", frozen, weakref, freelist = 1024)]
+#[pyclass(module = "weaveloop._core", frozen, weakref)]
 pub struct TimerHandle {
     pub cb: Callback,
     pub when: f64,

@@ -167,15 +167,11 @@ pub fn in_context<T>(
     result
 }
 
-thread_local! {
-    // SAFETY (of the unsafe call inside): PyThread_get_thread_ident only reads the
-    // calling thread's pthread id; it needs no GIL and cannot fail.
-    static IDENT: u64 = unsafe { ffi::PyThread_get_thread_ident() } as u64;
-}
-
-/// `threading.get_ident()` of the calling thread, without a Python call.
+/// `threading.get_ident()` of the calling thread, without a Python call: on Linux both
+/// are `pthread_self()`, which reads the thread pointer (no TLS lookup, no syscall).
 pub fn thread_ident() -> u64 {
-    IDENT.with(|i| *i)
+    // SAFETY: pthread_self has no preconditions and cannot fail.
+    unsafe { libc::pthread_self() as u64 }
 }
 
 /// True if `obj` is exactly a native coroutine object.

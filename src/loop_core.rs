@@ -5,10 +5,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicPtr, AtomicU64, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use arc_swap::ArcSwap;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -50,6 +52,47 @@ impl Shared {
     }
 }
 
+/// Where a loop keeps its `Shared`: read on every post with one atomic load (no lock,
+/// no thread-local lookup). Replaced only in a forked child; every `Shared` ever stored
+/// stays owned by `owners` until the cell is dropped, so a reference loaded before a
+/// replacement stays valid for as long as the cell lives.
+pub struct SharedCell {
+    current: AtomicPtr<Shared>,
+    owners: Mutex<Vec<Arc<Shared>>>,
+}
+
+impl SharedCell {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        SharedCell {
+            current: AtomicPtr::new(Arc::as_ptr(&shared).cast_mut()),
+            owners: Mutex::new(vec![shared]),
+        }
+    }
+
+    pub fn get(&self) -> &Shared {
+        // SAFETY: `current` always points into an Arc held by `owners`, which only grows
+        // and is dropped with `self`; so the pointee outlives the returned borrow.
+        unsafe { &*self.current.load(Acquire) }
+    }
+
+    pub fn arc(&self) -> Arc<Shared> {
+        let ptr = self.current.load(Acquire);
+        // SAFETY: as in `get`, `ptr` comes from an Arc kept alive by `owners`; bumping
+        // its strong count first makes the Arc built from it an owned, counted one.
+        unsafe {
+            Arc::increment_strong_count(ptr);
+            Arc::from_raw(ptr)
+        }
+    }
+
+    /// Makes `fresh` current (in a forked child); the old one stays owned.
+    pub fn replace(&self, fresh: Arc<Shared>) {
+        let ptr = Arc::as_ptr(&fresh).cast_mut();
+        lock(&self.owners).push(fresh);
+        self.current.store(ptr, Release);
+    }
+}
+
 /// Locks a mutex whose data stays consistent even if a holder panicked.
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -64,8 +107,8 @@ pub struct LoopCore {
     /// Reused by callbacks scheduled from an empty context (see handles.rs).
     pub(crate) empty_context: Mutex<EmptyContext>,
     pub(crate) watchers: Mutex<HashMap<RawFd, Watchers>>,
-    /// Swapped only in a forked child; loaded lock-free on every post.
-    pub(crate) shared: ArcSwap<Shared>,
+    /// Replaced only in a forked child; loaded with one atomic load on every post.
+    pub(crate) shared: SharedCell,
     /// Futures of fast-path executor jobs not yet completed, by address.
     pub(crate) in_flight: Mutex<HashMap<usize, Py<PyAny>>>,
     /// Whether the loop spins briefly before its next park (see run.rs, `SPIN`).
@@ -84,7 +127,7 @@ pub struct LoopCore {
 
 impl LoopCore {
     pub(crate) fn shared(&self) -> Arc<Shared> {
-        self.shared.load_full()
+        self.shared.arc()
     }
 
     pub(crate) fn check_closed(&self) -> PyResult<()> {
@@ -183,7 +226,7 @@ impl LoopCore {
             timers: Mutex::new(TimerHeap::new()),
             empty_context: Mutex::new(EmptyContext::default()),
             watchers: Mutex::new(HashMap::new()),
-            shared: ArcSwap::new(Shared::new()?),
+            shared: SharedCell::new(Shared::new()?),
             in_flight: Mutex::new(HashMap::new()),
             spin_worthy: AtomicBool::new(false),
             owner: AtomicU64::new(0),
@@ -220,7 +263,7 @@ impl LoopCore {
         )?;
         // Keep one FIFO with call_soon_threadsafe: what other threads posted before
         // this call joins the ready queue first.
-        let shared = this.shared.load();
+        let shared = this.shared.get();
         if !shared.injector.is_empty() && this.is_drainer() {
             this.drain_posted(slf, &shared);
         }
@@ -288,7 +331,7 @@ impl LoopCore {
             return Ok(handle);
         }
         let posted = Posted::Call(handle.clone_ref(py));
-        if let Err(refused) = self.shared.load().injector.post(posted) {
+        if let Err(refused) = self.shared.get().injector.post(posted) {
             drop(refused);
             return Err(errors::loop_closed());
         }
@@ -314,7 +357,7 @@ impl LoopCore {
 
     /// Wakes the loop if it is parked (thread-safe, no allocation).
     fn _wakeup(&self) {
-        self.shared.load().injector.nudge();
+        self.shared.get().injector.nudge();
     }
 
     /// Asks the loop to stop after the current iteration. Safe from any thread.

@@ -264,7 +264,7 @@ impl LoopCore {
     /// One iteration: poll (blocking at most until the next timer), then run what is ready.
     pub(crate) fn run_once(&self, slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         let py = slf.py();
-        let shared = self.shared();
+        let shared = self.shared.get();
         self.housekeep_timers();
         let timeout = self.poll_timeout();
         let mut events = Vec::new();
@@ -390,12 +390,11 @@ impl LoopCore {
                 .set_interest(*fd, w.reader.is_some(), w.writer.is_some())
                 .map_err(errors::os_error)?;
         }
-        let old = this.shared.swap(fresh);
+        this.shared.replace(fresh);
         let in_flight: Vec<Py<PyAny>> = lock(&this.in_flight).drain().map(|(_, f)| f).collect();
         for fut in &in_flight {
             fut.bind(py).call_method0(pyo3::intern!(py, "cancel"))?;
         }
-        drop(old);
         Ok(())
     }
 }
