@@ -265,7 +265,7 @@ impl LoopCore {
         // this call joins the ready queue first.
         let shared = this.shared.get();
         if !shared.injector.is_empty() && this.is_drainer() {
-            this.drain_posted(slf, &shared);
+            this.drain_posted(slf, shared);
         }
         this.push_ready(Ready::Soon(handle.clone_ref(slf.py())));
         Ok(handle)

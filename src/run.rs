@@ -268,8 +268,8 @@ impl LoopCore {
         self.housekeep_timers();
         let timeout = self.poll_timeout();
         let mut events = Vec::new();
-        self.poll(py, &shared, timeout, &mut events)?;
-        self.drain_posted(slf, &shared);
+        self.poll(py, shared, timeout, &mut events)?;
+        self.drain_posted(slf, shared);
         self.dispatch_io(py, &events);
         self.collect_due_timers();
         self.run_ready(slf)
