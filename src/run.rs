@@ -1,7 +1,7 @@
 //! One loop iteration and the loops around it: `_run_once`, `_run_forever_core`,
 //! `_close_core`, `_after_fork`. An iteration runs only the callbacks that were ready
 //! when it began (after polling), as the stock loop does; the GIL is released while
-//! parked, and while briefly spinning for executor completions.
+//! parked, and while briefly spinning after a quick cross-thread wake-up.
 
 use std::collections::VecDeque;
 use std::io;
@@ -87,7 +87,7 @@ impl LoopCore {
         events: &mut Vec<Readiness>,
     ) -> PyResult<()> {
         let idle = timeout != Some(Duration::ZERO);
-        let idle_since = clock::monotonic();
+        let idle_since = if idle { clock::monotonic() } else { 0.0 };
         if idle && self.spin_worthy.load(Relaxed) {
             let budget = timeout.map_or(SPIN, |t| t.min(SPIN));
             if py.detach(|| shared.injector.spin_wait(budget)) {
@@ -157,6 +157,11 @@ impl LoopCore {
         drop(timers);
         for h in &due {
             h.get().scheduled.store(false, Relaxed);
+            if h.get().cb.is_cancelled() {
+                let _ = self
+                    .cancelled_in_heap
+                    .fetch_update(Relaxed, Relaxed, |c| c.checked_sub(1));
+            }
         }
         lock(&self.ready).extend(due.into_iter().map(Ready::Timer));
     }
