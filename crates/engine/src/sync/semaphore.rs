@@ -154,6 +154,14 @@ impl<T> Semaphore<T> {
         outcome
     }
 
+    /// After `fork()`, in the child: `permits` free and no waiters (their threads and
+    /// loops do not exist there).
+    pub fn reset(&self, permits: usize) {
+        let old = std::mem::take(&mut *lock(&self.queue));
+        self.state.store(permits * ONE, Release);
+        drop(old);
+    }
+
     /// Number of queued waiters.
     pub fn waiting(&self) -> usize {
         lock(&self.queue).len()
