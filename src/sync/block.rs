@@ -21,6 +21,11 @@ pub enum Wait {
     Forever,
 }
 
+/// A `blocking`/`block` argument: any object, by truth value (absent: true).
+pub fn truthy(flag: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+    flag.map_or(Ok(true), |f| f.is_truthy())
+}
+
 /// `_thread.TIMEOUT_MAX` on Linux (seconds).
 const TIMEOUT_MAX: f64 = 9_223_372_036.0;
 

@@ -5,7 +5,7 @@
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
-use super::block::{lock_wait, Wait};
+use super::block::{lock_wait, truthy, Wait};
 use super::semaphore::{abandon_task, acquire_thread, enqueue_task, wake_released, Sem};
 use super::wake::SyncWaiter;
 
@@ -38,20 +38,16 @@ impl LockCore {
     }
 
     /// threading.Lock.acquire: True once taken; False if not blocking or timed out.
-    #[pyo3(signature = (blocking = true, timeout = -1.0))]
-    fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<bool> {
-        if self.sem.try_acquire() {
-            // Arguments still validated, as threading does.
-            lock_wait(blocking, timeout)?;
-            return Ok(true);
-        }
-        acquire_thread(
-            py,
-            &self.sem,
-            lock_wait(blocking, timeout)?,
-            CALL,
-            ASYNC_FORM,
-        )
+    #[pyo3(signature = (blocking = None, timeout = -1.0))]
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        blocking: Option<&Bound<'_, PyAny>>,
+        timeout: f64,
+    ) -> PyResult<bool> {
+        let blocking = truthy(blocking)?;
+        let wait = lock_wait(blocking, timeout)?;
+        acquire_thread(py, &self.sem, wait, CALL, ASYNC_FORM)
     }
 
     fn release(&self, py: Python<'_>) -> PyResult<()> {

@@ -15,7 +15,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyList;
 use weaveloop_engine::sync::{Cancel, TaskCounter};
 
-use super::block::{forbid_on_loop, park, queue_wait, Wait};
+use super::block::{forbid_on_loop, park, queue_wait, truthy, Wait};
 use super::semaphore::{abandon_task, acquire_thread, enqueue_task, release, Sem};
 use super::wake::{wake, SyncWaiter, Token, W};
 
@@ -126,6 +126,22 @@ impl QueueCore {
         Ok(())
     }
 
+    fn put_within(&self, py: Python<'_>, item: Py<PyAny>, wait: Wait) -> PyResult<()> {
+        if let Some(s) = &self.slots {
+            if !acquire_thread(py, s, wait, "Queue.put()", PUT_ASYNC)? {
+                return Err(queue_error(py, "QueueFull"));
+            }
+        }
+        self.deliver(py, item)
+    }
+
+    fn get_within(&self, py: Python<'_>, wait: Wait) -> PyResult<Py<PyAny>> {
+        if !acquire_thread(py, &self.items, wait, "Queue.get()", GET_ASYNC)? {
+            return Err(queue_error(py, "QueueEmpty"));
+        }
+        self.take(py)
+    }
+
     /// After an item permit was taken: take the item and free its slot.
     fn take(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let item = self.store.pop(py);
@@ -181,41 +197,36 @@ impl QueueCore {
     }
 
     /// queue.Queue.put: waits for a free slot (bounded queues), at most `timeout`.
-    #[pyo3(signature = (item, block = true, timeout = None))]
+    #[pyo3(signature = (item, block = None, timeout = None))]
     fn put(
         &self,
         py: Python<'_>,
         item: Py<PyAny>,
-        block: bool,
+        block: Option<&Bound<'_, PyAny>>,
         timeout: Option<f64>,
     ) -> PyResult<()> {
-        if let Some(s) = &self.slots {
-            let wait = queue_wait(block, timeout)?;
-            if !acquire_thread(py, s, wait, "Queue.put()", PUT_ASYNC)? {
-                return Err(queue_error(py, "QueueFull"));
-            }
-        }
-        self.deliver(py, item)
+        let wait = queue_wait(truthy(block)?, timeout)?;
+        self.put_within(py, item, wait)
     }
 
     fn put_nowait(&self, py: Python<'_>, item: Py<PyAny>) -> PyResult<()> {
-        self.put(py, item, false, None)
+        self.put_within(py, item, Wait::Now)
     }
 
     /// queue.Queue.get: waits for an item, at most `timeout`.
-    #[pyo3(signature = (block = true, timeout = None))]
-    fn get(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
-        if !self.items.try_acquire() {
-            let wait = queue_wait(block, timeout)?;
-            if !acquire_thread(py, &self.items, wait, "Queue.get()", GET_ASYNC)? {
-                return Err(queue_error(py, "QueueEmpty"));
-            }
-        }
-        self.take(py)
+    #[pyo3(signature = (block = None, timeout = None))]
+    fn get(
+        &self,
+        py: Python<'_>,
+        block: Option<&Bound<'_, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<Py<PyAny>> {
+        let wait = queue_wait(truthy(block)?, timeout)?;
+        self.get_within(py, wait)
     }
 
     fn get_nowait(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.get(py, false, None)
+        self.get_within(py, Wait::Now)
     }
 
     fn task_done(&self, py: Python<'_>) -> PyResult<()> {

@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use weaveloop_engine::sync::RecursiveOwner;
 
-use super::block::{lock_wait, Wait};
+use super::block::{lock_wait, truthy, Wait};
 use super::semaphore::{abandon_task, acquire_thread, enqueue_task, release, Sem};
 use super::wake::{running_loop, SyncWaiter};
 use crate::interop::thread_ident;
@@ -41,6 +41,21 @@ pub struct RLockCore {
     own: RecursiveOwner,
 }
 
+impl RLockCore {
+    fn acquire_within(&self, py: Python<'_>, wait: Wait) -> PyResult<bool> {
+        let me = me(py)?;
+        if self.own.is_owned_by(me) {
+            self.own.reenter();
+            return Ok(true);
+        }
+        if !acquire_thread(py, &self.sem, wait, CALL, ASYNC_FORM)? {
+            return Ok(false);
+        }
+        self.own.take(me, 1);
+        Ok(true)
+    }
+}
+
 #[pymethods]
 impl RLockCore {
     #[new]
@@ -52,19 +67,15 @@ impl RLockCore {
         }
     }
 
-    #[pyo3(signature = (blocking = true, timeout = -1.0))]
-    fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<bool> {
-        let wait = lock_wait(blocking, timeout)?;
-        let me = me(py)?;
-        if self.own.is_owned_by(me) {
-            self.own.reenter();
-            return Ok(true);
-        }
-        if !acquire_thread(py, &self.sem, wait, CALL, ASYNC_FORM)? {
-            return Ok(false);
-        }
-        self.own.take(me, 1);
-        Ok(true)
+    #[pyo3(signature = (blocking = None, timeout = -1.0))]
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        blocking: Option<&Bound<'_, PyAny>>,
+        timeout: f64,
+    ) -> PyResult<bool> {
+        let wait = lock_wait(truthy(blocking)?, timeout)?;
+        self.acquire_within(py, wait)
     }
 
     fn release(&self, py: Python<'_>) -> PyResult<()> {
@@ -78,7 +89,7 @@ impl RLockCore {
     }
 
     fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
-        self.acquire(py, true, -1.0)
+        self.acquire_within(py, Wait::Forever)
     }
 
     fn __exit__(

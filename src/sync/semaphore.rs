@@ -7,7 +7,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use weaveloop_engine::sync::{Cancel, Semaphore};
 
-use super::block::{forbid_on_loop, park, semaphore_wait, Wait};
+use super::block::{forbid_on_loop, park, semaphore_wait, truthy, Wait};
 use super::wake::{wake, SyncWaiter, Token, W};
 
 pub type Sem = Semaphore<Token>;
@@ -103,8 +103,14 @@ impl SemaphoreCore {
     }
 
     /// threading.Semaphore.acquire: True once a permit is taken, False on timeout.
-    #[pyo3(signature = (blocking = true, timeout = None))]
-    fn acquire(&self, py: Python<'_>, blocking: bool, timeout: Option<f64>) -> PyResult<bool> {
+    #[pyo3(signature = (blocking = None, timeout = None))]
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        blocking: Option<&Bound<'_, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<bool> {
+        let blocking = truthy(blocking)?;
         let wait = semaphore_wait(blocking, timeout)?;
         acquire_thread(py, &self.sem, wait, "Semaphore.acquire()", ASYNC_FORM)
     }

@@ -26,17 +26,16 @@ class Condition:
     def __init__(self, lock: Lock | RLock | None = None) -> None:
         if lock is None:
             lock = RLock()
-        if not isinstance(lock, (Lock, RLock)):
-            raise TypeError("lock must be a weaveloop.sync Lock or RLock")
         self._lock = lock
         self._n = NotifierCore()
         self.acquire = lock.acquire
         self.release = lock.release
         self._aio_face: _AioCondition | None = None
-        if isinstance(lock, RLock):
-            self._release_save = lock._release_save
-            self._acquire_restore = lock._acquire_restore
-            self._is_owned = lock._is_owned
+        # Any lock with the threading protocol serves the thread side (as in threading);
+        # the coroutine side needs a weaveloop.sync Lock or RLock.
+        for name in ("_release_save", "_acquire_restore", "_is_owned"):
+            if hasattr(lock, name):
+                setattr(self, name, getattr(lock, name))
 
     # -- the threading.Condition protocol for a plain lock --
     def _release_save(self) -> Any:
@@ -46,7 +45,10 @@ class Condition:
         self._lock.acquire()
 
     def _is_owned(self) -> bool:
-        return self._lock._is_owned()
+        if self._lock.acquire(False):
+            self._lock.release()
+            return False
+        return True
 
     def __enter__(self) -> bool:
         return self._lock.__enter__()
@@ -55,13 +57,15 @@ class Condition:
         self._lock.release()
 
     async def __aenter__(self) -> None:
-        await self._lock.__aenter__()
+        await self.aio.__aenter__()
 
     async def __aexit__(self, *exc: object) -> None:
         self._lock.release()
 
     @property
     def aio(self) -> _AioCondition:
+        if not isinstance(self._lock, (Lock, RLock)):
+            raise TypeError("the asyncio face needs a weaveloop.sync Lock or RLock")
         face = self._aio_face
         if face is None:
             face = self._aio_face = _AioCondition(self)
