@@ -256,6 +256,16 @@ impl QueueCore {
         Ok(())
     }
 
+    /// Putters (threads and coroutines) waiting for a free slot.
+    fn _putters_waiting(&self) -> usize {
+        self.slots.as_ref().map_or(0, |s| s.waiting())
+    }
+
+    /// Getters (threads and coroutines) waiting for an item.
+    fn _getters_waiting(&self) -> usize {
+        self.items.waiting()
+    }
+
     #[getter]
     fn unfinished_tasks(&self) -> usize {
         self.tasks.as_ref().map_or(0, |t| t.unfinished())
