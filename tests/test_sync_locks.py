@@ -12,10 +12,9 @@ import asyncio
 import threading
 
 import pytest
+import weaveloop.sync as ws
 from _support import SAFETY, start_thread
 from _sync_support import SYNC_LOOPS, ThreadLoop, run, wait_until
-
-import weaveloop.sync as ws
 
 
 @pytest.fixture(params=sorted(SYNC_LOOPS))

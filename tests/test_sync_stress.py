@@ -9,10 +9,9 @@ import asyncio
 import random
 import threading
 
+import weaveloop.sync as ws
 from _support import SAFETY, start_thread
 from _sync_support import SYNC_LOOPS, ThreadLoop
-
-import weaveloop.sync as ws
 
 FACTORY = SYNC_LOOPS["weaveloop"]
 

@@ -23,9 +23,8 @@ import types
 import unittest
 from pathlib import Path
 
-from test import lock_tests, test_queue
-
 import weaveloop.sync as ws
+from test import lock_tests, test_queue
 
 HERE = Path(__file__).resolve().parent
 EXPECTATIONS = HERE / "sync_expectations.txt"

@@ -105,7 +105,9 @@ class Lock(_Faced, LockCore):
         self._aio_face = None
 
     def __repr__(self) -> str:
-        return f"<{_state(self.locked())} {type(self).__module__}.{type(self).__qualname__} object at {id(self):#x}>"
+        cls = type(self)
+        state = _state(self.locked())
+        return f"<{state} {cls.__module__}.{cls.__qualname__} object at {id(self):#x}>"
 
     _try_permit = LockCore._try_acquire
 
