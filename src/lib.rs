@@ -11,6 +11,7 @@ mod io;
 mod loop_core;
 mod posted;
 mod run;
+mod sync;
 
 #[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -19,5 +20,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<executor::PoolCore>()?;
     m.add_function(wrap_pyfunction!(executor::worker_main, m)?)?;
+    sync::register(m)?;
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod injector;
 pub mod poller;
 pub mod pool;
+pub mod sync;
 pub mod timers;
 pub mod wake;
 

@@ -1,0 +1,201 @@
+"""Condition shared by threads and coroutines, over a weaveloop.sync Lock or RLock.
+
+Threads use the threading.Condition API (``with cond``, ``wait``, ``wait_for``,
+``notify``); coroutines ``async with cond`` and the ``.aio`` face (asyncio.Condition).
+Invariant: waiters of both kinds are notified in FIFO order from one queue, and a
+notification received by a waiter that then gives up goes to the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .._core import NotifierCore
+from ._locks import Lock, RLock
+from ._waiting import forbid_blocking, wait_granted
+
+__all__ = ["Condition"]
+
+
+class Condition:
+    """threading.Condition whose ``.aio`` face is an asyncio.Condition on the same lock."""
+
+    def __init__(self, lock: Lock | RLock | None = None) -> None:
+        if lock is None:
+            lock = RLock()
+        self._lock = lock
+        self._n = NotifierCore()
+        self.acquire = lock.acquire
+        self.release = lock.release
+        self._aio_face: _AioCondition | None = None
+        # Any lock with the threading protocol serves the thread side (as in threading);
+        # the coroutine side needs a weaveloop.sync Lock or RLock.
+        for name in ("_release_save", "_acquire_restore", "_is_owned"):
+            if hasattr(lock, name):
+                setattr(self, name, getattr(lock, name))
+
+    # -- the threading.Condition protocol for a plain lock --
+    def _release_save(self) -> Any:
+        self._lock.release()
+
+    def _acquire_restore(self, state: Any) -> None:
+        self._lock.acquire()
+
+    def _is_owned(self) -> bool:
+        if self._lock.acquire(False):
+            self._lock.release()
+            return False
+        return True
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    async def __aenter__(self) -> None:
+        await self.aio.__aenter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    @property
+    def aio(self) -> _AioCondition:
+        if not isinstance(self._lock, (Lock, RLock)):
+            raise TypeError("the asyncio face needs a weaveloop.sync Lock or RLock")
+        face = self._aio_face
+        if face is None:
+            face = self._aio_face = _AioCondition(self)
+        return face
+
+    def __repr__(self) -> str:
+        return f"<Condition({self._lock}, {self._n._waiting()})>"
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Releases the lock, waits for a notification (at most ``timeout``), re-takes it."""
+        if not self._is_owned():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        if timeout is None or timeout > 0:
+            forbid_blocking("Condition.wait()", "await cond.aio.wait()")
+        waiter = self._n._enqueue_thread()
+        saved = self._release_save()
+        try:
+            return self._n._park(waiter, timeout)
+        finally:
+            self._acquire_restore(saved)
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
+        endtime = None
+        waittime = timeout
+        result = predicate()
+        while not result:
+            if waittime is not None:
+                if endtime is None:
+                    endtime = time.monotonic() + waittime
+                else:
+                    waittime = endtime - time.monotonic()
+                    if waittime <= 0:
+                        break
+            self.wait(waittime)
+            result = predicate()
+        return result
+
+    def notify(self, n: int = 1) -> None:
+        if not self._is_owned():
+            raise RuntimeError("cannot notify on un-acquired lock")
+        self._n._notify(n)
+
+    def notify_all(self) -> None:
+        if not self._is_owned():
+            raise RuntimeError("cannot notify on un-acquired lock")
+        self._n._notify_all()
+
+    notifyAll = notify_all  # noqa: N815 - threading's legacy alias
+
+
+class _AioCondition:
+    """asyncio.Condition face of a weaveloop.sync.Condition."""
+
+    __slots__ = ("_c",)
+
+    def __init__(self, cond: Condition) -> None:
+        self._c = cond
+
+    async def acquire(self) -> bool:
+        await self._c._lock.__aenter__()
+        return True
+
+    def release(self) -> None:
+        try:
+            self._c._lock.release()
+        except RuntimeError:
+            raise RuntimeError("Lock is not acquired.") from None
+
+    def locked(self) -> bool:
+        return self._c._lock.locked()
+
+    async def __aenter__(self) -> None:
+        await self._c._lock.__aenter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._c._lock.release()
+
+    def _owned(self) -> bool:
+        lock = self._c._lock
+        return lock._is_owned() if isinstance(lock, RLock) else lock.locked()
+
+    async def wait(self) -> bool:
+        """Releases the lock, awaits a notification, re-takes the lock (even if cancelled)."""
+        c = self._c
+        if not self._owned():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        lock = c._lock
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        waiter = c._n._enqueue_task(loop, fut)
+        if isinstance(lock, RLock):
+            depth, _owner = lock._release_save()
+        else:
+            depth = 1
+            lock.release()
+        try:
+            try:
+                await fut
+            except BaseException:
+                c._n._abandon(waiter)
+                raise
+            return True
+        finally:
+            # Re-take the lock whatever happened, as asyncio.Condition does.
+            cancelled = None
+            while True:
+                try:
+                    if not lock._try_permit():
+                        await wait_granted(lock._enqueue, lock._abandon)
+                    break
+                except asyncio.CancelledError as exc:
+                    cancelled = exc
+            if isinstance(lock, RLock):
+                lock._own(depth)
+            if cancelled is not None:
+                raise cancelled
+
+    async def wait_for(self, predicate: Callable[[], Any]) -> Any:
+        result = predicate()
+        while not result:
+            await self.wait()
+            result = predicate()
+        return result
+
+    def notify(self, n: int = 1) -> None:
+        if not self._owned():
+            raise RuntimeError("cannot notify on un-acquired lock")
+        self._c._n._notify(n)
+
+    def notify_all(self) -> None:
+        if not self._owned():
+            raise RuntimeError("cannot notify on un-acquired lock")
+        self._c._n._notify_all()

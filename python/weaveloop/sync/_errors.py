@@ -1,0 +1,26 @@
+"""Exceptions of weaveloop.sync, each catchable by both worlds' except clauses.
+
+Invariant: every class derives from the threading/queue exception *and* the asyncio one
+it stands for, so existing ``except queue.Empty`` and ``except asyncio.QueueEmpty``
+clauses both keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+
+__all__ = ["BrokenBarrierError", "QueueEmpty", "QueueFull"]
+
+
+class QueueEmpty(queue.Empty, asyncio.QueueEmpty):
+    """Raised by ``get_nowait()`` (and a timed-out ``get``) on an empty queue."""
+
+
+class QueueFull(queue.Full, asyncio.QueueFull):
+    """Raised by ``put_nowait()`` (and a timed-out ``put``) on a full queue."""
+
+
+class BrokenBarrierError(threading.BrokenBarrierError, asyncio.BrokenBarrierError):
+    """Raised when a Barrier is broken or reset while a thread or coroutine waits."""

@@ -1,0 +1,136 @@
+"""Queue, LifoQueue, PriorityQueue and SimpleQueue shared by threads and coroutines.
+
+The queue object is the queue.Queue face (pass it to code expecting queue.Queue);
+``q.aio`` (alias ``q.async_q``, janus's name) is the asyncio.Queue face, and
+``q.sync_q`` is the queue itself. Both faces move items through one Rust core whose
+getters and putters, threads and coroutines alike, are served FIFO.
+Invariant: the async face's fast path is one Rust call; it waits only when it must.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._core import QueueCore
+from ._waiting import wait_granted
+
+__all__ = ["LifoQueue", "PriorityQueue", "Queue", "SimpleQueue"]
+
+_EMPTY: Any = object()
+
+
+class AsyncQueue:
+    """asyncio.Queue face of a weaveloop.sync queue (same items, same counters)."""
+
+    __slots__ = ("_q", "_try_get", "_try_put")
+
+    def __init__(self, q: Queue) -> None:
+        self._q = q
+        self._try_get = q._try_get
+        self._try_put = q._try_put
+
+    async def get(self) -> Any:
+        item = self._try_get(_EMPTY)
+        if item is _EMPTY:
+            q = self._q
+            await wait_granted(q._enqueue_get, q._abandon_get)
+            item = q._finish_get()
+        return item
+
+    async def put(self, item: Any) -> None:
+        if not self._try_put(item):
+            q = self._q
+            await wait_granted(q._enqueue_put, q._abandon_put)
+            q._finish_put(item)
+
+    async def join(self) -> None:
+        q = self._q
+        await wait_granted(q._enqueue_join, q._abandon_join)
+
+    def get_nowait(self) -> Any:
+        return self._q.get_nowait()
+
+    def put_nowait(self, item: Any) -> None:
+        self._q.put_nowait(item)
+
+    def task_done(self) -> None:
+        self._q.task_done()
+
+    def qsize(self) -> int:
+        return self._q.qsize()
+
+    def empty(self) -> bool:
+        return self._q.empty()
+
+    def full(self) -> bool:
+        return self._q.full()
+
+    @property
+    def maxsize(self) -> int:
+        return self._q.maxsize
+
+    def __repr__(self) -> str:
+        return f"<asyncio face of {self._q!r}>"
+
+
+class Queue(QueueCore):
+    """queue.Queue (FIFO) whose ``.aio`` face is an asyncio.Queue over the same items."""
+
+    __slots__ = ("_aio_face",)
+    _KIND = "fifo"
+
+    def __new__(cls, maxsize: int = 0) -> Queue:
+        return super().__new__(cls, maxsize, cls._KIND)
+
+    def __init__(self, maxsize: int = 0) -> None:
+        self._aio_face = None
+
+    @property
+    def aio(self) -> AsyncQueue:
+        face = self._aio_face
+        if face is None:
+            face = self._aio_face = AsyncQueue(self)
+        return face
+
+    async_q = aio
+
+    @property
+    def sync_q(self) -> Queue:
+        return self
+
+    def __repr__(self) -> str:
+        cls = type(self)
+        return (
+            f"<{cls.__module__}.{cls.__qualname__} at {id(self):#x} "
+            f"maxsize={self.maxsize} qsize={self.qsize()}>"
+        )
+
+
+class LifoQueue(Queue):
+    """queue.LifoQueue: the last item put is the first got."""
+
+    __slots__ = ()
+    _KIND = "lifo"
+
+
+class PriorityQueue(Queue):
+    """queue.PriorityQueue: the lowest item (heapq order) is got first."""
+
+    __slots__ = ()
+    _KIND = "priority"
+
+
+class SimpleQueue(QueueCore):
+    """queue.SimpleQueue: unbounded FIFO without task tracking; ``.aio`` as for Queue."""
+
+    __slots__ = ("_aio_face",)
+
+    def __new__(cls) -> SimpleQueue:
+        return super().__new__(cls, 0, "fifo", False)
+
+    def __init__(self) -> None:
+        self._aio_face = None
+
+    aio = Queue.aio
+    async_q = Queue.aio
+    sync_q = Queue.sync_q

@@ -1,0 +1,141 @@
+//! The thread side's blocking: timeout arguments parsed as `threading`/`queue` do, the
+//! misuse check (a blocking call on a thread running an event loop is a `RuntimeError`
+//! naming the async form), and parking without the GIL.
+//! Invariant: a thread never parks while holding the GIL, and the main thread wakes at
+//! least every 50 ms to run signal handlers (Ctrl+C interrupts a blocked acquire).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+
+use super::wake::{running_loop, W};
+
+/// How long a blocking call may wait.
+#[derive(Clone, Copy, Debug)]
+pub enum Wait {
+    /// Non-blocking: succeed now or fail.
+    Now,
+    Until(Instant),
+    Forever,
+}
+
+/// A `blocking`/`block` argument: any object, by truth value (absent: true).
+pub fn truthy(flag: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+    flag.map_or(Ok(true), |f| f.is_truthy())
+}
+
+/// `_thread.TIMEOUT_MAX` on Linux (seconds).
+const TIMEOUT_MAX: f64 = 9_223_372_036.0;
+
+fn until(timeout: f64) -> PyResult<Wait> {
+    if timeout > TIMEOUT_MAX || !timeout.is_finite() {
+        return Err(PyOverflowError::new_err("timeout value is too large"));
+    }
+    if timeout <= 0.0 {
+        return Ok(Wait::Now);
+    }
+    let d = Duration::from_secs_f64(timeout);
+    Ok(Instant::now()
+        .checked_add(d)
+        .map_or(Wait::Forever, Wait::Until))
+}
+
+/// `Lock.acquire(blocking, timeout)` arguments (`timeout=-1`: forever).
+pub fn lock_wait(blocking: bool, timeout: f64) -> PyResult<Wait> {
+    if !blocking {
+        if timeout != -1.0 {
+            return Err(PyValueError::new_err(
+                "can't specify a timeout for a non-blocking call",
+            ));
+        }
+        return Ok(Wait::Now);
+    }
+    if timeout == -1.0 {
+        return Ok(Wait::Forever);
+    }
+    if timeout < 0.0 {
+        return Err(PyValueError::new_err("timeout value must be positive"));
+    }
+    until(timeout)
+}
+
+/// `Semaphore.acquire(blocking, timeout)` arguments (`timeout=None`: forever).
+pub fn semaphore_wait(blocking: bool, timeout: Option<f64>) -> PyResult<Wait> {
+    match (blocking, timeout) {
+        (false, Some(_)) => Err(PyValueError::new_err(
+            "can't specify timeout for non-blocking acquire",
+        )),
+        (false, None) => Ok(Wait::Now),
+        (true, None) => Ok(Wait::Forever),
+        (true, Some(t)) => until(t.max(0.0)),
+    }
+}
+
+/// `Event.wait(timeout)`, `Condition.wait(timeout)` arguments (None: forever).
+pub fn optional_wait(timeout: Option<f64>) -> PyResult<Wait> {
+    match timeout {
+        None => Ok(Wait::Forever),
+        Some(t) => until(t.max(0.0)),
+    }
+}
+
+/// `Queue.put/get(block, timeout)` arguments, with queue's own checks.
+pub fn queue_wait(block: bool, timeout: Option<f64>) -> PyResult<Wait> {
+    match (block, timeout) {
+        (false, _) => Ok(Wait::Now),
+        (true, None) => Ok(Wait::Forever),
+        (true, Some(t)) if t < 0.0 => Err(PyValueError::new_err(
+            "'timeout' must be a non-negative number",
+        )),
+        (true, Some(t)) => until(t),
+    }
+}
+
+/// Rule 4: refuses to block a thread that runs an event loop. `call` names the blocking
+/// call, `async_form` what a coroutine should write instead.
+pub fn forbid_on_loop(py: Python<'_>, call: &str, async_form: &str) -> PyResult<()> {
+    if running_loop(py)?.is_none() {
+        return Ok(());
+    }
+    Err(PyRuntimeError::new_err(format!(
+        "{call} would block the event loop running in this thread; \
+         in a coroutine use '{async_form}'"
+    )))
+}
+
+fn is_main_thread() -> bool {
+    thread_local! {
+        // SAFETY (of the unsafe calls inside): both only read process/thread ids; they
+        // need no GIL and cannot fail.
+        static MAIN: bool = unsafe { libc::getpid() == libc::gettid() };
+    }
+    MAIN.with(|m| *m)
+}
+
+/// Parks a queued thread waiter without the GIL until it is granted (true) or `wait`
+/// runs out (false). On the main thread, runs signal handlers every 50 ms; a handler's
+/// exception (KeyboardInterrupt) is returned, the waiter still queued (or granted).
+pub fn park(py: Python<'_>, w: &Arc<W>, wait: Wait) -> PyResult<bool> {
+    let deadline = match wait {
+        Wait::Now => return Ok(!w.is_waiting()),
+        Wait::Until(d) => Some(d),
+        Wait::Forever => None,
+    };
+    if !is_main_thread() {
+        return Ok(py.detach(|| w.park_until(deadline)));
+    }
+    const SLICE: Duration = Duration::from_millis(50);
+    loop {
+        let slice_end = Instant::now() + SLICE;
+        let end = deadline.map_or(slice_end, |d| d.min(slice_end));
+        if py.detach(|| w.park_until(Some(end))) {
+            return Ok(true);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(false);
+        }
+        py.check_signals()?;
+    }
+}

@@ -1,0 +1,98 @@
+//! `LockCore`: the threading.Lock face of a one-permit FIFO semaphore. Uncontended
+//! acquire and release are each one atomic operation, with the GIL held throughout.
+//! Invariant: release of an unlocked lock is refused (RuntimeError), never counted.
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+
+use super::block::{lock_wait, truthy, Wait};
+use super::semaphore::{abandon_task, acquire_thread, enqueue_task, wake_released, Sem};
+use super::wake::SyncWaiter;
+
+const CALL: &str = "Lock.acquire()";
+const ASYNC_FORM: &str = "async with lock' or 'await lock.aio.acquire()";
+
+#[pyclass(module = "weaveloop._core", subclass, weakref, frozen)]
+pub struct LockCore {
+    sem: Sem,
+}
+
+impl LockCore {
+    fn do_release(&self, py: Python<'_>) -> PyResult<()> {
+        match self.sem.release_bounded(1, 1) {
+            Ok(granted) => {
+                wake_released(py, &self.sem, granted);
+                Ok(())
+            }
+            Err(_) => Err(PyRuntimeError::new_err("release unlocked lock")),
+        }
+    }
+}
+
+#[pymethods]
+impl LockCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyAny>, _kwargs: Option<&Bound<'_, PyAny>>) -> Self {
+        LockCore { sem: Sem::new(1) }
+    }
+
+    /// threading.Lock.acquire: True once taken; False if not blocking or timed out.
+    #[pyo3(signature = (blocking = None, timeout = -1.0))]
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        blocking: Option<&Bound<'_, PyAny>>,
+        timeout: f64,
+    ) -> PyResult<bool> {
+        let blocking = truthy(blocking)?;
+        let wait = lock_wait(blocking, timeout)?;
+        acquire_thread(py, &self.sem, wait, CALL, ASYNC_FORM)
+    }
+
+    fn release(&self, py: Python<'_>) -> PyResult<()> {
+        self.do_release(py)
+    }
+
+    fn locked(&self) -> bool {
+        self.sem.permits() == 0 || self.sem.has_waiters()
+    }
+
+    fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
+        if self.sem.try_acquire() {
+            return Ok(true);
+        }
+        acquire_thread(py, &self.sem, Wait::Forever, CALL, ASYNC_FORM)
+    }
+
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _t: &Bound<'_, PyAny>,
+        _v: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.do_release(py)
+    }
+
+    /// After fork: unlocked, no waiters.
+    fn _at_fork_reinit(&self) {
+        self.sem.reset(1);
+    }
+
+    fn _waiting(&self) -> usize {
+        self.sem.waiting()
+    }
+
+    fn _try_acquire(&self) -> bool {
+        self.sem.try_acquire()
+    }
+
+    fn _enqueue(&self, loop_: &Bound<'_, PyAny>, fut: &Bound<'_, PyAny>) -> Option<SyncWaiter> {
+        enqueue_task(&self.sem, loop_, fut)
+    }
+
+    fn _abandon(&self, py: Python<'_>, w: &SyncWaiter) {
+        abandon_task(py, &self.sem, w)
+    }
+}

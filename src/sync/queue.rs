@@ -1,0 +1,343 @@
+//! `QueueCore`: queue.Queue / LifoQueue / PriorityQueue / SimpleQueue, the classic
+//! two-semaphore bounded buffer over the engine: `items` counts what getters may take,
+//! `slots` what putters may add (bounded queues only), both FIFO across threads and
+//! coroutines, so backpressure applies to both sides.
+//! Invariant: an item is stored before its `items` permit is released, and a getter
+//! holding a permit always finds an item; no Rust lock is held while Python code runs
+//! except the priority gate, which is taken without the GIL.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, TryLockError};
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyList;
+use weaveloop_engine::sync::{Cancel, TaskCounter};
+
+use super::block::{forbid_on_loop, park, queue_wait, truthy, Wait};
+use super::semaphore::{abandon_task, acquire_thread, enqueue_task, release, Sem};
+use super::wake::{wake, SyncWaiter, Token, W};
+
+enum Store {
+    Fifo(Mutex<VecDeque<Py<PyAny>>>),
+    Lifo(Mutex<Vec<Py<PyAny>>>),
+    /// A heap in a Python list, ordered by heapq (Python comparisons) behind `gate`.
+    Priority {
+        heap: Py<PyList>,
+        gate: Mutex<()>,
+    },
+}
+
+fn plain<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes the priority gate; waits for it without the GIL (its holder may need the GIL
+/// to finish a comparison).
+fn gate<'a>(py: Python<'_>, m: &'a Mutex<()>) -> MutexGuard<'a, ()> {
+    loop {
+        match m.try_lock() {
+            Ok(g) => return g,
+            Err(TryLockError::Poisoned(e)) => return e.into_inner(),
+            // Wait for the holder without the GIL, then try again with it.
+            Err(TryLockError::WouldBlock) => py.detach(|| drop(plain(m))),
+        }
+    }
+}
+
+fn heapq<'py>(py: Python<'py>, name: &'static str) -> PyResult<Bound<'py, PyAny>> {
+    static PUSH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    static POP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let cell = if name == "heappush" { &PUSH } else { &POP };
+    Ok(cell.import(py, "heapq", name)?.clone())
+}
+
+fn queue_error(py: Python<'_>, name: &'static str) -> PyErr {
+    static EMPTY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    static FULL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let cell = if name == "QueueEmpty" { &EMPTY } else { &FULL };
+    match cell.import(py, "weaveloop.sync._errors", name) {
+        Ok(cls) => PyErr::from_type(cls.cast::<pyo3::types::PyType>().unwrap().clone(), ()),
+        Err(e) => e,
+    }
+}
+
+impl Store {
+    fn push(&self, py: Python<'_>, item: Py<PyAny>) -> PyResult<()> {
+        match self {
+            Store::Fifo(q) => plain(q).push_back(item),
+            Store::Lifo(q) => plain(q).push(item),
+            Store::Priority { heap, gate: g } => {
+                let _g = gate(py, g);
+                heapq(py, "heappush")?.call1((heap.bind(py), item))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn pop(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let item = match self {
+            Store::Fifo(q) => plain(q).pop_front(),
+            Store::Lifo(q) => plain(q).pop(),
+            Store::Priority { heap, gate: g } => {
+                let _g = gate(py, g);
+                Some(heapq(py, "heappop")?.call1((heap.bind(py),))?.unbind())
+            }
+        };
+        // A permit always has its item (see the module invariant).
+        item.ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("queue invariant broken"))
+    }
+
+    fn len(&self, py: Python<'_>) -> usize {
+        match self {
+            Store::Fifo(q) => plain(q).len(),
+            Store::Lifo(q) => plain(q).len(),
+            Store::Priority { heap, .. } => heap.bind(py).len(),
+        }
+    }
+}
+
+#[pyclass(module = "weaveloop._core", subclass, weakref, frozen)]
+pub struct QueueCore {
+    store: Store,
+    items: Sem,
+    slots: Option<Sem>,
+    tasks: Option<TaskCounter<Token>>,
+    maxsize: isize,
+}
+
+const GET_ASYNC: &str = "await q.aio.get()";
+const PUT_ASYNC: &str = "await q.aio.put(item)";
+
+impl QueueCore {
+    /// After a slot was taken: store the item and hand it to getters.
+    fn deliver(&self, py: Python<'_>, item: Py<PyAny>) -> PyResult<()> {
+        if let Err(e) = self.store.push(py, item) {
+            if let Some(s) = &self.slots {
+                release(py, s, 1);
+            }
+            return Err(e);
+        }
+        if let Some(t) = &self.tasks {
+            t.add();
+        }
+        release(py, &self.items, 1);
+        Ok(())
+    }
+
+    fn put_within(&self, py: Python<'_>, item: Py<PyAny>, wait: Wait) -> PyResult<()> {
+        if let Some(s) = &self.slots {
+            if !acquire_thread(py, s, wait, "Queue.put()", PUT_ASYNC)? {
+                return Err(queue_error(py, "QueueFull"));
+            }
+        }
+        self.deliver(py, item)
+    }
+
+    fn get_within(&self, py: Python<'_>, wait: Wait) -> PyResult<Py<PyAny>> {
+        if !acquire_thread(py, &self.items, wait, "Queue.get()", GET_ASYNC)? {
+            return Err(queue_error(py, "QueueEmpty"));
+        }
+        self.take(py)
+    }
+
+    /// After an item permit was taken: take the item and free its slot.
+    fn take(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let item = self.store.pop(py);
+        if let Some(s) = &self.slots {
+            release(py, s, 1);
+        }
+        item
+    }
+}
+
+#[pymethods]
+impl QueueCore {
+    #[new]
+    #[pyo3(signature = (maxsize = 0, kind = "fifo", track_tasks = true))]
+    fn new(py: Python<'_>, maxsize: isize, kind: &str, track_tasks: bool) -> PyResult<Self> {
+        let store = match kind {
+            "fifo" => Store::Fifo(Mutex::new(VecDeque::new())),
+            "lifo" => Store::Lifo(Mutex::new(Vec::new())),
+            "priority" => Store::Priority {
+                heap: PyList::empty(py).unbind(),
+                gate: Mutex::new(()),
+            },
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown queue kind {kind:?}"
+                )))
+            }
+        };
+        Ok(QueueCore {
+            store,
+            items: Sem::new(0),
+            slots: (maxsize > 0).then(|| Sem::new(maxsize as usize)),
+            tasks: track_tasks.then(TaskCounter::default),
+            maxsize,
+        })
+    }
+
+    #[getter]
+    fn maxsize(&self) -> isize {
+        self.maxsize
+    }
+
+    fn qsize(&self, py: Python<'_>) -> usize {
+        self.store.len(py)
+    }
+
+    fn empty(&self, py: Python<'_>) -> bool {
+        self.store.len(py) == 0
+    }
+
+    fn full(&self, py: Python<'_>) -> bool {
+        self.maxsize > 0 && self.store.len(py) >= self.maxsize as usize
+    }
+
+    /// queue.Queue.put: waits for a free slot (bounded queues), at most `timeout`.
+    #[pyo3(signature = (item, block = None, timeout = None))]
+    fn put(
+        &self,
+        py: Python<'_>,
+        item: Py<PyAny>,
+        block: Option<&Bound<'_, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<()> {
+        let wait = queue_wait(truthy(block)?, timeout)?;
+        self.put_within(py, item, wait)
+    }
+
+    fn put_nowait(&self, py: Python<'_>, item: Py<PyAny>) -> PyResult<()> {
+        self.put_within(py, item, Wait::Now)
+    }
+
+    /// queue.Queue.get: waits for an item, at most `timeout`.
+    #[pyo3(signature = (block = None, timeout = None))]
+    fn get(
+        &self,
+        py: Python<'_>,
+        block: Option<&Bound<'_, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<Py<PyAny>> {
+        let wait = queue_wait(truthy(block)?, timeout)?;
+        self.get_within(py, wait)
+    }
+
+    fn get_nowait(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.get_within(py, Wait::Now)
+    }
+
+    fn task_done(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(t) = &self.tasks else { return Ok(()) };
+        let granted = t
+            .done()
+            .map_err(|_| PyValueError::new_err("task_done() called too many times"))?;
+        wake(py, granted, &weaveloop_engine::sync::Granted::none);
+        Ok(())
+    }
+
+    /// queue.Queue.join: blocks until every item put has been marked done.
+    fn join(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(t) = &self.tasks else { return Ok(()) };
+        if t.unfinished() == 0 {
+            return Ok(());
+        }
+        forbid_on_loop(py, "Queue.join()", "await q.aio.join()")?;
+        let w = W::thread();
+        if t.check_or_enqueue(&w) {
+            return Ok(());
+        }
+        if let Err(e) = park(py, &w, Wait::Forever) {
+            let _ = t.cancel(&w);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Putters (threads and coroutines) waiting for a free slot.
+    fn _putters_waiting(&self) -> usize {
+        self.slots.as_ref().map_or(0, |s| s.waiting())
+    }
+
+    /// Getters (threads and coroutines) waiting for an item.
+    fn _getters_waiting(&self) -> usize {
+        self.items.waiting()
+    }
+
+    #[getter]
+    fn unfinished_tasks(&self) -> usize {
+        self.tasks.as_ref().map_or(0, |t| t.unfinished())
+    }
+
+    // ---- coroutine side hooks (used by the Python async face) ----
+
+    /// An item now, or `default` if none can be taken without waiting.
+    fn _try_get(&self, py: Python<'_>, default: Py<PyAny>) -> PyResult<Py<PyAny>> {
+        if self.items.try_acquire() {
+            return self.take(py);
+        }
+        Ok(default)
+    }
+
+    /// Puts now if a slot is free (true), else false.
+    fn _try_put(&self, py: Python<'_>, item: Py<PyAny>) -> PyResult<bool> {
+        if let Some(s) = &self.slots {
+            if !s.try_acquire() {
+                return Ok(false);
+            }
+        }
+        self.deliver(py, item)?;
+        Ok(true)
+    }
+
+    fn _enqueue_get(&self, loop_: &Bound<'_, PyAny>, fut: &Bound<'_, PyAny>) -> Option<SyncWaiter> {
+        enqueue_task(&self.items, loop_, fut)
+    }
+
+    fn _abandon_get(&self, py: Python<'_>, w: &SyncWaiter) {
+        abandon_task(py, &self.items, w)
+    }
+
+    /// After `_enqueue_get` granted (or returned None): the item.
+    fn _finish_get(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.take(py)
+    }
+
+    fn _enqueue_put(&self, loop_: &Bound<'_, PyAny>, fut: &Bound<'_, PyAny>) -> Option<SyncWaiter> {
+        self.slots
+            .as_ref()
+            .and_then(|s| enqueue_task(s, loop_, fut))
+    }
+
+    fn _abandon_put(&self, py: Python<'_>, w: &SyncWaiter) {
+        if let Some(s) = &self.slots {
+            abandon_task(py, s, w)
+        }
+    }
+
+    /// After `_enqueue_put` granted (or returned None): store the item.
+    fn _finish_put(&self, py: Python<'_>, item: Py<PyAny>) -> PyResult<()> {
+        self.deliver(py, item)
+    }
+
+    fn _enqueue_join(
+        &self,
+        loop_: &Bound<'_, PyAny>,
+        fut: &Bound<'_, PyAny>,
+    ) -> Option<SyncWaiter> {
+        let t = self.tasks.as_ref()?;
+        let w = SyncWaiter::new_task(loop_, fut);
+        if t.check_or_enqueue(&w) {
+            return None;
+        }
+        Some(SyncWaiter { w })
+    }
+
+    fn _abandon_join(&self, w: &SyncWaiter) {
+        if let Some(t) = &self.tasks {
+            let _: Cancel = t.cancel(&w.w);
+        }
+    }
+}

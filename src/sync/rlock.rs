@@ -1,0 +1,183 @@
+//! `RLockCore`: a reentrant lock shared by threads and coroutines. The owner is the
+//! current asyncio task when one runs on this thread, else the thread, so a coroutine
+//! and the thread running its loop are different owners.
+//! Invariant: owner and depth change only while the underlying permit is held.
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use weaveloop_engine::sync::RecursiveOwner;
+
+use super::block::{lock_wait, truthy, Wait};
+use super::semaphore::{abandon_task, acquire_thread, enqueue_task, release, Sem};
+use super::wake::{running_loop, SyncWaiter};
+use crate::interop::thread_ident;
+
+const CALL: &str = "RLock.acquire()";
+const ASYNC_FORM: &str = "async with rlock' or 'await rlock.aio.acquire()";
+
+/// The identity owning an RLock: the running task, else the thread.
+fn me(py: Python<'_>) -> PyResult<usize> {
+    let lp = running_loop(py)?;
+    if !lp.is_none() {
+        static CURRENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let task = CURRENT
+            .import(py, "asyncio", "current_task")?
+            .call1((lp,))?;
+        if !task.is_none() {
+            return Ok(task.as_ptr() as usize);
+        }
+    }
+    Ok(thread_ident() as usize)
+}
+
+fn unowned() -> PyErr {
+    PyRuntimeError::new_err("cannot release un-acquired lock")
+}
+
+#[pyclass(module = "weaveloop._core", subclass, weakref, frozen)]
+pub struct RLockCore {
+    sem: Sem,
+    own: RecursiveOwner,
+}
+
+impl RLockCore {
+    fn acquire_within(&self, py: Python<'_>, wait: Wait) -> PyResult<bool> {
+        let me = me(py)?;
+        if self.own.is_owned_by(me) {
+            self.own.reenter();
+            return Ok(true);
+        }
+        if !acquire_thread(py, &self.sem, wait, CALL, ASYNC_FORM)? {
+            return Ok(false);
+        }
+        self.own.take(me, 1);
+        Ok(true)
+    }
+}
+
+#[pymethods]
+impl RLockCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyAny>, _kwargs: Option<&Bound<'_, PyAny>>) -> Self {
+        RLockCore {
+            sem: Sem::new(1),
+            own: RecursiveOwner::default(),
+        }
+    }
+
+    #[pyo3(signature = (blocking = None, timeout = -1.0))]
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        blocking: Option<&Bound<'_, PyAny>>,
+        timeout: f64,
+    ) -> PyResult<bool> {
+        let wait = lock_wait(truthy(blocking)?, timeout)?;
+        self.acquire_within(py, wait)
+    }
+
+    fn release(&self, py: Python<'_>) -> PyResult<()> {
+        if !self.own.is_owned_by(me(py)?) {
+            return Err(unowned());
+        }
+        if self.own.leave() {
+            release(py, &self.sem, 1);
+        }
+        Ok(())
+    }
+
+    fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
+        self.acquire_within(py, Wait::Forever)
+    }
+
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _t: &Bound<'_, PyAny>,
+        _v: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.release(py)
+    }
+
+    fn locked(&self) -> bool {
+        self.sem.permits() == 0 || self.sem.has_waiters()
+    }
+
+    fn _is_owned(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.own.is_owned_by(me(py)?))
+    }
+
+    fn _recursion_count(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(if self.own.is_owned_by(me(py)?) {
+            self.own.depth()
+        } else {
+            0
+        })
+    }
+
+    #[getter]
+    fn _owner(&self) -> usize {
+        self.own.owner()
+    }
+
+    /// Condition protocol: gives the lock up entirely; returns what `_acquire_restore`
+    /// needs.
+    fn _release_save(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
+        let me = me(py)?;
+        if !self.own.is_owned_by(me) {
+            return Err(unowned());
+        }
+        let depth = self.own.give_up();
+        release(py, &self.sem, 1);
+        Ok((depth, me))
+    }
+
+    /// Condition protocol: takes the lock back at the saved depth (blocking).
+    fn _acquire_restore(&self, py: Python<'_>, state: (usize, usize)) -> PyResult<()> {
+        acquire_thread(py, &self.sem, Wait::Forever, CALL, ASYNC_FORM)?;
+        self.own.take(state.1, state.0);
+        Ok(())
+    }
+
+    /// Coroutine side: the permit was just obtained (fast path or grant): own it at
+    /// `depth` (1 for acquire, the saved depth for a condition's restore).
+    #[pyo3(signature = (depth = 1))]
+    fn _own(&self, py: Python<'_>, depth: usize) -> PyResult<()> {
+        self.own.take(me(py)?, depth);
+        Ok(())
+    }
+
+    /// Coroutine side: re-entered (true), or took the free lock (true), or must wait.
+    fn _try_acquire(&self, py: Python<'_>) -> PyResult<bool> {
+        let me = me(py)?;
+        if self.own.is_owned_by(me) {
+            self.own.reenter();
+            return Ok(true);
+        }
+        if self.sem.try_acquire() {
+            self.own.take(me, 1);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn _try_permit(&self) -> bool {
+        self.sem.try_acquire()
+    }
+
+    fn _enqueue(&self, loop_: &Bound<'_, PyAny>, fut: &Bound<'_, PyAny>) -> Option<SyncWaiter> {
+        enqueue_task(&self.sem, loop_, fut)
+    }
+
+    fn _abandon(&self, py: Python<'_>, w: &SyncWaiter) {
+        abandon_task(py, &self.sem, w)
+    }
+
+    fn _at_fork_reinit(&self) {
+        self.sem.reset(1);
+        self.own.give_up();
+    }
+}

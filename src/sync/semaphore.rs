@@ -1,0 +1,188 @@
+//! `SemaphoreCore` (threading.Semaphore / BoundedSemaphore face) and the permit helpers
+//! every semaphore-based class here shares: blocking acquire from a thread, enqueue and
+//! abandon for coroutines, release with wake-up.
+//! Invariant: a coroutine waiter that gives up after being granted passes the permit on.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use weaveloop_engine::sync::{Cancel, Semaphore};
+
+use super::block::{forbid_on_loop, park, semaphore_wait, truthy, Wait};
+use super::wake::{wake, SyncWaiter, Token, W};
+
+pub type Sem = Semaphore<Token>;
+
+/// Releases `n` permits and wakes whoever they went to.
+pub fn release(py: Python<'_>, sem: &Sem, n: usize) {
+    let granted = sem.release(n);
+    wake(py, granted, &|| sem.release(1));
+}
+
+/// Wakes the waiters a (bounded) release granted.
+pub fn wake_released(py: Python<'_>, sem: &Sem, granted: weaveloop_engine::sync::Granted<Token>) {
+    wake(py, granted, &|| sem.release(1));
+}
+
+/// Thread side: takes a permit, parking without the GIL for at most `wait`.
+pub fn acquire_thread(
+    py: Python<'_>,
+    sem: &Sem,
+    wait: Wait,
+    call: &str,
+    async_form: &str,
+) -> PyResult<bool> {
+    if sem.try_acquire() {
+        return Ok(true);
+    }
+    if let Wait::Now = wait {
+        return Ok(false);
+    }
+    forbid_on_loop(py, call, async_form)?;
+    let w = W::thread();
+    if sem.acquire_or_enqueue(&w) {
+        return Ok(true);
+    }
+    match park(py, &w, wait) {
+        Ok(true) => Ok(true),
+        Ok(false) => Ok(sem.cancel(&w) == Cancel::Granted),
+        Err(e) => {
+            if sem.cancel(&w) == Cancel::Granted {
+                release(py, sem, 1);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Coroutine side: takes a permit now (None) or queues a waiter settled through `fut`.
+pub fn enqueue_task(
+    sem: &Sem,
+    loop_: &Bound<'_, PyAny>,
+    fut: &Bound<'_, PyAny>,
+) -> Option<SyncWaiter> {
+    let w = SyncWaiter::new_task(loop_, fut);
+    if sem.acquire_or_enqueue(&w) {
+        return None;
+    }
+    Some(SyncWaiter { w })
+}
+
+/// Coroutine side: the waiter gives up (cancelled, timed out); a grant it already had
+/// goes to the next waiter.
+pub fn abandon_task(py: Python<'_>, sem: &Sem, w: &SyncWaiter) {
+    if sem.cancel(&w.w) == Cancel::Granted {
+        release(py, sem, 1);
+    }
+}
+
+const ASYNC_FORM: &str = "async with sem' or 'await sem.aio.acquire()";
+
+#[pyclass(module = "weaveloop._core", subclass, weakref, frozen)]
+pub struct SemaphoreCore {
+    sem: Sem,
+    initial: usize,
+    bounded: bool,
+}
+
+#[pymethods]
+impl SemaphoreCore {
+    #[new]
+    #[pyo3(signature = (value = 1, bounded = false))]
+    fn new(value: isize, bounded: bool) -> PyResult<Self> {
+        if value < 0 {
+            return Err(PyValueError::new_err(
+                "semaphore initial value must be >= 0",
+            ));
+        }
+        let initial = (value as usize).min(Sem::MAX_PERMITS);
+        Ok(SemaphoreCore {
+            sem: Sem::new(initial),
+            initial,
+            bounded,
+        })
+    }
+
+    /// threading.Semaphore.acquire: True once a permit is taken, False on timeout.
+    #[pyo3(signature = (blocking = None, timeout = None))]
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        blocking: Option<&Bound<'_, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<bool> {
+        let blocking = truthy(blocking)?;
+        let wait = semaphore_wait(blocking, timeout)?;
+        acquire_thread(py, &self.sem, wait, "Semaphore.acquire()", ASYNC_FORM)
+    }
+
+    /// threading.Semaphore.release: adds `n` permits, waking as many waiters (FIFO).
+    #[pyo3(signature = (n = 1))]
+    fn release(&self, py: Python<'_>, n: isize) -> PyResult<()> {
+        if n < 1 {
+            return Err(PyValueError::new_err("n must be one or more"));
+        }
+        let n = n as usize;
+        if self.bounded {
+            let granted = self
+                .sem
+                .release_bounded(n, self.initial)
+                .map_err(|_| PyValueError::new_err("Semaphore released too many times"))?;
+            wake_released(py, &self.sem, granted);
+        } else {
+            release(py, &self.sem, n);
+        }
+        Ok(())
+    }
+
+    fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
+        acquire_thread(
+            py,
+            &self.sem,
+            Wait::Forever,
+            "Semaphore.acquire()",
+            ASYNC_FORM,
+        )
+    }
+
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _t: &Bound<'_, PyAny>,
+        _v: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.release(py, 1)
+    }
+
+    /// Permits free right now.
+    #[getter]
+    fn _value(&self) -> usize {
+        self.sem.permits()
+    }
+
+    #[getter]
+    fn _initial_value(&self) -> usize {
+        self.initial
+    }
+
+    /// asyncio.Semaphore.locked: no permit can be taken without waiting.
+    fn locked(&self) -> bool {
+        self.sem.permits() == 0 || self.sem.has_waiters()
+    }
+
+    fn _waiting(&self) -> usize {
+        self.sem.waiting()
+    }
+
+    fn _try_acquire(&self) -> bool {
+        self.sem.try_acquire()
+    }
+
+    fn _enqueue(&self, loop_: &Bound<'_, PyAny>, fut: &Bound<'_, PyAny>) -> Option<SyncWaiter> {
+        enqueue_task(&self.sem, loop_, fut)
+    }
+
+    fn _abandon(&self, py: Python<'_>, w: &SyncWaiter) {
+        abandon_task(py, &self.sem, w)
+    }
+}

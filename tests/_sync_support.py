@@ -1,0 +1,73 @@
+"""Helpers for the weaveloop.sync tests: the loops every test runs on (stock asyncio,
+uvloop when installed, weaveloop) and loops running in worker threads.
+
+Every timeout here is a safety net: reaching one fails the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib.util
+import threading
+
+from _support import SAFETY, weaveloop_factory
+
+
+def _uvloop_factory():
+    import uvloop
+
+    return uvloop.new_event_loop()
+
+
+SYNC_LOOPS = {"asyncio": asyncio.SelectorEventLoop, "weaveloop": weaveloop_factory}
+if importlib.util.find_spec("uvloop") is not None:
+    SYNC_LOOPS["uvloop"] = _uvloop_factory
+
+
+def run(factory, coro_fn, *args):
+    """Runs ``coro_fn(*args)`` to completion on a fresh loop from ``factory``."""
+
+    async def guarded():
+        return await asyncio.wait_for(coro_fn(*args), SAFETY)
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(guarded())
+
+
+class ThreadLoop:
+    """A loop of ``factory`` running forever in its own thread; ``submit`` runs a
+    coroutine there and returns a concurrent.futures.Future."""
+
+    def __init__(self, factory) -> None:
+        self.loop = factory()
+        started = threading.Event()
+        self.thread = threading.Thread(target=self._main, args=(started,), daemon=True)
+        self.thread.start()
+        if not started.wait(SAFETY):
+            raise RuntimeError("loop thread did not start")
+
+    def _main(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(started.set)
+        self.loop.run_forever()
+
+    def submit(self, coro) -> concurrent.futures.Future:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(SAFETY)
+            self.loop.close()
+
+
+def wait_until(predicate, what: str) -> None:
+    """Waits (yielding the GIL) until ``predicate()`` holds; a safety net, not a sleep."""
+    import time
+
+    deadline = time.monotonic() + SAFETY
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out (safety net) waiting for {what}")
+        time.sleep(0.0005)

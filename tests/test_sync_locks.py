@@ -1,0 +1,387 @@
+"""weaveloop.sync locks, semaphores, events, conditions and barriers shared by threads
+and coroutines, on the stock loop, uvloop (if installed) and weaveloop.
+
+Coroutine-side behaviour that asyncio documents is checked differentially against
+asyncio's own classes; mixed thread/coroutine behaviour (which asyncio lacks) against
+the specification of issue 4.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import weaveloop.sync as ws
+from _support import SAFETY, start_thread
+from _sync_support import SYNC_LOOPS, ThreadLoop, run, wait_until
+
+
+@pytest.fixture(params=sorted(SYNC_LOOPS))
+def factory(request):
+    return SYNC_LOOPS[request.param]
+
+
+# -- differential: the .aio faces against asyncio's classes ---------------------------
+
+ASYNC_LOCKS = {"asyncio": asyncio.Lock, "weaveloop": lambda: ws.Lock().aio}
+
+
+@pytest.mark.parametrize("impl", sorted(ASYNC_LOCKS))
+def test_aio_lock_matches_asyncio(factory, impl):
+    async def main():
+        lock = ASYNC_LOCKS[impl]()
+        order = []
+        assert not lock.locked()
+        assert await lock.acquire() is True
+        assert lock.locked()
+
+        async def worker(i):
+            async with lock:
+                order.append(i)
+
+        tasks = [asyncio.ensure_future(worker(i)) for i in range(4)]
+        await asyncio.sleep(0)
+        tasks[1].cancel()  # a queued waiter cancelled: the others keep their turn
+        lock.release()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with pytest.raises(RuntimeError, match="Lock is not acquired"):
+            lock.release()
+        return order, lock.locked()
+
+    assert run(factory, main) == ([0, 2, 3], False)
+
+
+ASYNC_SEMS = {
+    "asyncio": asyncio.BoundedSemaphore,
+    "weaveloop": lambda v: ws.BoundedSemaphore(v).aio,
+}
+
+
+@pytest.mark.parametrize("impl", sorted(ASYNC_SEMS))
+def test_aio_bounded_semaphore_matches_asyncio(factory, impl):
+    async def main():
+        sem = ASYNC_SEMS[impl](2)
+        await sem.acquire()
+        await sem.acquire()
+        assert sem.locked()
+        waiter = asyncio.ensure_future(sem.acquire())
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        sem.release()
+        assert await waiter is True
+        sem.release()
+        sem.release()
+        with pytest.raises(ValueError):
+            sem.release()
+        return sem.locked()
+
+    assert run(factory, main) is False
+
+
+ASYNC_EVENTS = {"asyncio": asyncio.Event, "weaveloop": lambda: ws.Event().aio}
+
+
+@pytest.mark.parametrize("impl", sorted(ASYNC_EVENTS))
+def test_aio_event_matches_asyncio(factory, impl):
+    async def main():
+        ev = ASYNC_EVENTS[impl]()
+        waiters = [asyncio.ensure_future(ev.wait()) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert not any(w.done() for w in waiters)
+        ev.set()
+        results = await asyncio.gather(*waiters)
+        ev.clear()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await ev.wait()
+        return results, ev.is_set()
+
+    assert run(factory, main) == ([True, True, True], False)
+
+
+ASYNC_CONDS = {"asyncio": asyncio.Condition, "weaveloop": lambda: ws.Condition(ws.Lock()).aio}
+
+
+@pytest.mark.parametrize("impl", sorted(ASYNC_CONDS))
+def test_aio_condition_matches_asyncio(factory, impl):
+    async def main():
+        cond = ASYNC_CONDS[impl]()
+        woken = []
+        with pytest.raises(RuntimeError):
+            await cond.wait()
+        with pytest.raises(RuntimeError):
+            cond.notify()
+
+        async def waiter(i):
+            async with cond:
+                await cond.wait()
+                woken.append(i)
+
+        tasks = [asyncio.ensure_future(waiter(i)) for i in range(3)]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        async with cond:
+            cond.notify(2)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        first = list(woken)
+        async with cond:
+            cond.notify_all()
+        await asyncio.gather(*tasks)
+        return first, woken, cond.locked()
+
+    assert run(factory, main) == ([0, 1], [0, 1, 2], False)
+
+
+# -- one object, both worlds ----------------------------------------------------------
+
+
+def test_lock_thread_holds_coroutine_waits_without_stalling_loop(factory):
+    lock = ws.Lock()
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with lock:
+            held.set()
+            release.wait(SAFETY)
+
+    t = start_thread(holder)
+    held.wait(SAFETY)
+
+    async def main():
+        ticks = 0
+        waiter = asyncio.ensure_future(lock.__aenter__())
+        while ticks < 5:  # the loop keeps running while the coroutine waits
+            await asyncio.sleep(0)
+            ticks += 1
+        assert not waiter.done()
+        release.set()
+        await waiter
+        assert lock.locked()
+        lock.release()
+        return ticks
+
+    assert run(factory, main) == 5
+    t.join(SAFETY)
+    assert not lock.locked()
+
+
+def test_fifo_across_threads_and_coroutines(factory):
+    lock = ws.Lock()
+    lock.acquire()
+    order = []
+    lt = ThreadLoop(factory)
+    try:
+        threads = []
+        futs = []
+        for i in range(4):
+            if i % 2 == 0:
+
+                def take(i=i):
+                    with lock:
+                        order.append(("thread", i))
+
+                threads.append(start_thread(take))
+            else:
+
+                async def take_async(i=i):
+                    async with lock:
+                        order.append(("coro", i))
+
+                futs.append(lt.submit(take_async()))
+            wait_until(lambda i=i: lock._waiting() == i + 1, f"waiter {i} queued")
+        lock.release()
+        for t in threads:
+            t.join(SAFETY)
+        for f in futs:
+            f.result(SAFETY)
+    finally:
+        lt.close()
+    assert order == [("thread", 0), ("coro", 1), ("thread", 2), ("coro", 3)]
+    assert not lock.locked()
+
+
+def test_granted_then_cancelled_coroutine_passes_permit_on(factory):
+    async def main():
+        lock = ws.Lock()
+        await lock.__aenter__()
+        first = asyncio.ensure_future(lock.aio.acquire())
+        second = asyncio.ensure_future(lock.aio.acquire())
+        await asyncio.sleep(0)
+        lock.release()  # grants `first` ...
+        first.cancel()  # ... which is cancelled before it runs
+        assert await second is True
+        assert first.cancelled()
+        lock.release()
+        return lock.locked(), lock._waiting()
+
+    assert run(factory, main) == (False, 0)
+
+
+def test_timeouts_leak_nothing(factory):
+    async def main():
+        sem = ws.Semaphore(1)
+        async with sem:
+            for _ in range(20):
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(0.001):
+                        await sem.aio.acquire()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(sem.aio.acquire(), 0.001)
+        return sem._value, sem._waiting()
+
+    assert run(factory, main) == (1, 0)
+
+
+def test_blocking_call_on_loop_thread_is_an_error(factory):
+    async def main():
+        lock, ev, q, sem = ws.Lock(), ws.Event(), ws.Queue(), ws.Semaphore(0)
+        lock.acquire()  # free: allowed (it does not block)
+        assert lock.acquire(False) is False  # non-blocking forms are allowed
+        with pytest.raises(RuntimeError, match="async with lock"):
+            lock.acquire()
+        with pytest.raises(RuntimeError, match="async with lock"):
+            with lock:
+                pass
+        with pytest.raises(RuntimeError, match=r"await event\.aio\.wait\(\)"):
+            ev.wait()
+        assert ev.wait(0) is False
+        with pytest.raises(RuntimeError, match=r"await q\.aio\.get\(\)"):
+            q.get()
+        with pytest.raises(ws.QueueEmpty):
+            q.get_nowait()
+        with pytest.raises(RuntimeError, match="Semaphore.acquire"):
+            sem.acquire()
+        cond = ws.Condition()
+        with cond:
+            with pytest.raises(RuntimeError, match=r"await cond\.aio\.wait\(\)"):
+                cond.wait()
+        with pytest.raises(RuntimeError, match=r"await barrier\.aio\.wait\(\)"):
+            ws.Barrier(2).wait()
+        lock.release()
+
+    run(factory, main)
+
+
+def test_closed_loop_with_pending_waiter_leaves_no_thread_hanging(factory):
+    lock = ws.Lock()
+    lock.acquire()
+    lt = ThreadLoop(factory)
+    lt.submit(lock.aio.acquire())
+    wait_until(lambda: lock._waiting() == 1, "the coroutine to queue")
+    lt.close()  # stopped and closed with the coroutine still waiting
+    got = []
+    t = start_thread(lambda: got.append(lock.acquire(timeout=SAFETY)))
+    wait_until(lambda: lock._waiting() == 2, "the thread to queue")
+    lock.release()  # the closed loop's waiter cannot run: the thread gets the lock
+    t.join(SAFETY)
+    assert got == [True]
+
+
+def test_event_set_from_thread_wakes_coroutines_on_two_loops_and_threads(factory):
+    ev = ws.Event()
+    loops = [ThreadLoop(factory), ThreadLoop(factory)]
+    try:
+        futs = [lt.submit(ev.aio.wait()) for lt in loops for _ in range(3)]
+        results = []
+        threads = [start_thread(lambda: results.append(ev.wait(SAFETY))) for _ in range(2)]
+        wait_until(lambda: len(threads) == 2, "threads")
+        start_thread(ev.set).join(SAFETY)
+        assert [f.result(SAFETY) for f in futs] == [True] * 6
+        for t in threads:
+            t.join(SAFETY)
+        assert results == [True, True]
+    finally:
+        for lt in loops:
+            lt.close()
+
+
+def test_condition_notifies_threads_and_coroutines_in_order(factory):
+    cond = ws.Condition(ws.Lock())
+    woken = []
+    lt = ThreadLoop(factory)
+    try:
+
+        def thread_waiter(i):
+            with cond:
+                cond.wait(SAFETY)
+                woken.append(i)
+
+        async def coro_waiter(i):
+            async with cond:
+                await cond.aio.wait()
+                woken.append(i)
+
+        pending = []
+        for i in range(4):
+            if i % 2:
+                pending.append(lt.submit(coro_waiter(i)))
+            else:
+                pending.append(start_thread(thread_waiter, i))
+            wait_until(lambda i=i: cond._n._waiting() == i + 1, f"waiter {i}")
+        for i in range(4):
+            with cond:
+                cond.notify()
+            wait_until(lambda i=i: len(woken) == i + 1, f"wake-up {i}")
+        for p in pending:
+            p.result(SAFETY) if hasattr(p, "result") else p.join(SAFETY)
+    finally:
+        lt.close()
+    assert woken == [0, 1, 2, 3]
+
+
+def test_barrier_counts_threads_and_coroutines_together(factory):
+    barrier = ws.Barrier(4)
+    lt = ThreadLoop(factory)
+    try:
+        futs = [lt.submit(barrier.aio.wait()) for _ in range(2)]
+        indices = []
+        threads = [start_thread(lambda: indices.append(barrier.wait(SAFETY))) for _ in range(2)]
+        for t in threads:
+            t.join(SAFETY)
+        indices += [f.result(SAFETY) for f in futs]
+        assert sorted(indices) == [0, 1, 2, 3]
+        # Broken: catchable as threading's and asyncio's BrokenBarrierError.
+        fut = lt.submit(barrier.aio.wait())
+        wait_until(lambda: barrier.n_waiting == 1, "the coroutine at the barrier")
+        barrier.abort()
+        with pytest.raises(threading.BrokenBarrierError):
+            fut.result(SAFETY)
+        with pytest.raises(asyncio.BrokenBarrierError):
+            barrier.wait()
+    finally:
+        lt.close()
+
+
+def test_rlock_owner_is_the_task_in_coroutines(factory):
+    async def main():
+        rlock = ws.RLock()
+        async with rlock:
+            async with rlock:  # re-entered by the same task
+                assert rlock._recursion_count() == 2
+
+            async def other():
+                async with rlock:
+                    return "other"
+
+            t = asyncio.ensure_future(other())
+            await asyncio.sleep(0)
+            assert not t.done()  # a different task waits
+        return await t
+
+    assert run(factory, main) == "other"
+
+
+def test_semaphore_thread_side_errors_match_threading():
+    for cls in (ws.Semaphore, ws.BoundedSemaphore):
+        with pytest.raises(ValueError):
+            cls(-1)
+        with pytest.raises(ValueError, match="one or more"):
+            cls(1).release(0)
+    with pytest.raises(ValueError, match="released too many times"):
+        ws.BoundedSemaphore(1).release()
+    with pytest.raises(RuntimeError, match="release unlocked lock"):
+        ws.Lock().release()
+    with pytest.raises(RuntimeError, match="cannot release un-acquired lock"):
+        ws.RLock().release()

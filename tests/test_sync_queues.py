@@ -1,0 +1,186 @@
+"""weaveloop.sync queues: the queue.Queue face (the object) and the asyncio.Queue face
+(``.aio`` / ``.async_q``) over one set of items, on asyncio, uvloop and weaveloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+
+import pytest
+import weaveloop.sync as ws
+from _support import SAFETY, start_thread
+from _sync_support import SYNC_LOOPS, ThreadLoop, run, wait_until
+
+
+@pytest.fixture(params=sorted(SYNC_LOOPS))
+def factory(request):
+    return SYNC_LOOPS[request.param]
+
+
+ASYNC_QUEUES = {
+    "asyncio": asyncio.Queue,
+    "asyncio-lifo": asyncio.LifoQueue,
+    "asyncio-priority": asyncio.PriorityQueue,
+    "weaveloop": lambda n: ws.Queue(n).aio,
+    "weaveloop-lifo": lambda n: ws.LifoQueue(n).aio,
+    "weaveloop-priority": lambda n: ws.PriorityQueue(n).aio,
+}
+
+
+def _script(q) -> list:
+    """Public asyncio.Queue behaviour, recorded as a transcript."""
+    out = [q.maxsize, q.qsize(), q.empty(), q.full()]
+    for item in (3, 1, 2):
+        q.put_nowait(item)
+    out += [q.qsize(), q.full()]
+    try:
+        q.put_nowait(9)
+    except asyncio.QueueFull:
+        out.append("full")
+    out += [q.get_nowait() for _ in range(3)]
+    try:
+        q.get_nowait()
+    except asyncio.QueueEmpty:
+        out.append("empty")
+    for _ in range(3):
+        q.task_done()
+    with pytest.raises(ValueError):
+        q.task_done()
+    return out
+
+
+@pytest.mark.parametrize("kind", ["", "-lifo", "-priority"])
+def test_aio_face_matches_asyncio_queue(factory, kind):
+    async def transcript(name):
+        return _script(ASYNC_QUEUES[name](3))
+
+    assert run(factory, transcript, "weaveloop" + kind) == run(
+        factory, transcript, "asyncio" + kind
+    )
+
+
+def test_aio_face_blocking_get_put_join_match_asyncio(factory):
+    async def main(make):
+        q = make(1)
+        got = []
+
+        async def consumer():
+            for _ in range(3):
+                got.append(await q.get())
+                q.task_done()
+
+        c = asyncio.ensure_future(consumer())
+        for i in range(3):
+            await q.put(i)  # maxsize 1: waits for the consumer each time
+        await q.join()
+        await c
+        return got, q.empty()
+
+    expect = run(factory, main, asyncio.Queue)
+    assert run(factory, main, lambda n: ws.Queue(n).aio) == expect == ([0, 1, 2], True)
+
+
+def test_exceptions_caught_by_both_worlds():
+    q = ws.Queue(1)
+    q.put(1)
+    for exc in (queue.Full, asyncio.QueueFull):
+        with pytest.raises(exc):
+            q.put_nowait(2)
+        with pytest.raises(exc):
+            q.put(2, timeout=0.001)
+    q.get()
+    for exc in (queue.Empty, asyncio.QueueEmpty):
+        with pytest.raises(exc):
+            q.get_nowait()
+        with pytest.raises(exc):
+            q.aio.get_nowait()
+    with pytest.raises(ValueError, match="non-negative"):
+        q.get(timeout=-1)
+
+
+def test_thread_to_coroutine_and_back(factory):
+    q_in, q_out = ws.Queue(), ws.Queue()
+
+    def producer():
+        for i in range(1000):
+            q_in.put(i)
+        q_in.put(None)
+
+    async def main():
+        start_thread(producer)
+        items = []
+        while (item := await q_in.aio.get()) is not None:
+            items.append(item)
+            await q_out.async_q.put(item * 2)
+        return items
+
+    assert run(factory, main) == list(range(1000))
+    assert [q_out.get(timeout=SAFETY) for _ in range(1000)] == [2 * i for i in range(1000)]
+
+
+def test_backpressure_applies_to_both_sides(factory):
+    q = ws.Queue(2)
+    lt = ThreadLoop(factory)
+    try:
+        # A coroutine putter blocks on a full queue until a thread gets.
+        q.put(0)
+        q.put(1)
+        fut = lt.submit(q.aio.put(2))
+        wait_until(lambda: q._putters_waiting() == 1, "the coroutine putter to queue")
+        assert not fut.done()
+        assert q.get(timeout=SAFETY) == 0
+        fut.result(SAFETY)
+        assert q.qsize() == 2
+        # A thread putter blocks until a coroutine gets.
+        done = []
+        t = start_thread(lambda: done.append(q.put(3, timeout=SAFETY)))
+        wait_until(lambda: q._putters_waiting() == 1, "the thread putter to queue")
+        assert lt.submit(q.aio.get()).result(SAFETY) == 1
+        t.join(SAFETY)
+        assert done == [None]
+        assert [q.get_nowait() for _ in range(2)] == [2, 3]
+    finally:
+        lt.close()
+
+
+def test_join_waits_for_task_done_from_the_other_world(factory):
+    q = ws.Queue()
+    for i in range(5):
+        q.put(i)
+    lt = ThreadLoop(factory)
+    try:
+        joined = lt.submit(q.aio.join())
+        for _ in range(5):
+            q.get()
+            assert not joined.done() or q.unfinished_tasks == 0
+            q.task_done()
+        joined.result(SAFETY)
+        assert q.unfinished_tasks == 0
+    finally:
+        lt.close()
+
+
+def test_cancelled_getter_loses_no_item(factory):
+    async def main():
+        q = ws.Queue()
+        first = asyncio.ensure_future(q.aio.get())
+        second = asyncio.ensure_future(q.aio.get())
+        await asyncio.sleep(0)
+        q.put_nowait("x")  # granted to `first` ...
+        first.cancel()  # ... cancelled before it ran: the item goes to `second`
+        return await second, q.qsize()
+
+    assert run(factory, main) == ("x", 0)
+
+
+def test_lifo_and_priority_order():
+    lq, pq = ws.LifoQueue(), ws.PriorityQueue()
+    for i in (2, 3, 1):
+        lq.put(i)
+        pq.put(i)
+    assert [lq.get() for _ in range(3)] == [1, 3, 2]
+    assert [pq.get() for _ in range(3)] == [1, 2, 3]
+    sq = ws.SimpleQueue()
+    sq.put(1)
+    assert sq.sync_q is sq and sq.get() == 1 and sq.empty()
