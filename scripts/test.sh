@@ -15,5 +15,7 @@ echo "== build"
 build
 echo "== conformance (CPython test.test_asyncio against weaveloop)"
 "$PY" tests/conformance/run.py
+echo "== conformance (CPython test.lock_tests / test.test_queue against weaveloop.sync)"
+"$PY" tests/conformance/sync_run.py
 echo "== pytest"
 "$PY" -m pytest -q -p no:cacheprovider tests
