@@ -10,7 +10,7 @@ cargo clippy -q --workspace --all-targets -- -D warnings
 echo "== rust engine tests"
 cargo test -q -p weaveloop-engine
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$ROOT/target/loom" \
-    cargo test -q -p weaveloop-engine --release --lib wake::tests::loom
+    cargo test -q -p weaveloop-engine --release --lib loom
 echo "== build"
 build
 echo "== conformance (CPython test.test_asyncio against weaveloop)"
