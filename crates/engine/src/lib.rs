@@ -7,6 +7,7 @@ pub mod injector;
 pub mod poller;
 pub mod pool;
 pub mod sync;
+pub mod timerfd;
 pub mod timers;
 pub mod wake;
 

@@ -4,17 +4,21 @@
 //! unread and expect to be called again. Invariant: every fd that fired is re-armed
 //! (EPOLL_CTL_MOD, which re-reports a still-ready fd) before the next poll, so readiness
 //! is reported for as long as it lasts, as with select() or level-triggered epoll.
+//! A timed poll ends at its exact deadline through a timerfd, not epoll's milliseconds.
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
+use crate::timerfd::TimerFd;
+
 const WAKER: Token = Token(usize::MAX);
+const TIMER: Token = Token(usize::MAX - 1);
 
 /// One fd's readiness as reported by a poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +49,9 @@ struct PollState {
     poll: Poll,
     events: Events,
     fired: Vec<RawFd>,
+    /// Ends a timed poll at its exact deadline (epoll_wait rounds up to milliseconds).
+    timer: TimerFd,
+    timer_armed: bool,
 }
 
 /// epoll with a wake-up eventfd and level-triggered reporting.
@@ -65,11 +72,15 @@ impl Poller {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let registry = poll.registry().try_clone()?;
+        let timer = TimerFd::new()?;
+        registry.register(&mut SourceFd(&timer.as_raw_fd()), TIMER, Interest::READABLE)?;
         Ok(Poller {
             state: Mutex::new(PollState {
                 poll,
                 events: Events::with_capacity(1024),
                 fired: Vec::new(),
+                timer,
+                timer_armed: false,
             }),
             registry,
             wanted: Mutex::new(HashMap::new()),
@@ -151,10 +162,27 @@ impl Poller {
         let mut st = lock(&self.state);
         let st = &mut *st;
         self.rearm(&mut st.fired);
+        match timeout {
+            Some(t) if !t.is_zero() => {
+                // epoll's own timeout (rounded up to ms) stays as a safety net.
+                st.timer.arm(t)?;
+                st.timer_armed = true;
+            }
+            None if st.timer_armed => {
+                st.timer.disarm()?;
+                st.timer_armed = false;
+            }
+            _ => {}
+        }
         st.poll.poll(&mut st.events, timeout)?;
         let wanted = lock(&self.wanted);
         for ev in st.events.iter() {
             if ev.token() == WAKER {
+                continue;
+            }
+            if ev.token() == TIMER {
+                st.timer.clear();
+                st.timer_armed = false;
                 continue;
             }
             let fd = ev.token().0 as RawFd;
@@ -221,6 +249,21 @@ mod tests {
         let mut out = Vec::new();
         p.poll(Some(Duration::from_millis(0)), &mut out).unwrap();
         assert!(out.is_empty(), "drained fd is quiet");
+    }
+
+    #[test]
+    fn a_timed_poll_never_ends_early_and_leaves_no_stale_event() {
+        let p = Poller::new().unwrap();
+        let mut out = Vec::new();
+        for micros in [1, 200, 1500] {
+            let t0 = std::time::Instant::now();
+            p.poll(Some(Duration::from_micros(micros)), &mut out).unwrap();
+            assert!(t0.elapsed() >= Duration::from_micros(micros));
+            assert!(out.is_empty(), "the timer's own wake-up is not an fd event");
+        }
+        // The timer fired and was consumed: a zero-timeout poll finds nothing.
+        p.poll(Some(Duration::ZERO), &mut out).unwrap();
+        assert!(out.is_empty());
     }
 
     #[test]
