@@ -235,31 +235,42 @@ def test_timeouts_leak_nothing(factory):
 
 
 def test_blocking_call_on_loop_thread_is_an_error(factory):
+    # Deterministic: a blocking form is refused on a loop's thread even when it would
+    # not have had to wait, so the mistake shows in every run, not only under contention.
     async def main():
         lock, ev, q, sem = ws.Lock(), ws.Event(), ws.Queue(), ws.Semaphore(0)
-        lock.acquire()  # free: allowed (it does not block)
-        assert lock.acquire(False) is False  # non-blocking forms are allowed
         with pytest.raises(RuntimeError, match="async with lock"):
-            lock.acquire()
+            lock.acquire()  # free, yet refused
         with pytest.raises(RuntimeError, match="async with lock"):
             with lock:
                 pass
+        assert not lock.locked()
+        assert lock.acquire(False) is True  # non-blocking forms are allowed
+        assert lock.acquire(False) is False
+        lock.release()
+        ev.set()
         with pytest.raises(RuntimeError, match=r"await event\.aio\.wait\(\)"):
-            ev.wait()
+            ev.wait()  # already set, yet refused
+        assert ev.wait(0) is True
+        ev.clear()
         assert ev.wait(0) is False
+        q.put_nowait(1)
         with pytest.raises(RuntimeError, match=r"await q\.aio\.get\(\)"):
-            q.get()
+            q.get()  # an item is there, yet refused
+        assert q.get_nowait() == 1
         with pytest.raises(ws.QueueEmpty):
             q.get_nowait()
         with pytest.raises(RuntimeError, match="Semaphore.acquire"):
             sem.acquire()
         cond = ws.Condition()
-        with cond:
+        assert cond.acquire(False)
+        try:
             with pytest.raises(RuntimeError, match=r"await cond\.aio\.wait\(\)"):
                 cond.wait()
+        finally:
+            cond.release()
         with pytest.raises(RuntimeError, match=r"await barrier\.aio\.wait\(\)"):
             ws.Barrier(2).wait()
-        lock.release()
 
     run(factory, main)
 

@@ -93,8 +93,10 @@ pub fn queue_wait(block: bool, timeout: Option<f64>) -> PyResult<Wait> {
     }
 }
 
-/// Rule 4: refuses to block a thread that runs an event loop. `call` names the blocking
-/// call, `async_form` what a coroutine should write instead.
+/// Rule 4: refuses a blocking call on a thread that runs an event loop, whether or not
+/// it would have had to wait this time (so the mistake shows in every run, not only
+/// under contention). `call` names the blocking call, `async_form` what a coroutine
+/// should write instead.
 pub fn forbid_on_loop(py: Python<'_>, call: &str, async_form: &str) -> PyResult<()> {
     if running_loop(py)?.is_none() {
         return Ok(());

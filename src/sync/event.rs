@@ -38,14 +38,15 @@ impl EventCore {
     /// threading.Event.wait: the flag on return (False only on timeout).
     #[pyo3(signature = (timeout = None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let wait = optional_wait(timeout)?;
+        if let Wait::Now = wait {
+            return Ok(self.ev.is_set());
+        }
+        // Rule 4, deterministically: refused on a loop's thread even when already set.
+        forbid_on_loop(py, "Event.wait()", "await event.aio.wait()")?;
         if self.ev.is_set() {
             return Ok(true);
         }
-        let wait = optional_wait(timeout)?;
-        if let Wait::Now = wait {
-            return Ok(false);
-        }
-        forbid_on_loop(py, "Event.wait()", "await event.aio.wait()")?;
         let w = W::thread();
         if self.ev.check_or_enqueue(&w) {
             return Ok(true);

@@ -59,9 +59,6 @@ impl LockCore {
     }
 
     fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
-        if self.sem.try_acquire() {
-            return Ok(true);
-        }
         acquire_thread(py, &self.sem, Wait::Forever, CALL, ASYNC_FORM)
     }
 

@@ -241,10 +241,10 @@ impl QueueCore {
     /// queue.Queue.join: blocks until every item put has been marked done.
     fn join(&self, py: Python<'_>) -> PyResult<()> {
         let Some(t) = &self.tasks else { return Ok(()) };
+        forbid_on_loop(py, "Queue.join()", "await q.aio.join()")?;
         if t.unfinished() == 0 {
             return Ok(());
         }
-        forbid_on_loop(py, "Queue.join()", "await q.aio.join()")?;
         let w = W::thread();
         if t.check_or_enqueue(&w) {
             return Ok(());

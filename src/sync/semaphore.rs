@@ -31,13 +31,15 @@ pub fn acquire_thread(
     call: &str,
     async_form: &str,
 ) -> PyResult<bool> {
+    if let Wait::Now = wait {
+        return Ok(sem.try_acquire());
+    }
+    // Rule 4, deterministically: a blocking form is refused on a loop's thread even
+    // when it would not have had to wait this time.
+    forbid_on_loop(py, call, async_form)?;
     if sem.try_acquire() {
         return Ok(true);
     }
-    if let Wait::Now = wait {
-        return Ok(false);
-    }
-    forbid_on_loop(py, call, async_form)?;
     let w = W::thread();
     if sem.acquire_or_enqueue(&w) {
         return Ok(true);

@@ -257,7 +257,8 @@ mod tests {
         let mut out = Vec::new();
         for micros in [1, 200, 1500] {
             let t0 = std::time::Instant::now();
-            p.poll(Some(Duration::from_micros(micros)), &mut out).unwrap();
+            p.poll(Some(Duration::from_micros(micros)), &mut out)
+                .unwrap();
             assert!(t0.elapsed() >= Duration::from_micros(micros));
             assert!(out.is_empty(), "the timer's own wake-up is not an fd event");
         }
