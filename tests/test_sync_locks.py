@@ -396,3 +396,53 @@ def test_semaphore_thread_side_errors_match_threading():
         ws.Lock().release()
     with pytest.raises(RuntimeError, match="cannot release un-acquired lock"):
         ws.RLock().release()
+
+
+@pytest.mark.parametrize("stock", ["asyncio", "uvloop"])
+def test_grant_to_a_loop_closed_before_it_runs_is_passed_on(stock):
+    # A stock loop's close() discards queued callbacks, the posted wake-up among them:
+    # the grant must come back to the lock, not vanish with the loop.
+    if stock == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        lp = uvloop.new_event_loop()
+    else:
+        lp = asyncio.new_event_loop()
+    lock = ws.Lock()
+    lock.acquire()
+
+    async def waiter():
+        async with lock.aio:
+            pass
+
+    task = lp.create_task(waiter())
+    lp.run_until_complete(asyncio.sleep(0))  # the coroutine queues on the lock
+    wait_until(lambda: lock._waiting() == 1, "the coroutine to queue")
+    lock.release()  # granted to the coroutine: a wake-up is posted to the idle loop
+    lp.close()  # ... and discarded
+    del task
+    assert lock.acquire(timeout=SAFETY), "the grant was lost with the loop"
+    lock.release()
+
+
+def test_condition_wait_zero_on_a_loop_thread_keeps_the_lock(factory):
+    async def main():
+        for lock in (ws.Lock(), ws.RLock()):
+            cond = ws.Condition(lock)
+            assert cond.acquire(False)
+            with pytest.raises(RuntimeError, match=r"await cond\.aio\.wait\(\)"):
+                cond.wait(0)
+            assert cond._is_owned(), "refused before the lock was given up"
+            cond.release()
+
+    run(factory, main)
+
+
+def test_semaphore_overflow_is_an_error_not_a_wrap():
+    with pytest.raises(OverflowError):
+        ws.Semaphore(2**62)
+    sem = ws.Semaphore(1)
+    with pytest.raises(OverflowError):
+        sem.release(2**62)
+    assert sem.acquire(False) and not sem.acquire(False), "the value stayed 1"
+    with pytest.raises(OverflowError):
+        ws.Queue(maxsize=2**62)

@@ -247,5 +247,8 @@ class QueueCore:
     def _enqueue_join(self, loop: Any, fut: Any) -> SyncWaiter | None: ...
     def _abandon_join(self, waiter: SyncWaiter) -> None: ...
 
-def wake_futures(futs: list[Any]) -> None:
-    """Settles each still-pending future (called on its loop via call_soon_threadsafe)."""
+class WakeBatch:
+    """Coroutine waiters granted on one loop, posted to it as one callback; passes their
+    grants on if the loop is closed before it runs, or drops it unrun."""
+
+    def __call__(self) -> None: ...

@@ -4,20 +4,22 @@
 //! Invariant: a notification that reaches a waiter which then gives up (cancelled
 //! coroutine) goes to the next waiter; a timed-out thread that was notified keeps it.
 
+use std::sync::Arc;
+
 use pyo3::prelude::*;
 use weaveloop_engine::sync::{Cancel, Notifier};
 
 use super::block::{optional_wait, park};
-use super::wake::{wake, SyncWaiter, Token, W};
+use super::wake::{wake, PassOn, SyncWaiter, Token, W};
 
 #[pyclass(module = "weaveloop._core", subclass, weakref, frozen)]
 pub struct NotifierCore {
-    n: Notifier<Token>,
+    n: Arc<Notifier<Token>>,
 }
 
 impl NotifierCore {
     fn pass_on(&self, py: Python<'_>) {
-        wake(py, self.n.notify(1), &|| self.n.notify(1));
+        wake(py, self.n.notify(1), &PassOn::Notification(self.n.clone()));
     }
 }
 
@@ -27,7 +29,7 @@ impl NotifierCore {
     #[pyo3(signature = (*_args, **_kwargs))]
     fn new(_args: &Bound<'_, PyAny>, _kwargs: Option<&Bound<'_, PyAny>>) -> Self {
         NotifierCore {
-            n: Notifier::default(),
+            n: Arc::new(Notifier::default()),
         }
     }
 
@@ -69,11 +71,15 @@ impl NotifierCore {
 
     #[pyo3(signature = (n = 1))]
     fn _notify(&self, py: Python<'_>, n: usize) {
-        wake(py, self.n.notify(n), &|| self.n.notify(1));
+        wake(py, self.n.notify(n), &PassOn::Notification(self.n.clone()));
     }
 
     fn _notify_all(&self, py: Python<'_>) {
-        wake(py, self.n.notify_all(), &|| self.n.notify(1));
+        wake(
+            py,
+            self.n.notify_all(),
+            &PassOn::Notification(self.n.clone()),
+        );
     }
 
     fn _waiting(&self) -> usize {

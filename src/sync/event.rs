@@ -3,10 +3,10 @@
 //! Invariant: `wait` never blocks a thread running an event loop (RuntimeError).
 
 use pyo3::prelude::*;
-use weaveloop_engine::sync::{Cancel, EventCore as Core, Granted};
+use weaveloop_engine::sync::{Cancel, EventCore as Core};
 
 use super::block::{forbid_on_loop, optional_wait, park, Wait};
-use super::wake::{wake, SyncWaiter, Token, W};
+use super::wake::{wake, PassOn, SyncWaiter, Token, W};
 
 #[pyclass(module = "weaveloop._core", subclass, weakref, frozen)]
 pub struct EventCore {
@@ -28,7 +28,7 @@ impl EventCore {
     }
 
     fn set(&self, py: Python<'_>) {
-        wake(py, self.ev.set(), &Granted::none);
+        wake(py, self.ev.set(), &PassOn::Nothing);
     }
 
     fn clear(&self) {

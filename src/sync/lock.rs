@@ -6,7 +6,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
 use super::block::{lock_wait, truthy, Wait};
-use super::semaphore::{abandon_task, acquire_thread, enqueue_task, wake_released, Sem};
+use super::semaphore::{abandon_task, acquire_thread, enqueue_task, new_sem, wake_released, Sem};
 use super::wake::SyncWaiter;
 
 const CALL: &str = "Lock.acquire()";
@@ -34,7 +34,7 @@ impl LockCore {
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
     fn new(_args: &Bound<'_, PyAny>, _kwargs: Option<&Bound<'_, PyAny>>) -> Self {
-        LockCore { sem: Sem::new(1) }
+        LockCore { sem: new_sem(1) }
     }
 
     /// threading.Lock.acquire: True once taken; False if not blocking or timed out.

@@ -24,6 +24,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event::EventCore>()?;
     m.add_class::<condition::NotifierCore>()?;
     m.add_class::<queue::QueueCore>()?;
-    m.add_function(wrap_pyfunction!(wake::wake_futures, m)?)?;
+    m.add_class::<wake::WakeBatch>()?;
     Ok(())
 }

@@ -16,8 +16,10 @@ use pyo3::types::PyList;
 use weaveloop_engine::sync::{Cancel, TaskCounter};
 
 use super::block::{forbid_on_loop, park, queue_wait, truthy, Wait};
-use super::semaphore::{abandon_task, acquire_thread, enqueue_task, release, Sem};
-use super::wake::{wake, SyncWaiter, Token, W};
+use super::semaphore::{
+    abandon_task, acquire_thread, enqueue_task, new_sem, release, Sem, MAX_PERMITS,
+};
+use super::wake::{wake, PassOn, SyncWaiter, Token, W};
 
 enum Store {
     Fifo(Mutex<VecDeque<Py<PyAny>>>),
@@ -49,7 +51,12 @@ fn gate<'a>(py: Python<'_>, m: &'a Mutex<()>) -> MutexGuard<'a, ()> {
 fn heapq<'py>(py: Python<'py>, name: &'static str) -> PyResult<Bound<'py, PyAny>> {
     static PUSH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     static POP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let cell = if name == "heappush" { &PUSH } else { &POP };
+    static HEAPIFY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let cell = match name {
+        "heappush" => &PUSH,
+        "heappop" => &POP,
+        _ => &HEAPIFY,
+    };
     Ok(cell.import(py, "heapq", name)?.clone())
 }
 
@@ -70,7 +77,17 @@ impl Store {
             Store::Lifo(q) => plain(q).push(item),
             Store::Priority { heap, gate: g } => {
                 let _g = gate(py, g);
-                heapq(py, "heappush")?.call1((heap.bind(py), item))?;
+                let heap = heap.bind(py);
+                if let Err(e) = heapq(py, "heappush")?.call1((heap, &item)) {
+                    // heappush appends before comparing: a comparison that raised left
+                    // the item in the heap. Take it out, so that the put fails whole.
+                    let at = heap.iter().position(|x| x.is(&item));
+                    if let Some(i) = at {
+                        heap.del_item(i)?;
+                        heapq(py, "heapify")?.call1((heap,))?;
+                    }
+                    return Err(e);
+                }
             }
         }
         Ok(())
@@ -113,14 +130,23 @@ const PUT_ASYNC: &str = "await q.aio.put(item)";
 impl QueueCore {
     /// After a slot was taken: store the item and hand it to getters.
     fn deliver(&self, py: Python<'_>, item: Py<PyAny>) -> PyResult<()> {
+        // Counted before it can be taken: a getter may pop it (LIFO, priority) and call
+        // task_done before this put returns, which must not let a join() through.
+        if let Some(t) = &self.tasks {
+            t.add();
+        }
         if let Err(e) = self.store.push(py, item) {
+            if let Some(t) = &self.tasks {
+                // Undo the count; a join() that queued meanwhile is released if that
+                // brings it back to zero.
+                if let Ok(granted) = t.done() {
+                    wake(py, granted, &PassOn::Nothing);
+                }
+            }
             if let Some(s) = &self.slots {
                 release(py, s, 1);
             }
             return Err(e);
-        }
-        if let Some(t) = &self.tasks {
-            t.add();
         }
         release(py, &self.items, 1);
         Ok(())
@@ -157,6 +183,11 @@ impl QueueCore {
     #[new]
     #[pyo3(signature = (maxsize = 0, kind = "fifo", track_tasks = true))]
     fn new(py: Python<'_>, maxsize: isize, kind: &str, track_tasks: bool) -> PyResult<Self> {
+        if maxsize > 0 && maxsize as usize > MAX_PERMITS {
+            return Err(pyo3::exceptions::PyOverflowError::new_err(
+                "maxsize is too large",
+            ));
+        }
         let store = match kind {
             "fifo" => Store::Fifo(Mutex::new(VecDeque::new())),
             "lifo" => Store::Lifo(Mutex::new(Vec::new())),
@@ -172,8 +203,8 @@ impl QueueCore {
         };
         Ok(QueueCore {
             store,
-            items: Sem::new(0),
-            slots: (maxsize > 0).then(|| Sem::new(maxsize as usize)),
+            items: new_sem(0),
+            slots: (maxsize > 0).then(|| new_sem(maxsize as usize)),
             tasks: track_tasks.then(TaskCounter::default),
             maxsize,
         })
@@ -234,7 +265,7 @@ impl QueueCore {
         let granted = t
             .done()
             .map_err(|_| PyValueError::new_err("task_done() called too many times"))?;
-        wake(py, granted, &weaveloop_engine::sync::Granted::none);
+        wake(py, granted, &PassOn::Nothing);
         Ok(())
     }
 

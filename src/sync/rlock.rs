@@ -9,7 +9,7 @@ use pyo3::sync::PyOnceLock;
 use weaveloop_engine::sync::RecursiveOwner;
 
 use super::block::{lock_wait, truthy, Wait};
-use super::semaphore::{abandon_task, acquire_thread, enqueue_task, release, Sem};
+use super::semaphore::{abandon_task, acquire_thread, enqueue_task, new_sem, release, Sem};
 use super::wake::{running_loop, SyncWaiter};
 use crate::interop::thread_ident;
 
@@ -62,7 +62,7 @@ impl RLockCore {
     #[pyo3(signature = (*_args, **_kwargs))]
     fn new(_args: &Bound<'_, PyAny>, _kwargs: Option<&Bound<'_, PyAny>>) -> Self {
         RLockCore {
-            sem: Sem::new(1),
+            sem: new_sem(1),
             own: RecursiveOwner::default(),
         }
     }

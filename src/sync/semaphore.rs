@@ -3,24 +3,34 @@
 //! abandon for coroutines, release with wake-up.
 //! Invariant: a coroutine waiter that gives up after being granted passes the permit on.
 
-use pyo3::exceptions::PyValueError;
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use weaveloop_engine::sync::{Cancel, Semaphore};
 
 use super::block::{forbid_on_loop, park, semaphore_wait, truthy, Wait};
-use super::wake::{wake, SyncWaiter, Token, W};
+use super::wake::{wake, PassOn, SyncWaiter, Token, W};
 
-pub type Sem = Semaphore<Token>;
+/// Shared with the wake-up batches in flight, which pass undeliverable grants back.
+pub type Sem = Arc<Semaphore<Token>>;
+
+/// The most permits a semaphore (or a queue's slots) can count.
+pub const MAX_PERMITS: usize = Semaphore::<Token>::MAX_PERMITS;
+
+pub fn new_sem(permits: usize) -> Sem {
+    Arc::new(Semaphore::new(permits))
+}
 
 /// Releases `n` permits and wakes whoever they went to.
 pub fn release(py: Python<'_>, sem: &Sem, n: usize) {
     let granted = sem.release(n);
-    wake(py, granted, &|| sem.release(1));
+    wake(py, granted, &PassOn::Permit(sem.clone()));
 }
 
 /// Wakes the waiters a (bounded) release granted.
 pub fn wake_released(py: Python<'_>, sem: &Sem, granted: weaveloop_engine::sync::Granted<Token>) {
-    wake(py, granted, &|| sem.release(1));
+    wake(py, granted, &PassOn::Permit(sem.clone()));
 }
 
 /// Thread side: takes a permit, parking without the GIL for at most `wait`.
@@ -96,9 +106,14 @@ impl SemaphoreCore {
                 "semaphore initial value must be >= 0",
             ));
         }
-        let initial = (value as usize).min(Sem::MAX_PERMITS);
+        if value as usize > MAX_PERMITS {
+            return Err(PyOverflowError::new_err(
+                "semaphore initial value is too large",
+            ));
+        }
+        let initial = value as usize;
         Ok(SemaphoreCore {
-            sem: Sem::new(initial),
+            sem: new_sem(initial),
             initial,
             bounded,
         })
@@ -124,6 +139,9 @@ impl SemaphoreCore {
             return Err(PyValueError::new_err("n must be one or more"));
         }
         let n = n as usize;
+        if n > MAX_PERMITS || self.sem.permits().saturating_add(n) > MAX_PERMITS {
+            return Err(PyOverflowError::new_err("semaphore value would overflow"));
+        }
         if self.bounded {
             let granted = self
                 .sem

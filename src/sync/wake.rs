@@ -1,14 +1,17 @@
 //! Waking coroutine waiters through their own loop: directly when the releaser runs on
 //! that loop's thread, else one `call_soon_threadsafe` per loop for all the waiters it
-//! releases at once (batched). A loop that refuses (closed) gets its grants revoked and
-//! passed on. Invariant: a token (loop, future) is touched only with the GIL held.
+//! releases at once (batched). A grant that cannot be delivered — the loop refuses the
+//! post (closed), or is closed before it runs the posted batch, or drops the batch
+//! unrun — is revoked and passed on. Invariant: a token (loop, future) is touched only
+//! with the GIL held.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyList;
-use weaveloop_engine::sync::{Granted, Waiter};
+use pyo3::PyTraverseError;
+use weaveloop_engine::sync::{Granted, Notifier, Semaphore, Waiter};
 
 /// A coroutine waiter's token: the future it awaits and the loop that future belongs to.
 pub struct Token {
@@ -18,11 +21,46 @@ pub struct Token {
 
 pub type W = Waiter<Token>;
 
+/// Where a grant goes when its coroutine waiter cannot take it: the next waiter of the
+/// same primitive (a permit for semaphores, a notification for conditions), or nowhere
+/// (an event or a join: every waiter was released anyway).
+#[derive(Clone)]
+pub enum PassOn {
+    Permit(Arc<Semaphore<Token>>),
+    Notification(Arc<Notifier<Token>>),
+    Nothing,
+}
+
+impl PassOn {
+    fn next(&self) -> Granted<Token> {
+        match self {
+            PassOn::Permit(sem) => sem.release(1),
+            PassOn::Notification(n) => n.notify(1),
+            PassOn::Nothing => Granted::none(),
+        }
+    }
+}
+
 /// A queued waiter as Python sees it (returned by the `_enqueue*` hooks, given back to
 /// the `_abandon*` hooks).
 #[pyclass(module = "weaveloop._core", frozen)]
 pub struct SyncWaiter {
     pub(crate) w: Arc<W>,
+}
+
+#[pymethods]
+impl SyncWaiter {
+    /// GC support: a coroutine that awaits a primitive and is then abandoned (its loop
+    /// closed) holds this waiter, whose future's callbacks hold the coroutine's task.
+    /// Visible to the GC, that cycle is collected, and the coroutine's error path
+    /// (GeneratorExit) passes a grant it already received on.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(t) = self.w.token() {
+            visit.call(&t.loop_)?;
+            visit.call(&t.fut)?;
+        }
+        Ok(())
+    }
 }
 
 impl SyncWaiter {
@@ -40,16 +78,6 @@ pub fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     F.import(py, "asyncio.events", "_get_running_loop")?.call0()
 }
 
-/// Settles each future that is still pending (a cancelled one is left alone: its
-/// coroutine's own error path passes the grant on).
-#[pyfunction]
-pub fn wake_futures(py: Python<'_>, futs: &Bound<'_, PyList>) -> PyResult<()> {
-    for fut in futs.iter() {
-        settle(py, &fut)?;
-    }
-    Ok(())
-}
-
 fn settle(py: Python<'_>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
     if !fut.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
         fut.call_method1(pyo3::intern!(py, "set_result"), (true,))?;
@@ -57,30 +85,77 @@ fn settle(py: Python<'_>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
     Ok(())
 }
 
-/// Wakes granted coroutine waiters. `pass_on` re-releases one grant when a waiter's loop
-/// is closed (it returns the waiters that grant went to, woken in turn).
-pub fn wake(py: Python<'_>, granted: Granted<Token>, pass_on: &dyn Fn() -> Granted<Token>) {
-    if granted.is_empty() {
-        return;
-    }
-    let mut pending = granted.0;
-    while !pending.is_empty() {
-        let mut again = Vec::new();
-        wake_batch(py, pending, pass_on, &mut again);
-        pending = again;
+fn is_closed(py: Python<'_>, lp: &Bound<'_, PyAny>) -> bool {
+    lp.call_method0(pyo3::intern!(py, "is_closed"))
+        .and_then(|c| c.is_truthy())
+        .unwrap_or(true)
+}
+
+/// Revokes each grant and passes it on (their loop will never run them).
+fn pass_on_all(py: Python<'_>, waiters: Vec<Arc<W>>, pass_on: &PassOn) {
+    for w in waiters {
+        if w.revoke() {
+            wake(py, pass_on.next(), pass_on);
+        }
     }
 }
 
-fn wake_batch(
-    py: Python<'_>,
-    waiters: Vec<Arc<W>>,
-    pass_on: &dyn Fn() -> Granted<Token>,
-    again: &mut Vec<Arc<W>>,
-) {
+/// The waiters granted on one loop, posted to it with `call_soon_threadsafe` as one
+/// callback. Run on a live loop, it settles their futures. Run on a loop that was closed
+/// meanwhile, or dropped without running (a stock loop's `close()` discards queued
+/// callbacks), it passes their grants on instead, so no permit is lost with the loop.
+#[pyclass(module = "weaveloop._core", frozen)]
+pub struct WakeBatch {
+    waiters: Mutex<Vec<Arc<W>>>,
+    pass_on: PassOn,
+}
+
+impl WakeBatch {
+    fn take(&self) -> Vec<Arc<W>> {
+        std::mem::take(&mut *self.waiters.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+#[pymethods]
+impl WakeBatch {
+    fn __call__(&self, py: Python<'_>) {
+        let waiters = self.take();
+        let closed = waiters
+            .first()
+            .and_then(|w| w.token())
+            .is_some_and(|t| is_closed(py, t.loop_.bind(py)));
+        if closed {
+            pass_on_all(py, waiters, &self.pass_on);
+            return;
+        }
+        for w in &waiters {
+            if let Some(t) = w.token() {
+                if let Err(e) = settle(py, t.fut.bind(py)) {
+                    e.write_unraisable(py, Some(t.fut.bind(py)));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for WakeBatch {
+    fn drop(&mut self) {
+        let waiters = self.take();
+        if !waiters.is_empty() {
+            Python::attach(|py| pass_on_all(py, waiters, &self.pass_on));
+        }
+    }
+}
+
+/// Wakes granted coroutine waiters; a grant that cannot be delivered goes to `pass_on`.
+pub fn wake(py: Python<'_>, granted: Granted<Token>, pass_on: &PassOn) {
+    if granted.is_empty() {
+        return;
+    }
     let here = running_loop(py).ok().filter(|l| !l.is_none());
     // Group by loop, keeping FIFO order inside each group.
     let mut groups: Vec<(Bound<'_, PyAny>, Vec<Arc<W>>)> = Vec::new();
-    for w in waiters {
+    for w in granted.0 {
         let Some(tok) = w.token() else { continue };
         let lp = tok.loop_.bind(py);
         if here.as_ref().is_some_and(|h| h.is(lp)) {
@@ -95,27 +170,16 @@ fn wake_batch(
         }
     }
     for (lp, group) in groups {
-        if post(py, &lp, &group).is_err() {
-            // The loop is closed: its waiters will never run; pass their grants on.
-            for w in group {
-                if w.revoke() {
-                    again.extend(pass_on().0);
-                }
-            }
-        }
+        let batch = WakeBatch {
+            waiters: Mutex::new(group),
+            pass_on: pass_on.clone(),
+        };
+        let posted = Py::new(py, batch).and_then(|b| {
+            lp.call_method1(pyo3::intern!(py, "call_soon_threadsafe"), (b,))
+                .map(drop)
+        });
+        // A refused post (closed loop) drops the batch unrun: its Drop passes the
+        // grants on.
+        drop(posted);
     }
-}
-
-fn post(py: Python<'_>, lp: &Bound<'_, PyAny>, group: &[Arc<W>]) -> PyResult<()> {
-    static WAKE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let wake_fn = WAKE.import(py, "weaveloop._core", "wake_futures")?;
-    let futs = PyList::new(
-        py,
-        group
-            .iter()
-            .filter_map(|w| w.token())
-            .map(|t| t.fut.bind(py)),
-    )?;
-    lp.call_method1(pyo3::intern!(py, "call_soon_threadsafe"), (wake_fn, futs))?;
-    Ok(())
 }

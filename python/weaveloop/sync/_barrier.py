@@ -59,8 +59,7 @@ class Barrier:
         arrival index (0 .. parties-1)."""
         if timeout is None:
             timeout = self._timeout
-        if self._parties > 1:
-            forbid_blocking("Barrier.wait()", "await barrier.aio.wait()")
+        forbid_blocking("Barrier.wait()", "await barrier.aio.wait()")
         with self._cond:
             self._enter()
             index = self._count

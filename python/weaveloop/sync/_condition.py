@@ -78,8 +78,9 @@ class Condition:
         """Releases the lock, waits for a notification (at most ``timeout``), re-takes it."""
         if not self._is_owned():
             raise RuntimeError("cannot wait on un-acquired lock")
-        if timeout is None or timeout > 0:
-            forbid_blocking("Condition.wait()", "await cond.aio.wait()")
+        # Always refused on a loop's thread, even wait(0): it gives the lock up and must
+        # take it back with a blocking acquire.
+        forbid_blocking("Condition.wait()", "await cond.aio.wait()")
         waiter = self._n._enqueue_thread()
         saved = self._release_save()
         try:

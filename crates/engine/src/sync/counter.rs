@@ -56,7 +56,13 @@ impl<T> TaskCounter<T> {
             return Ok(Granted::none());
         }
         let mut popped = Popped::new();
-        lock(&self.joiners).grant_all(&mut popped);
+        let mut joiners = lock(&self.joiners);
+        // Re-checked under the mutex: a put between our decrement and here means work
+        // is outstanding again; the done() that next reaches zero grants the joiners.
+        if self.unfinished.load(Acquire) == 0 {
+            joiners.grant_all(&mut popped);
+        }
+        drop(joiners);
         Ok(popped.wake())
     }
 
