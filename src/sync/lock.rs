@@ -6,7 +6,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
 use super::block::{lock_wait, truthy, Wait};
-use super::semaphore::{abandon_task, acquire_thread, enqueue_task, new_sem, wake_released, Sem};
+use super::semaphore::{acquire_thread, coroutine_permit_hooks, new_sem, wake_released, Sem};
 use super::wake::SyncWaiter;
 
 const CALL: &str = "Lock.acquire()";
@@ -84,12 +84,6 @@ impl LockCore {
     fn _try_acquire(&self) -> bool {
         self.sem.try_acquire()
     }
-
-    fn _enqueue(&self, loop_: &Bound<'_, PyAny>, fut: &Bound<'_, PyAny>) -> Option<SyncWaiter> {
-        enqueue_task(&self.sem, loop_, fut)
-    }
-
-    fn _abandon(&self, py: Python<'_>, w: &SyncWaiter) {
-        abandon_task(py, &self.sem, w)
-    }
 }
+
+coroutine_permit_hooks!(LockCore);

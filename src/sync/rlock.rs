@@ -9,7 +9,7 @@ use pyo3::sync::PyOnceLock;
 use weaveloop_engine::sync::RecursiveOwner;
 
 use super::block::{lock_wait, truthy, Wait};
-use super::semaphore::{abandon_task, acquire_thread, enqueue_task, new_sem, release, Sem};
+use super::semaphore::{acquire_thread, coroutine_permit_hooks, new_sem, release, Sem};
 use super::wake::{running_loop, SyncWaiter};
 use crate::interop::thread_ident;
 
@@ -168,16 +168,10 @@ impl RLockCore {
         self.sem.try_acquire()
     }
 
-    fn _enqueue(&self, loop_: &Bound<'_, PyAny>, fut: &Bound<'_, PyAny>) -> Option<SyncWaiter> {
-        enqueue_task(&self.sem, loop_, fut)
-    }
-
-    fn _abandon(&self, py: Python<'_>, w: &SyncWaiter) {
-        abandon_task(py, &self.sem, w)
-    }
-
     fn _at_fork_reinit(&self) {
         self.sem.reset(1);
         self.own.give_up();
     }
 }
+
+coroutine_permit_hooks!(RLockCore);

@@ -33,6 +33,28 @@ pub fn wake_released(py: Python<'_>, sem: &Sem, granted: weaveloop_engine::sync:
     wake(py, granted, &PassOn::Permit(sem.clone()));
 }
 
+/// The coroutine side's hooks of a permit-based class (a `sem: Sem` field): queue a
+/// future for a permit, and give the place or the permit up (`_waiting.py`).
+macro_rules! coroutine_permit_hooks {
+    ($ty:ty) => {
+        #[pymethods]
+        impl $ty {
+            fn _enqueue(
+                &self,
+                loop_: &Bound<'_, PyAny>,
+                fut: &Bound<'_, PyAny>,
+            ) -> Option<SyncWaiter> {
+                $crate::sync::semaphore::enqueue_task(&self.sem, loop_, fut)
+            }
+
+            fn _abandon(&self, py: Python<'_>, w: &SyncWaiter) {
+                $crate::sync::semaphore::abandon_task(py, &self.sem, w)
+            }
+        }
+    };
+}
+pub(crate) use coroutine_permit_hooks;
+
 /// Thread side: takes a permit, parking without the GIL for at most `wait`.
 pub fn acquire_thread(
     py: Python<'_>,
@@ -197,12 +219,6 @@ impl SemaphoreCore {
     fn _try_acquire(&self) -> bool {
         self.sem.try_acquire()
     }
-
-    fn _enqueue(&self, loop_: &Bound<'_, PyAny>, fut: &Bound<'_, PyAny>) -> Option<SyncWaiter> {
-        enqueue_task(&self.sem, loop_, fut)
-    }
-
-    fn _abandon(&self, py: Python<'_>, w: &SyncWaiter) {
-        abandon_task(py, &self.sem, w)
-    }
 }
+
+coroutine_permit_hooks!(SemaphoreCore);
