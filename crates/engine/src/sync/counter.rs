@@ -84,11 +84,7 @@ impl<T> TaskCounter<T> {
     /// Thread side: waits until nothing is unfinished.
     #[cfg(not(loom))]
     pub fn join_blocking(&self, deadline: Option<std::time::Instant>) -> bool {
-        let w = Waiter::thread();
-        if self.check_or_enqueue(&w) {
-            return true;
-        }
-        w.park_until(deadline) || self.cancel(&w) == Cancel::Granted
+        Waiter::wait_as_thread(deadline, |w| self.check_or_enqueue(w), |w| self.cancel(w))
     }
 }
 

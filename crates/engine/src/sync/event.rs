@@ -65,11 +65,7 @@ impl<T> EventCore<T> {
     /// Thread side: waits for the flag at most until `deadline`; returns the flag.
     #[cfg(not(loom))]
     pub fn wait_blocking(&self, deadline: Option<std::time::Instant>) -> bool {
-        let w = Waiter::thread();
-        if self.check_or_enqueue(&w) {
-            return true;
-        }
-        w.park_until(deadline) || self.cancel(&w) == Cancel::Granted
+        Waiter::wait_as_thread(deadline, |w| self.check_or_enqueue(w), |w| self.cancel(w))
     }
 }
 

@@ -173,17 +173,7 @@ impl<T> Semaphore<T> {
         if self.try_acquire() {
             return true;
         }
-        let w = Waiter::thread();
-        if self.acquire_or_enqueue(&w) {
-            return true;
-        }
-        self.finish_wait(&w, deadline)
-    }
-
-    /// Parks a queued thread waiter until granted or `deadline`; on timeout removes it.
-    #[cfg(not(loom))]
-    pub fn finish_wait(&self, w: &Arc<Waiter<T>>, deadline: Option<std::time::Instant>) -> bool {
-        w.park_until(deadline) || self.cancel(w) == Cancel::Granted
+        Waiter::wait_as_thread(deadline, |w| self.acquire_or_enqueue(w), |w| self.cancel(w))
     }
 }
 

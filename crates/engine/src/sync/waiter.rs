@@ -71,6 +71,22 @@ impl<T> Waiter<T> {
     }
 
     /// Thread waiter: parks until granted or until `deadline` passes (None: forever).
+    /// Thread side of any waiter queue: a new thread waiter is handed to `enqueue`
+    /// (true: no need to wait), then parks until granted or `deadline`; a grant that
+    /// races the timeout is kept (`cancel` reports it).
+    #[cfg(not(loom))]
+    pub fn wait_as_thread(
+        deadline: Option<Instant>,
+        enqueue: impl FnOnce(&Arc<Self>) -> bool,
+        cancel: impl FnOnce(&Arc<Self>) -> Cancel,
+    ) -> bool {
+        let w = Self::thread();
+        if enqueue(&w) {
+            return true;
+        }
+        w.park_until(deadline) || cancel(&w) == Cancel::Granted
+    }
+
     /// Returns true once granted. Spurious unparks are absorbed here.
     #[cfg(not(loom))]
     pub fn park_until(&self, deadline: Option<Instant>) -> bool {
