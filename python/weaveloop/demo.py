@@ -11,6 +11,7 @@ import threading
 import time
 
 import weaveloop
+from weaveloop import sync
 
 
 def _blocking_io(n: int) -> int:
@@ -60,16 +61,33 @@ async def rule3_from_another_thread() -> str:
 
 async def rule4_shared_state() -> str:
     counter = 0
-    lock = threading.Lock()
+    lock = sync.Lock()  # one lock for threads (`with`) and coroutines (`async with`)
 
-    def bump(times: int) -> None:
+    def bump_in_thread(times: int) -> None:
         nonlocal counter
         for _ in range(times):
-            with lock:  # a thread-side lock, taken only in threads
+            with lock:
                 counter += 1
 
-    await asyncio.gather(*(asyncio.to_thread(bump, 1000) for _ in range(4)))
-    return f"4 threads x 1000 increments under threading.Lock -> {counter}"
+    async def bump_in_coroutine(times: int) -> None:
+        nonlocal counter
+        for _ in range(times):
+            async with lock:
+                counter += 1
+            await asyncio.sleep(0)
+
+    await asyncio.gather(
+        *(asyncio.to_thread(bump_in_thread, 1000) for _ in range(2)),
+        *(bump_in_coroutine(1000) for _ in range(2)),
+    )
+    try:
+        lock.acquire()  # the trap of rule 4: a blocking call on the loop's thread
+    except RuntimeError as e:
+        trap = str(e).split(";")[0]
+    return (
+        f"2 threads + 2 coroutines x 1000 increments under one weaveloop.sync.Lock -> "
+        f"{counter}; lock.acquire() in a coroutine -> RuntimeError('{trap}')"
+    )
 
 
 async def rule5_thread_affinity() -> str:
