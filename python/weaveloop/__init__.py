@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from ._executor import BrokenThreadPool, ThreadPoolExecutor
+from . import sync
 from ._loop import LOOP_OPTIONS, Loop, _validate_options, new_event_loop
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "install",
     "new_event_loop",
     "run",
+    "sync",
 ]
 
 __version__ = "0.1.0"
