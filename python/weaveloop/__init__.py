@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
-from ._executor import BrokenThreadPool, ThreadPoolExecutor
 from . import sync
+from ._executor import BrokenThreadPool, ThreadPoolExecutor
 from ._loop import LOOP_OPTIONS, Loop, _validate_options, new_event_loop
 
 __all__ = [
