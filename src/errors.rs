@@ -35,8 +35,9 @@ pub fn not_callable(method: &str, obj: &Bound<'_, PyAny>) -> PyErr {
     ))
 }
 
-pub fn nan_delay() -> PyErr {
-    PyValueError::new_err("Invalid delay: NaN (not a number)")
+/// `what` is "delay" or "when".
+pub fn nan_time(what: &str) -> PyErr {
+    PyValueError::new_err(format!("Invalid {what}: NaN (not a number)"))
 }
 
 /// An OS error from the poller, as the matching OSError subclass.

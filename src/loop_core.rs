@@ -204,15 +204,19 @@ impl LoopCore {
     }
 }
 
-fn check_when(when: f64, what: &str) -> PyResult<f64> {
-    if when.is_nan() {
-        return Err(if what == "delay" {
-            errors::nan_delay()
-        } else {
-            pyo3::exceptions::PyValueError::new_err("Invalid when: NaN (not a number)")
-        });
+/// A `delay`/`when` argument as seconds: None is a TypeError (`none_message`), NaN a
+/// ValueError naming `what`; infinity is allowed (such a timer never fires).
+fn time_arg(value: &Bound<'_, PyAny>, what: &str, none_message: &str) -> PyResult<f64> {
+    if value.is_none() {
+        return Err(pyo3::exceptions::PyTypeError::new_err(
+            none_message.to_string(),
+        ));
     }
-    Ok(when)
+    let secs: f64 = value.extract()?;
+    if secs.is_nan() {
+        return Err(errors::nan_time(what));
+    }
+    Ok(secs)
 }
 
 #[pymethods]
@@ -280,12 +284,7 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        if delay.is_none() {
-            return Err(pyo3::exceptions::PyTypeError::new_err(
-                "delay must not be None",
-            ));
-        }
-        let delay = check_when(delay.extract::<f64>()?, "delay")?;
+        let delay = time_arg(delay, "delay", "delay must not be None")?;
         let when = clock::monotonic() + delay;
         self.schedule_at(py, when, callback, args, context, "call_later")
     }
@@ -299,12 +298,7 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        if when.is_none() {
-            return Err(pyo3::exceptions::PyTypeError::new_err(
-                "when cannot be None",
-            ));
-        }
-        let when = check_when(when.extract::<f64>()?, "when")?;
+        let when = time_arg(when, "when", "when cannot be None")?;
         self.schedule_at(py, when, callback, args, context, "call_at")
     }
 

@@ -126,10 +126,6 @@ impl<T, U: Unpark> Injector<T, U> {
         }
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.gate.load(SeqCst) & CLOSED != 0
-    }
-
     /// Refuses every later post and returns everything accepted but not yet drained.
     pub fn close(&self) -> Vec<T> {
         self.gate.fetch_or(CLOSED, SeqCst);

@@ -150,11 +150,6 @@ impl Poller {
         self.len() == 0
     }
 
-    /// What `fd` is watched for, as (read, write).
-    pub fn interest_of(&self, fd: RawFd) -> Option<(bool, bool)> {
-        lock(&self.wanted).get(&fd).map(|w| (w.read, w.write))
-    }
-
     /// Blocks up to `timeout` (None: forever) and appends ready fds to `out`. Wake-ups
     /// through the waker return with nothing appended. EINTR is returned as an error of
     /// kind `Interrupted` so that the caller can run signal handlers.
@@ -214,14 +209,6 @@ impl Poller {
                     .reregister(&mut SourceFd(&fd), Token(fd as usize), i);
             }
         }
-    }
-
-    /// Every watched fd with its (read, write) interest.
-    pub fn watched(&self) -> Vec<(RawFd, bool, bool)> {
-        lock(&self.wanted)
-            .iter()
-            .map(|(fd, w)| (*fd, w.read, w.write))
-            .collect()
     }
 }
 
