@@ -10,6 +10,7 @@ running loop (janus and culsans bind to it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import queue
 import threading
@@ -17,8 +18,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-#: Display order; aiologic is the baseline of the sync group's ratios.
-LIBS = ("stdlib", "janus", "culsans", "aiologic", "weaveloop")
+#: Display order; aiologic is the baseline of the sync group's ratios. "no-lock" is a
+#: control, not a library: the lag workload with the same thread and coroutine but no
+#: lock at all, i.e. the lateness floor of the host loop on this machine in this run.
+LIBS = ("stdlib", "janus", "culsans", "aiologic", "weaveloop", "no-lock")
 BASELINE = "aiologic"
 
 _MODULES = {
@@ -27,6 +30,7 @@ _MODULES = {
     "culsans": "culsans",
     "aiologic": "aiologic",
     "weaveloop": "weaveloop.sync",
+    "no-lock": "contextlib",
 }
 
 _CAPABILITIES = {
@@ -38,6 +42,7 @@ _CAPABILITIES = {
     "culsans": frozenset({"queue"}),
     "aiologic": frozenset({"queue", "lock", "lock_thread", "lock_coro", "lock_lag"}),
     "weaveloop": frozenset({"queue", "lock", "lock_thread", "lock_coro", "lock_lag"}),
+    "no-lock": frozenset({"lock_lag"}),
 }
 
 
@@ -170,4 +175,6 @@ def make_lock(name: str, need: str) -> LockFace:
     if name == "weaveloop":
         lock = importlib.import_module("weaveloop.sync").Lock()
         return LockFace(lock, lock)
+    if name == "no-lock":  # the control: `with`/`async with` that guard nothing
+        return LockFace(contextlib.nullcontext(), contextlib.nullcontext())
     raise ValueError(name)

@@ -17,7 +17,9 @@ lock_thread    uncontended with-lock from a thread (stdlib: threading.Lock)   50
 lock_coro      uncontended async-with from a coroutine (stdlib: asyncio.Lock) 300k / 30k
 lock_lag       1 ms timer lateness while a thread holds the lock in 50 ms     1.0 s / 0.4 s
                slices and a coroutine waits for it (stdlib: threading.Lock
-               taken inside the coroutine: the trap of DESIGN.md rule 4)
+               taken inside the coroutine: the trap of DESIGN.md rule 4;
+               no-lock: the same thread and coroutine guarding nothing, the
+               floor this host loop and machine reach in the same run)
 =============  =============================================================  ===========
 """
 
