@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyModule, PyTuple};
 
 macro_rules! cached_import {
     ($fn_name:ident, $module:literal, $attr:literal) => {
@@ -23,7 +23,6 @@ cached_import!(
     "_format_callback_source"
 );
 cached_import!(format_handle, "asyncio.base_events", "_format_handle");
-cached_import!(asyncio_logger, "asyncio.log", "logger");
 cached_import!(asyncio_future, "asyncio", "Future");
 cached_import!(concurrent_future, "concurrent.futures", "Future");
 cached_import!(
@@ -39,6 +38,16 @@ cached_import!(
     "iscoroutinefunction"
 );
 cached_import!(convert_future_exc, "asyncio.futures", "_convert_future_exc");
+
+/// `asyncio.base_events.logger`, looked up on every call as the stock loop's code does
+/// (a module global), so whoever patches or replaces it gets the loop's messages too.
+pub fn asyncio_logger(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    MODULE
+        .get_or_try_init(py, || py.import("asyncio.base_events").map(Bound::unbind))?
+        .bind(py)
+        .getattr(pyo3::intern!(py, "logger"))
+}
 
 /// `contextvars.copy_context()`.
 pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {

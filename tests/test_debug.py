@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from unittest import mock
 
 from _support import SAFETY, run
 
@@ -83,6 +84,18 @@ def test_slow_callback_is_logged_in_debug_mode(loop, caplog):
     slow = [m for m in messages if m.startswith("Executing") and "slow_callback" in m]
     assert slow, messages
     assert " took " in slow[0] and slow[0].endswith(" seconds")
+
+
+def test_slow_callback_warning_goes_through_base_events_logger(loop):
+    # The stock loop logs through the module global asyncio.base_events.logger, which
+    # code (CPython's own tests among it) patches; the loop must look it up each time.
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.0
+    with mock.patch("asyncio.base_events.logger") as m_logger:
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    fmt, *args = m_logger.warning.call_args[0]
+    assert (fmt % tuple(args)).startswith("Executing <Handle")
 
 
 def test_fast_callbacks_are_not_logged(loop, caplog):

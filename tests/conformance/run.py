@@ -73,6 +73,7 @@ PKG = "test.test_asyncio."
 UNITS = [
     "test_events",
     "test_futures",
+    "test_futures2",
     "test_tasks",
     "test_locks",
     "test_queues",
@@ -86,7 +87,7 @@ UNITS = [
     "test_streams",
     # The I/O modules: sockets, subprocesses, servers, sendfile, TLS, unix specifics.
     # (test_proactor_events, test_windows_events and test_windows_utils are Windows-only;
-    # test_selector_events and test_base_events unit-test the stock loop's internals.)
+    # test_selector_events unit-tests the stock selector loop's internals.)
     "test_sock_lowlevel",
     "test_subprocess",
     "test_server",
@@ -96,6 +97,11 @@ UNITS = [
     "test_unix_events",
     "test_buffered_proto",
     "test_protocols",
+    # Mostly public behaviour through asyncio.SelectorEventLoop (a weaveloop loop here);
+    # its tests of BaseEventLoop internals build stock BaseEventLoop() objects themselves.
+    "test_base_events",
+    # (test_transports is not run: it checks the transport base classes against mock
+    # loops and would create no loop at all.)
 ]
 
 #: Units that need not create a loop of the loop under test: test_protocols only checks
@@ -106,6 +112,7 @@ NO_LOOP_UNITS: set[str] = {"test_protocols"}
 #: name becomes a factory of the loop under test that ignores (closes) the selector —
 #: none of their tests use the selector object itself. See _substitute_selector_loop.
 SELECTOR_LOOP_UNITS = {
+    "test_base_events",
     "test_sock_lowlevel",
     "test_sendfile",
     "test_server",
