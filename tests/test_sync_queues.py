@@ -184,3 +184,103 @@ def test_lifo_and_priority_order():
     sq = ws.SimpleQueue()
     sq.put(1)
     assert sq.sync_q is sq and sq.get() == 1 and sq.empty()
+
+
+def _resize_script(q) -> list:
+    """queue.Queue's behaviour when maxsize changes under stored items, as a transcript."""
+    out = []
+
+    def try_put(item):
+        try:
+            q.put_nowait(item)
+            out.append(("put", item, q.qsize()))
+        except queue.Full:
+            out.append(("full", item, q.qsize()))
+
+    for i in range(3):
+        q.put(i)
+    q.maxsize = 2  # below qsize(): nothing is evicted, putters wait for getters
+    try_put(3)
+    out.append((q.full(), q.get_nowait()))
+    try_put(4)  # qsize 2 == maxsize
+    out.append(q.get_nowait())
+    try_put(5)
+    try_put(6)
+    q.maxsize = 4  # raised: room at once
+    try_put(7)
+    try_put(8)
+    try_put(9)
+    q.maxsize = 0  # unbounded
+    for i in range(10, 20):
+        try_put(i)
+    q.maxsize = 5  # bounded again, with 14 stored
+    try_put(20)
+    while q.qsize() > 4:
+        q.get_nowait()
+    try_put(21)
+    try_put(22)
+    out.append((q.maxsize, q.qsize(), q.full()))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["Queue", "LifoQueue", "PriorityQueue"])
+def test_changing_maxsize_matches_queue_queue(kind):
+    assert _resize_script(getattr(ws, kind)(3)) == _resize_script(getattr(queue, kind)(3))
+
+
+def test_raising_maxsize_lets_waiting_putters_in_from_both_worlds(factory):
+    q = ws.Queue(1)
+    q.put("held")
+    lt = ThreadLoop(factory)
+    try:
+        coro_put = lt.submit(q.aio.put("coro"))
+        wait_until(lambda: q._putters_waiting() == 1, "the coroutine putter to queue")
+        done = []
+        t = start_thread(lambda: done.append(q.put("thread", timeout=SAFETY)))
+        wait_until(lambda: q._putters_waiting() == 2, "the thread putter to queue")
+        q.maxsize = 3  # two more slots: both waiters get in
+        coro_put.result(SAFETY)
+        t.join(SAFETY)
+        assert done == [None]
+        # (Both were granted a slot at once; which stores its item first is a race.)
+        items = [q.get_nowait() for _ in range(3)]
+        assert items[0] == "held" and sorted(items[1:]) == ["coro", "thread"]
+    finally:
+        lt.close()
+
+
+def test_lowering_maxsize_holds_putters_until_getters_catch_up(factory):
+    q = ws.Queue(4)
+    for i in range(4):
+        q.put(i)
+    q.maxsize = 2
+    lt = ThreadLoop(factory)
+    try:
+        put = lt.submit(q.aio.put("late"))
+        wait_until(lambda: q._putters_waiting() == 1, "the putter to queue")
+        assert q.get_nowait() == 0 and q.get_nowait() == 1  # qsize 2: still at maxsize
+        assert not put.done() and q._putters_waiting() == 1
+        assert q.get_nowait() == 2  # qsize 1: room for one
+        put.result(SAFETY)
+        assert q.qsize() == 2 and q.full()
+    finally:
+        lt.close()
+
+
+def test_going_unbounded_releases_every_waiting_putter():
+    q = ws.Queue(1)
+    q.put(0)
+    threads = [start_thread(q.put, i, True, SAFETY) for i in range(1, 4)]
+    wait_until(lambda: q._putters_waiting() == 3, "the putters to queue")
+    q.maxsize = 0
+    for t in threads:
+        t.join(SAFETY)
+        assert not t.is_alive()
+    assert q.qsize() == 4 and not q.full()
+
+
+def test_simple_queue_has_no_maxsize_to_set():
+    with pytest.raises(AttributeError):
+        ws.SimpleQueue().maxsize = 3
+    with pytest.raises(OverflowError):
+        ws.Queue().maxsize = 2**62

@@ -9,6 +9,7 @@ import asyncio
 import random
 import threading
 
+import pytest
 import weaveloop.sync as ws
 from _support import SAFETY, start_thread
 from _sync_support import SYNC_LOOPS, ThreadLoop
@@ -150,3 +151,64 @@ def test_thousand_coroutine_waiters_cancelled_at_random_while_threads_hold():
     assert sem._value == 2 and sem._waiting() == 0
     assert sem.acquire(timeout=SAFETY) and sem.acquire(timeout=SAFETY)
     assert not sem.acquire(False)
+
+
+def test_maxsize_changed_at_random_while_threads_and_a_coroutine_put_and_get():
+    """10^4 items through a Queue whose maxsize a third thread keeps changing (bounded,
+    unbounded, below qsize): nothing lost or duplicated, each producer's order kept, and
+    once quiet the queue holds exactly its final maxsize."""
+    q = ws.Queue(4)
+    per_producer, producers = 5_000, 2
+    done_producing = threading.Event()
+    rng = random.Random(7)
+
+    def producer(p):
+        for i in range(per_producer):
+            q.put((p, i), timeout=SAFETY)
+
+    def resizer():
+        while not done_producing.is_set():
+            q.maxsize = rng.choice((1, 2, 3, 8, 0, 5, 1))
+
+    def thread_consumer(out):
+        while (item := q.get(timeout=SAFETY)) is not None:
+            out.append(item)
+
+    async def coro_consumer():
+        out = []
+        while (item := await q.aio.get()) is not None:
+            out.append(item)
+        return out
+
+    lt = ThreadLoop(FACTORY)
+    try:
+        by_thread: list = []
+        workers = [start_thread(producer, p) for p in range(producers)]
+        resizing = start_thread(resizer)
+        consumer = start_thread(thread_consumer, by_thread)
+        by_coro = lt.submit(coro_consumer())
+        for w in workers:
+            w.join(SAFETY)
+            assert not w.is_alive()
+        done_producing.set()
+        resizing.join(SAFETY)
+        q.maxsize = 0
+        q.put(None)
+        q.put(None)
+        consumer.join(SAFETY)
+        got_by_coro = by_coro.result(SAFETY)
+    finally:
+        lt.close()
+    for got in (by_thread, got_by_coro):
+        for p in range(producers):
+            seq = [i for (pp, i) in got if pp == p]
+            assert seq == sorted(seq), "a producer's order was not kept"
+    everything = sorted(by_thread + got_by_coro)
+    assert everything == sorted((p, i) for p in range(producers) for i in range(per_producer))
+    # Quiet and empty: the capacity is exactly the last maxsize.
+    assert q.qsize() == 0
+    q.maxsize = 3
+    for i in range(3):
+        q.put_nowait(i)
+    with pytest.raises(ws.QueueFull):
+        q.put_nowait(3)

@@ -219,10 +219,16 @@ class NotifierCore:
 
 class QueueCore:
     def __new__(
-        cls, maxsize: int = 0, kind: str = "fifo", track_tasks: bool = True
+        cls,
+        maxsize: int = 0,
+        kind: str = "fifo",
+        track_tasks: bool = True,
+        simple: bool = False,
     ) -> QueueCore: ...
     @property
     def maxsize(self) -> int: ...
+    @maxsize.setter
+    def maxsize(self, value: int) -> None: ...
     @property
     def unfinished_tasks(self) -> int: ...
     def qsize(self) -> int: ...

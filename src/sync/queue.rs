@@ -1,15 +1,19 @@
 //! `QueueCore`: queue.Queue / LifoQueue / PriorityQueue / SimpleQueue, the classic
 //! two-semaphore bounded buffer over the engine: `items` counts what getters may take,
-//! `slots` what putters may add (bounded queues only), both FIFO across threads and
-//! coroutines, so backpressure applies to both sides.
-//! Invariant: an item is stored before its `items` permit is released, and a getter
+//! `slots` what putters may add, both FIFO across threads and coroutines, so
+//! backpressure applies to both sides.
+//! Invariants: an item is stored before its `items` permit is released, and a getter
 //! holding a permit always finds an item; no Rust lock is held while Python code runs
-//! except the priority gate, which is taken without the GIL.
+//! except the priority gate, which is taken without the GIL. Capacity (`maxsize`, or
+//! `UNBOUNDED` for maxsize <= 0) = free slot permits + items held or in flight - `debt`,
+//! where `debt` is what a lowered `maxsize` could not take back yet (getters pay it
+//! before freeing slots). SimpleQueue has no `slots` at all.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{fence, AtomicIsize, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyAttributeError, PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyList;
@@ -119,9 +123,33 @@ impl Store {
 pub struct QueueCore {
     store: Store,
     items: Sem,
+    /// Free capacity; None for SimpleQueue (unbounded, no `maxsize` to change).
     slots: Option<Sem>,
     tasks: Option<TaskCounter<Token>>,
-    maxsize: isize,
+    maxsize: AtomicIsize,
+    /// Slots a lowered `maxsize` still has to take back (see the module invariant).
+    debt: AtomicUsize,
+    /// Serialises `maxsize` changes.
+    resizing: Mutex<()>,
+}
+
+/// The capacity of an unbounded queue that can be given a `maxsize` later: more items
+/// than memory holds, and far enough below the semaphore's limit to add any maxsize.
+const UNBOUNDED: usize = MAX_PERMITS / 4;
+
+fn capacity(maxsize: isize) -> usize {
+    if maxsize > 0 {
+        maxsize as usize
+    } else {
+        UNBOUNDED
+    }
+}
+
+fn check_maxsize(maxsize: isize) -> PyResult<()> {
+    if maxsize > 0 && maxsize as usize > UNBOUNDED {
+        return Err(PyOverflowError::new_err("maxsize is too large"));
+    }
+    Ok(())
 }
 
 const GET_ASYNC: &str = "await q.aio.get()";
@@ -143,13 +171,47 @@ impl QueueCore {
                     wake(py, granted, &PassOn::Nothing);
                 }
             }
-            if let Some(s) = &self.slots {
-                release(py, s, 1);
-            }
+            self.free_slot(py);
             return Err(e);
         }
         release(py, &self.items, 1);
         Ok(())
+    }
+
+    /// An item left (or a put failed): its slot pays the debt of a lowered `maxsize`
+    /// first, else becomes free for putters.
+    fn free_slot(&self, py: Python<'_>) {
+        let Some(s) = &self.slots else { return };
+        if self.pay_debt(1) == 1 {
+            return;
+        }
+        release(py, s, 1);
+        // A lowering of maxsize may have added debt between our look at it and our
+        // release. Each side writes its word, fences, then reads the other's (Dekker):
+        // at least one of us sees both, and settles the debt from the free permit.
+        fence(SeqCst);
+        if self.debt.load(Relaxed) > 0 {
+            self.settle(py, s);
+        }
+    }
+
+    /// Takes up to `n` off the debt; returns how much it took.
+    fn pay_debt(&self, n: usize) -> usize {
+        let before = self
+            .debt
+            .fetch_update(Relaxed, Relaxed, |d| Some(d - d.min(n)))
+            .unwrap_or_else(|d| d);
+        before.min(n)
+    }
+
+    /// Turns free slot permits into debt payments, as far as both go.
+    fn settle(&self, py: Python<'_>, s: &Sem) {
+        let taken = s.take_up_to(self.debt.load(Relaxed));
+        let paid = self.pay_debt(taken);
+        if paid < taken {
+            // Paid meanwhile by a getter: what is left over was free capacity.
+            release(py, s, taken - paid);
+        }
     }
 
     fn put_within(&self, py: Python<'_>, item: Py<PyAny>, wait: Wait) -> PyResult<()> {
@@ -171,9 +233,7 @@ impl QueueCore {
     /// After an item permit was taken: take the item and free its slot.
     fn take(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let item = self.store.pop(py);
-        if let Some(s) = &self.slots {
-            release(py, s, 1);
-        }
+        self.free_slot(py);
         item
     }
 }
@@ -181,13 +241,15 @@ impl QueueCore {
 #[pymethods]
 impl QueueCore {
     #[new]
-    #[pyo3(signature = (maxsize = 0, kind = "fifo", track_tasks = true))]
-    fn new(py: Python<'_>, maxsize: isize, kind: &str, track_tasks: bool) -> PyResult<Self> {
-        if maxsize > 0 && maxsize as usize > MAX_PERMITS {
-            return Err(pyo3::exceptions::PyOverflowError::new_err(
-                "maxsize is too large",
-            ));
-        }
+    #[pyo3(signature = (maxsize = 0, kind = "fifo", track_tasks = true, simple = false))]
+    fn new(
+        py: Python<'_>,
+        maxsize: isize,
+        kind: &str,
+        track_tasks: bool,
+        simple: bool,
+    ) -> PyResult<Self> {
+        check_maxsize(maxsize)?;
         let store = match kind {
             "fifo" => Store::Fifo(Mutex::new(VecDeque::new())),
             "lifo" => Store::Lifo(Mutex::new(Vec::new())),
@@ -204,15 +266,51 @@ impl QueueCore {
         Ok(QueueCore {
             store,
             items: new_sem(0),
-            slots: (maxsize > 0).then(|| new_sem(maxsize as usize)),
+            slots: (!simple).then(|| new_sem(capacity(maxsize))),
             tasks: track_tasks.then(TaskCounter::default),
-            maxsize,
+            maxsize: AtomicIsize::new(maxsize),
+            debt: AtomicUsize::new(0),
+            resizing: Mutex::new(()),
         })
     }
 
     #[getter]
     fn maxsize(&self) -> isize {
-        self.maxsize
+        self.maxsize.load(Relaxed)
+    }
+
+    /// As on queue.Queue, `maxsize` may change at any time (0 or less: unbounded).
+    /// Raising it lets waiting putters in at once (FIFO); lowering it below `qsize()`
+    /// evicts nothing: putters wait until getters have brought the queue under it.
+    #[setter]
+    fn set_maxsize(&self, py: Python<'_>, value: isize) -> PyResult<()> {
+        let Some(s) = &self.slots else {
+            return Err(PyAttributeError::new_err(
+                "SimpleQueue has no maxsize to set",
+            ));
+        };
+        check_maxsize(value)?;
+        let _one_at_a_time = plain(&self.resizing);
+        let old = capacity(self.maxsize.swap(value, Relaxed));
+        let new = capacity(value);
+        if new > old {
+            // Cancel debt first, then free what is left.
+            let more = new - old;
+            let freed = more - self.pay_debt(more);
+            if freed > 0 {
+                release(py, s, freed);
+            }
+        } else if old > new {
+            // Take back free slots; what is not free yet, getters will pay.
+            let fewer = old - new;
+            let owed = fewer - s.take_up_to(fewer);
+            if owed > 0 {
+                self.debt.fetch_add(owed, Relaxed);
+                fence(SeqCst); // the other half of free_slot's handshake
+                self.settle(py, s);
+            }
+        }
+        Ok(())
     }
 
     fn qsize(&self, py: Python<'_>) -> usize {
@@ -224,7 +322,8 @@ impl QueueCore {
     }
 
     fn full(&self, py: Python<'_>) -> bool {
-        self.maxsize > 0 && self.store.len(py) >= self.maxsize as usize
+        let maxsize = self.maxsize.load(Relaxed);
+        maxsize > 0 && self.store.len(py) >= maxsize as usize
     }
 
     /// queue.Queue.put: waits for a free slot (bounded queues), at most `timeout`.

@@ -126,7 +126,7 @@ class SimpleQueue(QueueCore):
     __slots__ = ("_aio_face",)
 
     def __new__(cls) -> SimpleQueue:
-        return super().__new__(cls, 0, "fifo", False)
+        return super().__new__(cls, 0, "fifo", False, True)
 
     def __init__(self) -> None:
         self._aio_face = None

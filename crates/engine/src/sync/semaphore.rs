@@ -142,6 +142,27 @@ impl<T> Semaphore<T> {
         popped.wake()
     }
 
+    /// Removes up to `n` free permits (a queue lowering its capacity) and returns how
+    /// many it removed. Permits being handed to queued waiters are left alone: while
+    /// WAITERS is set the word holds none that are free.
+    pub fn take_up_to(&self, n: usize) -> usize {
+        let _q = lock(&self.queue);
+        let mut s = self.state.load(Relaxed);
+        loop {
+            let take = (s / ONE).min(n);
+            if s & WAITERS != 0 || take == 0 {
+                return 0;
+            }
+            match self
+                .state
+                .compare_exchange_weak(s, s - take * ONE, Acquire, Relaxed)
+            {
+                Ok(_) => return take,
+                Err(a) => s = a,
+            }
+        }
+    }
+
     /// A queued waiter gives up (timeout, cancellation). If it had been granted
     /// meanwhile it now holds a permit (`Cancel::Granted`): a thread keeps it; a
     /// coroutine passes it on with [`Semaphore::release`].
@@ -212,6 +233,26 @@ mod tests {
         assert!(!s.has_waiters());
         assert!(s.release(1).is_empty());
         assert_eq!(s.permits(), 1);
+    }
+
+    #[test]
+    fn take_up_to_removes_only_free_permits() {
+        let s: Semaphore<u32> = Semaphore::new(3);
+        assert_eq!(s.take_up_to(2), 2);
+        assert_eq!(s.permits(), 1);
+        assert_eq!(s.take_up_to(5), 1, "only what is free");
+        assert_eq!(s.take_up_to(1), 0);
+        // A queued waiter is owed the next permit: nothing is free to take.
+        let a = Waiter::task(1);
+        assert!(!s.acquire_or_enqueue(&a));
+        assert_eq!(s.take_up_to(1), 0);
+        let g = s.release(1);
+        assert_eq!(
+            *g.0[0].token().unwrap(),
+            1,
+            "the waiter still gets its permit"
+        );
+        assert_eq!(s.permits(), 0);
     }
 
     #[test]
