@@ -284,3 +284,36 @@ def test_simple_queue_has_no_maxsize_to_set():
         ws.SimpleQueue().maxsize = 3
     with pytest.raises(OverflowError):
         ws.Queue().maxsize = 2**62
+
+
+def test_lowered_maxsize_holds_when_a_granted_putter_is_cancelled(factory):
+    # A putter granted a slot, then cancelled before it ran, passes the slot on: after
+    # a lowered maxsize that slot pays the shortfall instead of letting a put through.
+    async def main():
+        q = ws.Queue(2)
+        q.put_nowait(0)
+        q.put_nowait(1)
+        putter = asyncio.ensure_future(q.aio.put("x"))
+        await asyncio.sleep(0)
+        assert q._putters_waiting() == 1
+        q.get_nowait()  # hands the freed slot to the queued putter
+        q.maxsize = 1
+        putter.cancel()
+        try:
+            await putter
+        except asyncio.CancelledError:
+            pass
+        out = [q.qsize(), q.full()]
+        try:
+            q.put_nowait("y")
+        except queue.Full:
+            out.append("full")
+        q.get_nowait()
+        q.put_nowait("z")
+        try:
+            q.put_nowait("w")
+        except queue.Full:
+            out.append("full again")
+        return out
+
+    assert run(factory, main) == [1, True, "full", "full again"]

@@ -4,13 +4,14 @@
 //! backpressure applies to both sides.
 //! Invariants: an item is stored before its `items` permit is released, and a getter
 //! holding a permit always finds an item; no Rust lock is held while Python code runs
-//! except the priority gate, which is taken without the GIL. Capacity (`maxsize`, or
-//! `UNBOUNDED` for maxsize <= 0) = free slot permits + items held or in flight - `debt`,
-//! where `debt` is what a lowered `maxsize` could not take back yet (getters pay it
-//! before freeing slots). SimpleQueue has no `slots` at all.
+//! except the priority gate, which is taken without the GIL. The `slots` count is
+//! capacity (`maxsize`, or `UNBOUNDED` for maxsize <= 0) minus the items held or in
+//! flight; a lowered `maxsize` can push it below zero, and getters then pay that back
+//! before any putter gets in (see the engine's `Semaphore::shrink`). SimpleQueue has no
+//! `slots` at all.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{fence, AtomicIsize, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use pyo3::exceptions::{PyAttributeError, PyOverflowError, PyValueError};
@@ -127,10 +128,6 @@ pub struct QueueCore {
     slots: Option<Sem>,
     tasks: Option<TaskCounter<Token>>,
     maxsize: AtomicIsize,
-    /// Slots a lowered `maxsize` still has to take back (see the module invariant).
-    debt: AtomicUsize,
-    /// Serialises `maxsize` changes.
-    resizing: Mutex<()>,
 }
 
 /// The capacity of an unbounded queue that can be given a `maxsize` later: more items
@@ -178,39 +175,10 @@ impl QueueCore {
         Ok(())
     }
 
-    /// An item left (or a put failed): its slot pays the debt of a lowered `maxsize`
-    /// first, else becomes free for putters.
+    /// An item left (or a put failed): its slot is free again.
     fn free_slot(&self, py: Python<'_>) {
-        let Some(s) = &self.slots else { return };
-        if self.pay_debt(1) == 1 {
-            return;
-        }
-        release(py, s, 1);
-        // A lowering of maxsize may have added debt between our look at it and our
-        // release. Each side writes its word, fences, then reads the other's (Dekker):
-        // at least one of us sees both, and settles the debt from the free permit.
-        fence(SeqCst);
-        if self.debt.load(Relaxed) > 0 {
-            self.settle(py, s);
-        }
-    }
-
-    /// Takes up to `n` off the debt; returns how much it took.
-    fn pay_debt(&self, n: usize) -> usize {
-        let before = self
-            .debt
-            .fetch_update(Relaxed, Relaxed, |d| Some(d - d.min(n)))
-            .unwrap_or_else(|d| d);
-        before.min(n)
-    }
-
-    /// Turns free slot permits into debt payments, as far as both go.
-    fn settle(&self, py: Python<'_>, s: &Sem) {
-        let taken = s.take_up_to(self.debt.load(Relaxed));
-        let paid = self.pay_debt(taken);
-        if paid < taken {
-            // Paid meanwhile by a getter: what is left over was free capacity.
-            release(py, s, taken - paid);
+        if let Some(s) = &self.slots {
+            release(py, s, 1);
         }
     }
 
@@ -269,8 +237,6 @@ impl QueueCore {
             slots: (!simple).then(|| new_sem(capacity(maxsize))),
             tasks: track_tasks.then(TaskCounter::default),
             maxsize: AtomicIsize::new(maxsize),
-            debt: AtomicUsize::new(0),
-            resizing: Mutex::new(()),
         })
     }
 
@@ -290,25 +256,14 @@ impl QueueCore {
             ));
         };
         check_maxsize(value)?;
-        let _one_at_a_time = plain(&self.resizing);
+        // Each change applies the difference it swapped in, so concurrent changes add
+        // up to the last value, in whatever order they land; no lock is held.
         let old = capacity(self.maxsize.swap(value, Relaxed));
         let new = capacity(value);
         if new > old {
-            // Cancel debt first, then free what is left.
-            let more = new - old;
-            let freed = more - self.pay_debt(more);
-            if freed > 0 {
-                release(py, s, freed);
-            }
+            release(py, s, new - old);
         } else if old > new {
-            // Take back free slots; what is not free yet, getters will pay.
-            let fewer = old - new;
-            let owed = fewer - s.take_up_to(fewer);
-            if owed > 0 {
-                self.debt.fetch_add(owed, Relaxed);
-                fence(SeqCst); // the other half of free_slot's handshake
-                self.settle(py, s);
-            }
+            s.shrink(old - new);
         }
         Ok(())
     }

@@ -1,7 +1,9 @@
 //! The counting semaphore every lock-like primitive and queue is built on: permits plus a
 //! FIFO queue of thread and coroutine waiters.
 //!
-//! State word: `permits << 1 | WAITERS`. Invariants:
+//! State word: `count << 1 | WAITERS`, the count read as signed: below zero after
+//! [`Semaphore::shrink`] took away more permits than were free (a debt that releases pay
+//! before any permit is free again). Invariants:
 //! * while WAITERS is set nobody takes a permit from the word except a releaser handing
 //!   it, under the mutex, to the oldest waiter (no barging: FIFO across threads and
 //!   coroutines); WAITERS is set and cleared only under the mutex;
@@ -17,6 +19,12 @@ use super::waiter::{Cancel, Granted, Popped, WaitQueue, Waiter};
 
 const WAITERS: usize = 1;
 const ONE: usize = 2;
+
+/// The signed permit count of a state word (negative: permits owed).
+#[inline]
+fn count(s: usize) -> isize {
+    (s as isize) >> 1
+}
 
 /// `release` would push the count above the bound (BoundedSemaphore, Lock).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,9 +47,9 @@ impl<T> Semaphore<T> {
         }
     }
 
-    /// Permits available right now (0 while waiters are being served).
+    /// Permits available right now (0 while waiters are being served or permits owed).
     pub fn permits(&self) -> usize {
-        self.state.load(Relaxed) / ONE
+        count(self.state.load(Relaxed)).max(0) as usize
     }
 
     /// Whether any waiter is queued.
@@ -55,7 +63,7 @@ impl<T> Semaphore<T> {
         // First guess: exactly one permit (a free lock): a single CAS.
         let mut s = ONE;
         loop {
-            if s & WAITERS != 0 || s < ONE {
+            if s & WAITERS != 0 || count(s) < 1 {
                 return false;
             }
             match self
@@ -74,7 +82,7 @@ impl<T> Semaphore<T> {
         let mut q = lock(&self.queue);
         let mut s = self.state.load(Relaxed);
         loop {
-            if q.is_empty() && s >= ONE {
+            if q.is_empty() && count(s) >= 1 {
                 match self.state.compare_exchange(s, s - ONE, Acquire, Relaxed) {
                     Ok(_) => return true,
                     Err(a) => s = a,
@@ -107,7 +115,7 @@ impl<T> Semaphore<T> {
     pub fn release_bounded(&self, n: usize, bound: usize) -> Result<Granted<T>, TooManyReleases> {
         let mut s = self.state.load(Relaxed);
         loop {
-            if s / ONE + n > bound {
+            if count(s).saturating_add(n as isize) > bound as isize {
                 return Err(TooManyReleases);
             }
             match self
@@ -132,7 +140,7 @@ impl<T> Semaphore<T> {
                     break;
                 }
                 // Under the mutex with WAITERS set only we take permits from the word.
-                if self.state.load(Acquire) < ONE {
+                if count(self.state.load(Acquire)) < 1 {
                     break;
                 }
                 self.state.fetch_sub(ONE, Acquire);
@@ -142,25 +150,14 @@ impl<T> Semaphore<T> {
         popped.wake()
     }
 
-    /// Removes up to `n` free permits (a queue lowering its capacity) and returns how
-    /// many it removed. Permits being handed to queued waiters are left alone: while
-    /// WAITERS is set the word holds none that are free.
-    pub fn take_up_to(&self, n: usize) -> usize {
+    /// Takes `n` permits away for good (a queue lowering its capacity): the free ones at
+    /// once, the rest from the next releases, which pay this debt before any permit is
+    /// free or handed to a waiter again. Taken under the waiters' mutex so it never
+    /// interleaves with a hand-off.
+    pub fn shrink(&self, n: usize) {
+        assert!(n <= Self::MAX_PERMITS, "too many permits");
         let _q = lock(&self.queue);
-        let mut s = self.state.load(Relaxed);
-        loop {
-            let take = (s / ONE).min(n);
-            if s & WAITERS != 0 || take == 0 {
-                return 0;
-            }
-            match self
-                .state
-                .compare_exchange_weak(s, s - take * ONE, Acquire, Relaxed)
-            {
-                Ok(_) => return take,
-                Err(a) => s = a,
-            }
-        }
+        self.state.fetch_sub(n * ONE, AcqRel);
     }
 
     /// A queued waiter gives up (timeout, cancellation). If it had been granted
@@ -236,23 +233,23 @@ mod tests {
     }
 
     #[test]
-    fn take_up_to_removes_only_free_permits() {
+    fn shrink_takes_free_permits_then_owes_the_rest() {
         let s: Semaphore<u32> = Semaphore::new(3);
-        assert_eq!(s.take_up_to(2), 2);
+        s.shrink(2);
         assert_eq!(s.permits(), 1);
-        assert_eq!(s.take_up_to(5), 1, "only what is free");
-        assert_eq!(s.take_up_to(1), 0);
-        // A queued waiter is owed the next permit: nothing is free to take.
+        s.shrink(3); // one free, two owed
+        assert_eq!(s.permits(), 0);
+        assert!(!s.try_acquire());
+        // A waiter queues behind the debt: releases pay it first.
         let a = Waiter::task(1);
         assert!(!s.acquire_or_enqueue(&a));
-        assert_eq!(s.take_up_to(1), 0);
+        assert!(s.release(1).is_empty(), "pays the debt");
+        assert!(s.release(1).is_empty(), "pays the debt");
         let g = s.release(1);
-        assert_eq!(
-            *g.0[0].token().unwrap(),
-            1,
-            "the waiter still gets its permit"
-        );
-        assert_eq!(s.permits(), 0);
+        assert_eq!(*g.0[0].token().unwrap(), 1, "then the waiter");
+        assert!(s.release(2).is_empty());
+        assert_eq!(s.permits(), 2);
+        assert_eq!(s.release_bounded(1, 2).err(), Some(TooManyReleases));
     }
 
     #[test]
