@@ -154,19 +154,18 @@ def test_thousand_coroutine_waiters_cancelled_at_random_while_threads_hold():
 
 
 def test_maxsize_changed_at_random_while_threads_and_a_coroutine_put_and_get():
-    """10^4 items through a Queue whose maxsize a third thread keeps changing (bounded,
+    """10^4 items through a Queue whose maxsize two other threads keep changing (bounded,
     unbounded, below qsize): nothing lost or duplicated, each producer's order kept, and
     once quiet the queue holds exactly its final maxsize."""
     q = ws.Queue(4)
     per_producer, producers = 5_000, 2
     done_producing = threading.Event()
-    rng = random.Random(7)
 
     def producer(p):
         for i in range(per_producer):
             q.put((p, i), timeout=SAFETY)
 
-    def resizer():
+    def resizer(rng):
         while not done_producing.is_set():
             q.maxsize = rng.choice((1, 2, 3, 8, 0, 5, 1))
 
@@ -184,14 +183,15 @@ def test_maxsize_changed_at_random_while_threads_and_a_coroutine_put_and_get():
     try:
         by_thread: list = []
         workers = [start_thread(producer, p) for p in range(producers)]
-        resizing = start_thread(resizer)
+        resizers = [start_thread(resizer, random.Random(seed)) for seed in (7, 8)]
         consumer = start_thread(thread_consumer, by_thread)
         by_coro = lt.submit(coro_consumer())
         for w in workers:
             w.join(SAFETY)
             assert not w.is_alive()
         done_producing.set()
-        resizing.join(SAFETY)
+        for r in resizers:
+            r.join(SAFETY)
         q.maxsize = 0
         q.put(None)
         q.put(None)

@@ -8,6 +8,7 @@ Exit status: 0 when the suite ran (even if some jobs failed: they show as "n/a")
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -195,8 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     stamp = started.strftime("%Y%m%d-%H%M%S")
     json_path, png_path = out / f"bench-{stamp}.json", out / f"bench-{stamp}.png"
     report.write_json(json_path, document)
-    chart.draw(png_path, list(results.values()), runs)
     print(f"raw runs and medians: {json_path}")
-    if png_path.exists():
-        print(f"chart: {png_path}")
+    if importlib.util.find_spec("matplotlib") is None:
+        print("chart: not drawn, matplotlib is not installed (./scripts/bench.sh installs it)")
+    else:
+        chart.draw(png_path, list(results.values()), runs)
+        if png_path.exists():
+            print(f"chart: {png_path}")
     return 130 if interrupted else 0
