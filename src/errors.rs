@@ -1,6 +1,6 @@
 //! The exceptions weaveloop raises, with asyncio's types and messages, in one place.
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 pub fn loop_closed() -> PyErr {
@@ -40,7 +40,19 @@ pub fn nan_time(what: &str) -> PyErr {
     PyValueError::new_err(format!("Invalid {what}: NaN (not a number)"))
 }
 
-/// An OS error from the poller, as the matching OSError subclass.
+/// An OS error from the poller, built as Python builds its own: `OSError(errno,
+/// strerror)`, which picks the subclass (`FileNotFoundError`, ...) and sets `.errno`.
 pub fn os_error(e: std::io::Error) -> PyErr {
-    PyErr::from(e)
+    match e.raw_os_error() {
+        Some(code) => {
+            // io::Error's Display appends " (os error N)" to the C library's text.
+            let text = std::io::Error::from_raw_os_error(code).to_string();
+            let strerror = text
+                .strip_suffix(&format!(" (os error {code})"))
+                .unwrap_or(&text)
+                .to_owned();
+            PyOSError::new_err((code, strerror))
+        }
+        None => PyErr::from(e),
+    }
 }

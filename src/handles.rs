@@ -370,8 +370,9 @@ impl TimerHandle {
         self.scheduled.load(Relaxed)
     }
 
-    fn __hash__(&self) -> u64 {
-        self.when.to_bits()
+    /// `hash(self.when())`, as asyncio's TimerHandle (equal handles hash equal: 0.0, -0.0).
+    fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
+        PyFloat::new(py, self.when).hash()
     }
 
     fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {

@@ -429,9 +429,11 @@ impl LoopCore {
         self.is_debug()
     }
 
+    /// Any object, as asyncio stores whatever `set_debug()` got; its truth value counts.
     #[setter(_debug)]
-    fn set_debug_attr(&self, value: bool) {
-        self.debug.store(value, Relaxed);
+    fn set_debug_attr(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.debug.store(value.is_truthy()?, Relaxed);
+        Ok(())
     }
 
     fn get_debug(&self) -> bool {

@@ -14,7 +14,7 @@ use pyo3::types::PyDict;
 use weaveloop_engine::{clock, Readiness};
 
 use crate::errors;
-use crate::handles::{Callback, CallbackError, EmptyContext};
+use crate::handles::{Callback, CallbackError, EmptyContext, Handle};
 use crate::interop;
 use crate::loop_core::{lock, LoopCore, Ready, Shared};
 use crate::posted::Posted;
@@ -123,27 +123,46 @@ impl LoopCore {
         }
     }
 
-    fn dispatch_io(&self, py: Python<'_>, events: &[Readiness]) {
+    /// Queues the watchers of ready fds. A watcher whose handle was cancelled (asyncio
+    /// lets code cancel the handle it finds in the selector key) is removed instead, as
+    /// the stock loop does; left registered, its level-triggered fd would spin the loop.
+    fn dispatch_io(&self, py: Python<'_>, shared: &Shared, events: &[Readiness]) {
         if events.is_empty() {
             return;
         }
-        let watchers = lock(&self.watchers);
-        let mut ready = lock(&self.ready);
-        for ev in events {
-            let Some(w) = watchers.get(&ev.fd) else {
-                continue;
-            };
-            if ev.readable {
-                if let Some(h) = &w.reader {
-                    ready.push_back(Ready::Soon(h.clone_ref(py)));
+        let mut dropped: Vec<Py<Handle>> = Vec::new();
+        {
+            let mut watchers = lock(&self.watchers);
+            let mut ready = lock(&self.ready);
+            for ev in events {
+                let Some(w) = watchers.get_mut(&ev.fd) else {
+                    continue;
+                };
+                let mut changed = false;
+                for (fired, slot) in [(ev.readable, &mut w.reader), (ev.writable, &mut w.writer)] {
+                    if !fired {
+                        continue;
+                    }
+                    match slot {
+                        Some(h) if h.get().cb.is_cancelled() => {
+                            dropped.extend(slot.take());
+                            changed = true;
+                        }
+                        Some(h) => ready.push_back(Ready::Soon(h.clone_ref(py))),
+                        None => {}
+                    }
                 }
-            }
-            if ev.writable {
-                if let Some(h) = &w.writer {
-                    ready.push_back(Ready::Soon(h.clone_ref(py)));
+                if changed {
+                    let (read, write) = (w.reader.is_some(), w.writer.is_some());
+                    let _ = shared.poller.set_interest(ev.fd, read, write);
+                    if !read && !write {
+                        watchers.remove(&ev.fd);
+                    }
                 }
             }
         }
+        // Dropped with no lock held: releasing a callback can run arbitrary Python code.
+        drop(dropped);
     }
 
     fn collect_due_timers(&self) {
@@ -275,7 +294,7 @@ impl LoopCore {
         let mut events = Vec::new();
         self.poll(py, shared, timeout, &mut events)?;
         self.drain_posted(slf, shared);
-        self.dispatch_io(py, &events);
+        self.dispatch_io(py, shared, &events);
         self.collect_due_timers();
         self.run_ready(slf)
     }

@@ -168,3 +168,17 @@ def test_slow_callback_duration_defaults_to_asyncio_value_and_is_settable(loop):
     assert loop.slow_callback_duration == 0.1
     loop.slow_callback_duration = 0.25
     assert loop.slow_callback_duration == 0.25
+
+
+def test_set_debug_takes_any_truth_value(loop_factory):
+    # asyncio stores whatever it gets; asyncio.Runner(debug=1) passes an int.
+    with asyncio.Runner(debug=1, loop_factory=loop_factory) as runner:
+        assert runner.get_loop().get_debug()
+    loop = loop_factory()
+    try:
+        loop.set_debug(0)
+        assert not loop.get_debug()
+        loop.set_debug("yes")
+        assert loop.get_debug()
+    finally:
+        loop.close()

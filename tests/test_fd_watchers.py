@@ -303,3 +303,30 @@ def _spin_iterations(loop, n: int) -> None:
 
     loop.call_soon(step, n)
     loop.run_forever()
+
+
+def test_a_cancelled_watcher_handle_is_removed_when_its_fd_fires(loop, pair):
+    # asyncio code may cancel the handle it finds in the selector key; the stock loop
+    # then drops the watcher at the fd's next readiness instead of running it.
+    a, b = pair
+    calls = []
+    handle = loop._add_reader(a.fileno(), calls.append, "ran")
+    handle.cancel()
+    b.send(b"x")  # never read: a level-triggered fd stays ready
+    marker = []
+    loop.call_later(0.01, marker.append, 1)
+    _run_until(loop, lambda: marker)
+    assert calls == []
+    assert loop.remove_reader(a.fileno()) is False
+
+
+def test_add_reader_os_errors_carry_errno(loop):
+    import errno
+
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(OSError) as info:
+        loop.add_reader(r, lambda: None)
+    assert info.value.errno == errno.EBADF
+    assert info.value.strerror and "os error" not in str(info.value)

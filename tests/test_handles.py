@@ -189,3 +189,18 @@ def test_cancel_releases_callback_and_arguments(loop):
     assert arg_ref() is None
     # The handles stay usable after the release.
     assert h.cancelled() and t.cancelled()
+
+
+def test_timer_handles_hash_as_their_deadline(loop):
+    def cb():
+        pass
+
+    h = loop.call_at(1234.5, cb)
+    zero, minus_zero = loop.call_at(0.0, cb), loop.call_at(-0.0, cb)
+    try:
+        assert hash(h) == hash(h.when()) == hash(1234.5)
+        assert zero == minus_zero and hash(zero) == hash(minus_zero)
+        assert len({zero, minus_zero}) == 1
+    finally:
+        for t in (h, zero, minus_zero):
+            t.cancel()

@@ -257,3 +257,24 @@ def test_sigint_just_before_the_park_is_not_missed(wloop, how):
     assert guard.when() > wloop.time(), "the safety timer fired: SIGINT was not noticed"
     guard.cancel()
     assert run(wloop, asyncio.sleep(0, "usable")) == "usable"
+
+
+def test_a_wakeup_fd_installed_during_a_run_survives_it(loop):
+    # Code that installs its own signal wake-up fd while the loop runs keeps it after.
+    import socket
+
+    r, w = socket.socketpair()
+    w.setblocking(False)
+    try:
+
+        def install():
+            signal.set_wakeup_fd(w.fileno())
+            loop.stop()
+
+        loop.call_soon(install)
+        loop.run_forever()
+        assert signal.set_wakeup_fd(-1) == w.fileno()
+    finally:
+        signal.set_wakeup_fd(-1)
+        r.close()
+        w.close()

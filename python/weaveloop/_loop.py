@@ -154,7 +154,10 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         try:
             if self._signal_handlers:
                 return  # add_signal_handler now relies on our fd
-            signal.set_wakeup_fd(old)
+            current = signal.set_wakeup_fd(old)
+            if current != self._csock.fileno():
+                # Someone else installed theirs while we ran: it stays.
+                signal.set_wakeup_fd(current)
         except (ValueError, OSError):
             pass
 
