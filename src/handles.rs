@@ -215,6 +215,13 @@ impl Callback {
             let src = interop::format_callback_source(py)?.call1((callback, args))?;
             info.push(src.to_string());
         }
+        if let Some(tb) = &self.source_traceback {
+            // Debug mode, as asyncio: where the handle was made (the last frame).
+            if let Ok(frame) = tb.bind(py).get_item(-1) {
+                let (file, line) = (frame.get_item(0)?, frame.get_item(1)?);
+                info.push(format!("created at {file}:{line}"));
+            }
+        }
         Ok(format!("<{}>", info.join(" ")))
     }
 }

@@ -257,20 +257,25 @@ impl LoopCore {
         empty: &mut EmptyContext,
     ) -> PyResult<()> {
         let py = slf.py();
+        let handle = match item {
+            Ready::Soon(h) => h.bind(py).clone().into_any(),
+            Ready::Timer(h) => h.bind(py).clone().into_any(),
+            Ready::Foreign(h) => h.bind(py).clone(),
+        };
+        // As asyncio in debug mode: the exception handler then says where the running
+        // handle was created.
+        let current = pyo3::intern!(py, "_current_handle");
+        slf.setattr(current, &handle)?;
         let t0 = clock::monotonic();
         // Keep the callable until the slow-callback message has named it.
         let r = self.run_item(slf, item, false, empty);
         let dt = clock::monotonic() - t0;
+        slf.setattr(current, py.None())?;
         let limit: f64 = slf
             .getattr(pyo3::intern!(py, "slow_callback_duration"))
             .and_then(|v| v.extract())
             .unwrap_or(0.1);
         if dt >= limit {
-            let handle = match item {
-                Ready::Soon(h) => h.bind(py).clone().into_any(),
-                Ready::Timer(h) => h.bind(py).clone().into_any(),
-                Ready::Foreign(h) => h.bind(py).clone(),
-            };
             let formatted = interop::format_handle(py)?.call1((handle,))?;
             interop::asyncio_logger(py)?.call_method1(
                 pyo3::intern!(py, "warning"),

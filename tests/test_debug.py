@@ -182,3 +182,19 @@ def test_set_debug_takes_any_truth_value(loop_factory):
         assert loop.get_debug()
     finally:
         loop.close()
+
+
+def test_debug_mode_handles_say_where_they_were_created(loop):
+    loop.set_debug(True)
+    seen = []
+
+    def callback():
+        seen.append(loop._current_handle)
+
+    handle = loop.call_soon(callback)
+    line = sys._getframe().f_lineno - 1
+    assert repr(handle).endswith(f" created at {__file__}:{line}>")
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == [handle]  # what the exception handler reports as "Handle created at"
+    assert loop._current_handle is None
