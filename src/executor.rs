@@ -129,9 +129,21 @@ impl PoolCore {
             let err = PyErr::from_value(interop::broken_thread_pool(py)?.call1((BROKEN_MSG,))?);
             match job {
                 Job::Submit(j) => {
-                    j.fut
-                        .bind(py)
-                        .call_method1(pyo3::intern!(py, "set_exception"), (err.value(py),))?;
+                    // A future the caller cancelled meanwhile is skipped; one failure
+                    // must not leave the jobs behind it pending.
+                    let fut = j.fut.bind(py);
+                    let failed = fut
+                        .call_method0(pyo3::intern!(py, "done"))
+                        .and_then(|d| d.is_truthy())
+                        .and_then(|done| match done {
+                            true => Ok(()),
+                            false => fut
+                                .call_method1(pyo3::intern!(py, "set_exception"), (err.value(py),))
+                                .map(drop),
+                        });
+                    if let Err(e) = failed {
+                        e.write_unraisable(py, Some(fut));
+                    }
                 }
                 Job::Loop(j) => post_done(py, j.target, j.fut, Outcome::Error(err)),
             }
@@ -306,6 +318,11 @@ impl PoolCore {
             }
         }
         Ok(())
+    }
+
+    /// Worker threads reserved by submits so far (started, or being started right now).
+    fn _workers_reserved(&self) -> usize {
+        self.pool().workers()
     }
 
     fn _threads_snapshot(&self, py: Python<'_>) -> Vec<Py<PyAny>> {

@@ -25,6 +25,9 @@ use crate::posted::Posted;
 /// An entry of the ready queue.
 pub enum Ready {
     Soon(Py<Handle>),
+    /// A `call_soon_threadsafe` callback from another thread, moved here from the
+    /// injector: like `Soon`, but `close()` still runs it (a post runs or raises).
+    Posted(Py<Handle>),
     Timer(Py<TimerHandle>),
     /// A handle made by Python code (signal handlers use `asyncio.Handle`); run via `_run()`.
     Foreign(Py<PyAny>),
@@ -269,7 +272,7 @@ impl LoopCore {
         // this call joins the ready queue first.
         let shared = this.shared.get();
         if !shared.injector.is_empty() && this.is_drainer() {
-            this.drain_posted(slf, shared);
+            this.drain_posted(slf, shared)?;
         }
         this.push_ready(Ready::Soon(handle.clone_ref(slf.py())));
         Ok(handle)
@@ -349,15 +352,20 @@ impl LoopCore {
         Ok(())
     }
 
-    /// Wakes the loop if it is parked (thread-safe, no allocation).
+    /// Makes the loop look at its flags soon: wakes it if parked, and keeps it from
+    /// parking if it is about to (thread-safe). A no-op on a closed loop.
     fn _wakeup(&self) {
-        self.shared.get().injector.nudge();
+        let _ = self.shared.get().injector.post(Posted::Nudge);
     }
 
     /// Asks the loop to stop after the current iteration. Safe from any thread.
     fn stop(&self) {
         self.stopping.store(true, Relaxed);
-        self._wakeup();
+        if self.owner.load(Relaxed) != interop::thread_ident() {
+            // From another thread (or before the loop runs): the loop may be parked,
+            // spinning or about to park, and must see the flag.
+            self._wakeup();
+        }
     }
 
     fn is_running(&self) -> bool {
@@ -518,7 +526,7 @@ impl LoopCore {
             for item in ready.iter() {
                 match item {
                     Ready::Soon(h) if h.get().repeats => visit.call(h)?,
-                    Ready::Soon(h) => h.get().cb.traverse(&visit)?,
+                    Ready::Soon(h) | Ready::Posted(h) => h.get().cb.traverse(&visit)?,
                     Ready::Timer(h) => h.get().cb.traverse(&visit)?,
                     Ready::Foreign(h) => visit.call(h)?,
                 }
@@ -556,7 +564,7 @@ impl LoopCore {
         lock(&self.ready)
             .iter()
             .map(|item| match item {
-                Ready::Soon(h) => h.clone_ref(py).into_any(),
+                Ready::Soon(h) | Ready::Posted(h) => h.clone_ref(py).into_any(),
                 Ready::Timer(h) => h.clone_ref(py).into_any(),
                 Ready::Foreign(h) => h.clone_ref(py),
             })

@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use crate::handles::Handle;
 use crate::interop;
 use crate::loop_core::{LoopCore, Ready, Shared};
+use crate::run::is_fatal;
 
 /// How a fast-path executor job ended.
 pub enum Outcome {
@@ -23,6 +24,10 @@ pub enum Outcome {
 pub enum Posted {
     Call(Py<Handle>),
     Done(Box<Completion>),
+    /// Nothing to run: it only makes the loop look at its flags (stop(), a signal).
+    /// Posted like any item, it gets the wake-up handshake's guarantee: a loop about
+    /// to park or spinning sees it and does not block.
+    Nudge,
 }
 
 pub struct Completion {
@@ -38,34 +43,51 @@ impl Posted {
 
 impl LoopCore {
     /// Loop thread: drains the injector, settling completions and queueing callbacks.
-    pub(crate) fn drain_posted(&self, slf: &Bound<'_, LoopCore>, shared: &Shared) {
+    /// A KeyboardInterrupt/SystemExit met while settling is raised once all are applied.
+    pub(crate) fn drain_posted(&self, slf: &Bound<'_, LoopCore>, shared: &Shared) -> PyResult<()> {
         if shared.injector.is_empty() {
-            return;
+            return Ok(());
         }
         let mut items = Vec::with_capacity(shared.injector.len());
         shared.injector.drain_into(&mut items);
-        self.apply_posted(slf, items);
+        match self.apply_posted(slf, items) {
+            Some(fatal) => Err(fatal),
+            None => Ok(()),
+        }
     }
 
     /// Applies drained items in posting order. A completion that cannot be settled is
-    /// reported through `sys.unraisablehook`; the rest are still applied.
-    pub(crate) fn apply_posted(&self, slf: &Bound<'_, LoopCore>, items: Vec<Posted>) {
+    /// reported through `sys.unraisablehook` (a KeyboardInterrupt/SystemExit is returned
+    /// instead, to be raised); the rest are still applied.
+    pub(crate) fn apply_posted(
+        &self,
+        slf: &Bound<'_, LoopCore>,
+        items: Vec<Posted>,
+    ) -> Option<PyErr> {
+        let py = slf.py();
+        let mut fatal = None;
         let mut calls = Vec::with_capacity(items.len());
         for item in items {
             match item {
-                Posted::Call(h) => calls.push(Ready::Soon(h)),
+                Posted::Call(h) => calls.push(Ready::Posted(h)),
+                Posted::Nudge => {}
                 Posted::Done(done) => {
                     let Completion { fut, outcome } = *done;
                     // Callbacks posted before this completion keep their place ahead of
                     // the callbacks that settling it schedules.
                     self.extend_ready(calls.drain(..));
                     if let Err(e) = self.settle(slf, fut, outcome) {
-                        e.write_unraisable(slf.py(), None);
+                        if is_fatal(py, &e) {
+                            fatal.get_or_insert(e);
+                        } else {
+                            e.write_unraisable(py, None);
+                        }
                     }
                 }
             }
         }
         self.extend_ready(calls);
+        fatal
     }
 
     fn settle(&self, slf: &Bound<'_, LoopCore>, fut: Py<PyAny>, outcome: Outcome) -> PyResult<()> {
@@ -82,9 +104,20 @@ impl LoopCore {
             Outcome::Value(v) => fut.call_method1(pyo3::intern!(py, "set_result"), (v,)),
             Outcome::Error(e) => {
                 // As wrap_future does: concurrent.futures' Cancelled/InvalidState errors
-                // become asyncio's.
-                let exc = interop::convert_future_exc(py)?.call1((e.value(py),))?;
-                fut.call_method1(pyo3::intern!(py, "set_exception"), (exc,))
+                // become asyncio's. If converting fails, the job's own exception settles
+                // the future (it must not stay pending); the failure is returned after.
+                let converted =
+                    interop::convert_future_exc(py).and_then(|c| c.call1((e.value(py),)));
+                let (exc, late) = match converted {
+                    Ok(exc) => (exc, None),
+                    Err(c) => (e.value(py).clone().into_any(), Some(c)),
+                };
+                let r = fut.call_method1(pyo3::intern!(py, "set_exception"), (exc,));
+                if let Some(c) = late {
+                    r?;
+                    return Err(c);
+                }
+                r
             }
             Outcome::Cancelled => fut.call_method0(pyo3::intern!(py, "cancel")),
             Outcome::Skipped => unreachable!("handled above"),

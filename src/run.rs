@@ -30,7 +30,8 @@ const SPIN: Duration = Duration::from_micros(50);
 /// Timer heap compaction thresholds (asyncio's).
 const MIN_SCHEDULED_FOR_COMPACTION: usize = 100;
 
-fn is_fatal(py: Python<'_>, e: &PyErr) -> bool {
+/// KeyboardInterrupt and SystemExit: raised out of the loop, never reported as errors.
+pub(crate) fn is_fatal(py: Python<'_>, e: &PyErr) -> bool {
     e.is_instance_of::<PyKeyboardInterrupt>(py) || e.is_instance_of::<PySystemExit>(py)
 }
 
@@ -227,6 +228,7 @@ impl LoopCore {
         let py = slf.py();
         let (cb, handle, once): (&Callback, &Py<PyAny>, bool) = match item {
             Ready::Soon(h) => (&h.get().cb, h.as_any(), release && !h.get().repeats),
+            Ready::Posted(h) => (&h.get().cb, h.as_any(), release),
             Ready::Timer(h) => (&h.get().cb, h.as_any(), release),
             Ready::Foreign(h) => {
                 let h = h.bind(py);
@@ -258,7 +260,7 @@ impl LoopCore {
     ) -> PyResult<()> {
         let py = slf.py();
         let handle = match item {
-            Ready::Soon(h) => h.bind(py).clone().into_any(),
+            Ready::Soon(h) | Ready::Posted(h) => h.bind(py).clone().into_any(),
             Ready::Timer(h) => h.bind(py).clone().into_any(),
             Ready::Foreign(h) => h.bind(py).clone(),
         };
@@ -284,6 +286,7 @@ impl LoopCore {
         }
         match item {
             Ready::Soon(h) if !h.get().repeats => h.get().cb.release(),
+            Ready::Posted(h) => h.get().cb.release(),
             Ready::Timer(h) => h.get().cb.release(),
             _ => {}
         }
@@ -298,7 +301,7 @@ impl LoopCore {
         let timeout = self.poll_timeout();
         let mut events = Vec::new();
         self.poll(py, shared, timeout, &mut events)?;
-        self.drain_posted(slf, shared);
+        self.drain_posted(slf, shared)?;
         self.dispatch_io(py, shared, &events);
         self.collect_due_timers();
         self.run_ready(slf)
@@ -376,21 +379,30 @@ impl LoopCore {
         this.closed.store(true, Relaxed);
         let shared = this.shared();
         let leftovers = shared.injector.close();
+        // Callbacks other threads posted still run: those already moved to the ready
+        // queue first (they were posted earlier), then the injector's. The rest of the
+        // ready queue is dropped, as asyncio's close() does.
+        let ready: VecDeque<Ready> = std::mem::take(&mut *lock(&this.ready));
+        let (posted, dropped): (Vec<Ready>, Vec<Ready>) = ready
+            .into_iter()
+            .partition(|r| matches!(r, Ready::Posted(_)));
+        drop(dropped);
+        let late = leftovers.into_iter().filter_map(|item| match item {
+            Posted::Call(h) => Some(Ready::Posted(h)),
+            // A completion whose future is already cancelled above: nothing to do.
+            Posted::Done(done) => {
+                drop(this.untrack_in_flight(&done.fut));
+                None
+            }
+            Posted::Nudge => None,
+        });
         let mut fatal = None;
-        for item in leftovers {
-            match item {
-                Posted::Call(h) => {
-                    let ready = Ready::Soon(h);
-                    if let Err(e) = this.run_item(slf, &ready, true, &mut EmptyContext::default()) {
-                        fatal.get_or_insert(e);
-                    }
-                }
-                // A completion whose future is already cancelled above: nothing to do.
-                Posted::Done(done) => drop(this.untrack_in_flight(&done.fut)),
+        let mut empty = EmptyContext::default();
+        for item in posted.into_iter().chain(late) {
+            if let Err(e) = this.run_item(slf, &item, true, &mut empty) {
+                fatal.get_or_insert(e);
             }
         }
-        let ready: VecDeque<Ready> = std::mem::take(&mut *lock(&this.ready));
-        drop(ready);
         let timers = lock(&this.timers).drain();
         for t in &timers {
             t.get().scheduled.store(false, Relaxed);

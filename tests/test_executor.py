@@ -269,3 +269,52 @@ def test_workers_are_joined_at_interpreter_exit(pool_cls):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["main", "exiting", "job", "finished"]
+
+
+def test_shutdown_waits_for_a_job_accepted_while_its_worker_was_starting(make_pool):
+    # A submit on another thread reserves a worker and starts its thread (which
+    # releases the GIL); a shutdown(wait=True) racing it must still join that worker.
+    import random
+    import time
+
+    rng = random.Random(3)
+    for _ in range(50):
+        pool = make_pool(max_workers=2)
+        futs = []
+        both = threading.Barrier(2)
+
+        def submitter(pool=pool, futs=futs, both=both):
+            both.wait(SAFETY)
+            try:
+                futs.append(pool.submit(time.sleep, 0.002))
+            except RuntimeError:  # lost the race to shutdown: refused, fine
+                pass
+
+        t = threading.Thread(target=submitter)
+        t.start()
+        both.wait(SAFETY)
+        for _ in range(rng.randrange(200)):  # jitter only: vary where shutdown lands
+            pass
+        pool.shutdown(wait=True)
+        join_or_fail(t)
+        assert all(f.done() for f in futs)
+
+
+def test_a_cancelled_queued_job_does_not_keep_the_others_from_breaking():
+    # weaveloop only (the stdlib pool leaves the later futures pending here): when the
+    # initializer fails, every queued job's future gets BrokenThreadPool, even if one
+    # of them was cancelled by its caller meanwhile.
+    go = threading.Event()
+
+    def init():
+        wait_or_fail(go, "the jobs to queue")
+        raise ValueError("init failed")
+
+    pool = weaveloop.ThreadPoolExecutor(max_workers=1, initializer=init)
+    a = pool.submit(int)
+    b = pool.submit(int)
+    assert a.cancel()
+    go.set()
+    with pytest.raises(weaveloop.BrokenThreadPool):
+        b.result(timeout=SAFETY)
+    pool.shutdown()

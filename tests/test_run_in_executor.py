@@ -373,3 +373,36 @@ def test_fork_child_gets_working_loop_and_pool(loop_kind):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "child exit 0", out.stderr
+
+
+def test_ctrl_c_while_settling_a_job_still_settles_it(wloop):
+    # weaveloop's fast path settles the asyncio future on the loop thread; a
+    # KeyboardInterrupt arriving in the middle (simulated by a tracer raising it in
+    # asyncio's exception conversion) propagates out of the loop, and the future is
+    # settled anyway, not left pending.
+    fired = []
+
+    def tracer(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == "_convert_future_exc" and not fired:
+            fired.append(1)
+            raise KeyboardInterrupt
+        return None
+
+    def boom():
+        raise ValueError("job failed")
+
+    futs = []
+
+    async def main():
+        sys.settrace(tracer)  # before the job can complete
+        try:
+            futs.append(wloop.run_in_executor(None, boom))
+            await asyncio.wait_for(asyncio.shield(futs[0]), SAFETY)
+        finally:
+            sys.settrace(None)
+
+    with pytest.raises(KeyboardInterrupt):
+        wloop.run_until_complete(main())
+    sys.settrace(None)
+    assert fired and futs[0].done()
+    assert isinstance(futs[0].exception(), ValueError)

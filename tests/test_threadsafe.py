@@ -15,7 +15,14 @@ import time
 
 import pytest
 import weaveloop
-from _support import SAFETY, LoopThread, join_or_fail, start_thread, wait_or_fail
+from _support import (
+    SAFETY,
+    LoopThread,
+    join_or_fail,
+    start_thread,
+    wait_or_fail,
+    weaveloop_factory,
+)
 
 
 def test_post_wakes_a_parked_loop(loop):
@@ -365,3 +372,62 @@ def test_posts_racing_close_each_run_or_raise(closer):
     for trial in range(30):
         accepted, ran = _close_race_trial(weaveloop.new_event_loop(), closer)
         assert ran == accepted, f"trial {trial}: {accepted - ran} accepted posts vanished"
+
+
+def test_stop_from_another_thread_stops_a_loop_that_just_spun():
+    # weaveloop only: its stop() is safe from any thread (the stock loop's is not, it
+    # only sets a flag). After quick executor round trips the loop spins briefly before
+    # parking; a stop() from another thread during that spin must still end the run.
+    rescued = 0
+    for _ in range(20):
+        loop = weaveloop_factory()
+        go, stopped = threading.Event(), threading.Event()
+
+        def stopper(loop=loop, go=go, stopped=stopped):
+            nonlocal rescued
+            wait_or_fail(go, "the round trips")
+            loop.stop()
+            if not stopped.wait(SAFETY):  # safety net: a lost stop() would hang
+                rescued += 1
+                loop.call_soon_threadsafe(loop.stop)
+
+        async def round_trips(loop=loop, go=go):
+            for _ in range(30):
+                await loop.run_in_executor(None, int)
+            go.set()
+
+        t = start_thread(stopper)
+        loop.create_task(round_trips())
+        loop.run_forever()
+        stopped.set()
+        join_or_fail(t)
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+    assert rescued == 0
+
+
+def test_post_moved_to_the_ready_queue_still_runs_at_close(wloop):
+    # weaveloop only: the stock loop's close() drops queued threadsafe callbacks. Here a
+    # foreign post that a call_soon in the last batch moved into the ready queue is not
+    # dropped with the rest of that queue: it runs (DESIGN: a post runs or raises).
+    loop = wloop
+    ran = []
+    go, posted = threading.Event(), threading.Event()
+
+    def foreign():
+        wait_or_fail(go, "the last batch")
+        loop.call_soon_threadsafe(ran.append, "foreign")
+        posted.set()
+
+    def first():
+        go.set()
+        wait_or_fail(posted, "the foreign post")
+
+    t = start_thread(foreign)
+    loop.call_soon(first)
+    loop.call_soon(loop.call_soon, lambda: None)  # drains the injector mid-batch
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    join_or_fail(t)
+    loop.close()
+    assert ran == ["foreign"]

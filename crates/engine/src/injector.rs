@@ -69,13 +69,6 @@ impl<T, U: Unpark> Injector<T, U> {
         Ok(())
     }
 
-    /// Wakes the loop if it is parked, without posting anything.
-    pub fn nudge(&self) {
-        if self.wake.notify() {
-            self.unpark.unpark();
-        }
-    }
-
     /// Loop thread: moves every queued item into `out`, in posting order per thread.
     pub fn drain_into(&self, out: &mut Vec<T>) {
         out.reserve(self.queue.len());
