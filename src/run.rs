@@ -424,6 +424,16 @@ impl LoopCore {
     fn _after_fork(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        // Callbacks posted before the fork still run in the child, as with the stock
+        // loop (its ready deque is copied); the parent's executor completions do not
+        // apply here (their futures are cancelled below).
+        if let Some(items) = this.shared().injector.drain_after_fork() {
+            for item in items {
+                if let Posted::Call(h) = item {
+                    this.push_ready(Ready::Posted(h));
+                }
+            }
+        }
         let fresh = Shared::new()?;
         for (fd, w) in lock(&this.watchers).iter() {
             fresh

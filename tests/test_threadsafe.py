@@ -431,3 +431,36 @@ def test_post_moved_to_the_ready_queue_still_runs_at_close(wloop):
     join_or_fail(t)
     loop.close()
     assert ran == ["foreign"]
+
+
+POSTED_BEFORE_FORK = """
+import asyncio, os, signal, sys
+import weaveloop
+
+loop = weaveloop.new_event_loop() if sys.argv[1] == "weaveloop" else asyncio.new_event_loop()
+ran = []
+loop.call_soon_threadsafe(ran.append, "posted")
+pid = os.fork()
+if pid == 0:
+    signal.alarm(30)  # safety net: a hung child dies instead of lingering
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    os._exit(0 if ran == ["posted"] else 1)
+_, status = os.waitpid(pid, 0)
+loop.close()
+print("child exit", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_callback_posted_before_fork_runs_in_the_child(loop_kind):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", POSTED_BEFORE_FORK, loop_kind],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "child exit 0", out.stderr

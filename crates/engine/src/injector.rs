@@ -119,6 +119,18 @@ impl<T, U: Unpark> Injector<T, U> {
         }
     }
 
+    /// In a forked child, where only the calling thread exists: everything queued, or
+    /// None if a post was in progress at the fork (its thread is gone, its slot might
+    /// never be completed, so the queue must not be read).
+    pub fn drain_after_fork(&self) -> Option<Vec<T>> {
+        if self.gate.load(SeqCst) & !CLOSED != 0 {
+            return None;
+        }
+        let mut out = Vec::new();
+        self.drain_into(&mut out);
+        Some(out)
+    }
+
     /// Refuses every later post and returns everything accepted but not yet drained.
     pub fn close(&self) -> Vec<T> {
         self.gate.fetch_or(CLOSED, SeqCst);
@@ -160,6 +172,16 @@ mod tests {
         inj.end_park();
         inj.drain_into(&mut out);
         assert_eq!(out, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn drain_after_fork_refuses_while_a_post_was_in_progress() {
+        let inj = Injector::new(Arc::new(CountingUnpark::default()));
+        inj.post(1).unwrap();
+        inj.gate.fetch_add(POSTING, SeqCst); // a poster mid-push when the fork happened
+        assert!(inj.drain_after_fork().is_none());
+        inj.gate.fetch_sub(POSTING, SeqCst);
+        assert_eq!(inj.drain_after_fork(), Some(vec![1]));
     }
 
     #[test]
