@@ -112,3 +112,19 @@ class InlineExecutor(concurrent.futures.Executor):
         except BaseException as e:  # noqa: BLE001 - forwarded to the future
             f.set_exception(e)
         return f
+
+
+def assert_fork_script_passes(script: str, loop_kind: str) -> None:
+    """Runs ``script`` (which forks and prints ``child exit <code>``) in a fresh
+    interpreter with ``loop_kind`` as its argument; the child must have exited 0."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", script, loop_kind],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "child exit 0", out.stderr

@@ -11,14 +11,21 @@ import concurrent.futures
 import contextvars
 import os
 import re
-import subprocess
 import sys
 import textwrap
 import threading
 
 import pytest
 import weaveloop
-from _support import SAFETY, Blocker, InlineExecutor, join_or_fail, run, wait_or_fail
+from _support import (
+    SAFETY,
+    Blocker,
+    InlineExecutor,
+    assert_fork_script_passes,
+    join_or_fail,
+    run,
+    wait_or_fail,
+)
 
 # -- run_in_executor and to_thread (both loops) ------------------------------------------
 
@@ -365,14 +372,7 @@ FORK_SCRIPT = textwrap.dedent(
 
 
 def test_fork_child_gets_working_loop_and_pool(loop_kind):
-    out = subprocess.run(
-        [sys.executable, "-c", FORK_SCRIPT, loop_kind],
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "child exit 0", out.stderr
+    assert_fork_script_passes(FORK_SCRIPT, loop_kind)
 
 
 def test_ctrl_c_while_settling_a_job_still_settles_it(wloop):

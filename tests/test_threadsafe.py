@@ -18,6 +18,7 @@ import weaveloop
 from _support import (
     SAFETY,
     LoopThread,
+    assert_fork_script_passes,
     join_or_fail,
     start_thread,
     wait_or_fail,
@@ -453,14 +454,4 @@ print("child exit", os.waitstatus_to_exitcode(status))
 
 
 def test_a_callback_posted_before_fork_runs_in_the_child(loop_kind):
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, "-c", POSTED_BEFORE_FORK, loop_kind],
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "child exit 0", out.stderr
+    assert_fork_script_passes(POSTED_BEFORE_FORK, loop_kind)
