@@ -335,6 +335,30 @@ mod loom_tests {
         });
     }
 
+    /// A capacity cut races a release and a queued waiter: the waiter is granted only
+    /// if the release came first, and the count always adds up (release 2, shrink 1).
+    #[test]
+    fn loom_shrink_races_release_with_a_waiter() {
+        loom::model(|| {
+            let s: Arc<Semaphore<u8>> = Arc::new(Semaphore::new(0));
+            let w = Waiter::task(1);
+            assert!(!s.acquire_or_enqueue(&w));
+            let s2 = s.clone();
+            let shrinker = thread::spawn(move || s2.shrink(1));
+            let granted = s.release(2).len();
+            shrinker.join().unwrap();
+            // Net +1: either the waiter got it (release first), or the cut ate one of the
+            // two and the other went to the waiter (shrink first). Never both, never lost.
+            let got = granted + s.release(0).len();
+            assert_eq!(got, 1, "exactly one grant");
+            assert_eq!(s.permits(), 0);
+            assert!(!s.has_waiters());
+            assert!(!s.try_acquire());
+            assert!(s.release(1).is_empty());
+            assert_eq!(s.permits(), 1);
+        });
+    }
+
     /// A fast acquirer never barges past a queued waiter.
     #[test]
     fn loom_no_barging() {
