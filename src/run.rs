@@ -273,24 +273,32 @@ impl LoopCore {
         let r = self.run_item(slf, item, false, empty);
         let dt = clock::monotonic() - t0;
         slf.setattr(current, py.None())?;
-        let limit: f64 = slf
+        // As the stock loop's `dt >= self.slow_callback_duration`: a duration that is not
+        // a number is an error (raised after the callback's own outcome).
+        let limit = slf
             .getattr(pyo3::intern!(py, "slow_callback_duration"))
-            .and_then(|v| v.extract())
-            .unwrap_or(0.1);
-        if dt >= limit {
-            let formatted = interop::format_handle(py)?.call1((handle,))?;
-            interop::asyncio_logger(py)?.call_method1(
-                pyo3::intern!(py, "warning"),
-                ("Executing %s took %.3f seconds", formatted, dt),
-            )?;
-        }
+            .and_then(|v| v.extract::<f64>());
+        let logged = match &limit {
+            Ok(limit) if dt >= *limit => interop::format_handle(py)
+                .and_then(|f| f.call1((&handle,)))
+                .and_then(|formatted| {
+                    interop::asyncio_logger(py)?.call_method1(
+                        pyo3::intern!(py, "warning"),
+                        ("Executing %s took %.3f seconds", formatted, dt),
+                    )
+                })
+                .map(drop),
+            _ => Ok(()),
+        };
         match item {
             Ready::Soon(h) if !h.get().repeats => h.get().cb.release(),
             Ready::Posted(h) => h.get().cb.release(),
             Ready::Timer(h) => h.get().cb.release(),
             _ => {}
         }
-        r
+        r?;
+        logged?;
+        limit.map(drop)
     }
 
     /// One iteration: poll (blocking at most until the next timer), then run what is ready.

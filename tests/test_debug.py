@@ -14,6 +14,7 @@ import sys
 import time
 from unittest import mock
 
+import pytest
 from _support import SAFETY, run
 
 PROBE = {
@@ -198,3 +199,16 @@ def test_debug_mode_handles_say_where_they_were_created(loop):
     loop.run_forever()
     assert seen == [handle]  # what the exception handler reports as "Handle created at"
     assert loop._current_handle is None
+
+
+def test_a_slow_callback_duration_that_is_not_a_number_is_an_error(loop):
+    # The stock loop compares `dt >= self.slow_callback_duration` after each callback.
+    loop.set_debug(True)
+    loop.slow_callback_duration = "soon"
+    ran = []
+    loop.call_soon(ran.append, 1)
+    loop.call_soon(loop.stop)
+    with pytest.raises(TypeError):
+        loop.run_forever()
+    assert ran == [1]
+    loop.slow_callback_duration = 0.1
