@@ -52,7 +52,12 @@ class ThreadPoolExecutor(_core.PoolCore, concurrent.futures.Executor):
         # A submit on another thread may have reserved a worker just before the
         # shutdown and still be starting it (Thread.start() releases the GIL): wait
         # until every reserved worker is listed, so that none escapes the join.
+        # (Starting a thread takes microseconds; the deadline only guards against a
+        # starter that never comes back, which would otherwise hang the shutdown.)
+        deadline = time.monotonic() + 10.0
         while len(threads := self._threads_snapshot()) < self._workers_reserved():
+            if time.monotonic() > deadline:
+                break
             time.sleep(0.0001)
         return threads
 
