@@ -33,6 +33,17 @@ pub enum Ready {
     Foreign(Py<PyAny>),
 }
 
+impl Ready {
+    /// The handle object the entry runs (what `_ready` lists and reports name).
+    pub fn as_any(&self) -> &Py<PyAny> {
+        match self {
+            Ready::Soon(h) | Ready::Posted(h) => h.as_any(),
+            Ready::Timer(h) => h.as_any(),
+            Ready::Foreign(h) => h,
+        }
+    }
+}
+
 /// Reader and writer callbacks registered for one fd.
 #[derive(Default)]
 pub struct Watchers {
@@ -563,11 +574,7 @@ impl LoopCore {
     fn _ready(&self, py: Python<'_>) -> Vec<Py<PyAny>> {
         lock(&self.ready)
             .iter()
-            .map(|item| match item {
-                Ready::Soon(h) | Ready::Posted(h) => h.clone_ref(py).into_any(),
-                Ready::Timer(h) => h.clone_ref(py).into_any(),
-                Ready::Foreign(h) => h.clone_ref(py),
-            })
+            .map(|item| item.as_any().clone_ref(py))
             .collect()
     }
 

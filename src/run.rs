@@ -259,15 +259,11 @@ impl LoopCore {
         empty: &mut EmptyContext,
     ) -> PyResult<()> {
         let py = slf.py();
-        let handle = match item {
-            Ready::Soon(h) | Ready::Posted(h) => h.bind(py).clone().into_any(),
-            Ready::Timer(h) => h.bind(py).clone().into_any(),
-            Ready::Foreign(h) => h.bind(py).clone(),
-        };
+        let handle = item.as_any().bind(py);
         // As asyncio in debug mode: the exception handler then says where the running
         // handle was created.
         let current = pyo3::intern!(py, "_current_handle");
-        slf.setattr(current, &handle)?;
+        slf.setattr(current, handle)?;
         let t0 = clock::monotonic();
         // Keep the callable until the slow-callback message has named it.
         let r = self.run_item(slf, item, false, empty);
@@ -280,7 +276,7 @@ impl LoopCore {
             .and_then(|v| v.extract::<f64>());
         let logged = match &limit {
             Ok(limit) if dt >= *limit => interop::format_handle(py)
-                .and_then(|f| f.call1((&handle,)))
+                .and_then(|f| f.call1((handle,)))
                 .and_then(|formatted| {
                     interop::asyncio_logger(py)?.call_method1(
                         pyo3::intern!(py, "warning"),
