@@ -55,7 +55,7 @@ impl LockCore {
     }
 
     fn locked(&self) -> bool {
-        self.sem.permits() == 0 || self.sem.has_waiters()
+        self.sem.would_block()
     }
 
     fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {

@@ -103,7 +103,7 @@ impl RLockCore {
     }
 
     fn locked(&self) -> bool {
-        self.sem.permits() == 0 || self.sem.has_waiters()
+        self.sem.would_block()
     }
 
     fn _is_owned(&self, py: Python<'_>) -> PyResult<bool> {

@@ -209,7 +209,7 @@ impl SemaphoreCore {
 
     /// asyncio.Semaphore.locked: no permit can be taken without waiting.
     fn locked(&self) -> bool {
-        self.sem.permits() == 0 || self.sem.has_waiters()
+        self.sem.would_block()
     }
 
     fn _waiting(&self) -> usize {

@@ -57,6 +57,13 @@ impl<T> Semaphore<T> {
         self.state.load(Relaxed) & WAITERS != 0
     }
 
+    /// Whether an acquire now would have to wait: no free permit, or waiters queued
+    /// ahead (exactly when `try_acquire` refuses). `locked()` of the primitives.
+    pub fn would_block(&self) -> bool {
+        let s = self.state.load(Relaxed);
+        s & WAITERS != 0 || count(s) < 1
+    }
+
     /// Takes a permit if one is free and nobody is queued. Never blocks.
     #[inline]
     pub fn try_acquire(&self) -> bool {
@@ -237,8 +244,10 @@ mod tests {
         let s: Semaphore<u32> = Semaphore::new(3);
         s.shrink(2);
         assert_eq!(s.permits(), 1);
+        assert!(!s.would_block());
         s.shrink(3); // one free, two owed
         assert_eq!(s.permits(), 0);
+        assert!(s.would_block());
         assert!(!s.try_acquire());
         // A waiter queues behind the debt: releases pay it first.
         let a = Waiter::task(1);
