@@ -49,11 +49,8 @@ def _bad_callback(kind):
     return BAD_CALLBACKS[kind]()
 
 
-@pytest.mark.parametrize("method", list(SCHEDULERS))
-@pytest.mark.parametrize("kind", list(BAD_CALLBACKS))
-def test_bad_callback_is_a_type_error_in_debug_mode(loop, method, kind):
-    # The stock loop validates callbacks in debug mode; both loops must agree there.
-    loop.set_debug(True)
+def _type_error_scheduling(loop, method: str, kind: str) -> str:
+    """Schedules a bad callback of ``kind`` with ``method``; returns the TypeError's text."""
     cb = _bad_callback(kind)
     try:
         with pytest.raises(TypeError) as info:
@@ -61,7 +58,15 @@ def test_bad_callback_is_a_type_error_in_debug_mode(loop, method, kind):
     finally:
         if asyncio.iscoroutine(cb):
             cb.close()
-    message = str(info.value)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("method", list(SCHEDULERS))
+@pytest.mark.parametrize("kind", list(BAD_CALLBACKS))
+def test_bad_callback_is_a_type_error_in_debug_mode(loop, method, kind):
+    # The stock loop validates callbacks in debug mode; both loops must agree there.
+    loop.set_debug(True)
+    message = _type_error_scheduling(loop, method, kind)
     # The stock call_later validates through call_at and names that method.
     names = {method, "call_at"} if method == "call_later" else {method}
     if kind.startswith("coroutine"):
@@ -84,17 +89,11 @@ ALWAYS_CHECKED = [
 def test_bad_callback_is_always_a_type_error_on_weaveloop(wloop, method, kind):
     # weaveloop-only: the stock loop checks only in debug mode; weaveloop always does.
     assert not wloop.get_debug()
-    cb = _bad_callback(kind)
-    try:
-        with pytest.raises(TypeError) as info:
-            SCHEDULERS[method](wloop, cb)
-    finally:
-        if asyncio.iscoroutine(cb):
-            cb.close()
+    message = _type_error_scheduling(wloop, method, kind)
     if kind.startswith("coroutine"):
-        assert "coroutine" in str(info.value)
+        assert "coroutine" in message
     else:
-        assert "callable" in str(info.value)
+        assert "callable" in message
 
 
 @pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe", "call_later"])

@@ -23,6 +23,28 @@ def pair():
     b.close()
 
 
+def _assert_a_fresh_pair_is_watchable(loop, payload: bytes, before_watching=None) -> None:
+    """A new socketpair (the OS may hand out a number just closed) gets its reader
+    called with ``payload``; ``before_watching`` runs once the pair exists."""
+    c, d = socket.socketpair()
+    try:
+        got = []
+
+        def on_readable():
+            got.append(c.recv(1))
+            loop.remove_reader(c)
+
+        if before_watching is not None:
+            before_watching()
+        loop.add_reader(c, on_readable)
+        d.send(payload)
+        _run_until(loop, lambda: bool(got))
+        assert got == [payload]
+    finally:
+        c.close()
+        d.close()
+
+
 def _run_until(loop, done, timeout: float = SAFETY) -> None:
     """Run the loop until ``done()`` holds after a callback (checked every iteration)."""
     guard = loop.call_later(timeout, loop.stop)
@@ -250,21 +272,7 @@ def test_fd_closed_while_watched_can_be_removed_and_reused(loop):
     b.close()
     assert loop.remove_reader(fd) is True
     # The OS hands the same number out again: it must be watchable afresh.
-    c, d = socket.socketpair()
-    try:
-        got = []
-
-        def on_readable():
-            got.append(c.recv(1))
-            loop.remove_reader(c)
-
-        loop.add_reader(c, on_readable)
-        d.send(b"z")
-        _run_until(loop, lambda: bool(got))
-        assert got == [b"z"]
-    finally:
-        c.close()
-        d.close()
+    _assert_a_fresh_pair_is_watchable(loop, b"z")
 
 
 def test_fd_closed_while_watched_then_reused_without_remove(loop):
@@ -275,23 +283,8 @@ def test_fd_closed_while_watched_then_reused_without_remove(loop):
     loop.add_reader(fd, stale.append, "stale")
     a.close()
     b.close()
-    c, d = socket.socketpair()
-    try:
-        got = []
-
-        def on_readable():
-            got.append(c.recv(1))
-            loop.remove_reader(c)
-
-        loop.remove_reader(fd)
-        loop.add_reader(c, on_readable)
-        d.send(b"y")
-        _run_until(loop, lambda: bool(got))
-        assert got == [b"y"]
-        assert stale == []
-    finally:
-        c.close()
-        d.close()
+    _assert_a_fresh_pair_is_watchable(loop, b"y", before_watching=lambda: loop.remove_reader(fd))
+    assert stale == []
 
 
 def _spin_iterations(loop, n: int) -> None:
