@@ -2,8 +2,9 @@
 //! `TimerHandle` (call_later/call_at), plus the callback checks every scheduling call makes.
 //! Invariant: handles are immutable but for atomic flags, so they need no lock or borrow.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 
 use pyo3::basic::CompareOp;
 use pyo3::gc::PyVisit;
@@ -61,6 +62,37 @@ pub struct CallbackError {
     pub source_traceback: Option<Py<PyAny>>,
 }
 
+/// A value that is only ever read or written with the GIL held: no lock and no atomic
+/// instruction, which matters on the per-callback path. Each operation is a single move
+/// or reference-count increment that cannot run Python code, so no access can begin
+/// while another one on the same thread is in progress either.
+struct GilCell<T>(UnsafeCell<T>);
+
+// SAFETY: every access below requires a `Python` token (or runs inside the GC, which
+// holds the GIL), and the module is declared `gil_used`, so a free-threaded interpreter
+// turns the GIL on when it imports it: accesses from different threads never overlap.
+unsafe impl<T: Send> Sync for GilCell<T> {}
+
+impl<T> GilCell<T> {
+    fn new(value: T) -> Self {
+        GilCell(UnsafeCell::new(value))
+    }
+
+    /// `f` must not run Python code (no drop of a Python object, no call).
+    fn with<R>(&self, _py: Python<'_>, f: impl FnOnce(&mut T) -> R) -> R {
+        // SAFETY: the GIL is held (the token proves it), see the Sync impl; `f` runs no
+        // Python code, so nothing on this thread can reach the cell while it holds it.
+        f(unsafe { &mut *self.0.get() })
+    }
+
+    /// For `tp_traverse`, which gets no token but runs with the GIL held.
+    fn peek_in_gc(&self) -> &T {
+        // SAFETY: the GC runs with the GIL held and is only triggered by allocating a
+        // Python object, which no `with` closure does; so no `&mut` borrow is live.
+        unsafe { &*self.0.get() }
+    }
+}
+
 /// A callback with its arguments and the context it runs in.
 ///
 /// `context` is None when the callback was scheduled from a context with no variables
@@ -69,9 +101,12 @@ pub struct CallbackError {
 /// alive in the queue. (Queued copies, tracked by the cyclic GC, dominated the cost of
 /// `call_soon`/`call_soon_threadsafe` bursts.)
 pub struct Callback {
-    target: Mutex<Option<Target>>,
+    target: GilCell<Option<Target>>,
     context: Option<Py<PyAny>>,
     cancelled: AtomicBool,
+    /// The handle object the scheduling call returned, while it is alive (not owned:
+    /// that object's drop clears it). Error reports name that very object.
+    face: AtomicPtr<pyo3::ffi::PyObject>,
     /// Where the callback was scheduled; recorded in debug mode only, as asyncio does.
     source_traceback: Option<Py<PyAny>>,
 }
@@ -94,18 +129,15 @@ impl Callback {
             _ => interop::copy_context_unless_empty(callback.py())?,
         };
         Ok(Callback {
-            target: Mutex::new(Some(Target {
+            target: GilCell::new(Some(Target {
                 callback: callback.clone().unbind(),
                 args: args.clone().unbind(),
             })),
             context,
             cancelled: AtomicBool::new(false),
+            face: AtomicPtr::new(std::ptr::null_mut()),
             source_traceback,
         })
-    }
-
-    fn target(&self) -> std::sync::MutexGuard<'_, Option<Target>> {
-        self.target.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Calls the callback inside its context. Its exception is returned, not reported,
@@ -118,11 +150,13 @@ impl Callback {
         empty: &mut EmptyContext,
     ) -> Result<(), CallbackError> {
         let target = if once {
-            self.target().take()
+            self.target.with(py, Option::take)
         } else {
-            self.target().as_ref().map(|t| Target {
-                callback: t.callback.clone_ref(py),
-                args: t.args.clone_ref(py),
+            self.target.with(py, |t| {
+                t.as_ref().map(|t| Target {
+                    callback: t.callback.clone_ref(py),
+                    args: t.args.clone_ref(py),
+                })
             })
         };
         let Some(t) = target else { return Ok(()) };
@@ -143,7 +177,8 @@ impl Callback {
                 source_traceback: self.source_traceback.as_ref().map(|tb| tb.clone_ref(py)),
             };
             if once {
-                *self.target() = Some(t);
+                let stale = self.target.with(py, |slot| slot.replace(t));
+                drop(stale);
             }
             error
         })
@@ -152,19 +187,17 @@ impl Callback {
     /// GC support: what this callback holds (visited by tracked fd-watcher handles
     /// themselves, and by the loop for the untracked one-shot handles it queues).
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Ok(target) = self.target.try_lock() {
-            if let Some(t) = &*target {
-                visit.call(&t.callback)?;
-                visit.call(&t.args)?;
-            }
+        if let Some(t) = self.target.peek_in_gc() {
+            visit.call(&t.callback)?;
+            visit.call(&t.args)?;
         }
         visit.call(&self.context)?;
         visit.call(&self.source_traceback)
     }
 
     /// Drops the callable and arguments (a one-shot handle that has run).
-    pub fn release(&self) {
-        let released = self.target().take();
+    pub fn release(&self, py: Python<'_>) {
+        let released = self.target.with(py, Option::take);
         drop(released);
     }
 
@@ -174,10 +207,10 @@ impl Callback {
 
     /// `(callback, args)` while the handle still holds them.
     pub fn parts(&self, py: Python<'_>) -> (Py<PyAny>, Py<PyAny>) {
-        match &*self.target() {
+        self.target.with(py, |t| match t {
             Some(t) => (t.callback.clone_ref(py), t.args.clone_ref(py).into_any()),
             None => (py.None(), py.None()),
-        }
+        })
     }
 
     /// The context the callback runs in (a new empty one if it was scheduled from an
@@ -194,10 +227,10 @@ impl Callback {
     }
 
     /// Returns true if this call cancelled it (false if it already was).
-    pub fn cancel(&self) -> bool {
+    pub fn cancel(&self, py: Python<'_>) -> bool {
         let first = !self.cancelled.swap(true, Relaxed);
         if first {
-            self.release();
+            self.release(py);
         }
         first
     }
@@ -253,6 +286,13 @@ pub fn untrack<T>(obj: &Py<T>) {
     unsafe { pyo3::ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) }
 }
 
+fn py_bool(py: Python<'_>, value: bool) -> Py<PyAny> {
+    pyo3::types::PyBool::new(py, value)
+        .to_owned()
+        .into_any()
+        .unbind()
+}
+
 /// The part of asyncio's handle interface that both handle types share.
 macro_rules! callback_accessors {
     ($ty:ty) => {
@@ -292,36 +332,101 @@ macro_rules! callback_accessors {
 callback_accessors!(Handle);
 callback_accessors!(TimerHandle);
 
-/// What `loop.call_soon()` and the fd watchers return.
+/// What `loop.call_soon()`, `call_soon_threadsafe()` and the fd watchers return: a
+/// Python face on a shared `Callback`. The loop queues the `Arc<Callback>`, not this
+/// object, so the object a caller drops at once dies on the caller's thread and its
+/// memory is reused there; only the small shared part crosses to the loop thread.
+/// Several objects may face one callback (an error report, a `_ready` snapshot): they
+/// compare and hash equal.
 #[pyclass(module = "weaveloop._core", frozen, weakref)]
 pub struct Handle {
-    pub cb: Callback,
+    pub cb: Arc<Callback>,
     /// fd watchers run on every readiness until removed; other handles run once.
     pub repeats: bool,
+    /// The object the scheduling call returned (`Callback::face` points at it).
+    first: bool,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if self.first {
+            self.cb.face.store(std::ptr::null_mut(), Relaxed);
+        }
+    }
 }
 
 impl Handle {
-    /// A new handle. One-shot handles are taken out of the cyclic GC (`untrack`); fd
-    /// watchers, few and long-lived, stay tracked as every new pyclass object starts.
-    /// (No freelist: pyo3's is slower than pymalloc here, and reused objects would come
-    /// back untracked.)
-    pub fn create(py: Python<'_>, cb: Callback, repeats: bool) -> PyResult<Py<Handle>> {
-        let handle = Py::new(py, Handle { cb, repeats })?;
-        if !repeats {
-            untrack(&handle);
+    /// An fd watcher's handle. It stays tracked by the cyclic GC (as every new pyclass
+    /// object starts) and reports its callback itself; watchers are few and long-lived.
+    pub fn watcher(py: Python<'_>, cb: Callback) -> PyResult<Py<Handle>> {
+        let handle = Handle {
+            cb: Arc::new(cb),
+            repeats: true,
+            first: false,
+        };
+        Py::new(py, handle)
+    }
+
+    /// A one-shot handle: the object for the caller and the callback for the queue.
+    pub fn one_shot(py: Python<'_>, cb: Callback) -> PyResult<(Py<Handle>, Arc<Callback>)> {
+        let cb = Arc::new(cb);
+        let handle = Handle::untracked(py, &cb, true)?;
+        cb.face.store(handle.as_ptr(), Relaxed);
+        Ok((handle, cb))
+    }
+
+    /// The object for a queued one-shot callback: the one its scheduling call returned
+    /// while that is alive, else a new one (equal to it).
+    pub fn face(py: Python<'_>, cb: &Arc<Callback>) -> PyResult<Py<PyAny>> {
+        let first = cb.face.load(Relaxed);
+        // SAFETY: the GIL is held. A non-null `face` is the first handle object, not yet
+        // dropped (its drop clears `face` before the memory is freed); a reference count
+        // of zero means it is being deallocated right now and must not be revived.
+        if !first.is_null() && unsafe { pyo3::ffi::Py_REFCNT(first) } > 0 {
+            // SAFETY: `first` is a live object (above); a new strong reference is taken.
+            return Ok(unsafe { Bound::from_borrowed_ptr(py, first) }.unbind());
         }
+        Ok(Handle::untracked(py, cb, false)?.into_any())
+    }
+
+    /// Taken out of the cyclic GC (`untrack`): the loop reports what a queued callback
+    /// holds, and nothing may report it twice. (No freelist: pyo3's is slower than
+    /// pymalloc here, and reused objects would come back untracked.)
+    fn untracked(py: Python<'_>, cb: &Arc<Callback>, first: bool) -> PyResult<Py<Handle>> {
+        let handle = Handle {
+            cb: Arc::clone(cb),
+            repeats: false,
+            first,
+        };
+        let handle = Py::new(py, handle)?;
+        untrack(&handle);
         Ok(handle)
     }
 }
 
 #[pymethods]
 impl Handle {
-    fn cancel(&self) {
-        self.cb.cancel();
+    fn cancel(&self, py: Python<'_>) {
+        self.cb.cancel(py);
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         self.cb.repr_parts(py, "Handle", None)
+    }
+
+    /// Objects facing the same callback are equal; otherwise identity, as asyncio's.
+    fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> Py<PyAny> {
+        let py = other.py();
+        match (other.cast::<Handle>(), op) {
+            (Ok(o), CompareOp::Eq) => py_bool(py, Arc::ptr_eq(&self.cb, &o.get().cb)),
+            (Ok(o), CompareOp::Ne) => py_bool(py, !Arc::ptr_eq(&self.cb, &o.get().cb)),
+            _ => py.NotImplemented(),
+        }
+    }
+
+    fn __hash__(&self) -> isize {
+        // The allocation's address, scrambled as CPython scrambles object ids.
+        (Arc::as_ptr(&self.cb) as usize).rotate_right(4) as isize
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -329,7 +434,7 @@ impl Handle {
     }
 
     fn __clear__(&self) {
-        self.cb.release();
+        Python::attach(|py| self.cb.release(py));
     }
 }
 
@@ -357,8 +462,8 @@ impl TimerHandle {
 
 #[pymethods]
 impl TimerHandle {
-    fn cancel(&self) {
-        if self.cb.cancel() && self.scheduled.load(Relaxed) {
+    fn cancel(&self, py: Python<'_>) {
+        if self.cb.cancel(py) && self.scheduled.load(Relaxed) {
             self.cancelled_in_heap.fetch_add(1, Relaxed);
         }
     }
@@ -403,10 +508,7 @@ impl TimerHandle {
             CompareOp::Eq => same()?,
             CompareOp::Ne => !same()?,
         };
-        Ok(pyo3::types::PyBool::new(py, result)
-            .to_owned()
-            .into_any()
-            .unbind())
+        Ok(py_bool(py, result))
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {

@@ -59,11 +59,7 @@ impl LoopCore {
             Side::Write => "add_writer",
         };
         check_callback(callback, method, self.is_debug())?;
-        let handle = Handle::create(
-            py,
-            Callback::new(callback, args, None, self.is_debug())?,
-            true,
-        )?;
+        let handle = Handle::watcher(py, Callback::new(callback, args, None, self.is_debug())?)?;
         let shared = self.shared();
         let replaced = {
             let mut watchers = lock(&self.watchers);
@@ -85,7 +81,7 @@ impl LoopCore {
             slot.replace(handle.clone_ref(py))
         };
         if let Some(old) = replaced {
-            old.get().cb.cancel();
+            old.get().cb.cancel(py);
         }
         Ok(handle)
     }
@@ -118,7 +114,7 @@ impl LoopCore {
         drop(emptied);
         Ok(match removed {
             Some(h) => {
-                h.get().cb.cancel();
+                h.get().cb.cancel(fileobj.py());
                 true
             }
             None => false,

@@ -24,23 +24,28 @@ use crate::posted::Posted;
 
 /// An entry of the ready queue.
 pub enum Ready {
-    Soon(Py<Handle>),
+    /// A one-shot callback (`call_soon`, or `call_soon_threadsafe` on the loop thread).
+    Soon(Arc<Callback>),
     /// A `call_soon_threadsafe` callback from another thread, moved here from the
     /// injector: like `Soon`, but `close()` still runs it (a post runs or raises).
-    Posted(Py<Handle>),
+    Posted(Arc<Callback>),
+    /// An fd watcher whose fd is ready; it stays registered.
+    Watcher(Py<Handle>),
     Timer(Py<TimerHandle>),
     /// A handle made by Python code (signal handlers use `asyncio.Handle`); run via `_run()`.
     Foreign(Py<PyAny>),
 }
 
 impl Ready {
-    /// The handle object the entry runs (what `_ready` lists and reports name).
-    pub fn as_any(&self) -> &Py<PyAny> {
-        match self {
-            Ready::Soon(h) | Ready::Posted(h) => h.as_any(),
-            Ready::Timer(h) => h.as_any(),
-            Ready::Foreign(h) => h,
-        }
+    /// The handle object for the entry (what `_ready` lists and reports name). A one-shot
+    /// callback gets a new object equal to the one its caller got.
+    pub fn handle_object(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(match self {
+            Ready::Soon(cb) | Ready::Posted(cb) => Handle::face(py, cb)?,
+            Ready::Watcher(h) => h.clone_ref(py).into_any(),
+            Ready::Timer(h) => h.clone_ref(py).into_any(),
+            Ready::Foreign(h) => h.clone_ref(py),
+        })
     }
 }
 
@@ -274,10 +279,9 @@ impl LoopCore {
         let this = slf.get();
         this.check_usable()?;
         check_callback(callback, "call_soon", this.is_debug())?;
-        let handle = Handle::create(
+        let (handle, cb) = Handle::one_shot(
             slf.py(),
             Callback::new(callback, args, context, this.is_debug())?,
-            false,
         )?;
         // Keep one FIFO with call_soon_threadsafe: what other threads posted before
         // this call joins the ready queue first.
@@ -285,7 +289,7 @@ impl LoopCore {
         if !shared.injector.is_empty() && this.is_drainer() {
             this.drain_posted(slf, shared)?;
         }
-        this.push_ready(Ready::Soon(handle.clone_ref(slf.py())));
+        this.push_ready(Ready::Soon(cb));
         Ok(handle)
     }
 
@@ -328,17 +332,14 @@ impl LoopCore {
     ) -> PyResult<Py<Handle>> {
         self.check_closed()?;
         check_callback(callback, "call_soon_threadsafe", self.is_debug())?;
-        let handle = Handle::create(
-            py,
-            Callback::new(callback, args, context, self.is_debug())?,
-            false,
-        )?;
+        let (handle, cb) =
+            Handle::one_shot(py, Callback::new(callback, args, context, self.is_debug())?)?;
         if self.owner.load(Relaxed) == interop::thread_ident() {
             // On the loop's own thread while it runs: no need for the injector.
-            self.push_ready(Ready::Soon(handle.clone_ref(py)));
+            self.push_ready(Ready::Soon(cb));
             return Ok(handle);
         }
-        let posted = Posted::Call(handle.clone_ref(py));
+        let posted = Posted::Call(cb);
         if let Err(refused) = self.shared.get().injector.post(posted) {
             drop(refused);
             return Err(errors::loop_closed());
@@ -536,8 +537,8 @@ impl LoopCore {
         if let Ok(ready) = self.ready.try_lock() {
             for item in ready.iter() {
                 match item {
-                    Ready::Soon(h) if h.get().repeats => visit.call(h)?,
-                    Ready::Soon(h) | Ready::Posted(h) => h.get().cb.traverse(&visit)?,
+                    Ready::Watcher(h) => visit.call(h)?,
+                    Ready::Soon(cb) | Ready::Posted(cb) => cb.traverse(&visit)?,
                     Ready::Timer(h) => h.get().cb.traverse(&visit)?,
                     Ready::Foreign(h) => visit.call(h)?,
                 }
@@ -571,10 +572,10 @@ impl LoopCore {
 
     /// A snapshot of the ready queue (stock asyncio's `_ready`, read-only here).
     #[getter]
-    fn _ready(&self, py: Python<'_>) -> Vec<Py<PyAny>> {
+    fn _ready(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
         lock(&self.ready)
             .iter()
-            .map(|item| item.as_any().clone_ref(py))
+            .map(|item| item.handle_object(py))
             .collect()
     }
 

@@ -2,9 +2,11 @@
 //! applies it: thread-safe callbacks join the ready queue; executor completions settle
 //! their asyncio future (unless it was cancelled meanwhile).
 
+use std::sync::Arc;
+
 use pyo3::prelude::*;
 
-use crate::handles::Handle;
+use crate::handles::Callback;
 use crate::interop;
 use crate::loop_core::{LoopCore, Ready, Shared};
 use crate::run::is_fatal;
@@ -22,7 +24,7 @@ pub enum Outcome {
 /// Kept two words wide (the completion is boxed): the injector's slots stay small, so a
 /// drained batch spans few cache lines.
 pub enum Posted {
-    Call(Py<Handle>),
+    Call(Arc<Callback>),
     Done(Box<Completion>),
     /// Nothing to run: it only makes the loop look at its flags (stop(), a signal).
     /// Posted like any item, it gets the wake-up handshake's guarantee: a loop about

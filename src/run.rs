@@ -149,7 +149,7 @@ impl LoopCore {
                             dropped.extend(slot.take());
                             changed = true;
                         }
-                        Some(h) => ready.push_back(Ready::Soon(h.clone_ref(py))),
+                        Some(h) => ready.push_back(Ready::Watcher(h.clone_ref(py))),
                         None => {}
                     }
                 }
@@ -198,7 +198,7 @@ impl LoopCore {
             let r = if debug {
                 self.run_item_timed(slf, &item, &mut empty)
             } else {
-                self.run_item(slf, &item, true, &mut empty)
+                self.run_item(slf, &item, true, None, &mut empty)
             };
             drop(item);
             if let Err(e) = r {
@@ -218,18 +218,20 @@ impl LoopCore {
     }
 
     /// Runs one ready entry; `release`: a one-shot handle drops its callable after.
+    /// `face`: the handle object to name in an error report (made on demand if None).
     fn run_item(
         &self,
         slf: &Bound<'_, LoopCore>,
         item: &Ready,
         release: bool,
+        face: Option<&Bound<'_, PyAny>>,
         empty: &mut EmptyContext,
     ) -> PyResult<()> {
         let py = slf.py();
-        let (cb, handle, once): (&Callback, &Py<PyAny>, bool) = match item {
-            Ready::Soon(h) => (&h.get().cb, h.as_any(), release && !h.get().repeats),
-            Ready::Posted(h) => (&h.get().cb, h.as_any(), release),
-            Ready::Timer(h) => (&h.get().cb, h.as_any(), release),
+        let (cb, once): (&Callback, bool) = match item {
+            Ready::Soon(cb) | Ready::Posted(cb) => (cb, release),
+            Ready::Watcher(h) => (&h.get().cb, false),
+            Ready::Timer(h) => (&h.get().cb, release),
             Ready::Foreign(h) => {
                 let h = h.bind(py);
                 if h.getattr(pyo3::intern!(py, "_cancelled"))?.is_truthy()? {
@@ -244,10 +246,16 @@ impl LoopCore {
         let result = match cb.run(py, once, empty) {
             Ok(()) => return Ok(()),
             Err(e) if is_fatal(py, &e.err) => Err(e.err),
-            Err(e) => report_callback_error(slf, e, handle.bind(py)),
+            Err(e) => match face {
+                Some(face) => report_callback_error(slf, e, face),
+                None => {
+                    let face = item.handle_object(py)?;
+                    report_callback_error(slf, e, face.bind(py))
+                }
+            },
         };
         if once {
-            cb.release();
+            cb.release(py);
         }
         result
     }
@@ -259,14 +267,15 @@ impl LoopCore {
         empty: &mut EmptyContext,
     ) -> PyResult<()> {
         let py = slf.py();
-        let handle = item.as_any().bind(py);
+        let handle = item.handle_object(py)?;
+        let handle = handle.bind(py);
         // As asyncio in debug mode: the exception handler then says where the running
         // handle was created.
         let current = pyo3::intern!(py, "_current_handle");
         slf.setattr(current, handle)?;
         let t0 = clock::monotonic();
         // Keep the callable until the slow-callback message has named it.
-        let r = self.run_item(slf, item, false, empty);
+        let r = self.run_item(slf, item, false, Some(handle), empty);
         let dt = clock::monotonic() - t0;
         slf.setattr(current, py.None())?;
         // As the stock loop's `dt >= self.slow_callback_duration`: a duration that is not
@@ -287,9 +296,8 @@ impl LoopCore {
             _ => Ok(()),
         };
         match item {
-            Ready::Soon(h) if !h.get().repeats => h.get().cb.release(),
-            Ready::Posted(h) => h.get().cb.release(),
-            Ready::Timer(h) => h.get().cb.release(),
+            Ready::Soon(cb) | Ready::Posted(cb) => cb.release(py),
+            Ready::Timer(h) => h.get().cb.release(py),
             _ => {}
         }
         r?;
@@ -403,7 +411,7 @@ impl LoopCore {
         let mut fatal = None;
         let mut empty = EmptyContext::default();
         for item in posted.into_iter().chain(late) {
-            if let Err(e) = this.run_item(slf, &item, true, &mut empty) {
+            if let Err(e) = this.run_item(slf, &item, true, None, &mut empty) {
                 fatal.get_or_insert(e);
             }
         }

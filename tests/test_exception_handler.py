@@ -12,7 +12,7 @@ import gc
 import logging
 
 import pytest
-from _support import run
+from _support import join_or_fail, run, start_thread
 
 
 def failing_callback():
@@ -234,3 +234,35 @@ def test_base_exception_from_exception_handler_propagates(loop, exc_type):
         loop.run_forever()
     loop.set_exception_handler(None)
     assert run(loop, asyncio.sleep(0, "usable")) == "usable"
+
+
+def test_threadsafe_callback_exception_names_the_handle_the_poster_got(loop):
+    # The poster keeps its handle: the report names that very object, as on the stock
+    # loop (weaveloop queues the callback, not the object, so this is worth checking).
+    contexts = []
+    loop.set_exception_handler(_collecting_handler(contexts))
+    posted = []
+
+    def poster():
+        posted.append(loop.call_soon_threadsafe(failing_callback))
+        loop.call_soon_threadsafe(loop.stop)
+
+    thread = start_thread(poster)
+    join_or_fail(thread)
+    loop.run_forever()
+    [(_, ctx)] = contexts
+    assert ctx["handle"] is posted[0]
+    assert isinstance(ctx["exception"], ZeroDivisionError)
+
+
+def test_callback_exception_after_the_handle_was_dropped_names_an_equal_handle(loop):
+    contexts = []
+    loop.set_exception_handler(_collecting_handler(contexts))
+    loop.call_soon(failing_callback)  # the returned handle is dropped at once
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    [(_, ctx)] = contexts
+    handle = ctx["handle"]
+    assert isinstance(handle, type(loop.call_soon(print)))
+    assert "failing_callback" in ctx["message"]
+    assert not handle.cancelled()

@@ -204,3 +204,28 @@ def test_timer_handles_hash_as_their_deadline(loop):
     finally:
         for t in (h, zero, minus_zero):
             t.cancel()
+
+
+def test_ready_queue_snapshot_holds_the_scheduled_handles(loop):
+    first = loop.call_soon(named_callback)
+    second = loop.call_soon(named_callback)
+    ready = list(loop._ready)
+    assert first in ready and second in ready
+    assert ready.index(first) < ready.index(second)
+    assert first != second
+    first.cancel()
+    second.cancel()
+    _spin(loop, 1)
+
+
+def test_handles_facing_one_callback_are_equal_and_hash_alike(wloop):
+    # A handle whose first object was dropped gets a new object when the loop needs one
+    # (a _ready snapshot, an error report): it equals any other object for that callback.
+    wloop.call_soon(named_callback)
+    [a] = wloop._ready
+    [b] = wloop._ready
+    assert a == b and hash(a) == hash(b) and not (a != b)
+    assert a != wloop.call_soon(named_callback)
+    a.cancel()
+    assert b.cancelled()
+    _spin(wloop, 1)
