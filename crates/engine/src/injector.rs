@@ -3,9 +3,9 @@
 //! Invariants: (1) a post either lands in the queue or is refused with its item handed
 //! back — after `close` has returned, every post is refused and every accepted item has
 //! been handed to `close`'s caller, so none vanishes; (2) a post that finds the loop
-//! parked wakes it (see `wake.rs`), and only the first such post per park pays for it.
+//! parked wakes it, and only the first such post per park pays for it. Both rest on the
+//! one word of `wake.rs`.
 
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
@@ -35,12 +35,7 @@ pub struct Injector<T, U: Unpark = std::sync::Arc<mio::Waker>> {
     queue: SegQueue<T>,
     wake: WakeState,
     unpark: U,
-    /// Bit 0: closed. The rest: posts in progress, counted in steps of `POSTING`.
-    gate: AtomicUsize,
 }
-
-const CLOSED: usize = 1;
-const POSTING: usize = 2;
 
 impl<T, U: Unpark> Injector<T, U> {
     pub fn new(unpark: U) -> Self {
@@ -48,22 +43,16 @@ impl<T, U: Unpark> Injector<T, U> {
             queue: SegQueue::new(),
             wake: WakeState::new(),
             unpark,
-            gate: AtomicUsize::new(0),
         }
     }
 
     /// Posts `item`, waking the loop if it is parked. Gives the item back once closed.
     pub fn post(&self, item: T) -> Result<(), T> {
-        // One word for both: either this post sees CLOSED, or `close` (which sets it
-        // with an RMW on the same word) sees the post in progress and waits for the push
-        // to finish before its final drain.
-        if self.gate.fetch_add(POSTING, SeqCst) & CLOSED != 0 {
-            self.gate.fetch_sub(POSTING, SeqCst);
+        if !self.wake.enter() {
             return Err(item);
         }
         self.queue.push(item);
-        self.gate.fetch_sub(POSTING, SeqCst);
-        if self.wake.notify() {
+        if self.wake.leave() {
             self.unpark.unpark();
         }
         Ok(())
@@ -123,7 +112,7 @@ impl<T, U: Unpark> Injector<T, U> {
     /// None if a post was in progress at the fork (its thread is gone, its slot might
     /// never be completed, so the queue must not be read).
     pub fn drain_after_fork(&self) -> Option<Vec<T>> {
-        if self.gate.load(SeqCst) & !CLOSED != 0 {
+        if self.wake.posting() {
             return None;
         }
         let mut out = Vec::new();
@@ -133,10 +122,7 @@ impl<T, U: Unpark> Injector<T, U> {
 
     /// Refuses every later post and returns everything accepted but not yet drained.
     pub fn close(&self) -> Vec<T> {
-        self.gate.fetch_or(CLOSED, SeqCst);
-        while self.gate.load(SeqCst) != CLOSED {
-            std::thread::yield_now();
-        }
+        self.wake.close();
         let mut rest = Vec::new();
         self.drain_into(&mut rest);
         rest
@@ -146,7 +132,7 @@ impl<T, U: Unpark> Injector<T, U> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use std::sync::Arc;
 
     #[derive(Default)]
@@ -178,9 +164,9 @@ mod tests {
     fn drain_after_fork_refuses_while_a_post_was_in_progress() {
         let inj = Injector::new(Arc::new(CountingUnpark::default()));
         inj.post(1).unwrap();
-        inj.gate.fetch_add(POSTING, SeqCst); // a poster mid-push when the fork happened
+        assert!(inj.wake.enter()); // a poster mid-push when the fork happened
         assert!(inj.drain_after_fork().is_none());
-        inj.gate.fetch_sub(POSTING, SeqCst);
+        inj.wake.leave();
         assert_eq!(inj.drain_after_fork(), Some(vec![1]));
     }
 
