@@ -15,7 +15,7 @@ use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::PyTraverseError;
-use weaveloop_engine::{clock, Injector, Poller, TimerHeap};
+use weaveloop_engine::{clock, Injector, Poller, Throttle, TimerHeap};
 
 use crate::errors;
 use crate::handles::{check_callback, untrack, Callback, EmptyContext, Handle, TimerHandle};
@@ -334,15 +334,20 @@ impl LoopCore {
         check_callback(callback, "call_soon_threadsafe", self.is_debug())?;
         let (handle, cb) =
             Handle::one_shot(py, Callback::new(callback, args, context, self.is_debug())?)?;
-        if self.owner.load(Relaxed) == interop::thread_ident() {
+        let owner = self.owner.load(Relaxed);
+        if owner == interop::thread_ident() {
             // On the loop's own thread while it runs: no need for the injector.
             self.push_ready(Ready::Soon(cb));
             return Ok(handle);
         }
-        let posted = Posted::Call(cb);
-        if let Err(refused) = self.shared.get().injector.post(posted) {
+        let injector = &self.shared.get().injector;
+        if let Err(refused) = injector.post(Posted::Call(cb)) {
             drop(refused);
             return Err(errors::loop_closed());
+        }
+        if owner != 0 && injector.flooded(Throttle::CALLBACKS) {
+            // The loop is running and far behind: flow control (see Injector::throttle).
+            py.detach(|| injector.throttle(Throttle::CALLBACKS));
         }
         Ok(handle)
     }

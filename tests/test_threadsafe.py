@@ -87,6 +87,62 @@ def test_posts_from_many_threads_keep_per_thread_order(threaded_loop):
         assert ran[k] == list(range(per_thread))
 
 
+def test_a_flood_past_the_flow_control_backlog_keeps_per_thread_order(threaded_loop):
+    # weaveloop makes posters wait while 8192 or more callbacks are queued (flow control):
+    # 4 x 12000 posts cross that line many times; nothing is lost or reordered.
+    loop = threaded_loop.loop
+    n_threads, per_thread = 4, 12_000
+    ran = {k: [] for k in range(n_threads)}
+    barrier = threading.Barrier(n_threads, timeout=SAFETY)
+
+    def poster(k):
+        barrier.wait()
+        for i in range(per_thread):
+            loop.call_soon_threadsafe(ran[k].append, i)
+
+    threads = [start_thread(poster, k) for k in range(n_threads)]
+    for t in threads:
+        join_or_fail(t)
+    done = threading.Event()
+    loop.call_soon_threadsafe(done.set)
+    wait_or_fail(done, "the posts to drain")
+    for k in range(n_threads):
+        assert ran[k] == list(range(per_thread))
+
+
+def test_a_flood_to_a_loop_blocked_in_a_callback_is_not_slowed_to_a_crawl(threaded_loop):
+    # The loop thread is stuck in a callback until the poster has posted 30000 callbacks.
+    # Flow control waits at most once for a loop that does not drain: waiting 2 ms per
+    # post past the 8192 backlog would take over 40 s and trip the safety timeout.
+    loop = threaded_loop.loop
+    stuck, release = threading.Event(), threading.Event()
+
+    def block():
+        stuck.set()
+        wait_or_fail(release, "the poster to finish", timeout=4 * SAFETY)
+
+    loop.call_soon_threadsafe(block)
+    wait_or_fail(stuck, "the loop to be stuck in a callback")
+    ran = []
+    posted = threading.Event()
+
+    def poster():
+        for i in range(30_000):
+            loop.call_soon_threadsafe(ran.append, i)
+        posted.set()
+
+    t = start_thread(poster)
+    try:
+        wait_or_fail(posted, "30000 posts to a stuck loop")
+    finally:
+        release.set()
+    join_or_fail(t)
+    done = threading.Event()
+    loop.call_soon_threadsafe(done.set)
+    wait_or_fail(done, "the posts to drain")
+    assert ran == list(range(30_000))
+
+
 def test_post_made_during_an_iteration_waits_for_the_next(loop):
     # Like call_soon: a post that lands while a batch runs is not part of that batch.
     ran = []

@@ -6,6 +6,7 @@
 //! parked wakes it, and only the first such post per park pays for it. Both rest on the
 //! one word of `wake.rs`.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
@@ -35,7 +36,38 @@ pub struct Injector<T, U: Unpark = std::sync::Arc<mio::Waker>> {
     queue: SegQueue<T>,
     wake: WakeState,
     unpark: U,
+    /// How many times the loop has drained the queue (flow control watches it).
+    drains: AtomicU64,
+    /// `drains + 1` as it was when a throttled poster last waited in vain: the loop is
+    /// not draining (a long callback, a blocked loop thread), and posters stop waiting
+    /// for it until it drains again. 0: not stalled.
+    stalled_at: AtomicU64,
 }
+
+/// Flow control against a flood of posts (see `Injector::throttle`).
+#[derive(Clone, Copy, Debug)]
+pub struct Throttle {
+    /// A poster waits when this many items are queued...
+    pub high: usize,
+    /// ...until fewer than this many are,
+    pub low: usize,
+    /// or for at most this long.
+    pub max_wait: Duration,
+}
+
+impl Throttle {
+    /// Thresholds for a loop's callbacks: a backlog of 8192 callbacks takes the loop
+    /// about a millisecond to run, so a timer waiting behind it stays nearly on time,
+    /// while posters that are merely fast never wait.
+    pub const CALLBACKS: Throttle = Throttle {
+        high: 8192,
+        low: 2048,
+        max_wait: Duration::from_millis(2),
+    };
+}
+
+/// How long a throttled poster sleeps between looks at the queue.
+const THROTTLE_STEP: Duration = Duration::from_micros(50);
 
 impl<T, U: Unpark> Injector<T, U> {
     pub fn new(unpark: U) -> Self {
@@ -43,6 +75,8 @@ impl<T, U: Unpark> Injector<T, U> {
             queue: SegQueue::new(),
             wake: WakeState::new(),
             unpark,
+            drains: AtomicU64::new(0),
+            stalled_at: AtomicU64::new(0),
         }
     }
 
@@ -64,6 +98,38 @@ impl<T, U: Unpark> Injector<T, U> {
         while let Some(item) = self.queue.pop() {
             out.push(item);
         }
+        self.drains.fetch_add(1, Relaxed);
+    }
+
+    /// Whether `throttle` would wait: a cheap check to make before giving up the GIL.
+    pub fn flooded(&self, t: Throttle) -> bool {
+        self.queue.len() >= t.high && self.stalled_at.load(Relaxed) != self.drains.load(Relaxed) + 1
+    }
+
+    /// Poster, after a post, without the GIL: flow control. While `t.high` or more items
+    /// are queued, the poster sleeps in short steps until fewer than `t.low` are, so a
+    /// flood of posts cannot keep the loop's own callbacks and timers waiting behind an
+    /// ever longer backlog (posters otherwise outrun a loop that shares the GIL with
+    /// them). Bounded: after `t.max_wait` it returns, and if the loop did not drain at
+    /// all meanwhile, later posts do not wait again until it does, so a loop that is
+    /// blocked or not running costs a poster one wait, not one per post. Returns true if
+    /// it waited.
+    pub fn throttle(&self, t: Throttle) -> bool {
+        if !self.flooded(t) {
+            return false;
+        }
+        let drains = self.drains.load(Relaxed);
+        let deadline = Instant::now() + t.max_wait;
+        while self.queue.len() >= t.low {
+            if Instant::now() >= deadline {
+                if self.drains.load(Relaxed) == drains {
+                    self.stalled_at.store(drains + 1, Relaxed);
+                }
+                break;
+            }
+            std::thread::sleep(THROTTLE_STEP);
+        }
+        true
     }
 
     pub fn is_empty(&self) -> bool {
@@ -207,6 +273,77 @@ mod tests {
                 "no accepted post vanished"
             );
         }
+    }
+
+    const QUICK: Throttle = Throttle {
+        high: 4,
+        low: 2,
+        max_wait: Duration::from_millis(20),
+    };
+
+    #[test]
+    fn throttle_lets_a_short_queue_through() {
+        let inj = Injector::new(Arc::new(CountingUnpark::default()));
+        for i in 0..3 {
+            inj.post(i).unwrap();
+        }
+        assert!(!inj.throttle(QUICK));
+    }
+
+    #[test]
+    fn throttle_waits_until_the_loop_drains_the_backlog() {
+        let inj = Arc::new(Injector::new(Arc::new(CountingUnpark::default())));
+        for i in 0..4 {
+            inj.post(i).unwrap();
+        }
+        let started = Arc::new(std::sync::Barrier::new(2));
+        let drainer = {
+            let (inj, started) = (inj.clone(), started.clone());
+            std::thread::spawn(move || {
+                started.wait();
+                let mut out = Vec::new();
+                while out.is_empty() {
+                    inj.drain_into(&mut out);
+                }
+                out
+            })
+        };
+        started.wait();
+        let throttle = Throttle {
+            max_wait: Duration::from_secs(10),
+            ..QUICK
+        };
+        // Whether the drain came before or during the wait, the poster is let go only
+        // once the backlog is under `low` (the deadline is far away).
+        inj.throttle(throttle);
+        assert!(
+            inj.len() < throttle.low,
+            "let go while the backlog was still there"
+        );
+        assert_eq!(drainer.join().unwrap(), vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn throttle_stops_waiting_for_a_loop_that_does_not_drain() {
+        let inj = Injector::new(Arc::new(CountingUnpark::default()));
+        for i in 0..4 {
+            inj.post(i).unwrap();
+        }
+        assert!(inj.throttle(QUICK), "the first poster waits once");
+        inj.post(4).unwrap();
+        assert!(
+            !inj.throttle(QUICK),
+            "then no more waits: the loop is stalled"
+        );
+        let mut out = Vec::new();
+        inj.drain_into(&mut out);
+        for i in 0..4 {
+            inj.post(i).unwrap();
+        }
+        assert!(
+            inj.throttle(QUICK),
+            "after a drain, a new backlog is throttled again"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub mod timerfd;
 pub mod timers;
 pub mod wake;
 
-pub use injector::Injector;
+pub use injector::{Injector, Throttle};
 pub use poller::{Poller, Readiness};
 pub use pool::{Pool, Submitted};
 pub use timers::TimerHeap;
