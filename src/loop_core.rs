@@ -15,6 +15,7 @@ use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::PyTraverseError;
+use weaveloop_engine::injector::Unpark;
 use weaveloop_engine::{clock, Injector, Poller, Throttle, TimerHeap};
 
 use crate::errors;
@@ -341,7 +342,10 @@ impl LoopCore {
             return Ok(handle);
         }
         let injector = &self.shared.get().injector;
-        if let Err(refused) = injector.post(Posted::Call(cb)) {
+        // Wake a parked loop without the GIL: it then finds the GIL free when it wakes
+        // instead of blocking on it until this thread lets go (a second thread wake-up).
+        let posted = injector.post_with(Posted::Call(cb), |waker| py.detach(|| waker.unpark()));
+        if let Err(refused) = posted {
             drop(refused);
             return Err(errors::loop_closed());
         }

@@ -82,12 +82,18 @@ impl<T, U: Unpark> Injector<T, U> {
 
     /// Posts `item`, waking the loop if it is parked. Gives the item back once closed.
     pub fn post(&self, item: T) -> Result<(), T> {
+        self.post_with(item, U::unpark)
+    }
+
+    /// `post`, with the caller choosing how the wake-up of a parked loop is issued
+    /// (`wake` is called with the unparker, at most once).
+    pub fn post_with(&self, item: T, wake: impl FnOnce(&U)) -> Result<(), T> {
         if !self.wake.enter() {
             return Err(item);
         }
         self.queue.push(item);
         if self.wake.leave() {
-            self.unpark.unpark();
+            wake(&self.unpark);
         }
         Ok(())
     }
