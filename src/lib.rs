@@ -3,9 +3,6 @@
 
 use pyo3::prelude::*;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod errors;
 mod executor;
 mod handles;

@@ -38,6 +38,16 @@ pub enum Ready {
 }
 
 impl Ready {
+    pub fn clone_ref(&self, py: Python<'_>) -> Ready {
+        match self {
+            Ready::Soon(cb) => Ready::Soon(Arc::clone(cb)),
+            Ready::Posted(cb) => Ready::Posted(Arc::clone(cb)),
+            Ready::Watcher(h) => Ready::Watcher(h.clone_ref(py)),
+            Ready::Timer(h) => Ready::Timer(h.clone_ref(py)),
+            Ready::Foreign(h) => Ready::Foreign(h.clone_ref(py)),
+        }
+    }
+
     /// The handle object for the entry (what `_ready` lists and reports name). A one-shot
     /// callback gets a new object equal to the one its caller got.
     pub fn handle_object(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
@@ -133,6 +143,8 @@ pub struct LoopCore {
     pub(crate) in_flight: Mutex<HashMap<usize, Py<PyAny>>>,
     /// Whether the loop spins briefly before its next park (see run.rs, `SPIN`).
     pub(crate) spin_worthy: AtomicBool,
+    /// How many times flow control made a poster wait (see `call_soon_threadsafe`).
+    flow_control_waits: AtomicU64,
     /// `threading.get_ident()` of the thread running the loop; 0 when not running.
     pub(crate) owner: AtomicU64,
     pub(crate) closed: AtomicBool,
@@ -253,6 +265,7 @@ impl LoopCore {
             shared: SharedCell::new(Shared::new()?),
             in_flight: Mutex::new(HashMap::new()),
             spin_worthy: AtomicBool::new(false),
+            flow_control_waits: AtomicU64::new(0),
             owner: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -349,9 +362,14 @@ impl LoopCore {
             drop(refused);
             return Err(errors::loop_closed());
         }
-        if owner != 0 && injector.flooded(Throttle::CALLBACKS) {
-            // The loop is running and far behind: flow control (see Injector::throttle).
-            py.detach(|| injector.throttle(Throttle::CALLBACKS));
+        // The loop is running and far behind: flow control (see Injector::throttle), for
+        // plain threads only; a thread that runs a loop of its own must not stall it.
+        if owner != 0
+            && injector.flooded(Throttle::CALLBACKS)
+            && !interop::runs_a_loop(py)?
+            && py.detach(|| injector.throttle(Throttle::CALLBACKS))
+        {
+            self.flow_control_waits.fetch_add(1, Relaxed);
         }
         Ok(handle)
     }
@@ -582,10 +600,16 @@ impl LoopCore {
     /// A snapshot of the ready queue (stock asyncio's `_ready`, read-only here).
     #[getter]
     fn _ready(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
-        lock(&self.ready)
-            .iter()
-            .map(|item| item.handle_object(py))
-            .collect()
+        // Handle objects are made with the lock released: allocating one may run the
+        // cyclic GC, whose finalizers may schedule callbacks (and take this lock).
+        let entries: Vec<Ready> = lock(&self.ready).iter().map(|r| r.clone_ref(py)).collect();
+        entries.iter().map(|item| item.handle_object(py)).collect()
+    }
+
+    /// How many times flow control has made a thread posting to this loop wait.
+    #[getter]
+    fn _flow_control_waits(&self) -> u64 {
+        self.flow_control_waits.load(Relaxed)
     }
 
     /// A snapshot of the scheduled timers (stock asyncio's `_scheduled`, read-only here).

@@ -246,13 +246,21 @@ impl LoopCore {
         let result = match cb.run(py, once, empty) {
             Ok(()) => return Ok(()),
             Err(e) if is_fatal(py, &e.err) => Err(e.err),
-            Err(e) => match face {
-                Some(face) => report_callback_error(slf, e, face),
-                None => {
-                    let face = item.handle_object(py)?;
-                    report_callback_error(slf, e, face.bind(py))
-                }
-            },
+            Err(e) => {
+                let face = match face {
+                    Some(face) => face.clone(),
+                    // Allocating it can only fail with MemoryError: still report the
+                    // callback's own error (naming no handle) and release it below.
+                    None => item.handle_object(py).map_or_else(
+                        |failed| {
+                            failed.write_unraisable(py, None);
+                            py.None().into_bound(py)
+                        },
+                        |face| face.into_bound(py),
+                    ),
+                };
+                report_callback_error(slf, e, &face)
+            }
         };
         if once {
             cb.release(py);
@@ -267,7 +275,11 @@ impl LoopCore {
         empty: &mut EmptyContext,
     ) -> PyResult<()> {
         let py = slf.py();
-        let handle = item.handle_object(py)?;
+        let handle = match item.handle_object(py) {
+            Ok(handle) => handle,
+            // No object to time it under (MemoryError): it still runs, untimed.
+            Err(failed) => return self.run_item(slf, item, true, None, empty).and(Err(failed)),
+        };
         let handle = handle.bind(py);
         // As asyncio in debug mode: the exception handler then says where the running
         // handle was created.

@@ -229,3 +229,33 @@ def test_handles_facing_one_callback_are_equal_and_hash_alike(wloop):
     a.cancel()
     assert b.cancelled()
     _spin(wloop, 1)
+
+
+def test_ready_snapshot_survives_a_gc_finalizer_that_schedules_a_callback(loop):
+    # Reading _ready makes handle objects; making one may run the cyclic GC, and a
+    # finalizer may schedule a callback on the loop meanwhile.
+    ran = []
+
+    class Finalized:
+        def __del__(self):
+            loop.call_soon(ran.append, "from the finalizer")
+
+    def snapshot():
+        for _ in range(10):  # their handle objects are dropped at once: _ready makes new
+            loop.call_soon(ran.append, "queued")
+        old = gc.get_threshold()
+        gc.set_threshold(1)
+        try:
+            doomed = Finalized()
+            doomed.me = doomed
+            del doomed  # an unreachable cycle: the next collection finalizes it
+            ran.append(len(loop._ready))  # a collection every 2 allocations from here
+        finally:
+            gc.set_threshold(*old)
+        gc.collect()
+        loop.call_soon(loop.stop)
+
+    loop.call_soon(snapshot)
+    loop.run_forever()
+    _spin(loop, 1)
+    assert "queued" in ran and "from the finalizer" in ran

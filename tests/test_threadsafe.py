@@ -143,6 +143,51 @@ def test_a_flood_to_a_loop_blocked_in_a_callback_is_not_slowed_to_a_crawl(thread
     assert ran == list(range(30_000))
 
 
+def _stuck(loop):
+    """Makes the running ``loop`` block in a callback; returns the event that frees it."""
+    stuck, release = threading.Event(), threading.Event()
+
+    def block():
+        stuck.set()
+        release.wait(4 * SAFETY)
+
+    loop.call_soon_threadsafe(block)
+    wait_or_fail(stuck, "the loop to be stuck in a callback")
+    return release
+
+
+def test_flow_control_waits_once_for_a_loop_that_does_not_drain(wloop):
+    lt = LoopThread(wloop).start()
+    release = _stuck(wloop)
+    try:
+        for i in range(10_000):  # past the 8192 backlog, while nothing drains
+            wloop.call_soon_threadsafe(int, i)
+        assert wloop._flow_control_waits == 1
+    finally:
+        release.set()
+        lt.stop()
+
+
+def test_flow_control_never_stalls_a_thread_running_a_loop_of_its_own(wloop):
+    # A callback of another running loop floods this (stuck) loop: that thread must not
+    # be made to wait, or its own loop's timers and I/O would stall.
+    lt = LoopThread(wloop).start()
+    release = _stuck(wloop)
+    other = weaveloop.new_event_loop()
+    try:
+
+        async def flood():
+            for i in range(10_000):
+                wloop.call_soon_threadsafe(int, i)
+
+        other.run_until_complete(flood())
+        assert wloop._flow_control_waits == 0
+    finally:
+        other.close()
+        release.set()
+        lt.stop()
+
+
 def test_post_made_during_an_iteration_waits_for_the_next(loop):
     # Like call_soon: a post that lands while a batch runs is not part of that batch.
     ran = []
