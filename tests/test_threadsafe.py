@@ -66,9 +66,12 @@ def test_posts_from_one_thread_run_in_order(loop):
     assert ran == list(range(2000))
 
 
-def test_posts_from_many_threads_keep_per_thread_order(threaded_loop):
+# 4 x 12000 posts cross weaveloop's flow-control line (posters wait while 8192 or more
+# callbacks are queued) many times; nothing may be lost or reordered either way.
+@pytest.mark.parametrize("per_thread", [1000, 12_000], ids=["few", "past-flow-control"])
+def test_posts_from_many_threads_keep_per_thread_order(threaded_loop, per_thread):
     loop = threaded_loop.loop
-    n_threads, per_thread = 4, 1000
+    n_threads = 4
     ran = {k: [] for k in range(n_threads)}
     barrier = threading.Barrier(n_threads, timeout=SAFETY)
 
@@ -87,27 +90,17 @@ def test_posts_from_many_threads_keep_per_thread_order(threaded_loop):
         assert ran[k] == list(range(per_thread))
 
 
-def test_a_flood_past_the_flow_control_backlog_keeps_per_thread_order(threaded_loop):
-    # weaveloop makes posters wait while 8192 or more callbacks are queued (flow control):
-    # 4 x 12000 posts cross that line many times; nothing is lost or reordered.
-    loop = threaded_loop.loop
-    n_threads, per_thread = 4, 12_000
-    ran = {k: [] for k in range(n_threads)}
-    barrier = threading.Barrier(n_threads, timeout=SAFETY)
+def _stuck(loop):
+    """Makes the running ``loop`` block in a callback; returns the event that frees it."""
+    stuck, release = threading.Event(), threading.Event()
 
-    def poster(k):
-        barrier.wait()
-        for i in range(per_thread):
-            loop.call_soon_threadsafe(ran[k].append, i)
+    def block():
+        stuck.set()
+        release.wait(4 * SAFETY)
 
-    threads = [start_thread(poster, k) for k in range(n_threads)]
-    for t in threads:
-        join_or_fail(t)
-    done = threading.Event()
-    loop.call_soon_threadsafe(done.set)
-    wait_or_fail(done, "the posts to drain")
-    for k in range(n_threads):
-        assert ran[k] == list(range(per_thread))
+    loop.call_soon_threadsafe(block)
+    wait_or_fail(stuck, "the loop to be stuck in a callback")
+    return release
 
 
 def test_a_flood_to_a_loop_blocked_in_a_callback_is_not_slowed_to_a_crawl(threaded_loop):
@@ -115,14 +108,7 @@ def test_a_flood_to_a_loop_blocked_in_a_callback_is_not_slowed_to_a_crawl(thread
     # Flow control waits at most once for a loop that does not drain: waiting 2 ms per
     # post past the 8192 backlog would take over 40 s and trip the safety timeout.
     loop = threaded_loop.loop
-    stuck, release = threading.Event(), threading.Event()
-
-    def block():
-        stuck.set()
-        wait_or_fail(release, "the poster to finish", timeout=4 * SAFETY)
-
-    loop.call_soon_threadsafe(block)
-    wait_or_fail(stuck, "the loop to be stuck in a callback")
+    release = _stuck(loop)
     ran = []
     posted = threading.Event()
 
@@ -141,19 +127,6 @@ def test_a_flood_to_a_loop_blocked_in_a_callback_is_not_slowed_to_a_crawl(thread
     loop.call_soon_threadsafe(done.set)
     wait_or_fail(done, "the posts to drain")
     assert ran == list(range(30_000))
-
-
-def _stuck(loop):
-    """Makes the running ``loop`` block in a callback; returns the event that frees it."""
-    stuck, release = threading.Event(), threading.Event()
-
-    def block():
-        stuck.set()
-        release.wait(4 * SAFETY)
-
-    loop.call_soon_threadsafe(block)
-    wait_or_fail(stuck, "the loop to be stuck in a callback")
-    return release
 
 
 def test_flow_control_waits_once_for_a_loop_that_does_not_drain(wloop):
