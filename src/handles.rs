@@ -1,6 +1,7 @@
 //! asyncio-compatible callback handles: `Handle` (call_soon, fd watchers) and
 //! `TimerHandle` (call_later/call_at), plus the callback checks every scheduling call makes.
-//! Invariant: handles are immutable but for atomic flags, so they need no lock or borrow.
+//! Invariant: handles are immutable but for atomic flags and the callable of a callback,
+//! which is only touched with the GIL held (`GilCell`); so they need no lock or borrow.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::Relaxed};

@@ -38,6 +38,7 @@ pub enum Ready {
 }
 
 impl Ready {
+    /// Another reference to the same entry (a snapshot of the queue holds these).
     pub fn clone_ref(&self, py: Python<'_>) -> Ready {
         match self {
             Ready::Soon(cb) => Ready::Soon(Arc::clone(cb)),
