@@ -101,14 +101,14 @@ impl LoopCore {
             shared.poller.poll(timeout, events)
         } else {
             // The handshake of wake.rs: announce the park, then look at the queue.
-            let may_block = shared.injector.begin_park();
-            let t = if may_block {
+            let park = shared.injector.park();
+            let t = if park.may_block() {
                 timeout
             } else {
                 Some(Duration::ZERO)
             };
             let r = py.detach(|| shared.poller.poll(t, events));
-            shared.injector.end_park();
+            drop(park);
             // Spin next time only if this wake-up, by another thread, came within the
             // spin budget: ping-pong with a worker or a posting thread, not a slow trickle.
             let quick = clock::monotonic() - idle_since <= SPIN.as_secs_f64();

@@ -44,6 +44,25 @@ pub struct Injector<T, U: Unpark = std::sync::Arc<mio::Waker>> {
     stalled_at: AtomicU64,
 }
 
+/// A park of the loop thread (see `Injector::park`).
+pub struct Park<'a, T, U: Unpark> {
+    injector: &'a Injector<T, U>,
+}
+
+impl<T, U: Unpark> Park<'_, T, U> {
+    /// False if the loop must not block because something is already queued. (Looked
+    /// at after the park was announced: the order the handshake of wake.rs needs.)
+    pub fn may_block(&self) -> bool {
+        self.injector.queue.is_empty()
+    }
+}
+
+impl<T, U: Unpark> Drop for Park<'_, T, U> {
+    fn drop(&mut self) {
+        self.injector.wake.end_park();
+    }
+}
+
 /// Flow control against a flood of posts (see `Injector::throttle`).
 #[derive(Clone, Copy, Debug)]
 pub struct Throttle {
@@ -146,16 +165,12 @@ impl<T, U: Unpark> Injector<T, U> {
         self.queue.len()
     }
 
-    /// Loop thread: announce the park. Returns false if the loop must not block because
-    /// something is already queued.
-    pub fn begin_park(&self) -> bool {
+    /// Loop thread: announces a park, which lasts until the returned guard is dropped
+    /// (also when a panic unwinds through the blocking poll: a park left announced would
+    /// keep posters from ever waking the next one).
+    pub fn park(&self) -> Park<'_, T, U> {
         self.wake.begin_park();
-        self.queue.is_empty()
-    }
-
-    /// Loop thread: running again.
-    pub fn end_park(&self) {
-        self.wake.end_park();
+        Park { injector: self }
     }
 
     /// Loop thread: busy-waits (no syscalls) until something is queued or `budget` has
@@ -223,11 +238,12 @@ mod tests {
         assert_eq!(counter.0.load(SeqCst), 0, "running loop: no wake-up");
         let mut out = Vec::new();
         inj.drain_into(&mut out);
-        assert!(inj.begin_park());
+        let park = inj.park();
+        assert!(park.may_block());
         inj.post(2).unwrap();
         inj.post(3).unwrap();
         assert_eq!(counter.0.load(SeqCst), 1, "one wake-up per park");
-        inj.end_park();
+        drop(park);
         inj.drain_into(&mut out);
         assert_eq!(out, vec![1, 2, 3]);
     }
@@ -243,10 +259,29 @@ mod tests {
     }
 
     #[test]
-    fn begin_park_refuses_to_block_when_items_are_queued() {
+    fn a_park_refuses_to_block_when_items_are_queued() {
         let inj = Injector::new(Arc::new(CountingUnpark::default()));
         inj.post(1).unwrap();
-        assert!(!inj.begin_park());
+        assert!(!inj.park().may_block());
+    }
+
+    #[test]
+    fn a_park_ends_when_a_panic_unwinds_through_it() {
+        let counter = Arc::new(CountingUnpark::default());
+        let inj = Injector::new(counter.clone());
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _park = inj.park();
+            inj.post(1).unwrap(); // wakes the park: NOTIFIED
+            panic!("the poll failed");
+        }));
+        assert!(unwound.is_err());
+        let mut out = Vec::new();
+        inj.drain_into(&mut out);
+        let park = inj.park();
+        assert!(park.may_block());
+        inj.post(2).unwrap();
+        assert_eq!(counter.0.load(SeqCst), 2, "the next park is woken too");
+        drop(park);
     }
 
     #[test]
