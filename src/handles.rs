@@ -3,7 +3,6 @@
 //! Invariant: handles are immutable but for atomic flags and the callable of a callback,
 //! which is only touched with the GIL held (`GilCell`); so they need no lock or borrow.
 
-use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -14,6 +13,7 @@ use pyo3::types::{PyFloat, PyTuple};
 use pyo3::PyTraverseError;
 
 use crate::errors;
+use crate::gil::GilCell;
 use crate::interop;
 
 /// The context that callbacks scheduled from an empty context run in: one empty
@@ -61,37 +61,6 @@ pub struct CallbackError {
     pub callback: Py<PyAny>,
     pub args: Py<PyAny>,
     pub source_traceback: Option<Py<PyAny>>,
-}
-
-/// A value that is only ever read or written with the GIL held: no lock and no atomic
-/// instruction, which matters on the per-callback path. Each operation is a single move
-/// or reference-count increment that cannot run Python code, so no access can begin
-/// while another one on the same thread is in progress either.
-struct GilCell<T>(UnsafeCell<T>);
-
-// SAFETY: every access below requires a `Python` token (or runs inside the GC, which
-// holds the GIL), and the module is declared `gil_used`, so a free-threaded interpreter
-// turns the GIL on when it imports it: accesses from different threads never overlap.
-unsafe impl<T: Send> Sync for GilCell<T> {}
-
-impl<T> GilCell<T> {
-    fn new(value: T) -> Self {
-        GilCell(UnsafeCell::new(value))
-    }
-
-    /// `f` must not run Python code (no drop of a Python object, no call).
-    fn with<R>(&self, _py: Python<'_>, f: impl FnOnce(&mut T) -> R) -> R {
-        // SAFETY: the GIL is held (the token proves it), see the Sync impl; `f` runs no
-        // Python code, so nothing on this thread can reach the cell while it holds it.
-        f(unsafe { &mut *self.0.get() })
-    }
-
-    /// For `tp_traverse`, which gets no token but runs with the GIL held.
-    fn peek_in_gc(&self) -> &T {
-        // SAFETY: the GC runs with the GIL held and is only triggered by allocating a
-        // Python object, which no `with` closure does; so no `&mut` borrow is live.
-        unsafe { &*self.0.get() }
-    }
 }
 
 /// A callback with its arguments and the context it runs in.

@@ -1,12 +1,12 @@
 //! Python objects the binding layer calls into, imported once per interpreter, and small
 //! helpers around CPython's C API (contexts, thread idents) that the rest of `src/` uses.
 
-use std::cell::RefCell;
-
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyModule, PyTuple};
+
+use crate::gil::GilCell;
 
 macro_rules! cached_import {
     ($fn_name:ident, $module:literal, $attr:literal) => {
@@ -201,26 +201,25 @@ pub fn is_coroutine_object(obj: &Bound<'_, PyAny>) -> bool {
 
 const CO_COROUTINE: u32 = 0x80;
 
-thread_local! {
-    /// The code object last checked on this thread, with its answer: callbacks tend to
-    /// be the same function over and over. Holding the code object keeps its address
-    /// from being reused by another one while it is cached.
-    static LAST_CODE: RefCell<Option<(Py<PyAny>, bool)>> = const { RefCell::new(None) };
-}
+/// The code object last checked, with its answer: callbacks tend to be the same
+/// function over and over. Holding the code object keeps its address from being reused
+/// by another one while it is cached. (A GIL cell rather than a thread-local: a
+/// thread-local in an extension module costs a call to `__tls_get_addr` per access.)
+static LAST_CODE: GilCell<Option<(Py<PyAny>, bool)>> = GilCell::new(None);
 
 fn code_is_coroutine(code: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let hit = LAST_CODE.with(|c| match &*c.borrow() {
+    let py = code.py();
+    let hit = LAST_CODE.with(py, |c| match c {
         Some((cached, answer)) if cached.as_ptr() == code.as_ptr() => Some(*answer),
         _ => None,
     });
     if let Some(answer) = hit {
         return Ok(answer);
     }
-    let flags: u32 = code
-        .getattr(pyo3::intern!(code.py(), "co_flags"))?
-        .extract()?;
+    let flags: u32 = code.getattr(pyo3::intern!(py, "co_flags"))?.extract()?;
     let answer = flags & CO_COROUTINE != 0;
-    let old = LAST_CODE.with(|c| c.replace(Some((code.clone().unbind(), answer))));
+    let fresh = Some((code.clone().unbind(), answer));
+    let old = LAST_CODE.with(py, |c| std::mem::replace(c, fresh));
     drop(old);
     Ok(answer)
 }

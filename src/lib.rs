@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 mod errors;
 mod executor;
+mod gil;
 mod handles;
 mod interop;
 mod io;
