@@ -57,15 +57,12 @@ pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
 }
 
 cached_import!(asyncio_task, "asyncio", "Task");
-cached_import!(
-    get_running_loop_or_none,
-    "asyncio.events",
-    "_get_running_loop"
-);
+cached_import!(get_running_loop, "asyncio.events", "_get_running_loop");
 
-/// Whether the calling thread is running an event loop (any loop, any implementation).
-pub fn runs_a_loop(py: Python<'_>) -> PyResult<bool> {
-    Ok(!get_running_loop_or_none(py)?.call0()?.is_none())
+/// `asyncio._get_running_loop()` (the C accelerator): the loop running in this thread,
+/// or None.
+pub fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    get_running_loop(py)?.call0()
 }
 cached_import!(set_task_name, "asyncio.tasks", "_set_task_name");
 

@@ -367,7 +367,7 @@ impl LoopCore {
         // plain threads only; a thread that runs a loop of its own must not stall it.
         if owner != 0
             && injector.flooded(Throttle::CALLBACKS)
-            && !interop::runs_a_loop(py).unwrap_or(true)
+            && interop::running_loop(py).is_ok_and(|l| l.is_none())
             && py.detach(|| injector.throttle(Throttle::CALLBACKS))
         {
             self.flow_control_waits.fetch_add(1, Relaxed);

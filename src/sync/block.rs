@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
-use super::wake::{running_loop, W};
+use super::wake::W;
+use crate::interop::running_loop;
 
 /// How long a blocking call may wait.
 #[derive(Clone, Copy, Debug)]

@@ -10,7 +10,8 @@ use weaveloop_engine::sync::RecursiveOwner;
 
 use super::block::{lock_wait, truthy, Wait};
 use super::semaphore::{acquire_thread, coroutine_permit_hooks, new_sem, release, Sem};
-use super::wake::{running_loop, SyncWaiter};
+use super::wake::SyncWaiter;
+use crate::interop::running_loop;
 use crate::interop::thread_ident;
 
 const CALL: &str = "RLock.acquire()";

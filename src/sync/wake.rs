@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::PyTraverseError;
 use weaveloop_engine::sync::{Granted, Notifier, Semaphore, Waiter};
+
+use crate::interop;
 
 /// A coroutine waiter's token: the future it awaits and the loop that future belongs to.
 pub struct Token {
@@ -70,12 +71,6 @@ impl SyncWaiter {
             fut: fut.clone().unbind(),
         })
     }
-}
-
-/// `asyncio._get_running_loop()` (the C accelerator): the loop running in this thread.
-pub fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    static F: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    F.import(py, "asyncio.events", "_get_running_loop")?.call0()
 }
 
 fn settle(py: Python<'_>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -152,7 +147,7 @@ pub fn wake(py: Python<'_>, granted: Granted<Token>, pass_on: &PassOn) {
     if granted.is_empty() {
         return;
     }
-    let here = running_loop(py).ok().filter(|l| !l.is_none());
+    let here = interop::running_loop(py).ok().filter(|l| !l.is_none());
     // Group by loop, keeping FIFO order inside each group.
     let mut groups: Vec<(Bound<'_, PyAny>, Vec<Arc<W>>)> = Vec::new();
     for w in granted.0 {
