@@ -58,6 +58,9 @@ pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
 
 cached_import!(asyncio_task, "asyncio", "Task");
 cached_import!(get_running_loop, "asyncio.events", "_get_running_loop");
+cached_import!(heappush, "heapq", "heappush");
+cached_import!(heappop, "heapq", "heappop");
+cached_import!(heapify, "heapq", "heapify");
 
 /// `asyncio._get_running_loop()` (the C accelerator): the loop running in this thread,
 /// or None.

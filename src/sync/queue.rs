@@ -25,6 +25,7 @@ use super::semaphore::{
     abandon_task, acquire_thread, enqueue_task, new_sem, release, Sem, MAX_PERMITS,
 };
 use super::wake::{wake, PassOn, SyncWaiter, Token, W};
+use crate::interop;
 
 enum Store {
     Fifo(Mutex<VecDeque<Py<PyAny>>>),
@@ -53,18 +54,6 @@ fn gate<'a>(py: Python<'_>, m: &'a Mutex<()>) -> MutexGuard<'a, ()> {
     }
 }
 
-fn heapq<'py>(py: Python<'py>, name: &'static str) -> PyResult<Bound<'py, PyAny>> {
-    static PUSH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    static POP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    static HEAPIFY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let cell = match name {
-        "heappush" => &PUSH,
-        "heappop" => &POP,
-        _ => &HEAPIFY,
-    };
-    Ok(cell.import(py, "heapq", name)?.clone())
-}
-
 fn queue_error(py: Python<'_>, name: &'static str) -> PyErr {
     static EMPTY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     static FULL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -83,13 +72,13 @@ impl Store {
             Store::Priority { heap, gate: g } => {
                 let _g = gate(py, g);
                 let heap = heap.bind(py);
-                if let Err(e) = heapq(py, "heappush")?.call1((heap, &item)) {
+                if let Err(e) = interop::heappush(py)?.call1((heap, &item)) {
                     // heappush appends before comparing: a comparison that raised left
                     // the item in the heap. Take it out, so that the put fails whole.
                     let at = heap.iter().position(|x| x.is(&item));
                     if let Some(i) = at {
                         heap.del_item(i)?;
-                        heapq(py, "heapify")?.call1((heap,))?;
+                        interop::heapify(py)?.call1((heap,))?;
                     }
                     return Err(e);
                 }
@@ -104,7 +93,7 @@ impl Store {
             Store::Lifo(q) => plain(q).pop(),
             Store::Priority { heap, gate: g } => {
                 let _g = gate(py, g);
-                Some(heapq(py, "heappop")?.call1((heap.bind(py),))?.unbind())
+                Some(interop::heappop(py)?.call1((heap.bind(py),))?.unbind())
             }
         };
         // A permit always has its item (see the module invariant).
