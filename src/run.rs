@@ -36,6 +36,14 @@ pub(crate) fn is_fatal(py: Python<'_>, e: &PyErr) -> bool {
 }
 
 impl LoopCore {
+    /// A cancelled timer left the heap: one less in the count that decides compaction
+    /// (saturating at zero).
+    fn cancelled_timer_left_heap(&self) {
+        let _ = self
+            .cancelled_in_heap
+            .fetch_update(Relaxed, Relaxed, |c| c.checked_sub(1));
+    }
+
     /// Drops cancelled timers: all of them when they are the majority, else from the head.
     fn housekeep_timers(&self) {
         let dead = {
@@ -54,9 +62,7 @@ impl LoopCore {
                     if let Some((_, h)) = timers.pop() {
                         dead.push(h);
                     }
-                    let _ = self
-                        .cancelled_in_heap
-                        .fetch_update(Relaxed, Relaxed, |c| c.checked_sub(1));
+                    self.cancelled_timer_left_heap();
                 }
                 dead
             }
@@ -178,9 +184,7 @@ impl LoopCore {
         for h in &due {
             h.get().scheduled.store(false, Relaxed);
             if h.get().cb.is_cancelled() {
-                let _ = self
-                    .cancelled_in_heap
-                    .fetch_update(Relaxed, Relaxed, |c| c.checked_sub(1));
+                self.cancelled_timer_left_heap();
             }
         }
         lock(&self.ready).extend(due.into_iter().map(Ready::Timer));
