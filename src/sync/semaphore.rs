@@ -24,13 +24,15 @@ pub fn new_sem(permits: usize) -> Sem {
 
 /// Releases `n` permits and wakes whoever they went to.
 pub fn release(py: Python<'_>, sem: &Sem, n: usize) {
-    let granted = sem.release(n);
-    wake(py, granted, &PassOn::Permit(sem.clone()));
+    wake_released(py, sem, sem.release(n));
 }
 
-/// Wakes the waiters a (bounded) release granted.
+/// Wakes the waiters a (bounded) release granted. Most releases grant nothing: they
+/// return before taking a reference to the semaphore for passing grants on.
 pub fn wake_released(py: Python<'_>, sem: &Sem, granted: weaveloop_engine::sync::Granted<Token>) {
-    wake(py, granted, &PassOn::Permit(sem.clone()));
+    if !granted.is_empty() {
+        wake(py, granted, &PassOn::Permit(sem.clone()));
+    }
 }
 
 /// The coroutine side's hooks of a permit-based class (a `sem: Sem` field): queue a
