@@ -311,8 +311,6 @@ callback_accessors!(TimerHandle);
 #[pyclass(module = "weaveloop._core", frozen, weakref)]
 pub struct Handle {
     pub cb: Arc<Callback>,
-    /// fd watchers run on every readiness until removed; other handles run once.
-    pub repeats: bool,
     /// The object the scheduling call returned (`Callback::face` points at it).
     first: bool,
 }
@@ -326,12 +324,12 @@ impl Drop for Handle {
 }
 
 impl Handle {
-    /// An fd watcher's handle. It stays tracked by the cyclic GC (as every new pyclass
-    /// object starts) and reports its callback itself; watchers are few and long-lived.
+    /// An fd watcher's handle: it runs on every readiness until removed (the ready queue
+    /// holds it as `Ready::Watcher`). It stays tracked by the cyclic GC (as every new
+    /// pyclass object starts) and reports its callback itself; watchers are few.
     pub fn watcher(py: Python<'_>, cb: Callback) -> PyResult<Py<Handle>> {
         let handle = Handle {
             cb: Arc::new(cb),
-            repeats: true,
             first: false,
         };
         Py::new(py, handle)
@@ -365,7 +363,6 @@ impl Handle {
     fn untracked(py: Python<'_>, cb: &Arc<Callback>, first: bool) -> PyResult<Py<Handle>> {
         let handle = Handle {
             cb: Arc::clone(cb),
-            repeats: false,
             first,
         };
         let handle = Py::new(py, handle)?;
