@@ -50,7 +50,7 @@ impl LoopCore {
         if shared.injector.is_empty() {
             return Ok(());
         }
-        let mut items = Vec::with_capacity(shared.injector.len());
+        let mut items = Vec::new(); // drain_into reserves what is queued
         shared.injector.drain_into(&mut items);
         match self.apply_posted(slf, items) {
             Some(fatal) => Err(fatal),
