@@ -70,7 +70,6 @@ impl<T> Waiter<T> {
         self.state.load(Acquire) == WAITING
     }
 
-    /// Thread waiter: parks until granted or until `deadline` passes (None: forever).
     /// Thread side of any waiter queue: a new thread waiter is handed to `enqueue`
     /// (true: no need to wait), then parks until granted or `deadline`; a grant that
     /// races the timeout is kept (`cancel` reports it).
@@ -87,6 +86,7 @@ impl<T> Waiter<T> {
         w.park_until(deadline) || cancel(&w) == Cancel::Granted
     }
 
+    /// Thread waiter: parks until granted or until `deadline` passes (None: forever).
     /// Returns true once granted. Spurious unparks are absorbed here.
     #[cfg(not(loom))]
     pub fn park_until(&self, deadline: Option<Instant>) -> bool {
