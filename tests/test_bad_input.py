@@ -3,7 +3,9 @@
 Rows tested elsewhere: "run_forever while running / nested" in test_running.py;
 "exception in a callback or executor job" and "KeyboardInterrupt/SystemExit in a callback"
 in test_exception_handler.py; "closing a loop with executor jobs in flight" in
-test_run_in_executor.py; "foreign-thread posts racing close()" in test_threadsafe.py.
+test_run_in_executor.py; "foreign-thread posts racing close()" in test_threadsafe.py;
+"submit after shutdown" and "initializer failure" (direct use) in test_executor.py;
+"run_in_executor after shutdown_default_executor" in test_run_in_executor.py.
 Differential where the stock loop shares the behaviour; weaveloop-only tests say why.
 """
 
@@ -15,7 +17,7 @@ import socket
 
 import pytest
 import weaveloop
-from _support import SAFETY, run
+from _support import run
 
 
 async def coro_function():
@@ -232,40 +234,6 @@ def test_closed_loop_still_answers_queries(loop):
 
 
 # -- rows: submit after shutdown, initializer failure (executor) -------------------------
-
-
-def test_submit_after_shutdown_is_a_runtime_error(pool_cls):
-    pool = pool_cls(max_workers=1)
-    pool.shutdown(wait=True)
-    with pytest.raises(RuntimeError, match="^cannot schedule new futures after shutdown$"):
-        pool.submit(int)
-    with pytest.raises(RuntimeError, match="^cannot schedule new futures after shutdown$"):
-        list(pool.map(int, [1]))
-
-
-def test_run_in_executor_after_default_executor_shutdown(loop):
-    async def main():
-        await loop.run_in_executor(None, int)
-        await loop.shutdown_default_executor()
-        with pytest.raises(RuntimeError, match="Executor shutdown has been called"):
-            loop.run_in_executor(None, int)
-
-    run(loop, main())
-
-
-def test_initializer_failure_is_broken_thread_pool(pool_cls):
-    def bad_init():
-        raise OSError("cannot initialise")
-
-    pool = pool_cls(max_workers=2, initializer=bad_init)
-    try:
-        f = pool.submit(int)
-        with pytest.raises(weaveloop.BrokenThreadPool):
-            f.result(SAFETY)
-        with pytest.raises(weaveloop.BrokenThreadPool):
-            pool.submit(int)
-    finally:
-        pool.shutdown(wait=True)
 
 
 def test_initializer_failure_through_run_in_executor(loop, pool_cls):

@@ -122,6 +122,8 @@ def test_submit_after_shutdown_raises(make_pool):
     pool.shutdown()
     with pytest.raises(RuntimeError, match="^cannot schedule new futures after shutdown$"):
         pool.submit(lambda: None)
+    with pytest.raises(RuntimeError, match="^cannot schedule new futures after shutdown$"):
+        list(pool.map(int, [1]))
     pool.shutdown()  # idempotent
 
 
