@@ -17,7 +17,7 @@ import threading
 
 import pytest
 import weaveloop
-from _support import SAFETY, Blocker, join_or_fail, wait_or_fail
+from _support import SAFETY, Blocker, join_or_fail, start_thread, wait_or_fail
 
 # -- pool API (weaveloop pool vs stdlib pool) -------------------------------------------
 
@@ -292,8 +292,7 @@ def test_shutdown_waits_for_a_job_accepted_while_its_worker_was_starting(make_po
             except RuntimeError:  # lost the race to shutdown: refused, fine
                 pass
 
-        t = threading.Thread(target=submitter)
-        t.start()
+        t = start_thread(submitter)
         both.wait(SAFETY)
         for _ in range(rng.randrange(200)):  # jitter only: vary where shutdown lands
             pass

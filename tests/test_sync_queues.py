@@ -9,7 +9,7 @@ import queue
 
 import pytest
 import weaveloop.sync as ws
-from _support import SAFETY, start_thread
+from _support import SAFETY, join_or_fail, start_thread
 from _sync_support import SYNC_LOOPS, ThreadLoop, run, wait_until
 
 
@@ -274,8 +274,7 @@ def test_going_unbounded_releases_every_waiting_putter():
     wait_until(lambda: q._putters_waiting() == 3, "the putters to queue")
     q.maxsize = 0
     for t in threads:
-        t.join(SAFETY)
-        assert not t.is_alive()
+        join_or_fail(t)
     assert q.qsize() == 4 and not q.full()
 
 

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 import weaveloop.sync as ws
-from _support import SAFETY, start_thread
+from _support import SAFETY, join_or_fail, start_thread
 from _sync_support import SYNC_LOOPS, ThreadLoop
 
 FACTORY = SYNC_LOOPS["weaveloop"]
@@ -187,8 +187,7 @@ def test_maxsize_changed_at_random_while_threads_and_a_coroutine_put_and_get():
         consumer = start_thread(thread_consumer, by_thread)
         by_coro = lt.submit(coro_consumer())
         for w in workers:
-            w.join(SAFETY)
-            assert not w.is_alive()
+            join_or_fail(w)
         done_producing.set()
         for r in resizers:
             r.join(SAFETY)
