@@ -123,17 +123,15 @@ SELECTOR_LOOP_UNITS = {
 
 #: Test classes left out of a unit (both loops), with why. Classes that need another
 #: platform (Proactor, Windows, kqueue) are skipped by unittest itself and not listed.
+# The same tests once per selector; the selector is ignored on weaveloop, so running
+# them under PollSelector and SelectSelector too would only repeat EPollEventLoopTests.
+_PER_SELECTOR_REPEATS = {
+    "PollEventLoopTests": "repeats EPollEventLoopTests (selector ignored)",
+    "SelectEventLoopTests": "repeats EPollEventLoopTests (selector ignored)",
+}
 EXCLUDED_CLASSES: dict[str, dict[str, str]] = {
-    # The same tests once per selector; the selector is ignored on weaveloop, so running
-    # them under PollSelector and SelectSelector too would only repeat EPollEventLoopTests.
-    "test_sock_lowlevel": {
-        "PollEventLoopTests": "repeats EPollEventLoopTests (selector ignored)",
-        "SelectEventLoopTests": "repeats EPollEventLoopTests (selector ignored)",
-    },
-    "test_sendfile": {
-        "PollEventLoopTests": "repeats EPollEventLoopTests (selector ignored)",
-        "SelectEventLoopTests": "repeats EPollEventLoopTests (selector ignored)",
-    },
+    "test_sock_lowlevel": _PER_SELECTOR_REPEATS,
+    "test_sendfile": _PER_SELECTOR_REPEATS,
     "test_unix_events": {
         # Drive the stock loop's signal plumbing (_check_signal, _handle_signal,
         # _signal_handlers) with ``asyncio.unix_events.signal`` mocked out: a unit test
@@ -270,12 +268,12 @@ def _build_suite(unit: str, counters: dict):
     if unit != "test_events":
         if unit in BARE_LOOP_UNITS:
             _substitute_bare_loop(unit, module, factory)
-        suite = unittest.defaultTestLoader.loadTestsFromModule(module)
+        tests = list(_flatten(unittest.defaultTestLoader.loadTestsFromModule(module)))
         excluded = EXCLUDED_CLASSES.get(unit, {})
-        unknown = set(excluded) - {t.__class__.__name__ for t in _flatten(suite)}
+        unknown = set(excluded) - {type(t).__name__ for t in tests}
         if unknown:
             raise SystemExit(f"EXCLUDED_CLASSES[{unit!r}] names no test class: {sorted(unknown)}")
-        return unittest.TestSuite(t for t in _flatten(suite) if type(t).__name__ not in excluded)
+        return unittest.TestSuite(t for t in tests if type(t).__name__ not in excluded)
 
     bases = (module.UnixEventLoopTestsMixin, module.SubprocessTestsMixin, test_utils.TestCase)
 
