@@ -47,13 +47,9 @@ BAD_CALLBACKS = {
 }
 
 
-def _bad_callback(kind):
-    return BAD_CALLBACKS[kind]()
-
-
 def _type_error_scheduling(loop, method: str, kind: str) -> str:
     """Schedules a bad callback of ``kind`` with ``method``; returns the TypeError's text."""
-    cb = _bad_callback(kind)
+    cb = BAD_CALLBACKS[kind]()
     try:
         with pytest.raises(TypeError) as info:
             SCHEDULERS[method](loop, cb)
@@ -112,11 +108,6 @@ def test_set_exception_handler_non_callable(loop):
         loop.set_exception_handler(42)
 
 
-def test_call_later_none_delay(loop):
-    with pytest.raises(TypeError):
-        loop.call_later(None, lambda: None)
-
-
 # -- row: NaN or infinite delay; negative delay ------------------------------------------
 
 
@@ -165,50 +156,36 @@ def test_call_at_in_the_past_means_now(loop):
     assert ran == ["past"]
 
 
-def test_bad_delay_types(loop):
+@pytest.mark.parametrize("delay", [None, "1"])
+def test_bad_delay_types(loop, delay):
     with pytest.raises(TypeError):
-        loop.call_later("1", lambda: None)
+        loop.call_later(delay, lambda: None)
 
 
 # -- row: any method on a closed loop -------------------------------------------------------
 
 
-def _closed_loop_calls(loop, sock):
-    return {
-        "call_soon": lambda: loop.call_soon(lambda: None),
-        "call_soon_threadsafe": lambda: loop.call_soon_threadsafe(lambda: None),
-        "call_later": lambda: loop.call_later(1, lambda: None),
-        "call_at": lambda: loop.call_at(loop.time() + 1, lambda: None),
-        "run_forever": loop.run_forever,
-        "run_until_complete": lambda: loop.run_until_complete(loop.create_future()),
-        "run_in_executor": lambda: loop.run_in_executor(None, int),
-        "add_reader": lambda: loop.add_reader(sock, lambda: None),
-        "add_writer": lambda: loop.add_writer(sock, lambda: None),
-        "add_signal_handler": lambda: loop.add_signal_handler(10, lambda: None),
-    }
+CLOSED_LOOP_CALLS = {
+    "call_soon": lambda lp, sock: lp.call_soon(lambda: None),
+    "call_soon_threadsafe": lambda lp, sock: lp.call_soon_threadsafe(lambda: None),
+    "call_later": lambda lp, sock: lp.call_later(1, lambda: None),
+    "call_at": lambda lp, sock: lp.call_at(lp.time() + 1, lambda: None),
+    "run_forever": lambda lp, sock: lp.run_forever(),
+    "run_until_complete": lambda lp, sock: lp.run_until_complete(lp.create_future()),
+    "run_in_executor": lambda lp, sock: lp.run_in_executor(None, int),
+    "add_reader": lambda lp, sock: lp.add_reader(sock, lambda: None),
+    "add_writer": lambda lp, sock: lp.add_writer(sock, lambda: None),
+    "add_signal_handler": lambda lp, sock: lp.add_signal_handler(10, lambda: None),
+}
 
 
-CLOSED_METHODS = [
-    "call_soon",
-    "call_soon_threadsafe",
-    "call_later",
-    "call_at",
-    "run_forever",
-    "run_until_complete",
-    "run_in_executor",
-    "add_reader",
-    "add_writer",
-    "add_signal_handler",
-]
-
-
-@pytest.mark.parametrize("method", CLOSED_METHODS)
+@pytest.mark.parametrize("method", list(CLOSED_LOOP_CALLS))
 def test_closed_loop_raises(loop, method):
     a, b = socket.socketpair()
     try:
         loop.close()
         with pytest.raises(RuntimeError, match="^Event loop is closed$"):
-            _closed_loop_calls(loop, a)[method]()
+            CLOSED_LOOP_CALLS[method](loop, a)
     finally:
         a.close()
         b.close()
