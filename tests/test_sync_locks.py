@@ -398,15 +398,11 @@ def test_semaphore_thread_side_errors_match_threading():
         ws.RLock().release()
 
 
-@pytest.mark.parametrize("stock", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("stock", sorted(set(SYNC_LOOPS) - {"weaveloop"}))
 def test_grant_to_a_loop_closed_before_it_runs_is_passed_on(stock):
     # A stock loop's close() discards queued callbacks, the posted wake-up among them:
     # the grant must come back to the lock, not vanish with the loop.
-    if stock == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        lp = uvloop.new_event_loop()
-    else:
-        lp = asyncio.new_event_loop()
+    lp = SYNC_LOOPS[stock]()
     lock = ws.Lock()
     lock.acquire()
 
