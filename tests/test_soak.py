@@ -14,7 +14,6 @@ import threading
 
 import psutil
 import pytest
-import weaveloop
 from _support import SAFETY, LoopThread, join_or_fail, start_thread
 
 pytestmark = pytest.mark.soak
@@ -31,8 +30,8 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def test_run_in_executor_rss_is_flat():
-    lp = weaveloop.new_event_loop()
+def test_run_in_executor_rss_is_flat(wloop):
+    lp = wloop
 
     async def batch(sequential: bool):
         if sequential:
@@ -41,23 +40,20 @@ def test_run_in_executor_rss_is_flat():
         else:
             await asyncio.gather(*[lp.run_in_executor(None, int) for _ in range(BATCH)])
 
-    try:
-        baseline = None
-        for i in range(TOTAL // BATCH):
-            # Alternate the sequential and the wide shape: both paths are exercised.
-            lp.run_until_complete(batch(sequential=i % 2 == 0))
-            if (i + 1) * BATCH == WARMUP:
-                baseline = _rss()
-        final = _rss()
-    finally:
-        lp.close()
+    baseline = None
+    for i in range(TOTAL // BATCH):
+        # Alternate the sequential and the wide shape: both paths are exercised.
+        lp.run_until_complete(batch(sequential=i % 2 == 0))
+        if (i + 1) * BATCH == WARMUP:
+            baseline = _rss()
+    final = _rss()
     growth = final - baseline
     print(f"run_in_executor: baseline {baseline / MiB:.1f} MiB, growth {growth / MiB:.2f} MiB")
     assert growth <= BUDGET
 
 
-def test_call_soon_threadsafe_rss_is_flat():
-    lp = weaveloop.new_event_loop()
+def test_call_soon_threadsafe_rss_is_flat(wloop):
+    lp = wloop
     lt = LoopThread(lp).start()
     counter = [0]
     sizes = {}
@@ -81,15 +77,14 @@ def test_call_soon_threadsafe_rss_is_flat():
         join_or_fail(start_thread(poster), timeout=600)
     finally:
         lt.stop()
-        lp.close()
     assert counter[0] == TOTAL
     baseline, growth = sizes["baseline"], sizes["final"] - sizes["baseline"]
     print(f"call_soon_threadsafe: baseline {baseline / MiB:.1f} MiB, growth {growth / MiB:.2f} MiB")
     assert growth <= BUDGET
 
 
-def test_cancelled_far_timers_rss_is_flat():
-    lp = weaveloop.new_event_loop()
+def test_cancelled_far_timers_rss_is_flat(wloop):
+    lp = wloop
 
     async def main():
         baseline = None
@@ -101,10 +96,7 @@ def test_cancelled_far_timers_rss_is_flat():
                 baseline = _rss()
         return baseline, _rss()
 
-    try:
-        baseline, final = lp.run_until_complete(main())
-    finally:
-        lp.close()
+    baseline, final = lp.run_until_complete(main())
     growth = final - baseline
     print(f"cancelled timers: baseline {baseline / MiB:.1f} MiB, growth {growth / MiB:.2f} MiB")
     assert growth <= BUDGET
