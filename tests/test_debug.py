@@ -171,18 +171,14 @@ def test_slow_callback_duration_defaults_to_asyncio_value_and_is_settable(loop):
     assert loop.slow_callback_duration == 0.25
 
 
-def test_set_debug_takes_any_truth_value(loop_factory):
+def test_set_debug_takes_any_truth_value(loop_factory, loop):
     # asyncio stores whatever it gets; asyncio.Runner(debug=1) passes an int.
     with asyncio.Runner(debug=1, loop_factory=loop_factory) as runner:
         assert runner.get_loop().get_debug()
-    loop = loop_factory()
-    try:
-        loop.set_debug(0)
-        assert not loop.get_debug()
-        loop.set_debug("yes")
-        assert loop.get_debug()
-    finally:
-        loop.close()
+    loop.set_debug(0)
+    assert not loop.get_debug()
+    loop.set_debug("yes")
+    assert loop.get_debug()
 
 
 def test_debug_mode_handles_say_where_they_were_created(loop):
