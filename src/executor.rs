@@ -4,7 +4,8 @@
 //! without the GIL; a job whose future was cancelled before it started never runs.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -44,12 +45,18 @@ static POOL_COUNTER: AtomicUsize = AtomicUsize::new(0);
 pub struct PoolCore {
     pool: Mutex<Arc<Pool<Job>>>,
     threads: Mutex<Vec<Py<PyAny>>>,
+    /// Signalled when a started worker joins `threads` or a reservation is undone.
+    listed: Condvar,
     prefix: String,
     initializer: Option<Py<PyAny>>,
     initargs: Py<PyTuple>,
     broken: Mutex<Option<String>>,
     started: AtomicUsize,
 }
+
+/// How long a shutdown waits for a worker that a racing submit is still starting
+/// (starting a thread takes microseconds).
+const START_WAIT: Duration = Duration::from_secs(10);
 
 const BROKEN_MSG: &str = "A thread initializer failed, the thread pool is not usable anymore";
 
@@ -83,10 +90,15 @@ impl PoolCore {
                 match slf.call_method1(pyo3::intern!(slf.py(), "_start_worker"), (name,)) {
                     Ok(t) => {
                         lock(&this.threads).push(t.unbind());
+                        this.listed.notify_all();
                         Ok(())
                     }
                     Err(e) => {
                         pool.worker_failed_to_start();
+                        // Under the lock: a shutdown between its check and its wait
+                        // still sees this.
+                        let _listed = lock(&this.threads);
+                        this.listed.notify_all();
                         Err(e)
                     }
                 }
@@ -275,6 +287,7 @@ impl PoolCore {
         Ok(PoolCore {
             pool: Mutex::new(Arc::new(Pool::new(max as usize))),
             threads: Mutex::new(Vec::new()),
+            listed: Condvar::new(),
             prefix,
             initializer,
             initargs: PyTuple::new(py, initargs)?.unbind(),
@@ -320,12 +333,26 @@ impl PoolCore {
         Ok(())
     }
 
-    /// Worker threads reserved by submits so far (started, or being started right now).
-    fn _workers_reserved(&self) -> usize {
-        self.pool().workers()
-    }
-
-    fn _threads_snapshot(&self, py: Python<'_>) -> Vec<Py<PyAny>> {
+    /// Every worker thread started so far. A submit on another thread may have reserved
+    /// a worker and still be starting it (`Thread.start()` releases the GIL): this waits,
+    /// without the GIL, until each reserved worker is listed, so that a shutdown joins
+    /// them all. (Bounded by `START_WAIT`, against a start that never returns.)
+    fn _started_threads(&self, py: Python<'_>) -> Vec<Py<PyAny>> {
+        let pool = self.pool();
+        py.detach(|| {
+            let deadline = Instant::now() + START_WAIT;
+            let mut threads = lock(&self.threads);
+            while threads.len() < pool.workers() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                threads = match self.listed.wait_timeout(threads, left) {
+                    Ok((guard, _)) => guard,
+                    Err(poisoned) => poisoned.into_inner().0,
+                };
+            }
+        });
         lock(&self.threads)
             .iter()
             .map(|t| t.clone_ref(py))

@@ -10,7 +10,6 @@ import concurrent.futures
 import concurrent.futures.thread
 import os
 import threading
-import time
 import weakref
 
 from . import _core
@@ -44,22 +43,9 @@ class ThreadPoolExecutor(_core.PoolCore, concurrent.futures.Executor):
     def shutdown(self, wait=True, *, cancel_futures=False):
         self._shutdown(cancel_futures)
         if wait:
-            for t in self._all_threads():
+            for t in self._started_threads():
                 if t is not threading.current_thread():
                     t.join()
-
-    def _all_threads(self):
-        # A submit on another thread may have reserved a worker just before the
-        # shutdown and still be starting it (Thread.start() releases the GIL): wait
-        # until every reserved worker is listed, so that none escapes the join.
-        # (Starting a thread takes microseconds; the deadline only guards against a
-        # starter that never comes back, which would otherwise hang the shutdown.)
-        deadline = time.monotonic() + 10.0
-        while len(threads := self._threads_snapshot()) < self._workers_reserved():
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.0001)
-        return threads
 
     shutdown.__doc__ = concurrent.futures.Executor.shutdown.__doc__
 
@@ -76,7 +62,7 @@ def _python_exit():
     for p in pools:
         p._shutdown(False)
     for p in pools:
-        for t in p._all_threads():
+        for t in p._started_threads():
             t.join()
 
 
