@@ -39,7 +39,8 @@ POLL_SYSCALLS = {
 }
 
 
-pytestmark = pytest.mark.skipif(
+# Only the tests that wait for the loop thread to park need this.
+needs_parked_detection = pytest.mark.skipif(
     platform.system() != "Linux" or platform.machine() not in POLL_SYSCALLS,
     reason="parked-state detection reads /proc/self/task/*/syscall (Linux x86_64/aarch64)",
 )
@@ -78,6 +79,7 @@ def _interrupt_when_parked(loop, how: str, running: threading.Event) -> threadin
     return start_thread(helper)
 
 
+@needs_parked_detection
 @pytest.mark.parametrize("how", ["pthread_kill", "os_kill"])
 def test_sigint_interrupts_a_parked_run_forever(loop, how):
     running = threading.Event()
@@ -96,6 +98,7 @@ def test_sigint_interrupts_a_parked_run_forever(loop, how):
     loop.run_forever()
 
 
+@needs_parked_detection
 @pytest.mark.parametrize("how", ["pthread_kill", "os_kill"])
 def test_sigint_interrupts_a_long_sleep(loop, how):
     running = threading.Event()
@@ -118,6 +121,7 @@ def test_sigint_interrupts_a_long_sleep(loop, how):
     assert run(loop, asyncio.sleep(0, "usable")) == "usable"
 
 
+@needs_parked_detection
 def test_sigint_interrupts_a_loop_waiting_on_an_executor_job(loop):
     release = threading.Event()
     running = threading.Event()
@@ -137,6 +141,7 @@ def test_sigint_interrupts_a_loop_waiting_on_an_executor_job(loop):
     assert run(loop, task) is None
 
 
+@needs_parked_detection
 def test_runner_turns_sigint_into_task_cancellation(loop_factory):
     # asyncio.Runner (and so weaveloop.run) cancels the main task on the first Ctrl+C.
     running = threading.Event()
