@@ -1,7 +1,14 @@
 //! The exceptions weaveloop raises, with asyncio's types and messages, in one place.
 
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyBaseException, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+
+/// The exception object of `err` with its traceback attached. (`PyErr::value` alone
+/// leaves `__traceback__` unset on 3.11, which keeps the traceback beside the value;
+/// handed to Python that way, an exception would be logged or re-raised without it.)
+pub fn exception<'py>(py: Python<'py>, err: &PyErr) -> Bound<'py, PyBaseException> {
+    err.clone_ref(py).into_value(py).into_bound(py)
+}
 
 pub fn loop_closed() -> PyErr {
     PyRuntimeError::new_err("Event loop is closed")

@@ -150,7 +150,10 @@ impl PoolCore {
                         .and_then(|done| match done {
                             true => Ok(()),
                             false => fut
-                                .call_method1(pyo3::intern!(py, "set_exception"), (err.value(py),))
+                                .call_method1(
+                                    pyo3::intern!(py, "set_exception"),
+                                    (errors::exception(py, &err),),
+                                )
                                 .map(drop),
                         });
                     if let Err(e) = failed {
@@ -185,7 +188,10 @@ fn run_submit_job(py: Python<'_>, job: SubmitJob) -> PyResult<()> {
         .call(job.args.bind(py), job.kwargs.as_ref().map(|k| k.bind(py)));
     match result {
         Ok(v) => fut.call_method1(pyo3::intern!(py, "set_result"), (v,))?,
-        Err(e) => fut.call_method1(pyo3::intern!(py, "set_exception"), (e.value(py),))?,
+        Err(e) => fut.call_method1(
+            pyo3::intern!(py, "set_exception"),
+            (errors::exception(py, &e),),
+        )?,
     };
     Ok(())
 }
@@ -215,7 +221,7 @@ pub fn worker_main(py: Python<'_>, executor: &Bound<'_, PoolCore>) -> PyResult<(
         if let Err(e) = init.bind(py).call1(this.initargs.bind(py)) {
             let logger = py.import("concurrent.futures._base")?.getattr("LOGGER")?;
             let kwargs = PyDict::new(py);
-            kwargs.set_item("exc_info", e.value(py))?;
+            kwargs.set_item("exc_info", errors::exception(py, &e))?;
             logger.call_method("critical", ("Exception in initializer:",), Some(&kwargs))?;
             return this.break_pool(py);
         }

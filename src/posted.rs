@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use pyo3::prelude::*;
 
+use crate::errors;
 use crate::handles::Callback;
 use crate::interop;
 use crate::loop_core::{LoopCore, Ready, Shared};
@@ -108,11 +109,11 @@ impl LoopCore {
                 // As wrap_future does: concurrent.futures' Cancelled/InvalidState errors
                 // become asyncio's. If converting fails, the job's own exception settles
                 // the future (it must not stay pending); the failure is returned after.
-                let converted =
-                    interop::convert_future_exc(py).and_then(|c| c.call1((e.value(py),)));
+                let converted = interop::convert_future_exc(py)
+                    .and_then(|c| c.call1((errors::exception(py, &e),)));
                 let (exc, late) = match converted {
                     Ok(exc) => (exc, None),
-                    Err(c) => (e.value(py).clone().into_any(), Some(c)),
+                    Err(c) => (errors::exception(py, &e).into_any(), Some(c)),
                 };
                 let r = fut.call_method1(pyo3::intern!(py, "set_exception"), (exc,));
                 if let Some(c) = late {
@@ -128,7 +129,10 @@ impl LoopCore {
             // e.g. set_exception(StopIteration) is refused with TypeError: settle the
             // future with that error rather than leave it pending forever.
             if !fut.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
-                fut.call_method1(pyo3::intern!(py, "set_exception"), (e.value(py),))?;
+                fut.call_method1(
+                    pyo3::intern!(py, "set_exception"),
+                    (errors::exception(py, &e),),
+                )?;
             } else {
                 return Err(e);
             }

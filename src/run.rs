@@ -347,7 +347,7 @@ fn report_callback_error(
     let src = interop::format_callback_source(py)?.call1((callback, args))?;
     let context = PyDict::new(py);
     context.set_item("message", format!("Exception in callback {src}"))?;
-    context.set_item("exception", err.value(py))?;
+    context.set_item("exception", errors::exception(py, &err))?;
     context.set_item("handle", handle)?;
     if let Some(tb) = source_traceback {
         context.set_item("source_traceback", tb)?;

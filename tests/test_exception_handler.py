@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import traceback
 
 import pytest
 from _support import join_or_fail, run, start_thread
@@ -58,6 +59,9 @@ def test_callback_exception_goes_to_handler_and_loop_keeps_running(loop):
     assert ctx["message"].startswith("Exception in callback")
     assert "failing_callback" in ctx["message"]
     assert isinstance(ctx["exception"], ZeroDivisionError)
+    # The exception carries its traceback, down to the frame that raised it.
+    frames = traceback.extract_tb(ctx["exception"].__traceback__)
+    assert frames and frames[-1].name == "failing_callback"
     assert ctx["handle"] is h
 
 

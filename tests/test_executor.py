@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import traceback
 
 import pytest
 import weaveloop
@@ -247,6 +248,19 @@ def test_initializer_failure_breaks_the_pool(make_pool, caplog):
         f.result(SAFETY)
     with pytest.raises(weaveloop.BrokenThreadPool):
         pool.submit(lambda: "never")
+    # Logged as the stdlib logs it, with the initializer's traceback.
+    (record,) = [r for r in caplog.records if r.getMessage() == "Exception in initializer:"]
+    assert record.exc_info[1].args == ("init failed",)
+    assert traceback.extract_tb(record.exc_info[2])[-1].name == "init"
+
+
+def test_a_job_exception_keeps_its_traceback(make_pool):
+    def job():
+        raise KeyError("from job")
+
+    exc = make_pool(max_workers=1).submit(job).exception(SAFETY)
+    assert isinstance(exc, KeyError)
+    assert traceback.extract_tb(exc.__traceback__)[-1].name == "job"
 
 
 def test_workers_are_joined_at_interpreter_exit(pool_cls):

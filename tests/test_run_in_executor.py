@@ -14,6 +14,7 @@ import re
 import sys
 import textwrap
 import threading
+import traceback
 
 import pytest
 import weaveloop
@@ -63,8 +64,10 @@ def test_run_in_executor_exception(loop):
         raise LookupError("job failed")
 
     async def main():
-        with pytest.raises(LookupError, match="job failed"):
+        with pytest.raises(LookupError, match="job failed") as raised:
             await loop.run_in_executor(None, job)
+        # The traceback reaches into the worker, down to the frame that raised.
+        assert traceback.extract_tb(raised.value.__traceback__)[-1].name == "job"
         return "after"
 
     assert run(loop, main()) == "after"
