@@ -49,6 +49,18 @@ impl Ready {
         }
     }
 
+    /// For an entry that will never run (the loop closed, or was collected): drops the
+    /// callable and arguments of the untracked handles, so that a cycle through one of
+    /// them (`obj.h = loop.call_later(t, obj.method)`, a task sleeping on a timer) can
+    /// be collected. Watchers and foreign handles are tracked by the GC themselves.
+    pub fn release(&self, py: Python<'_>) {
+        match self {
+            Ready::Soon(cb) | Ready::Posted(cb) => cb.release(py),
+            Ready::Timer(h) => h.get().cb.release(py),
+            Ready::Watcher(_) | Ready::Foreign(_) => {}
+        }
+    }
+
     /// The handle object for the entry (what `_ready` lists and reports name). A one-shot
     /// callback gets a new object equal to the one its caller got.
     pub fn handle_object(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
@@ -593,6 +605,10 @@ impl LoopCore {
         let watchers: Vec<_> = lock(&self.watchers).drain().collect();
         let ready: VecDeque<Ready> = std::mem::take(&mut *lock(&self.ready));
         let timers = lock(&self.timers).drain();
+        Python::attach(|py| {
+            ready.iter().for_each(|r| r.release(py));
+            timers.iter().for_each(|t| t.get().cb.release(py));
+        });
         let in_flight: Vec<_> = lock(&self.in_flight).drain().collect();
         let executor = lock(&self.default_executor).take();
         drop((watchers, ready, timers, in_flight, executor));

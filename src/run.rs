@@ -389,7 +389,8 @@ impl LoopCore {
 
     /// Closes the Rust side: executor futures still in flight are cancelled, later posts
     /// are refused, callbacks posted before the close are still run (so a post either
-    /// runs or raises), queues and fd registrations are dropped.
+    /// runs or raises), queues and fd registrations are dropped (and the dropped
+    /// callbacks' references released, see `Ready::release`).
     fn _close_core(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -414,6 +415,7 @@ impl LoopCore {
         let (posted, dropped): (Vec<Ready>, Vec<Ready>) = ready
             .into_iter()
             .partition(|r| matches!(r, Ready::Posted(_)));
+        dropped.iter().for_each(|r| r.release(py));
         drop(dropped);
         let late = leftovers.into_iter().filter_map(|item| match item {
             Posted::Call(h) => Some(Ready::Posted(h)),
@@ -434,6 +436,7 @@ impl LoopCore {
         let timers = lock(&this.timers).drain();
         for t in &timers {
             t.get().scheduled.store(false, Relaxed);
+            t.get().cb.release(py);
         }
         drop(timers);
         let watchers: Vec<_> = lock(&this.watchers).drain().collect();

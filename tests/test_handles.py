@@ -5,6 +5,7 @@ Differential: every test runs on weaveloop and on the stock loop.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import gc
 import sys
@@ -259,3 +260,45 @@ def test_ready_snapshot_survives_a_gc_finalizer_that_schedules_a_callback(loop):
     loop.run_forever()
     _spin(loop, 1)
     assert "queued" in ran and "from the finalizer" in ran
+
+
+@pytest.mark.parametrize("how", ["call_soon", "call_later"])
+def test_a_cycle_through_a_pending_handle_is_collected_after_close(loop, how):
+    # obj -> handle -> obj.method: the loop is closed before the callback runs.
+    class Owner:
+        def method(self):
+            pass
+
+    owner = Owner()
+    if how == "call_soon":
+        owner.h = loop.call_soon(owner.method)
+    else:
+        owner.h = loop.call_later(3600, owner.method)
+    ref = weakref.ref(owner)
+    del owner
+    loop.close()
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_task_left_sleeping_at_close_is_collected_and_reported(loop, caplog):
+    # The sleep's timer handle is the only way back into the task's cycle.
+    class Payload:
+        pass
+
+    payload = Payload()
+    ref = weakref.ref(payload)
+
+    async def sleeper(obj):
+        await asyncio.sleep(3600)
+
+    async def main(obj):
+        loop.create_task(sleeper(obj))
+        await asyncio.sleep(0)
+
+    loop.run_until_complete(main(payload))
+    del payload
+    loop.close()
+    gc.collect()
+    assert ref() is None
+    assert any("Task was destroyed but it is pending!" in r.getMessage() for r in caplog.records)
