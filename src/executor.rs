@@ -3,11 +3,11 @@
 //! `run_in_executor` fast path. Invariant: a worker waits for jobs and posts completions
 //! without the GIL; a job whose future was cancelled before it started never runs.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use weaveloop_engine::{Pool, Submitted};
@@ -41,17 +41,42 @@ pub enum Job {
 
 static POOL_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-#[pyclass(module = "weaveloop._core", subclass, frozen, weakref)]
-pub struct PoolCore {
+/// A pool's configuration and job queue: what its workers share with it. Workers hold
+/// this, not the executor object, so that an executor dropped without `shutdown()` can
+/// be collected; its drop then lets the workers exit once the queue is done (as the
+/// stdlib pool's weak reference to its executor does).
+pub struct PoolState {
     pool: Mutex<Arc<Pool<Job>>>,
-    threads: Mutex<Vec<Py<PyAny>>>,
-    /// Signalled when a started worker joins `threads` or a reservation is undone.
-    listed: Condvar,
     prefix: String,
     initializer: Option<Py<PyAny>>,
     initargs: Py<PyTuple>,
     broken: Mutex<Option<String>>,
+}
+
+/// The argument of a worker thread's `worker_main`.
+#[pyclass(module = "weaveloop._core", frozen)]
+pub struct WorkerArgs {
+    state: Arc<PoolState>,
+}
+
+#[pyclass(module = "weaveloop._core", subclass, frozen, weakref)]
+pub struct PoolCore {
+    /// Set by `_configure` (from `ThreadPoolExecutor.__init__`, so that subclasses may
+    /// pass their own constructor arguments).
+    state: OnceLock<Arc<PoolState>>,
+    threads: Mutex<Vec<Py<PyAny>>>,
+    /// Signalled when a started worker joins `threads` or a reservation is undone.
+    listed: Condvar,
     started: AtomicUsize,
+}
+
+impl Drop for PoolCore {
+    fn drop(&mut self) {
+        // Collected without shutdown(): the workers exit once the queued jobs are done.
+        if let Some(state) = self.state.get() {
+            drop(state.pool().shutdown(false));
+        }
+    }
 }
 
 /// How long a shutdown waits for a worker that a racing submit is still starting
@@ -60,12 +85,20 @@ const START_WAIT: Duration = Duration::from_secs(10);
 
 const BROKEN_MSG: &str = "A thread initializer failed, the thread pool is not usable anymore";
 
-impl PoolCore {
+/// Set when the interpreter starts exiting (`_python_exit`): no new jobs from then on.
+static INTERPRETER_EXITING: AtomicBool = AtomicBool::new(false);
+
+impl PoolState {
     fn pool(&self) -> Arc<Pool<Job>> {
         lock(&self.pool).clone()
     }
 
     fn check_accepting(&self, py: Python<'_>) -> PyResult<Arc<Pool<Job>>> {
+        if INTERPRETER_EXITING.load(Relaxed) {
+            return Err(PyRuntimeError::new_err(
+                "cannot schedule new futures after interpreter shutdown",
+            ));
+        }
         if let Some(msg) = lock(&self.broken).clone() {
             return Err(PyErr::from_value(
                 interop::broken_thread_pool(py)?.call1((msg,))?,
@@ -76,60 +109,6 @@ impl PoolCore {
             return Err(errors::pool_shut_down());
         }
         Ok(pool)
-    }
-
-    /// Queues `job`, starting a worker thread when the stdlib's policy asks for one.
-    fn enqueue(slf: &Bound<'_, Self>, pool: &Pool<Job>, job: Job) -> PyResult<()> {
-        match pool.submit(job) {
-            Err(_refused) => Err(errors::pool_shut_down()),
-            Ok(Submitted::Queued) => Ok(()),
-            Ok(Submitted::SpawnWorker) => {
-                let this = slf.get();
-                let n = this.started.fetch_add(1, Relaxed);
-                let name = format!("{}_{}", this.prefix, n);
-                match slf.call_method1(pyo3::intern!(slf.py(), "_start_worker"), (name,)) {
-                    Ok(t) => {
-                        lock(&this.threads).push(t.unbind());
-                        this.listed.notify_all();
-                        Ok(())
-                    }
-                    Err(e) => {
-                        pool.worker_failed_to_start();
-                        // Under the lock: a shutdown between its check and its wait
-                        // still sees this.
-                        let _listed = lock(&this.threads);
-                        this.listed.notify_all();
-                        Err(e)
-                    }
-                }
-            }
-        }
-    }
-
-    /// The fast path of `run_in_executor`: an asyncio future settled through the loop's
-    /// injector, no `concurrent.futures.Future`, no self-pipe.
-    pub fn submit_for_loop<'py>(
-        slf: &Bound<'py, Self>,
-        loop_obj: &Bound<'py, LoopCore>,
-        func: &Bound<'py, PyAny>,
-        args: &Bound<'py, PyTuple>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        let pool = slf.get().check_accepting(py)?;
-        let fut = new_future(loop_obj.as_any())?;
-        let core = loop_obj.get();
-        core.track_in_flight(&fut);
-        let job = Job::Loop(LoopJob {
-            func: func.clone().unbind(),
-            args: args.clone().unbind(),
-            fut: fut.clone().unbind(),
-            target: core.shared(),
-        });
-        if let Err(e) = Self::enqueue(slf, &pool, job) {
-            drop(core.untrack_in_flight(&fut.clone().unbind()));
-            return Err(e);
-        }
-        Ok(fut)
     }
 
     /// Fails every queued job with BrokenThreadPool (an initializer failed).
@@ -164,6 +143,73 @@ impl PoolCore {
             }
         }
         Ok(())
+    }
+}
+
+impl PoolCore {
+    /// The pool's state; an error before `__init__` has configured it.
+    fn state(&self) -> PyResult<&Arc<PoolState>> {
+        self.state.get().ok_or_else(|| {
+            PyRuntimeError::new_err(
+                "the ThreadPoolExecutor was not initialized (__init__ not called)",
+            )
+        })
+    }
+
+    /// Queues `job`, starting a worker thread when the stdlib's policy asks for one.
+    fn enqueue(slf: &Bound<'_, Self>, pool: &Pool<Job>, job: Job) -> PyResult<()> {
+        match pool.submit(job) {
+            Err(_refused) => Err(errors::pool_shut_down()),
+            Ok(Submitted::Queued) => Ok(()),
+            Ok(Submitted::SpawnWorker) => {
+                let this = slf.get();
+                let state = Arc::clone(this.state()?);
+                let n = this.started.fetch_add(1, Relaxed);
+                let name = format!("{}_{}", state.prefix, n);
+                let args = WorkerArgs { state };
+                match slf.call_method1(pyo3::intern!(slf.py(), "_start_worker"), (name, args)) {
+                    Ok(t) => {
+                        lock(&this.threads).push(t.unbind());
+                        this.listed.notify_all();
+                        Ok(())
+                    }
+                    Err(e) => {
+                        pool.worker_failed_to_start();
+                        // Under the lock: a shutdown between its check and its wait
+                        // still sees this.
+                        let _listed = lock(&this.threads);
+                        this.listed.notify_all();
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fast path of `run_in_executor`: an asyncio future settled through the loop's
+    /// injector, no `concurrent.futures.Future`, no self-pipe.
+    pub fn submit_for_loop<'py>(
+        slf: &Bound<'py, Self>,
+        loop_obj: &Bound<'py, LoopCore>,
+        func: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let pool = slf.get().state()?.check_accepting(py)?;
+        let fut = new_future(loop_obj.as_any())?;
+        let core = loop_obj.get();
+        core.track_in_flight(&fut);
+        let job = Job::Loop(LoopJob {
+            func: func.clone().unbind(),
+            args: args.clone().unbind(),
+            fut: fut.clone().unbind(),
+            target: core.shared(),
+        });
+        if let Err(e) = Self::enqueue(slf, &pool, job) {
+            drop(core.untrack_in_flight(&fut.clone().unbind()));
+            return Err(e);
+        }
+        Ok(fut)
     }
 }
 
@@ -214,8 +260,8 @@ fn run_loop_job(py: Python<'_>, job: &LoopJob) -> Outcome {
 
 /// The body of every worker thread: runs the initializer, then jobs until told to exit.
 #[pyfunction]
-pub fn worker_main(py: Python<'_>, executor: &Bound<'_, PoolCore>) -> PyResult<()> {
-    let this = executor.get();
+pub fn worker_main(py: Python<'_>, args: &Bound<'_, WorkerArgs>) -> PyResult<()> {
+    let this = &args.get().state;
     let pool = this.pool();
     if let Some(init) = &this.initializer {
         if let Err(e) = init.bind(py).call1(this.initargs.bind(py)) {
@@ -253,15 +299,29 @@ pub fn worker_main(py: Python<'_>, executor: &Bound<'_, PoolCore>) -> PyResult<(
 
 #[pymethods]
 impl PoolCore {
+    /// An unconfigured pool: `__init__` configures it (`_configure`), so a subclass's
+    /// constructor may take arguments of its own.
     #[new]
-    #[pyo3(signature = (max_workers = None, thread_name_prefix = "", initializer = None, initargs = None))]
-    fn new(
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        PoolCore {
+            state: OnceLock::new(),
+            threads: Mutex::new(Vec::new()),
+            listed: Condvar::new(),
+            started: AtomicUsize::new(0),
+        }
+    }
+
+    /// The stdlib pool's constructor arguments, validated as it validates them.
+    #[pyo3(signature = (max_workers = None, thread_name_prefix = None, initializer = None, initargs = None))]
+    fn _configure(
+        &self,
         py: Python<'_>,
         max_workers: Option<&Bound<'_, PyAny>>,
-        thread_name_prefix: &str,
+        thread_name_prefix: Option<&str>,
         initializer: Option<&Bound<'_, PyAny>>,
         initargs: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Self> {
+    ) -> PyResult<()> {
         let max = match max_workers {
             Some(m) if !m.is_none() => m.extract::<i64>()?,
             _ => {
@@ -285,21 +345,20 @@ impl PoolCore {
             Some(a) if !a.is_none() => a.try_iter()?.collect::<PyResult<Vec<_>>>()?,
             _ => Vec::new(),
         };
-        let prefix = if thread_name_prefix.is_empty() {
-            format!("ThreadPoolExecutor-{}", POOL_COUNTER.fetch_add(1, Relaxed))
-        } else {
-            thread_name_prefix.to_string()
+        let prefix = match thread_name_prefix {
+            Some(p) if !p.is_empty() => p.to_string(),
+            _ => format!("ThreadPoolExecutor-{}", POOL_COUNTER.fetch_add(1, Relaxed)),
         };
-        Ok(PoolCore {
+        let state = PoolState {
             pool: Mutex::new(Arc::new(Pool::new(max as usize))),
-            threads: Mutex::new(Vec::new()),
-            listed: Condvar::new(),
             prefix,
             initializer,
             initargs: PyTuple::new(py, initargs)?.unbind(),
             broken: Mutex::new(None),
-            started: AtomicUsize::new(0),
-        })
+        };
+        self.state
+            .set(Arc::new(state))
+            .map_err(|_| PyRuntimeError::new_err("the ThreadPoolExecutor is already initialized"))
     }
 
     /// `submit(fn, *args, **kwargs)` without the argument packing (done in Python).
@@ -311,7 +370,7 @@ impl PoolCore {
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        let pool = slf.get().check_accepting(py)?;
+        let pool = slf.get().state()?.check_accepting(py)?;
         check_callback(func, "submit", false)?;
         let fut = interop::concurrent_future(py)?.call0()?;
         let job = Job::Submit(SubmitJob {
@@ -327,7 +386,7 @@ impl PoolCore {
     /// Refuses new jobs and tells the workers to exit when the queue is done; with
     /// `cancel_futures`, queued jobs are cancelled instead of run. Joining is Python's.
     fn _shutdown(&self, py: Python<'_>, cancel_futures: bool) -> PyResult<()> {
-        let cancelled = self.pool().shutdown(cancel_futures);
+        let cancelled = self.state()?.pool().shutdown(cancel_futures);
         for job in cancelled {
             match job {
                 Job::Submit(j) => {
@@ -343,8 +402,8 @@ impl PoolCore {
     /// a worker and still be starting it (`Thread.start()` releases the GIL): this waits,
     /// without the GIL, until each reserved worker is listed, so that a shutdown joins
     /// them all. (Bounded by `START_WAIT`, against a start that never returns.)
-    fn _started_threads(&self, py: Python<'_>) -> Vec<Py<PyAny>> {
-        let pool = self.pool();
+    fn _started_threads(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
+        let pool = self.state()?.pool();
         py.detach(|| {
             let deadline = Instant::now() + START_WAIT;
             let mut threads = lock(&self.threads);
@@ -359,16 +418,23 @@ impl PoolCore {
                 };
             }
         });
-        lock(&self.threads)
+        Ok(lock(&self.threads)
             .iter()
             .map(|t| t.clone_ref(py))
-            .collect()
+            .collect())
     }
 
-    /// In a forked child: the parent's workers do not exist here; start afresh.
+    /// In a forked child: the parent's workers do not exist here; start afresh (a pool
+    /// that was shut down stays shut down).
     fn _reset_after_fork(&self) {
-        let max = self.pool().max_workers();
-        let old = std::mem::replace(&mut *lock(&self.pool), Arc::new(Pool::new(max)));
+        let Some(state) = self.state.get() else {
+            return;
+        };
+        let fresh = Pool::new(state.pool().max_workers());
+        let old = std::mem::replace(&mut *lock(&state.pool), Arc::new(fresh));
+        if old.is_shut_down() {
+            drop(state.pool().shutdown(false));
+        }
         let threads = std::mem::take(&mut *lock(&self.threads));
         self.started.store(0, Relaxed);
         // The parent's queued jobs stay with the old pool; it is leaked rather than
@@ -378,24 +444,30 @@ impl PoolCore {
     }
 
     #[getter]
-    fn _max_workers(&self) -> usize {
-        self.pool().max_workers()
+    fn _max_workers(&self) -> PyResult<usize> {
+        Ok(self.state()?.pool().max_workers())
     }
 
     #[getter]
-    fn _thread_name_prefix(&self) -> &str {
-        &self.prefix
+    fn _thread_name_prefix(&self) -> PyResult<String> {
+        Ok(self.state()?.prefix.clone())
     }
 
     #[getter]
-    fn _broken(&self) -> Option<String> {
-        lock(&self.broken).clone()
+    fn _broken(&self) -> PyResult<Option<String>> {
+        Ok(lock(&self.state()?.broken).clone())
     }
 
     #[getter]
-    fn _is_shut_down(&self) -> bool {
-        self.pool().is_shut_down()
+    fn _is_shut_down(&self) -> PyResult<bool> {
+        Ok(self.state()?.pool().is_shut_down())
     }
+}
+
+/// `_python_exit`: the interpreter is exiting; every pool refuses new jobs from now on.
+#[pyfunction]
+pub fn _mark_interpreter_exiting() {
+    INTERPRETER_EXITING.store(true, Relaxed);
 }
 
 #[pymethods]
@@ -425,8 +497,11 @@ impl LoopCore {
             executor.clone()
         };
         match executor.cast::<PoolCore>() {
-            Ok(pool) => PoolCore::submit_for_loop(pool, slf, func, args),
-            Err(_) => slf.call_method1(
+            // A subclass that overrides submit() gets its override called.
+            Ok(pool) if interop::submit_is_the_pools(&executor)? => {
+                PoolCore::submit_for_loop(pool, slf, func, args)
+            }
+            _ => slf.call_method1(
                 pyo3::intern!(py, "_run_in_foreign_executor"),
                 (executor, func, args),
             ),

@@ -57,6 +57,20 @@ pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
 }
 
 cached_import!(asyncio_task, "asyncio", "Task");
+cached_import!(thread_pool, "weaveloop._executor", "ThreadPoolExecutor");
+
+/// Whether a weaveloop pool's `submit` is `ThreadPoolExecutor.submit` itself (not a
+/// subclass's override): only then may `run_in_executor` bypass it.
+pub fn submit_is_the_pools(executor: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = executor.py();
+    let cls = executor.get_type();
+    let tpe = thread_pool(py)?;
+    if cls.is(tpe) {
+        return Ok(true);
+    }
+    let submit = pyo3::intern!(py, "submit");
+    Ok(cls.getattr(submit)?.is(tpe.getattr(submit)?))
+}
 cached_import!(get_running_loop, "asyncio.events", "_get_running_loop");
 cached_import!(heappush, "heapq", "heappush");
 cached_import!(heappop, "heapq", "heappop");

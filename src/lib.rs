@@ -21,6 +21,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<executor::PoolCore>()?;
     m.add_function(wrap_pyfunction!(executor::worker_main, m)?)?;
+    m.add_function(wrap_pyfunction!(executor::_mark_interpreter_exiting, m)?)?;
+    m.add_class::<executor::WorkerArgs>()?;
     sync::register(m)?;
     Ok(())
 }

@@ -333,3 +333,94 @@ def test_a_cancelled_queued_job_does_not_keep_the_others_from_breaking():
     with pytest.raises(weaveloop.BrokenThreadPool):
         b.result(timeout=SAFETY)
     pool.shutdown()
+
+
+def _worker_threads(pool) -> list[threading.Thread]:
+    if isinstance(pool, weaveloop.ThreadPoolExecutor):
+        return pool._started_threads()
+    return list(pool._threads)
+
+
+def test_a_pool_dropped_without_shutdown_lets_its_workers_exit(pool_cls):
+    import gc
+
+    pool = pool_cls(max_workers=2)
+    assert pool.submit(pow, 2, 10).result(SAFETY) == 1024
+    workers = _worker_threads(pool)
+    assert workers
+    del pool
+    gc.collect()
+    for t in workers:
+        join_or_fail(t)
+
+
+def test_a_subclass_may_pass_its_own_constructor_arguments(pool_cls):
+    class Named(pool_cls):
+        def __init__(self, name, workers=1):
+            super().__init__(max_workers=workers, thread_name_prefix=name)
+
+    pool = Named("db")
+    try:
+        assert pool._max_workers == 1
+        assert pool.submit(lambda: threading.current_thread().name).result(SAFETY) == "db_0"
+    finally:
+        pool.shutdown()
+
+
+def test_thread_name_prefix_none_means_the_default(make_pool):
+    pool = make_pool(max_workers=1, thread_name_prefix=None)
+    name = pool.submit(lambda: threading.current_thread().name).result(SAFETY)
+    assert re.fullmatch(r"ThreadPoolExecutor-\d+_0", name)
+
+
+def test_a_pool_shut_down_before_fork_stays_shut_down_in_the_child(pool_cls):
+    pool = pool_cls(max_workers=1)
+    pool.shutdown()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            pool.submit(int)
+        except RuntimeError as e:
+            code = 0 if "after shutdown" in str(e) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_no_new_jobs_after_interpreter_shutdown_began(pool_cls):
+    # A non-daemon thread that outlives the main thread finds the pools closed to new
+    # work (the stdlib's rule), on the submit path and on run_in_executor's fast path.
+    module = pool_cls.__module__.split(".")[0]
+    code = textwrap.dedent(
+        f"""
+        import threading
+        # Registered before the pool modules register theirs, so it runs after them.
+        pools_closed = threading.Event()
+        threading._register_atexit(pools_closed.set)
+        import {module}
+        from {pool_cls.__module__} import {pool_cls.__name__} as Pool
+        import weaveloop
+        def late():
+            pools_closed.wait()
+            pool = Pool(max_workers=1)
+            try:
+                pool.submit(int)
+            except RuntimeError as e:
+                print("submit:", e, flush=True)
+            loop = weaveloop.new_event_loop()
+            try:
+                loop.run_until_complete(loop.run_in_executor(pool, int))
+            except RuntimeError as e:
+                print("run_in_executor:", e, flush=True)
+            loop.close()
+        threading.Thread(target=late).start()
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "submit: cannot schedule new futures after interpreter shutdown",
+        "run_in_executor: cannot schedule new futures after interpreter shutdown",
+    ]

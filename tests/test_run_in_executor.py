@@ -409,3 +409,19 @@ def test_ctrl_c_while_settling_a_job_still_settles_it(wloop):
     sys.settrace(None)
     assert fired and futs[0].done()
     assert isinstance(futs[0].exception(), ValueError)
+
+
+def test_run_in_executor_calls_a_subclass_submit_override(loop, pool_cls):
+    calls = []
+
+    class Counting(pool_cls):
+        def submit(self, fn, /, *args, **kwargs):
+            calls.append(fn)
+            return super().submit(fn, *args, **kwargs)
+
+    pool = Counting(max_workers=1)
+    try:
+        assert run(loop, loop.run_in_executor(pool, pow, 2, 10)) == 1024
+    finally:
+        pool.shutdown()
+    assert calls == [pow]

@@ -4,7 +4,7 @@ import asyncio
 import concurrent.futures
 from collections.abc import Callable
 from contextvars import Context
-from typing import Any
+from typing import Any, final
 
 class Handle:
     """What ``call_soon``/``call_soon_threadsafe`` and the fd watchers return.
@@ -126,13 +126,14 @@ class LoopCore:
 class PoolCore:
     """The Rust half of ``weaveloop.ThreadPoolExecutor``."""
 
-    def __new__(
-        cls,
+    def __new__(cls, *args: Any, **kwargs: Any) -> PoolCore: ...
+    def _configure(
+        self,
         max_workers: int | None = None,
-        thread_name_prefix: str = "",
+        thread_name_prefix: str | None = None,
         initializer: Callable[..., object] | None = None,
-        initargs: tuple[Any, ...] = (),
-    ) -> PoolCore: ...
+        initargs: tuple[Any, ...] | None = (),
+    ) -> None: ...
     def _submit(
         self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None = None
     ) -> concurrent.futures.Future[Any]: ...
@@ -148,8 +149,15 @@ class PoolCore:
     @property
     def _is_shut_down(self) -> bool: ...
 
-def worker_main(executor: PoolCore) -> None:
+@final
+class WorkerArgs:
+    """What a worker thread gets: its pool's Rust state (not the executor object)."""
+
+def worker_main(args: WorkerArgs) -> None:
     """The run loop of one executor worker thread (Rust; waits for jobs without the GIL)."""
+
+def _mark_interpreter_exiting() -> None:
+    """From then on every pool refuses new jobs (called at interpreter exit)."""
 
 # ---- weaveloop.sync cores (src/sync/): thread face in Rust, hooks for the async face ----
 

@@ -19,7 +19,6 @@ __all__ = ["ThreadPoolExecutor", "BrokenThreadPool"]
 BrokenThreadPool = concurrent.futures.thread.BrokenThreadPool
 
 _live_pools: weakref.WeakSet[ThreadPoolExecutor] = weakref.WeakSet()
-_interpreter_exiting = False
 
 
 class ThreadPoolExecutor(_core.PoolCore, concurrent.futures.Executor):
@@ -30,12 +29,10 @@ class ThreadPoolExecutor(_core.PoolCore, concurrent.futures.Executor):
     """
 
     def __init__(self, max_workers=None, thread_name_prefix="", initializer=None, initargs=()):
-        # Validation and state live in PoolCore.__new__; this only registers the pool.
+        self._configure(max_workers, thread_name_prefix, initializer, initargs)
         _live_pools.add(self)
 
     def submit(self, fn, /, *args, **kwargs):
-        if _interpreter_exiting:
-            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         return self._submit(fn, args, kwargs or None)
 
     submit.__doc__ = concurrent.futures.Executor.submit.__doc__
@@ -49,15 +46,16 @@ class ThreadPoolExecutor(_core.PoolCore, concurrent.futures.Executor):
 
     shutdown.__doc__ = concurrent.futures.Executor.shutdown.__doc__
 
-    def _start_worker(self, name):
-        t = threading.Thread(name=name, target=_core.worker_main, args=(self,))
+    def _start_worker(self, name, worker_args):
+        # The thread holds the pool's Rust state, not this executor: dropped without
+        # shutdown(), the executor is collected and its workers exit.
+        t = threading.Thread(name=name, target=_core.worker_main, args=(worker_args,))
         t.start()
         return t
 
 
 def _python_exit():
-    global _interpreter_exiting
-    _interpreter_exiting = True
+    _core._mark_interpreter_exiting()
     pools = list(_live_pools)
     for p in pools:
         p._shutdown(False)
