@@ -440,10 +440,9 @@ impl LoopCore {
         }
         drop(timers);
         let watchers: Vec<_> = lock(&this.watchers).drain().collect();
-        for (fd, _) in &watchers {
-            let _ = shared.poller.set_interest(*fd, false, false);
-        }
         drop(watchers);
+        // As the stock loop closes its selector: the epoll fd and the timerfd go now.
+        shared.poller.close();
         match fatal {
             Some(e) => Err(e),
             None => Ok(()),
@@ -472,6 +471,8 @@ impl LoopCore {
                 .set_interest(*fd, w.reader.is_some(), w.writer.is_some())
                 .map_err(errors::os_error)?;
         }
+        // The parent's epoll set and eventfd, inherited by this child, are of no use here.
+        this.shared().poller.close();
         this.shared.replace(fresh);
         let in_flight: Vec<Py<PyAny>> = lock(&this.in_flight).drain().map(|(_, f)| f).collect();
         for fut in &in_flight {

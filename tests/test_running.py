@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import warnings
 import weakref
 
@@ -397,3 +398,41 @@ def test_invalid_option_values_are_rejected(options, exc):
     with pytest.raises(exc):
         weaveloop.new_event_loop(**options)
     gc.collect()  # a half-built loop must be collected quietly (no error in __del__)
+
+
+def test_close_releases_the_loops_file_descriptors(loop_factory):
+    # As the stock loop closes its selector: a closed loop that is still referenced
+    # holds no fd.
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    loops = [loop_factory() for _ in range(10)]
+    assert open_fds() - before >= 3 * len(loops)
+    for lp in loops:
+        lp.close()
+    assert open_fds() == before
+
+
+def test_a_forked_child_that_closes_its_loop_holds_none_of_its_fds(loop_factory):
+    # The child gets the loop's fds from the parent and a fresh poller of its own (on
+    # weaveloop); after close() neither remains.
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    base = open_fds()
+    lp = loop_factory()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                lp.run_until_complete(asyncio.sleep(0))
+                lp.close()
+                code = 0 if open_fds() == base else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        lp.close()

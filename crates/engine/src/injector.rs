@@ -18,7 +18,7 @@ pub trait Unpark: Send + Sync {
     fn unpark(&self);
 }
 
-impl Unpark for mio::Waker {
+impl Unpark for crate::poller::Wakeup {
     fn unpark(&self) {
         // A failed eventfd write means the counter is saturated: a wake-up is pending anyway.
         let _ = self.wake();
@@ -32,7 +32,7 @@ impl<U: Unpark + ?Sized> Unpark for std::sync::Arc<U> {
 }
 
 /// Lock-free multi-producer queue plus the park handshake of its single consumer.
-pub struct Injector<T, U: Unpark = std::sync::Arc<mio::Waker>> {
+pub struct Injector<T, U: Unpark = std::sync::Arc<crate::poller::Wakeup>> {
     queue: SegQueue<T>,
     wake: WakeState,
     unpark: U,

@@ -54,12 +54,36 @@ struct PollState {
     timer_armed: bool,
 }
 
+/// The fds watched, and the registry to change the epoll set with (None once closed).
+struct Interests {
+    wanted: HashMap<RawFd, Wanted>,
+    registry: Option<Registry>,
+}
+
+/// The eventfd that interrupts a blocking poll from any thread. Closed with the
+/// poller: a thread that saw the loop parked and is only now waking it then finds it
+/// gone, instead of writing to whatever file reused its number.
+pub struct Wakeup(Mutex<Option<Waker>>);
+
+impl Wakeup {
+    pub fn wake(&self) -> io::Result<()> {
+        match &*lock(&self.0) {
+            Some(w) => w.wake(),
+            None => Ok(()),
+        }
+    }
+}
+
 /// epoll with a wake-up eventfd and level-triggered reporting.
 pub struct Poller {
-    state: Mutex<PollState>,
-    registry: Registry,
-    wanted: Mutex<HashMap<RawFd, Wanted>>,
-    waker: Arc<Waker>,
+    /// None once closed (the epoll fd and the timerfd are released).
+    state: Mutex<Option<PollState>>,
+    interests: Mutex<Interests>,
+    waker: Arc<Wakeup>,
+}
+
+fn closed() -> io::Error {
+    io::Error::from_raw_os_error(libc::EBADF)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -70,53 +94,72 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Poller {
     pub fn new() -> io::Result<Poller> {
         let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let waker = Arc::new(Wakeup(Mutex::new(Some(Waker::new(
+            poll.registry(),
+            WAKER,
+        )?))));
         let registry = poll.registry().try_clone()?;
         let timer = TimerFd::new()?;
         registry.register(&mut SourceFd(&timer.as_raw_fd()), TIMER, Interest::READABLE)?;
         Ok(Poller {
-            state: Mutex::new(PollState {
+            state: Mutex::new(Some(PollState {
                 poll,
                 events: Events::with_capacity(1024),
                 fired: Vec::new(),
                 timer,
                 timer_armed: false,
+            })),
+            interests: Mutex::new(Interests {
+                wanted: HashMap::new(),
+                registry: Some(registry),
             }),
-            registry,
-            wanted: Mutex::new(HashMap::new()),
             waker,
         })
     }
 
+    /// Releases every fd (the loop was closed): later polls and interest changes fail
+    /// with EBADF, later wake-ups do nothing.
+    pub fn close(&self) {
+        let state = lock(&self.state).take();
+        let registry = {
+            let mut interests = lock(&self.interests);
+            interests.wanted.clear();
+            interests.registry.take()
+        };
+        let waker = lock(&self.waker.0).take();
+        drop((state, registry, waker));
+    }
+
     /// The eventfd waker that interrupts `poll` from any thread.
-    pub fn waker(&self) -> Arc<Waker> {
+    pub fn waker(&self) -> Arc<Wakeup> {
         self.waker.clone()
     }
 
     /// Sets what `fd` is watched for; (false, false) stops watching it.
     pub fn set_interest(&self, fd: RawFd, read: bool, write: bool) -> io::Result<()> {
-        let mut wanted = lock(&self.wanted);
+        let mut interests = lock(&self.interests);
+        let Interests { wanted, registry } = &mut *interests;
+        let registry = registry.as_ref().ok_or_else(closed)?;
         let old = wanted.get(&fd).copied().unwrap_or_default();
         let new = Wanted { read, write };
         if old == new {
             return Ok(());
         }
         match (old.interest(), new.interest()) {
-            (None, Some(i)) => self.add(fd, i)?,
+            (None, Some(i)) => add(registry, fd, i)?,
             (Some(_), Some(i)) => {
                 // The fd may have been closed and its number reused since we registered
                 // it (epoll forgets closed fds): fall back to a fresh registration.
-                if self
-                    .registry
+                if registry
                     .reregister(&mut SourceFd(&fd), Token(fd as usize), i)
                     .is_err()
                 {
-                    self.add(fd, i)?;
+                    add(registry, fd, i)?;
                 }
             }
             (Some(_), None) => {
                 // ENOENT/EBADF here only mean epoll already forgot a closed fd.
-                let _ = self.registry.deregister(&mut SourceFd(&fd));
+                let _ = registry.deregister(&mut SourceFd(&fd));
             }
             (None, None) => {}
         }
@@ -128,22 +171,9 @@ impl Poller {
         Ok(())
     }
 
-    fn add(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
-        match self
-            .registry
-            .register(&mut SourceFd(&fd), Token(fd as usize), interest)
-        {
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                self.registry
-                    .reregister(&mut SourceFd(&fd), Token(fd as usize), interest)
-            }
-            other => other,
-        }
-    }
-
     /// Number of fds being watched.
     pub fn len(&self) -> usize {
-        lock(&self.wanted).len()
+        lock(&self.interests).wanted.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -155,7 +185,7 @@ impl Poller {
     /// kind `Interrupted` so that the caller can run signal handlers.
     pub fn poll(&self, timeout: Option<Duration>, out: &mut Vec<Readiness>) -> io::Result<()> {
         let mut st = lock(&self.state);
-        let st = &mut *st;
+        let st = st.as_mut().ok_or_else(closed)?;
         self.rearm(&mut st.fired);
         match timeout {
             Some(t) if !t.is_zero() => {
@@ -170,7 +200,8 @@ impl Poller {
             _ => {}
         }
         st.poll.poll(&mut st.events, timeout)?;
-        let wanted = lock(&self.wanted);
+        let interests = lock(&self.interests);
+        let wanted = &interests.wanted;
         for ev in st.events.iter() {
             if ev.token() == WAKER {
                 continue;
@@ -201,14 +232,24 @@ impl Poller {
         if fired.is_empty() {
             return;
         }
-        let wanted = lock(&self.wanted);
+        let interests = lock(&self.interests);
+        let Some(registry) = &interests.registry else {
+            return;
+        };
         for fd in fired.drain(..) {
-            if let Some(i) = wanted.get(&fd).and_then(|w| w.interest()) {
-                let _ = self
-                    .registry
-                    .reregister(&mut SourceFd(&fd), Token(fd as usize), i);
+            if let Some(i) = interests.wanted.get(&fd).and_then(|w| w.interest()) {
+                let _ = registry.reregister(&mut SourceFd(&fd), Token(fd as usize), i);
             }
         }
+    }
+}
+
+fn add(registry: &Registry, fd: RawFd, interest: Interest) -> io::Result<()> {
+    match registry.register(&mut SourceFd(&fd), Token(fd as usize), interest) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            registry.reregister(&mut SourceFd(&fd), Token(fd as usize), interest)
+        }
+        other => other,
     }
 }
 
@@ -218,6 +259,22 @@ mod tests {
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn after_close_polls_and_interest_changes_fail_cleanly() {
+        let p = Poller::new().unwrap();
+        let (_a, b) = UnixStream::pair().unwrap();
+        p.set_interest(b.as_raw_fd(), true, false).unwrap();
+        p.close();
+        assert!(p.is_empty());
+        let mut out = Vec::new();
+        let err = p.poll(Some(Duration::ZERO), &mut out).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+        let err = p.set_interest(b.as_raw_fd(), true, false).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+        p.waker().wake().unwrap(); // a no-op now
+        p.close(); // idempotent
+    }
 
     #[test]
     fn readiness_is_level_triggered() {
