@@ -454,19 +454,15 @@ impl LoopCore {
         let factory = slf.getattr(pyo3::intern!(py, "_task_factory"))?;
         if factory.is_none() {
             let names = interop::kwnames(py, &["loop", "name", "context"])?;
-            let task = interop::call_kw(
+            // (The stock loop drops the last frame of the task's source traceback: its
+            // own create_task. This one has no Python frame, so the last frame is already
+            // the caller's.)
+            return interop::call_kw(
                 interop::asyncio_task(py)?,
                 &[coro],
                 names,
                 &[slf.as_any(), name, context],
-            )?;
-            if this.is_debug() {
-                let tb = task.getattr(pyo3::intern!(py, "_source_traceback"))?;
-                if tb.is_truthy()? {
-                    tb.del_item(-1)?;
-                }
-            }
-            return Ok(task);
+            );
         }
         let task = if context.is_none() {
             factory.call1((slf, coro))?

@@ -208,3 +208,19 @@ def test_a_slow_callback_duration_that_is_not_a_number_is_an_error(loop):
         loop.run_forever()
     assert ran == [1]
     loop.slow_callback_duration = 0.1
+
+
+def test_debug_task_source_traceback_ends_at_the_caller(loop):
+    # The last frame is the line that called create_task(), on both loops.
+    loop.set_debug(True)
+
+    async def coro():
+        pass
+
+    def this_line() -> int:
+        return sys._getframe(1).f_lineno
+
+    task, line = loop.create_task(coro()), this_line()
+    loop.run_until_complete(task)
+    last = task._source_traceback[-1]
+    assert (last.lineno, last.name) == (line, "test_debug_task_source_traceback_ends_at_the_caller")
