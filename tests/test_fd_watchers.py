@@ -6,6 +6,7 @@ level-triggered: a reader that leaves data unread is called again.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import socket
 
@@ -323,3 +324,26 @@ def test_add_reader_os_errors_carry_errno(loop):
         loop.add_reader(r, lambda: None)
     assert info.value.errno == errno.EBADF
     assert info.value.strerror and "os error" not in str(info.value)
+
+
+def test_a_reader_keeps_one_context_for_its_whole_life(loop, pair):
+    # As the stock loop's reader handle: a variable the callback sets is there on its
+    # next call (also when the reader was added from a context with nothing set).
+    a, b = pair
+    var = contextvars.ContextVar("var")
+    seen = []
+
+    def on_readable():
+        seen.append(var.get("unset"))
+        var.set(len(seen))
+        if len(seen) == 3:
+            loop.remove_reader(a)
+            loop.stop()
+
+    b.send(b"x")
+    contextvars.Context().run(loop.add_reader, a, on_readable)
+    guard = loop.call_later(SAFETY, loop.stop)  # safety net only
+    loop.run_forever()
+    guard.cancel()
+    assert seen == ["unset", 1, 2]
+    assert var.get("unset") == "unset"
