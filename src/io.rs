@@ -70,6 +70,9 @@ impl LoopCore {
         let replaced = {
             let mut watchers = lock(&self.watchers);
             let w = watchers.entry(fd).or_default();
+            if w.fileobj.is_none() {
+                w.fileobj = Some(fileobj.clone().unbind());
+            }
             let (read, write) = match side {
                 Side::Read => (true, w.writer.is_some()),
                 Side::Write => (w.reader.is_some(), true),
@@ -97,7 +100,17 @@ impl LoopCore {
             return Ok(false);
         }
         self.check_thread()?;
-        let fd = fileobj_to_fd(fileobj)?;
+        let fd = match fileobj_to_fd(fileobj) {
+            Ok(fd) => fd,
+            // A file object closed since it was registered (fileno() is -1 now): the
+            // registration made with that very object, as the selectors module does.
+            Err(e) if e.is_instance_of::<PyValueError>(fileobj.py()) => lock(&self.watchers)
+                .iter()
+                .find(|(_, w)| w.fileobj.as_ref().is_some_and(|o| o.is(fileobj)))
+                .map(|(fd, _)| *fd)
+                .ok_or(e)?,
+            Err(e) => return Err(e),
+        };
         let shared = self.shared();
         let (removed, emptied) = {
             let mut watchers = lock(&self.watchers);

@@ -78,6 +78,9 @@ impl Ready {
 pub struct Watchers {
     pub reader: Option<Py<Handle>>,
     pub writer: Option<Py<Handle>>,
+    /// The object first registered for the fd (an int or a file object): a file object
+    /// closed since is still found by identity, as the selectors module finds it.
+    pub fileobj: Option<Py<PyAny>>,
 }
 
 /// What other threads reach: the poller (for its waker) and the injector.
@@ -565,6 +568,7 @@ impl LoopCore {
             for w in watchers.values() {
                 visit.call(&w.reader)?;
                 visit.call(&w.writer)?;
+                visit.call(&w.fileobj)?;
             }
         }
         // One-shot handles are not tracked by the GC (see handles.rs): the loop reports

@@ -347,3 +347,17 @@ def test_a_reader_keeps_one_context_for_its_whole_life(loop, pair):
     guard.cancel()
     assert seen == ["unset", 1, 2]
     assert var.get("unset") == "unset"
+
+
+@pytest.mark.parametrize("side", ["reader", "writer"])
+def test_removing_a_watcher_of_a_socket_closed_since_finds_it_by_identity(loop, side):
+    # As the selectors module: a closed socket's fileno() is -1, and the registration
+    # made with that very object is the one removed.
+    a, b = socket.socketpair()
+    b.close()
+    getattr(loop, f"add_{side}")(a, lambda: None)
+    a.close()
+    assert getattr(loop, f"remove_{side}")(a) is True
+    # Gone now: a closed socket that matches no registration is a bad file object.
+    with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+        getattr(loop, f"remove_{side}")(a)
