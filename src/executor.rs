@@ -243,13 +243,14 @@ fn run_submit_job(py: Python<'_>, job: SubmitJob) -> PyResult<()> {
 }
 
 fn run_loop_job(py: Python<'_>, job: &LoopJob) -> Outcome {
-    let cancelled = job
+    let done = job
         .fut
         .bind(py)
         .call_method0(pyo3::intern!(py, "done"))
         .and_then(|d| d.is_truthy())
         .unwrap_or(false);
-    if cancelled {
+    if done && !job.target.was_abandoned(&job.fut) {
+        // Cancelled by the caller before it started: it never runs.
         return Outcome::Skipped;
     }
     match job.func.bind(py).call1(job.args.bind(py)) {

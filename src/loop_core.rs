@@ -3,7 +3,7 @@
 //! Invariants: no lock here is held while Python code runs or a Python object is dropped
 //! (a `__del__` could re-enter the loop); the strict thread check costs one compare.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::RawFd;
 use std::sync::atomic::{
     AtomicBool, AtomicPtr, AtomicU64, AtomicUsize,
@@ -88,13 +88,33 @@ pub struct Watchers {
 pub struct Shared {
     pub poller: Poller,
     pub injector: Injector<Posted>,
+    /// Futures (by address) of fast-path executor jobs that `close()` cancelled to settle
+    /// them while their jobs were queued or running. Such a job still runs, as the stdlib
+    /// pool runs the jobs of a loop that closed; a job whose future the caller cancelled
+    /// does not.
+    abandoned: Mutex<HashSet<usize>>,
 }
 
 impl Shared {
     pub fn new() -> PyResult<Arc<Shared>> {
         let poller = Poller::new().map_err(errors::os_error)?;
         let injector = Injector::new(poller.waker());
-        Ok(Arc::new(Shared { poller, injector }))
+        Ok(Arc::new(Shared {
+            poller,
+            injector,
+            abandoned: Mutex::new(HashSet::new()),
+        }))
+    }
+
+    /// `close()`: the job of this (pending) future is left to run.
+    pub fn abandon(&self, fut: &Py<PyAny>) {
+        lock(&self.abandoned).insert(fut.as_ptr() as usize);
+    }
+
+    /// Worker, for a job whose future is already done: true if `close()` settled it
+    /// (the job runs anyway), false if the caller cancelled it (the job is skipped).
+    pub fn was_abandoned(&self, fut: &Py<PyAny>) -> bool {
+        lock(&self.abandoned).remove(&(fut.as_ptr() as usize))
     }
 }
 

@@ -387,7 +387,8 @@ impl LoopCore {
         result
     }
 
-    /// Closes the Rust side: executor futures still in flight are cancelled, later posts
+    /// Closes the Rust side: executor futures still in flight are cancelled (their jobs
+    /// still run, see `Shared::abandon`), later posts
     /// are refused, callbacks posted before the close are still run (so a post either
     /// runs or raises), queues and fd registrations are dropped (and the dropped
     /// callbacks' references released, see `Ready::release`).
@@ -400,13 +401,17 @@ impl LoopCore {
         if this.closed.load(Relaxed) {
             return Ok(());
         }
+        let shared = this.shared();
         let in_flight: Vec<Py<PyAny>> = lock(&this.in_flight).drain().map(|(_, f)| f).collect();
         for fut in &in_flight {
-            fut.bind(py).call_method0(pyo3::intern!(py, "cancel"))?;
+            let fut = fut.bind(py);
+            if !fut.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+                shared.abandon(&fut.clone().unbind());
+                fut.call_method0(pyo3::intern!(py, "cancel"))?;
+            }
         }
         drop(in_flight);
         this.closed.store(true, Relaxed);
-        let shared = this.shared();
         let leftovers = shared.injector.close();
         // Callbacks other threads posted still run: those already moved to the ready
         // queue first (they were posted earlier), then the injector's. The rest of the

@@ -236,6 +236,27 @@ def test_close_with_a_job_in_flight_does_not_hang_or_leak(loop):
     join_or_fail(blocker.thread)
 
 
+def test_close_leaves_queued_jobs_to_run_but_not_cancelled_ones(loop, make_pool):
+    # As with the stock loop: a loop that closes does not take back the jobs it gave a
+    # pool (their side effects happen); a job whose future was cancelled does not run.
+    pool = make_pool(max_workers=1)
+    blocker = Blocker()
+    ran = []
+
+    async def main():
+        loop.run_in_executor(pool, blocker)
+        loop.run_in_executor(pool, ran.append, "kept")
+        loop.run_in_executor(pool, ran.append, "cancelled").cancel()
+        await asyncio.sleep(0)
+
+    run(loop, main())
+    wait_or_fail(blocker.started, "the job to start")
+    loop.close()
+    blocker.release.set()
+    pool.shutdown(wait=True)
+    assert ran == ["kept"]
+
+
 def test_close_retires_the_default_pool_workers(loop):
     barrier = threading.Barrier(3, timeout=SAFETY)
 
