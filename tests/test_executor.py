@@ -424,3 +424,32 @@ def test_no_new_jobs_after_interpreter_shutdown_began(pool_cls):
         "submit: cannot schedule new futures after interpreter shutdown",
         "run_in_executor: cannot schedule new futures after interpreter shutdown",
     ]
+
+
+def test_ctrl_c_inside_a_worker_start_does_not_hang_the_exit(pool_cls):
+    # KeyboardInterrupt raised in Thread.start() after the thread began: the submit
+    # fails, the worker runs anyway, and the process must still exit.
+    module = pool_cls.__module__.split(".")[0]
+    code = textwrap.dedent(
+        f"""
+        import threading
+        import {module}
+        from {pool_cls.__module__} import {pool_cls.__name__} as Pool
+        start = threading.Thread.start
+        def interrupted_start(self):
+            threading.Thread.start = start
+            start(self)
+            raise KeyboardInterrupt
+        threading.Thread.start = interrupted_start
+        pool = Pool(max_workers=2)
+        try:
+            pool.submit(int)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        print(pool.submit(pow, 2, 2).result(timeout=30), flush=True)
+        pool.shutdown(wait=True)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["interrupted", "4"]

@@ -115,7 +115,12 @@ impl<J: Send> Pool<J> {
         };
         match msg {
             Msg::Job(j) => Some(j),
-            Msg::Exit => None,
+            Msg::Exit => {
+                // Passed on, so that a worker the count missed (one whose start was
+                // reported failed though its thread runs) still gets one.
+                let _ = self.tx.send(Msg::Exit);
+                None
+            }
         }
     }
 
@@ -137,7 +142,9 @@ impl<J: Send> Pool<J> {
             }
         }
         if first {
-            for _ in 0..self.workers.load(SeqCst) {
+            // One per counted worker, so they exit together; at least one, which each
+            // worker passes on (see `next_job`), for any worker the count missed.
+            for _ in 0..self.workers.load(SeqCst).max(1) {
                 let _ = self.tx.send(Msg::Exit);
             }
         }
@@ -189,6 +196,25 @@ mod tests {
         all.sort();
         assert_eq!(all, (0..100).collect::<Vec<_>>());
         assert_eq!(pool.submit(5), Err(5), "no jobs after shutdown");
+    }
+
+    #[test]
+    fn a_worker_the_count_missed_still_exits_after_shutdown() {
+        // A start reported failed (interrupted) though its thread runs: the pool counts
+        // no worker at all, and the one there is must still exit.
+        let pool = Arc::new(Pool::new(2));
+        assert_eq!(pool.submit(1), Ok(Submitted::SpawnWorker));
+        pool.worker_failed_to_start();
+        let threads: Vec<_> = (0..1)
+            .map(|_| {
+                let pool = pool.clone();
+                std::thread::spawn(move || while pool.next_job().is_some() {})
+            })
+            .collect();
+        drop(pool.shutdown(false));
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 
     #[test]
