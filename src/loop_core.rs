@@ -10,6 +10,7 @@ use std::sync::atomic::{
     Ordering::{Acquire, Relaxed, Release},
 };
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
@@ -164,6 +165,16 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// How long a posting thread that hands the GIL over to a spinning loop waits for the
+/// loop to take it (the loop's spin looks at its queue every few nanoseconds), and then
+/// for the loop to let go of it again (a ping-pong round: a few callbacks).
+const HAND_OVER_TAKE_WAIT: Duration = Duration::from_micros(20);
+const HAND_OVER_RUN_WAIT: Duration = Duration::from_micros(15);
+/// No hand-over to a loop that began to wait less than this long ago: the poster is
+/// posting back to back (see `Injector::offers_hand_over`); a thread in ping-pong with
+/// the loop does microseconds of Python work between its posts.
+const HAND_OVER_MIN_WAIT: Duration = Duration::from_micros(2);
+
 #[pyclass(module = "weaveloop._core", subclass, frozen, weakref)]
 pub struct LoopCore {
     pub(crate) ready: Mutex<VecDeque<Ready>>,
@@ -179,6 +190,8 @@ pub struct LoopCore {
     pub(crate) in_flight: Mutex<HashMap<usize, Py<PyAny>>>,
     /// Whether the loop spins briefly before its next park (see run.rs, `SPIN`).
     pub(crate) spin_worthy: AtomicBool,
+    /// How many callbacks the last iteration ran (see run.rs, `HAND_OVER_BATCH`).
+    pub(crate) last_batch: AtomicUsize,
     /// How many times flow control made a poster wait (see `call_soon_threadsafe`).
     flow_control_waits: AtomicU64,
     /// `threading.get_ident()` of the thread running the loop; 0 when not running.
@@ -301,6 +314,7 @@ impl LoopCore {
             shared: SharedCell::new(Shared::new()?),
             in_flight: Mutex::new(HashMap::new()),
             spin_worthy: AtomicBool::new(false),
+            last_batch: AtomicUsize::new(0),
             flow_control_waits: AtomicU64::new(0),
             owner: AtomicU64::new(0),
             closed: AtomicBool::new(false),
@@ -391,6 +405,20 @@ impl LoopCore {
             return Ok(handle);
         }
         let injector = &self.shared.get().injector;
+        if injector.offers_hand_over(HAND_OVER_MIN_WAIT) {
+            // The loop spins, waiting for work like this: let go of the GIL before the
+            // post, so that the loop takes it at once (see Injector::hand_over).
+            let posted = py.detach(|| {
+                injector.hand_over(Posted::Call(cb), HAND_OVER_TAKE_WAIT, HAND_OVER_RUN_WAIT)
+            });
+            return match posted {
+                Ok(()) => Ok(handle),
+                Err(refused) => {
+                    drop(refused);
+                    Err(errors::loop_closed())
+                }
+            };
+        }
         // Wake a parked loop without the GIL: it then finds the GIL free when it wakes
         // instead of blocking on it until this thread lets go (a second thread wake-up).
         let posted = injector.post_with(Posted::Call(cb), |waker| py.detach(|| waker.unpark()));

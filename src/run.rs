@@ -27,6 +27,11 @@ const MAX_POLL: f64 = 24.0 * 3600.0;
 /// ping-pong with the loop), and only until a spin finds nothing. An idle loop, or one
 /// fed by a slow trickle of posts, never spins; it parks as any loop does.
 const SPIN: Duration = Duration::from_micros(50);
+/// While spinning, the loop takes hand-overs of the GIL from posting threads (see
+/// `Injector::hand_over`) if its last iteration ran at most this many callbacks: a
+/// thread in ping-pong with the loop (`run_coroutine_threadsafe().result()`, paced
+/// posts), not a flood, whose posts are best run in large batches.
+const HAND_OVER_BATCH: usize = 16;
 /// Timer heap compaction thresholds (asyncio's).
 const MIN_SCHEDULED_FOR_COMPACTION: usize = 100;
 
@@ -97,7 +102,10 @@ impl LoopCore {
         let idle_since = if idle { clock::monotonic() } else { 0.0 };
         if idle && self.spin_worthy.load(Relaxed) {
             let budget = timeout.map_or(SPIN, |t| t.min(SPIN));
-            if py.detach(|| shared.injector.spin_wait(budget)) {
+            let offer = self.last_batch.load(Relaxed) <= HAND_OVER_BATCH;
+            let arrived = py.detach(|| shared.injector.spin_wait(budget, offer));
+            shared.injector.resumed();
+            if arrived {
                 timeout = Some(Duration::ZERO);
             } else {
                 self.spin_worthy.store(false, Relaxed);
@@ -113,7 +121,11 @@ impl LoopCore {
             } else {
                 Some(Duration::ZERO)
             };
-            let r = py.detach(|| shared.poller.poll(t, events));
+            let r = py.detach(|| {
+                shared.injector.released();
+                shared.poller.poll(t, events)
+            });
+            shared.injector.resumed();
             drop(park);
             // Spin next time only if this wake-up, by another thread, came within the
             // spin budget: ping-pong with a worker or a posting thread, not a slow trickle.
@@ -195,6 +207,7 @@ impl LoopCore {
     fn run_ready(&self, slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         let mut batch = std::mem::take(&mut *lock(&self.spare));
         std::mem::swap(&mut batch, &mut *lock(&self.ready));
+        self.last_batch.store(batch.len(), Relaxed);
         let debug = self.is_debug();
         let mut empty = std::mem::take(&mut *lock(&self.empty_context));
         let mut result = Ok(());

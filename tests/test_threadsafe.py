@@ -449,6 +449,44 @@ def test_posts_racing_close_each_run_or_raise(closer):
         assert ran == accepted, f"trial {trial}: {accepted - ran} accepted posts vanished"
 
 
+def test_ping_pong_posts_racing_close_each_run_or_raise():
+    # A thread in ping-pong with the loop (post, wait for it to run) finds the loop
+    # spinning between rounds and hands it the GIL (Injector::hand_over); posts that race
+    # the stop and close on that path must still each run or raise.
+    for trial in range(20):
+        lp = weaveloop.new_event_loop()
+        ran = []
+        accepted = []
+        seen = threading.Event()
+
+        def observed(i, lp=lp, ran=ran, seen=seen):
+            ran.append(i)
+            seen.set()
+            if i == 50:
+                lp.stop()
+
+        def poster(lp=lp, accepted=accepted, seen=seen):
+            for i in range(10_000):  # bounded: the loop closes after ~50 rounds
+                seen.clear()
+                try:
+                    lp.call_soon_threadsafe(observed, i)
+                except RuntimeError:
+                    return
+                accepted.append(i)
+                wait_or_fail(seen, "the post to run")
+
+        def loop_main(lp=lp):
+            lp.run_forever()
+            lp.close()
+
+        loop_thread = start_thread(loop_main)
+        t = start_thread(poster)
+        join_or_fail(t)
+        join_or_fail(loop_thread)
+        assert ran == accepted, f"trial {trial}"
+        assert len(ran) > 50
+
+
 def test_stop_from_another_thread_stops_a_loop_that_just_spun():
     # weaveloop only: its stop() is safe from any thread (the stock loop's is not, it
     # only sets a flag). After quick executor round trips the loop spins briefly before

@@ -6,10 +6,12 @@
 //! parked wakes it, and only the first such post per park pays for it. Both rest on the
 //! one word of `wake.rs`.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
+
+use crate::clock;
 
 use crate::wake::WakeState;
 
@@ -42,6 +44,13 @@ pub struct Injector<T, U: Unpark = std::sync::Arc<crate::poller::Wakeup>> {
     /// not draining (a long callback, a blocked loop thread), and posters stop waiting
     /// for it until it drains again. 0: not stalled.
     stalled_at: AtomicU64,
+    /// While the loop thread spins and takes hand-overs (see `hand_over`): when it began
+    /// (`clock::monotonic()` as f64 bits); 0 otherwise.
+    offer_since: AtomicU64,
+    /// Counts the loop thread's returns from a spin or a park (see `resumed`).
+    resumes: AtomicU64,
+    /// Counts the loop thread's spins and parks begun (see `released`).
+    releases: AtomicU64,
 }
 
 /// A park of the loop thread (see `Injector::park`).
@@ -96,6 +105,9 @@ impl<T, U: Unpark> Injector<T, U> {
             unpark,
             drains: AtomicU64::new(0),
             stalled_at: AtomicU64::new(0),
+            offer_since: AtomicU64::new(0),
+            resumes: AtomicU64::new(0),
+            releases: AtomicU64::new(0),
         }
     }
 
@@ -175,24 +187,79 @@ impl<T, U: Unpark> Injector<T, U> {
 
     /// Loop thread: busy-waits (no syscalls) until something is queued or `budget` has
     /// passed. Returns true if something arrived. Meant to be called without the GIL,
-    /// only while work the loop is waiting for is in flight.
-    pub fn spin_wait(&self, budget: Duration) -> bool {
+    /// only while work the loop is waiting for is in flight. `offer`: posters may hand
+    /// over to it meanwhile (see `hand_over`).
+    pub fn spin_wait(&self, budget: Duration, offer: bool) -> bool {
+        self.released();
+        if offer {
+            self.offer_since
+                .store(clock::monotonic().to_bits(), Release);
+        }
         let deadline = Instant::now() + budget;
         let mut i = 0u32;
-        loop {
+        let arrived = loop {
             if !self.queue.is_empty() {
-                return true;
+                break true;
             }
             i = i.wrapping_add(1);
             if i.is_multiple_of(64) {
                 if Instant::now() >= deadline {
-                    return false;
+                    break false;
                 }
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
             }
+        };
+        self.offer_since.store(0, Relaxed);
+        arrived
+    }
+
+    /// Loop thread: it runs again after a spin or a park, holding the lock it let go of
+    /// to wait (the GIL). Ends the first wait of a poster in `hand_over`.
+    pub fn resumed(&self) {
+        self.resumes.fetch_add(1, Release);
+    }
+
+    /// Loop thread: it has let go of that lock to spin or park (`spin_wait` says so
+    /// itself). Ends the second wait of a poster in `hand_over`.
+    pub fn released(&self) {
+        self.releases.fetch_add(1, Release);
+    }
+
+    /// Whether the loop thread is spinning, takes hand-overs, and has waited at least
+    /// `min_wait` so far. (A post that comes sooner after the loop let go is from a thread
+    /// posting back to back: a flood, whose posts are best run in large batches.)
+    pub fn offers_hand_over(&self, min_wait: Duration) -> bool {
+        let since = self.offer_since.load(Acquire);
+        since != 0 && clock::monotonic() - f64::from_bits(since) >= min_wait.as_secs_f64()
+    }
+
+    /// Poster, having let go of the lock it shares with the loop thread (the GIL): posts
+    /// `item`, then waits (busy) until the loop thread has resumed, at most `take_wait`,
+    /// and then until it lets go of the lock again, at most `run_wait`. So the loop
+    /// takes the lock first and runs the item at once, and neither thread sleeps on the
+    /// lock while the other holds it (each such sleep ends in a thread wake-up, which
+    /// costs tens of microseconds on a virtual machine). Meant for a poster that found
+    /// `offers_hand_over` true. Gives the item back once closed.
+    pub fn hand_over(&self, item: T, take_wait: Duration, run_wait: Duration) -> Result<(), T> {
+        let resumes = self.resumes.load(Acquire);
+        let releases = self.releases.load(Acquire);
+        self.post(item)?;
+        let start = Instant::now();
+        let changed = |counter: &AtomicU64, seen: u64, deadline: Instant| loop {
+            if counter.load(Acquire) != seen {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::hint::spin_loop();
+        };
+        if changed(&self.resumes, resumes, start + take_wait) {
+            changed(&self.releases, releases, start + take_wait + run_wait);
         }
+        Ok(())
     }
 
     /// In a forked child, where only the calling thread exists: everything queued, or
@@ -394,8 +461,41 @@ mod tests {
             let inj = inj.clone();
             std::thread::spawn(move || inj.post(7).unwrap())
         };
-        assert!(inj.spin_wait(Duration::from_secs(10)));
+        assert!(inj.spin_wait(Duration::from_secs(10), false));
         poster.join().unwrap();
         assert!(!inj.is_empty());
+    }
+
+    #[test]
+    fn a_hand_over_is_offered_only_while_spinning_and_ends_when_the_loop_resumes() {
+        let inj = Arc::new(Injector::new(Arc::new(CountingUnpark::default())));
+        assert!(!inj.offers_hand_over(Duration::ZERO));
+        let poster = {
+            let inj = inj.clone();
+            std::thread::spawn(move || {
+                while !inj.offers_hand_over(Duration::from_micros(1)) {
+                    std::hint::spin_loop();
+                }
+                // Returns once the loop has resumed and let go again (the bounds are
+                // only a safety net).
+                let forever = Duration::from_secs(10);
+                inj.hand_over(7, forever, forever).unwrap();
+                (inj.resumes.load(Acquire), inj.releases.load(Acquire))
+            })
+        };
+        assert!(inj.spin_wait(Duration::from_secs(10), true));
+        assert!(
+            !inj.offers_hand_over(Duration::ZERO),
+            "the offer ends with the spin"
+        );
+        inj.resumed();
+        inj.released();
+        assert_eq!(poster.join().unwrap(), (1, 2), "the poster waited for both");
+        let mut out = Vec::new();
+        inj.drain_into(&mut out);
+        assert_eq!(out, vec![7]);
+        // A spin that does not offer: posters see no offer.
+        assert!(!inj.spin_wait(Duration::from_micros(10), false));
+        assert!(!inj.offers_hand_over(Duration::ZERO));
     }
 }
