@@ -39,8 +39,6 @@ pub enum Job {
     Submit(SubmitJob),
 }
 
-static POOL_COUNTER: AtomicUsize = AtomicUsize::new(0);
-
 /// A pool's configuration and job queue: what its workers share with it. Workers hold
 /// this, not the executor object, so that an executor dropped without `shutdown()` can
 /// be collected; its drop then lets the workers exit once the queue is done (as the
@@ -348,7 +346,14 @@ impl PoolCore {
         };
         let prefix = match thread_name_prefix {
             Some(p) if !p.is_empty() => p.to_string(),
-            _ => format!("ThreadPoolExecutor-{}", POOL_COUNTER.fetch_add(1, Relaxed)),
+            // Numbered in the stdlib pool's sequence, so that no two pools of either
+            // kind name their threads alike.
+            _ => {
+                let n = interop::stdlib_pool(py)?
+                    .getattr(pyo3::intern!(py, "_counter"))?
+                    .call0()?;
+                format!("ThreadPoolExecutor-{n}")
+            }
         };
         let state = PoolState {
             pool: Mutex::new(Arc::new(Pool::new(max as usize))),

@@ -58,6 +58,11 @@ pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
 
 cached_import!(asyncio_task, "asyncio", "Task");
 cached_import!(thread_pool, "weaveloop._executor", "ThreadPoolExecutor");
+cached_import!(
+    stdlib_pool,
+    "concurrent.futures.thread",
+    "ThreadPoolExecutor"
+);
 
 /// Whether a weaveloop pool's `submit` is `ThreadPoolExecutor.submit` itself (not a
 /// subclass's override): only then may `run_in_executor` bypass it.

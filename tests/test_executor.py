@@ -453,3 +453,15 @@ def test_ctrl_c_inside_a_worker_start_does_not_hang_the_exit(pool_cls):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["interrupted", "4"]
+
+
+def test_default_thread_names_share_the_stdlib_pool_numbering():
+    # Pools of both kinds draw from one sequence: no two name their threads alike.
+    names = []
+    for cls in (weaveloop.ThreadPoolExecutor, concurrent.futures.ThreadPoolExecutor) * 2:
+        pool = cls(max_workers=1)
+        try:
+            names.append(pool.submit(lambda: threading.current_thread().name).result(SAFETY))
+        finally:
+            pool.shutdown()
+    assert len(set(names)) == len(names), names
