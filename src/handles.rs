@@ -77,8 +77,17 @@ pub struct Callback {
     /// The handle object the scheduling call returned, while it is alive (not owned:
     /// that object's drop clears it). Error reports name that very object.
     face: AtomicPtr<pyo3::ffi::PyObject>,
-    /// Where the callback was scheduled; recorded in debug mode only, as asyncio does.
-    source_traceback: Option<Py<PyAny>>,
+    /// Debug mode only, as asyncio's extras.
+    debug: Option<Box<DebugInfo>>,
+}
+
+/// What a callback scheduled in debug mode also keeps.
+struct DebugInfo {
+    /// Where the callback was scheduled.
+    source_traceback: Py<PyAny>,
+    /// The handle's repr when it was cancelled: asyncio keeps it in debug mode, so that
+    /// a report about the cancelled handle still names its callback.
+    repr_at_cancel: GilCell<Option<String>>,
 }
 
 impl Callback {
@@ -89,8 +98,11 @@ impl Callback {
         context: Option<&Bound<'_, PyAny>>,
         debug: bool,
     ) -> PyResult<Self> {
-        let source_traceback = if debug {
-            Some(interop::caller_stack(callback.py())?)
+        let debug = if debug {
+            Some(Box::new(DebugInfo {
+                source_traceback: interop::caller_stack(callback.py())?,
+                repr_at_cancel: GilCell::new(None),
+            }))
         } else {
             None
         };
@@ -106,7 +118,7 @@ impl Callback {
             context,
             cancelled: AtomicBool::new(false),
             face: AtomicPtr::new(std::ptr::null_mut()),
-            source_traceback,
+            debug,
         })
     }
 
@@ -144,7 +156,7 @@ impl Callback {
                 err,
                 callback: t.callback.clone_ref(py),
                 args: t.args.clone_ref(py).into_any(),
-                source_traceback: self.source_traceback.as_ref().map(|tb| tb.clone_ref(py)),
+                source_traceback: self.source_traceback(py),
             };
             if once {
                 let stale = self.target.with(py, |slot| slot.replace(t));
@@ -162,7 +174,10 @@ impl Callback {
             visit.call(&t.args)?;
         }
         visit.call(&self.context)?;
-        visit.call(&self.source_traceback)
+        match &self.debug {
+            Some(d) => visit.call(&d.source_traceback),
+            None => Ok(()),
+        }
     }
 
     /// Drops the callable and arguments (a one-shot handle that has run).
@@ -172,7 +187,9 @@ impl Callback {
     }
 
     pub fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
+        self.debug
+            .as_ref()
+            .map(|d| d.source_traceback.clone_ref(py))
     }
 
     /// `(callback, args)` while the handle still holds them.
@@ -196,16 +213,30 @@ impl Callback {
         self.cancelled.load(Relaxed)
     }
 
-    /// Returns true if this call cancelled it (false if it already was).
-    pub fn cancel(&self, py: Python<'_>) -> bool {
+    /// Returns true if this call cancelled it (false if it already was). `class` and
+    /// `when`: the handle's, for the repr kept in debug mode.
+    pub fn cancel(&self, py: Python<'_>, class: &str, when: Option<f64>) -> bool {
         let first = !self.cancelled.swap(true, Relaxed);
         if first {
+            if let Some(d) = &self.debug {
+                // A repr that fails is simply not kept; the cancel itself goes on.
+                if let Ok(r) = self.repr_parts(py, class, when) {
+                    d.repr_at_cancel.with(py, |kept| *kept = Some(r));
+                }
+            }
             self.release(py);
         }
         first
     }
 
     fn repr_parts(&self, py: Python<'_>, class: &str, when: Option<f64>) -> PyResult<String> {
+        if let Some(kept) = self
+            .debug
+            .as_ref()
+            .and_then(|d| d.repr_at_cancel.with(py, |kept| kept.clone()))
+        {
+            return Ok(kept);
+        }
         let mut info = vec![class.to_string()];
         if self.is_cancelled() {
             info.push("cancelled".into());
@@ -218,9 +249,9 @@ impl Callback {
             let src = interop::format_callback_source(py)?.call1((callback, args))?;
             info.push(src.to_string());
         }
-        if let Some(tb) = &self.source_traceback {
+        if let Some(d) = &self.debug {
             // Debug mode, as asyncio: where the handle was made (the last frame).
-            if let Ok(frame) = tb.bind(py).get_item(-1) {
+            if let Ok(frame) = d.source_traceback.bind(py).get_item(-1) {
                 let (file, line) = (frame.get_item(0)?, frame.get_item(1)?);
                 info.push(format!("created at {file}:{line}"));
             }
@@ -374,7 +405,7 @@ impl Handle {
 #[pymethods]
 impl Handle {
     fn cancel(&self, py: Python<'_>) {
-        self.cb.cancel(py);
+        self.cb.cancel(py, "Handle", None);
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
@@ -430,7 +461,7 @@ impl TimerHandle {
 #[pymethods]
 impl TimerHandle {
     fn cancel(&self, py: Python<'_>) {
-        if self.cb.cancel(py) && self.scheduled.load(Relaxed) {
+        if self.cb.cancel(py, "TimerHandle", Some(self.when)) && self.scheduled.load(Relaxed) {
             self.cancelled_in_heap.fetch_add(1, Relaxed);
         }
     }

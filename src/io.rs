@@ -90,7 +90,7 @@ impl LoopCore {
             slot.replace(handle.clone_ref(py))
         };
         if let Some(old) = replaced {
-            old.get().cb.cancel(py);
+            old.get().cb.cancel(py, "Handle", None);
         }
         Ok(handle)
     }
@@ -133,7 +133,7 @@ impl LoopCore {
         drop(emptied);
         Ok(match removed {
             Some(h) => {
-                h.get().cb.cancel(fileobj.py());
+                h.get().cb.cancel(fileobj.py(), "Handle", None);
                 true
             }
             None => false,

@@ -302,3 +302,21 @@ def test_a_task_left_sleeping_at_close_is_collected_and_reported(loop, caplog):
     gc.collect()
     assert ref() is None
     assert any("Task was destroyed but it is pending!" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("kind", ["Handle", "TimerHandle"])
+def test_debug_mode_keeps_the_repr_of_a_cancelled_handle(loop, kind):
+    # asyncio keeps it so that a later report still names the callback.
+    loop.set_debug(True)
+    h = loop.call_soon(named_callback) if kind == "Handle" else loop.call_later(60, named_callback)
+    h.cancel()
+    r = repr(h)
+    assert r.startswith(f"<{kind} cancelled")
+    assert "named_callback()" in r
+    assert "created at" in r
+
+
+def test_outside_debug_mode_a_cancelled_handle_drops_its_callback_from_the_repr(loop):
+    h = loop.call_soon(named_callback)
+    h.cancel()
+    assert repr(h) == "<Handle cancelled>"
