@@ -283,3 +283,20 @@ def test_a_wakeup_fd_installed_during_a_run_survives_it(loop):
         signal.set_wakeup_fd(-1)
         r.close()
         w.close()
+
+
+def test_removing_the_last_signal_handler_keeps_the_runs_wakeup_fd(wloop):
+    # weaveloop-only: during a run it keeps a signal wake-up fd (so that Ctrl+C wakes a
+    # parked loop); the stock remove_signal_handler uninstalls it with the last handler.
+    def peek() -> int:
+        fd = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(fd)
+        return fd
+
+    async def main():
+        wloop.add_signal_handler(signal.SIGUSR1, lambda: None)
+        assert wloop.remove_signal_handler(signal.SIGUSR1)
+        return peek()
+
+    assert run(wloop, main()) == wloop._csock.fileno()
+    assert peek() == -1, "restored once the run ends"

@@ -109,6 +109,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         self._transports = weakref.WeakValueDictionary()
         self._signal_handlers = {}
         self._ssock = self._csock = None
+        self._wakeup_fd_to_restore = None
         self._make_self_pipe()
         _live_loops.add(self)
 
@@ -119,7 +120,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         self._check_running()
         self._set_coroutine_origin_tracking(self._debug)
         old_agen_hooks = sys.get_asyncgen_hooks()
-        old_wakeup_fd = self._install_wakeup_fd()
+        self._wakeup_fd_to_restore = self._install_wakeup_fd()
         try:
             sys.set_asyncgen_hooks(
                 firstiter=self._asyncgen_firstiter_hook,
@@ -131,7 +132,8 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             events._set_running_loop(None)
             self._set_coroutine_origin_tracking(False)
             sys.set_asyncgen_hooks(*old_agen_hooks)
-            self._restore_wakeup_fd(old_wakeup_fd)
+            self._restore_wakeup_fd(self._wakeup_fd_to_restore)
+            self._wakeup_fd_to_restore = None
 
     def _install_wakeup_fd(self):
         # So that Ctrl+C wakes a parked loop even when the kernel delivers SIGINT to
@@ -147,6 +149,18 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             signal.set_wakeup_fd(old)
             return None
         return old
+
+    def remove_signal_handler(self, sig) -> bool:
+        removed = super().remove_signal_handler(sig)
+        if removed and not self._signal_handlers and self.is_running():
+            # The stock code has just uninstalled the wake-up fd (set_wakeup_fd(-1)); this
+            # run still needs it, so that Ctrl+C wakes a parked loop. Back until it ends.
+            old = self._install_wakeup_fd()
+            if old is not None:
+                self._wakeup_fd_to_restore = old
+        return removed
+
+    remove_signal_handler.__doc__ = unix_events.SelectorEventLoop.remove_signal_handler.__doc__
 
     def _restore_wakeup_fd(self, old) -> None:
         if old is None:
