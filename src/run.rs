@@ -16,7 +16,7 @@ use weaveloop_engine::{clock, Readiness};
 use crate::errors;
 use crate::handles::{Callback, CallbackError, EmptyContext, Handle};
 use crate::interop;
-use crate::loop_core::{lock, LoopCore, Ready, Shared};
+use crate::loop_core::{lock, LoopCore, Ready, Shared, Watchers};
 use crate::posted::Posted;
 
 /// asyncio's cap on one poll: a day.
@@ -150,6 +150,7 @@ impl LoopCore {
             return;
         }
         let mut dropped: Vec<Py<Handle>> = Vec::new();
+        let mut emptied: Vec<Watchers> = Vec::new();
         {
             let mut watchers = lock(&self.watchers);
             let mut ready = lock(&self.ready);
@@ -175,13 +176,14 @@ impl LoopCore {
                     let (read, write) = (w.reader.is_some(), w.writer.is_some());
                     let _ = shared.poller.set_interest(ev.fd, read, write);
                     if !read && !write {
-                        watchers.remove(&ev.fd);
+                        emptied.extend(watchers.remove(&ev.fd));
                     }
                 }
             }
         }
-        // Dropped with no lock held: releasing a callback can run arbitrary Python code.
-        drop(dropped);
+        // Dropped with no lock held: releasing a callback or the registered file object
+        // can run arbitrary Python code.
+        drop((dropped, emptied));
     }
 
     fn collect_due_timers(&self) {
@@ -489,8 +491,9 @@ impl LoopCore {
                 .set_interest(*fd, w.reader.is_some(), w.writer.is_some())
                 .map_err(errors::os_error)?;
         }
-        // The parent's epoll set and eventfd, inherited by this child, are of no use here.
-        this.shared().poller.close();
+        // The parent's epoll set and eventfd, inherited by this child, are of no use here;
+        // closed unless a thread of the parent held the poller's locks at the fork.
+        this.shared().poller.close_after_fork();
         this.shared.replace(fresh);
         let in_flight: Vec<Py<PyAny>> = lock(&this.in_flight).drain().map(|(_, f)| f).collect();
         for fut in &in_flight {

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import platform
 import threading
+import time
 
 import pytest
 
@@ -128,3 +130,32 @@ def assert_fork_script_passes(script: str, loop_kind: str) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "child exit 0", out.stderr
+
+
+# Syscalls a loop parks in (epoll_wait, epoll_pwait, epoll_pwait2, poll, ppoll, select, ...).
+POLL_SYSCALLS = {
+    "x86_64": {7, 23, 232, 270, 271, 281, 441},
+    "aarch64": {22, 72, 73, 441},
+}
+
+
+# Only the tests that wait for the loop thread to park need this.
+needs_parked_detection = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.machine() not in POLL_SYSCALLS,
+    reason="parked-state detection reads /proc/self/task/*/syscall (Linux x86_64/aarch64)",
+)
+
+
+def parked_in_poller(native_id: int) -> bool:
+    with open(f"/proc/self/task/{native_id}/syscall") as f:
+        first = f.read().split()[0]
+    return first != "running" and int(first) in POLL_SYSCALLS[platform.machine()]
+
+
+def wait_until_parked(native_id: int) -> None:
+    """Returns once the thread ``native_id`` is blocked in a poll syscall."""
+    deadline = time.monotonic() + SAFETY
+    while not parked_in_poller(native_id):
+        if time.monotonic() > deadline:
+            raise AssertionError("the loop thread never parked in the poller (safety net)")
+        time.sleep(0.0005)  # poll interval of a condition check, not a synchronisation

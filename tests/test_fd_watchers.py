@@ -11,7 +11,7 @@ import os
 import socket
 
 import pytest
-from _support import SAFETY
+from _support import SAFETY, run
 
 
 @pytest.fixture
@@ -361,3 +361,30 @@ def test_removing_a_watcher_of_a_socket_closed_since_finds_it_by_identity(loop, 
     # Gone now: a closed socket that matches no registration is a bad file object.
     with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
         getattr(loop, f"remove_{side}")(a)
+
+
+def test_a_file_object_freed_by_the_loop_may_call_the_loop(loop):
+    # The loop drops the last reference to a registered file object when it removes a
+    # cancelled watcher; the object's __del__ runs then and may schedule a callback.
+    r, w = os.pipe()
+    freed = loop.create_future()
+
+    class FileNo:
+        def __init__(self, fd):
+            self.fd = fd
+
+        def fileno(self):
+            return self.fd
+
+        def __del__(self):
+            loop.call_soon(freed.set_result, "from __del__")
+
+    try:
+        loop.add_reader(FileNo(r), lambda: None)
+        # The stock add_reader returns None: its handle is in the selector key.
+        loop._selector.get_key(r).data[0].cancel()
+        os.write(w, b"x")
+        assert run(loop, freed) == "from __del__"
+    finally:
+        os.close(r)
+        os.close(w)

@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import subprocess
+import sys
+import textwrap
 import warnings
 import weakref
 
 import pytest
 import weaveloop
-from _support import run
+from _support import needs_parked_detection, run
 
 
 def test_loop_is_an_abstract_event_loop(loop):
@@ -436,3 +439,37 @@ def test_a_forked_child_that_closes_its_loop_holds_none_of_its_fds(loop_factory)
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         lp.close()
+
+
+@needs_parked_detection
+def test_fork_while_a_loop_is_parked_in_another_thread(loop_kind):
+    # The child inherits the poller's lock held by a thread it does not have; its
+    # after-fork reset must not wait for it.
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    code = textwrap.dedent(
+        f"""
+        import os, sys, threading
+        sys.path.insert(0, {tests_dir!r})
+        from _support import FACTORIES, wait_until_parked
+        loop = FACTORIES[{loop_kind!r}]()
+        started = threading.Event()
+        def main():
+            started.set()
+            loop.run_forever()
+        t = threading.Thread(target=main)
+        t.start()
+        started.wait()
+        wait_until_parked(t.native_id)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join()
+        loop.close()
+        print("child exit", os.waitstatus_to_exitcode(status))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "child exit 0"

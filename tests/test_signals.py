@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import platform
 import signal
 import threading
-import time
 
 import pytest
-from _support import SAFETY, join_or_fail, run, start_thread, wait_or_fail
+from _support import (
+    SAFETY,
+    join_or_fail,
+    needs_parked_detection,
+    run,
+    start_thread,
+    wait_or_fail,
+    wait_until_parked,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -32,34 +38,6 @@ def _send_sigint(how: str) -> None:
         os.kill(os.getpid(), signal.SIGINT)
 
 
-# Syscalls a loop parks in (epoll_wait, epoll_pwait, epoll_pwait2, poll, ppoll, select, ...).
-POLL_SYSCALLS = {
-    "x86_64": {7, 23, 232, 270, 271, 281, 441},
-    "aarch64": {22, 72, 73, 441},
-}
-
-
-# Only the tests that wait for the loop thread to park need this.
-needs_parked_detection = pytest.mark.skipif(
-    platform.system() != "Linux" or platform.machine() not in POLL_SYSCALLS,
-    reason="parked-state detection reads /proc/self/task/*/syscall (Linux x86_64/aarch64)",
-)
-
-
-def _parked_in_poller(native_id: int) -> bool:
-    with open(f"/proc/self/task/{native_id}/syscall") as f:
-        first = f.read().split()[0]
-    return first != "running" and int(first) in POLL_SYSCALLS[platform.machine()]
-
-
-def _wait_until_parked(native_id: int) -> None:
-    deadline = time.monotonic() + SAFETY
-    while not _parked_in_poller(native_id):
-        if time.monotonic() > deadline:
-            raise AssertionError("the loop thread never parked in the poller (safety net)")
-        time.sleep(0.0005)  # poll interval of a condition check, not a synchronisation
-
-
 def _interrupt_when_parked(loop, how: str, running: threading.Event) -> threading.Thread:
     """Send SIGINT from a helper thread once the main thread is parked in the poller.
 
@@ -72,7 +50,7 @@ def _interrupt_when_parked(loop, how: str, running: threading.Event) -> threadin
     def helper():
         wait_or_fail(running, "the loop to run")
         try:
-            _wait_until_parked(main_id)
+            wait_until_parked(main_id)
         finally:
             _send_sigint(how)
 

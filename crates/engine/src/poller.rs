@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use mio::unix::SourceFd;
@@ -127,6 +127,28 @@ impl Poller {
             interests.registry.take()
         };
         let waker = lock(&self.waker.0).take();
+        drop((state, registry, waker));
+    }
+
+    /// `close`, in a forked child, for a poller inherited from the parent: a lock that a
+    /// thread of the parent held at the fork (a loop parked in `poll` holds `state`)
+    /// stays locked for good, because that thread does not exist here. What such a lock
+    /// guards is left open rather than waited for.
+    pub fn close_after_fork(&self) {
+        fn take<T>(m: &Mutex<T>, f: impl FnOnce(&mut T)) {
+            match m.try_lock() {
+                Ok(mut g) => f(&mut g),
+                Err(TryLockError::Poisoned(p)) => f(&mut p.into_inner()),
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
+        let (mut state, mut registry, mut waker) = (None, None, None);
+        take(&self.state, |s| state = s.take());
+        take(&self.interests, |i| {
+            i.wanted.clear();
+            registry = i.registry.take();
+        });
+        take(&self.waker.0, |w| waker = w.take());
         drop((state, registry, waker));
     }
 
@@ -274,6 +296,27 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(libc::EBADF));
         p.waker().wake().unwrap(); // a no-op now
         p.close(); // idempotent
+    }
+
+    #[test]
+    fn close_after_fork_skips_what_a_held_lock_guards() {
+        let p = Poller::new().unwrap();
+        let held = p.state.lock().unwrap();
+        p.close_after_fork(); // must not wait for `state`
+        assert!(
+            held.is_some(),
+            "the poll state under the held lock is left alone"
+        );
+        drop(held);
+        let mut out = Vec::new();
+        assert!(p.poll(Some(Duration::ZERO), &mut out).is_ok());
+        let (_a, b) = UnixStream::pair().unwrap();
+        let err = p.set_interest(b.as_raw_fd(), true, false).unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EBADF),
+            "the free locks' part is closed"
+        );
     }
 
     #[test]
