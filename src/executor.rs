@@ -80,6 +80,8 @@ impl Drop for PoolCore {
 /// How long a shutdown waits for a worker that a racing submit is still starting
 /// (starting a thread takes microseconds).
 const START_WAIT: Duration = Duration::from_secs(10);
+/// How often that wait looks at pending signals.
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
 const BROKEN_MSG: &str = "A thread initializer failed, the thread pool is not usable anymore";
 
@@ -410,20 +412,25 @@ impl PoolCore {
     /// them all. (Bounded by `START_WAIT`, against a start that never returns.)
     fn _started_threads(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
         let pool = self.state()?.pool();
-        py.detach(|| {
-            let deadline = Instant::now() + START_WAIT;
+        let deadline = Instant::now() + START_WAIT;
+        // In slices, with a look at pending signals between them (Ctrl+C).
+        while py.detach(|| {
+            let slice_end = deadline.min(Instant::now() + SIGNAL_CHECK);
             let mut threads = lock(&self.threads);
             while threads.len() < pool.workers() {
-                let left = deadline.saturating_duration_since(Instant::now());
+                let left = slice_end.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    break;
+                    return Instant::now() < deadline;
                 }
                 threads = match self.listed.wait_timeout(threads, left) {
                     Ok((guard, _)) => guard,
                     Err(poisoned) => poisoned.into_inner().0,
                 };
             }
-        });
+            false
+        }) {
+            py.check_signals()?;
+        }
         Ok(lock(&self.threads)
             .iter()
             .map(|t| t.clone_ref(py))
