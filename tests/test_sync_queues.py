@@ -316,3 +316,42 @@ def test_lowered_maxsize_holds_when_a_granted_putter_is_cancelled(factory):
         return out
 
     assert run(factory, main) == [1, True, "full", "full again"]
+
+
+@pytest.mark.parametrize("kind", ["Queue", "LifoQueue", "PriorityQueue"])
+def test_put_on_an_unbounded_queue_is_allowed_on_a_loop_thread(factory, kind):
+    # It never waits, so rule 4 has nothing to refuse (a bounded put() is refused).
+    async def main():
+        q = getattr(ws, kind)()
+        q.put(1)
+        with pytest.raises(RuntimeError, match="would block the event loop"):
+            getattr(ws, kind)(1).put(1)
+        return q.qsize()
+
+    assert run(factory, main) == 1
+
+
+def test_size_checks_agree_with_the_nowait_calls_while_waiters_are_served(factory):
+    # An item (or a slot) handed to a queued waiter is that waiter's: the checks do not
+    # count it, so `while not q.empty(): q.get_nowait()` never raises.
+    async def main():
+        q = ws.Queue()
+        getter = asyncio.ensure_future(q.aio.get())
+        await asyncio.sleep(0)  # queued
+        q.put_nowait("x")  # handed to the getter, which has not run yet
+        out = [q.empty(), q.qsize()]
+        while not q.empty():
+            q.get_nowait()
+        out.append(await getter)
+
+        b = ws.Queue(1)
+        b.put_nowait(0)
+        putter = asyncio.ensure_future(b.aio.put(1))
+        await asyncio.sleep(0)  # queued
+        b.get_nowait()  # the free slot is handed to the putter
+        out.append(b.full())
+        await putter
+        out.append(b.get_nowait())
+        return out
+
+    assert run(factory, main) == [True, 0, "x", True, 1]

@@ -99,14 +99,6 @@ impl Store {
         // A permit always has its item (see the module invariant).
         item.ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("queue invariant broken"))
     }
-
-    fn len(&self, py: Python<'_>) -> usize {
-        match self {
-            Store::Fifo(q) => plain(q).len(),
-            Store::Lifo(q) => plain(q).len(),
-            Store::Priority { heap, .. } => heap.bind(py).len(),
-        }
-    }
 }
 
 #[pyclass(module = "weaveloop._core", subclass, weakref, frozen)]
@@ -173,6 +165,13 @@ impl QueueCore {
 
     fn put_within(&self, py: Python<'_>, item: Py<PyAny>, wait: Wait) -> PyResult<()> {
         if let Some(s) = &self.slots {
+            // An unbounded queue never makes put() wait: no blocking form to refuse on a
+            // loop's thread (rule 4).
+            let wait = if self.maxsize.load(Relaxed) > 0 {
+                wait
+            } else {
+                Wait::Now
+            };
             if !acquire_thread(py, s, wait, "Queue.put()", PUT_ASYNC)? {
                 return Err(queue_error(py, "QueueFull"));
             }
@@ -257,17 +256,20 @@ impl QueueCore {
         Ok(())
     }
 
-    fn qsize(&self, py: Python<'_>) -> usize {
-        self.store.len(py)
+    /// Items a new get could take: an item already handed to a queued getter (FIFO,
+    /// nobody overtakes it) is not counted, so `qsize()`, `empty()` and `full()` agree
+    /// with what `get_nowait()` and `put_nowait()` do next.
+    fn qsize(&self) -> usize {
+        self.items.permits()
     }
 
-    fn empty(&self, py: Python<'_>) -> bool {
-        self.store.len(py) == 0
+    fn empty(&self) -> bool {
+        self.items.would_block()
     }
 
-    fn full(&self, py: Python<'_>) -> bool {
+    fn full(&self) -> bool {
         let maxsize = self.maxsize.load(Relaxed);
-        maxsize > 0 && self.store.len(py) >= maxsize as usize
+        maxsize > 0 && self.slots.as_ref().is_some_and(|s| s.would_block())
     }
 
     /// queue.Queue.put: waits for a free slot (bounded queues), at most `timeout`.
