@@ -13,7 +13,7 @@ import threading
 
 import pytest
 import weaveloop.sync as ws
-from _support import SAFETY, start_thread
+from _support import SAFETY, join_or_fail, start_thread, wait_or_fail
 from _sync_support import SYNC_LOOPS, ThreadLoop, run, wait_until
 
 
@@ -442,3 +442,28 @@ def test_semaphore_overflow_is_an_error_not_a_wrap():
     assert sem.acquire(False) and not sem.acquire(False), "the value stayed 1"
     with pytest.raises(OverflowError):
         ws.Queue(maxsize=2**62)
+
+
+@pytest.mark.parametrize("cls", [threading.Condition, ws.Condition])
+def test_a_refused_wait_timeout_leaves_no_waiter_behind(cls):
+    # As threading's: the failed wait() is not queued, so a later notify() reaches the
+    # real waiter.
+    cond = cls()
+    with cond:
+        for bad in (float("inf"), "x"):
+            with pytest.raises((OverflowError, TypeError)):
+                cond.wait(bad)
+    queued = threading.Event()
+    got = []
+
+    def waiter():
+        with cond:
+            queued.set()
+            got.append(cond.wait(SAFETY))
+
+    t = start_thread(waiter)
+    wait_or_fail(queued, "the waiter to hold the lock")
+    with cond:  # the waiter is parked once this is acquired (wait() released it)
+        cond.notify()
+    join_or_fail(t)
+    assert got == [True]

@@ -85,6 +85,11 @@ class Condition:
         saved = self._release_save()
         try:
             return self._n._park(waiter, timeout)
+        except BaseException:
+            # A timeout refused before parking (TypeError, OverflowError) included: the
+            # waiter leaves the queue, a notification it got goes to the next one.
+            self._n._abandon(waiter)
+            raise
         finally:
             self._acquire_restore(saved)
 
