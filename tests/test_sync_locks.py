@@ -467,3 +467,23 @@ def test_a_refused_wait_timeout_leaves_no_waiter_behind(cls):
         cond.notify()
     join_or_fail(t)
     assert got == [True]
+
+
+@pytest.mark.parametrize("impl", ["asyncio", "weaveloop"])
+def test_a_cancelled_barrier_party_leaves_without_breaking_it(factory, impl):
+    # As asyncio.Barrier: the others keep waiting for a full count.
+    async def main():
+        b = asyncio.Barrier(3) if impl == "asyncio" else ws.Barrier(3).aio
+        first = asyncio.ensure_future(b.wait())
+        second = asyncio.ensure_future(b.wait())
+        while b.n_waiting < 2:
+            await asyncio.sleep(0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        state = [b.broken, b.n_waiting]
+        rest = await asyncio.gather(second, b.wait(), b.wait())
+        return state, sorted(rest)
+
+    # (Arrival indexes are as asyncio gives them: the second party keeps its 1.)
+    assert run(factory, main) == ([False, 1], [1, 1, 2])

@@ -182,9 +182,8 @@ class _AioBarrier:
         except TimeoutError:
             b._break()
             raise BrokenBarrierError from None
-        except asyncio.CancelledError:
-            b._break()
-            raise
+        # A cancelled party just leaves (wait()'s `finally`), as with asyncio.Barrier: the
+        # others keep waiting for a full count.
         if b._state < 0:
             raise BrokenBarrierError
 
