@@ -355,3 +355,12 @@ def test_size_checks_agree_with_the_nowait_calls_while_waiters_are_served(factor
         return out
 
     assert run(factory, main) == [True, 0, "x", True, 1]
+
+
+@pytest.mark.parametrize("kind", ["Queue", "LifoQueue", "PriorityQueue", "SimpleQueue"])
+def test_queue_classes_are_subscriptable_in_annotations(kind):
+    cls = getattr(ws, kind)
+    # As queue.Queue[int], asyncio.Queue[int] and janus.Queue[int].
+    alias = cls[int]
+    assert type(alias) is type(getattr(queue, kind)[int])
+    assert (alias.__origin__, alias.__args__) == (cls, (int,))

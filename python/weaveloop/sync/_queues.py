@@ -9,6 +9,7 @@ Invariant: the async face's fast path is one Rust call; it waits only when it mu
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 from .._core import QueueCore
@@ -78,6 +79,8 @@ class Queue(QueueCore):
 
     __slots__ = ("_aio_face",)
     _KIND = "fifo"
+    # `Queue[int]` in annotations, as queue.Queue, asyncio.Queue and janus.Queue allow.
+    __class_getitem__ = classmethod(types.GenericAlias)
 
     def __new__(cls, maxsize: int = 0) -> Queue:
         return super().__new__(cls, maxsize, cls._KIND)
@@ -124,6 +127,8 @@ class SimpleQueue(QueueCore):
     """queue.SimpleQueue: unbounded FIFO without task tracking; ``.aio`` as for Queue."""
 
     __slots__ = ("_aio_face",)
+
+    __class_getitem__ = classmethod(types.GenericAlias)
 
     def __new__(cls) -> SimpleQueue:
         return super().__new__(cls, 0, "fifo", False, True)
