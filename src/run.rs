@@ -112,7 +112,10 @@ impl LoopCore {
             }
         }
         let result = if timeout == Some(Duration::ZERO) {
-            shared.poller.poll(timeout, events)
+            // Without the GIL, as the stock loop's select(0): a thread waiting for the
+            // GIL (back from blocking I/O, rule 1) gets it now, not at the next forced
+            // switch 5 ms away, even while the loop always has work ready.
+            py.detach(|| shared.poller.poll(timeout, events))
         } else {
             // The handshake of wake.rs: announce the park, then look at the queue.
             let park = shared.injector.park();
@@ -474,6 +477,12 @@ impl LoopCore {
     fn _after_fork(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        // A loop that ran in another thread of the parent is not running here: that
+        // thread does not exist in the child. (One run by the thread that forked goes on.)
+        if this.owner.load(Relaxed) != interop::thread_ident() {
+            this.owner.store(0, Relaxed);
+            this.stopping.store(false, Relaxed);
+        }
         // Callbacks posted before the fork still run in the child, as with the stock
         // loop (its ready deque is copied); the parent's executor completions do not
         // apply here (their futures are cancelled below).

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import warnings
 import weakref
 
@@ -473,3 +475,72 @@ def test_fork_while_a_loop_is_parked_in_another_thread(loop_kind):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "child exit 0"
+
+
+def test_a_loop_running_in_another_thread_is_not_running_in_a_forked_child(loop_kind):
+    # Its thread does not exist in the child. The after-fork reset (which cancels the
+    # executor job in flight there) must not fail on it either.
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    code = textwrap.dedent(
+        f"""
+        import asyncio, os, sys, threading
+        sys.path.insert(0, {tests_dir!r})
+        from _support import FACTORIES
+        loop = FACTORIES[{loop_kind!r}]()
+        started, release = threading.Event(), threading.Event()
+        async def main():
+            started.set()
+            await loop.run_in_executor(None, release.wait)
+        t = threading.Thread(target=loop.run_until_complete, args=(main(),))
+        t.start()
+        started.wait()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if not loop.is_running() or {loop_kind!r} == "asyncio" else 1)
+        _, status = os.waitpid(pid, 0)
+        release.set()
+        t.join()
+        loop.close()
+        print("child exit", os.waitstatus_to_exitcode(status))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "child exit 0"
+    assert out.stderr == ""
+
+
+def test_a_busy_loop_lets_threads_back_from_blocking_io_have_the_gil(loop):
+    # Rule 1: a loop that always has work ready still gives the GIL up at every
+    # iteration, as the stock loop's select(0) does, so threads doing blocking I/O
+    # make progress (not only at the interpreter's forced switch, every 5 ms).
+    rounds = 200
+    a, b = socket.socketpair()
+
+    def echo():
+        for _ in range(rounds):
+            b.sendall(b.recv(1))
+
+    def client():
+        for _ in range(rounds):
+            a.sendall(b"x")
+            a.recv(1)
+
+    async def main():
+        echoer = threading.Thread(target=echo)
+        echoer.start()
+        done = loop.run_in_executor(None, client)
+        iterations = 0
+        while not done.done():
+            iterations += 1
+            await asyncio.sleep(0)
+        await done
+        echoer.join()
+        return iterations
+
+    try:
+        # Each round trip waits for the GIL twice: tens of iterations, not thousands.
+        assert run(loop, main()) < 500 * rounds
+    finally:
+        a.close()
+        b.close()

@@ -296,9 +296,16 @@ def new_event_loop(**options) -> Loop:
 
 
 def _after_fork_in_child() -> None:
+    # Every live loop is reset even if one of them fails; the first failure is raised.
+    failure = None
     for loop in list(_live_loops):
         if not loop.is_closed():
-            loop._after_fork_in_child()
+            try:
+                loop._after_fork_in_child()
+            except Exception as e:  # noqa: BLE001 - raised below, after the others
+                failure = failure or e
+    if failure is not None:
+        raise failure
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
