@@ -116,20 +116,28 @@ class InlineExecutor(concurrent.futures.Executor):
         return f
 
 
-def assert_fork_script_passes(script: str, loop_kind: str) -> None:
+def assert_fork_script_passes(script: str, loop_kind: str, quiet: bool = False) -> None:
     """Runs ``script`` (which forks and prints ``child exit <code>``) in a fresh
-    interpreter with ``loop_kind`` as its argument; the child must have exited 0."""
+    interpreter with ``loop_kind`` as its argument and this module importable; the
+    child must have exited 0 (and, if ``quiet``, nothing may be printed to stderr)."""
+    import os
     import subprocess
     import sys
 
+    env = dict(os.environ)
+    here = os.path.dirname(os.path.abspath(__file__))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
     out = subprocess.run(
         [sys.executable, "-c", script, loop_kind],
         capture_output=True,
         text=True,
         timeout=90,
+        env=env,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "child exit 0", out.stderr
+    if quiet:
+        assert out.stderr == ""
 
 
 # Syscalls a loop parks in (epoll_wait, epoll_pwait, epoll_pwait2, poll, ppoll, select, ...).
