@@ -487,3 +487,53 @@ def test_a_cancelled_barrier_party_leaves_without_breaking_it(factory, impl):
 
     # (Arrival indexes are as asyncio gives them: the second party keeps its 1.)
     assert run(factory, main) == ([False, 1], [1, 1, 2])
+
+
+@pytest.mark.parametrize("impl", ["asyncio", "weaveloop"])
+def test_condition_wait_through_wait_for_on_the_default_lock(factory, impl):
+    # On Python 3.11 wait_for runs the wait in a task of its own, not in the task that
+    # holds the lock; asyncio.Condition accepts that, and so does the RLock-based face.
+    async def main():
+        cond = asyncio.Condition() if impl == "asyncio" else ws.Condition().aio
+        out = []
+        async with cond:
+            try:
+                await asyncio.wait_for(cond.wait(), 0.01)
+            except TimeoutError:
+                out.append("timeout")
+            out.append(cond.locked())  # held again, by this task
+
+        async def notifier():
+            async with cond:
+                cond.notify()
+
+        async with cond:
+            asyncio.ensure_future(notifier())
+            out.append(await asyncio.wait_for(cond.wait(), SAFETY))
+        out.append(cond.locked())
+        return out
+
+    assert run(factory, main) == ["timeout", True, True, False]
+
+
+def test_condition_face_still_refuses_a_wait_on_a_lock_held_by_a_thread(factory):
+    async def main():
+        cond = ws.Condition()
+        held, release = threading.Event(), threading.Event()
+
+        def holder():
+            with cond:
+                held.set()
+                release.wait(SAFETY)
+
+        t = start_thread(holder)
+        wait_or_fail(held, "the thread to hold the lock")
+        try:
+            with pytest.raises(RuntimeError, match="cannot wait on un-acquired lock"):
+                await cond.aio.wait()
+        finally:
+            release.set()
+            join_or_fail(t)
+        return True
+
+    assert run(factory, main)

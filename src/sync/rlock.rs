@@ -125,15 +125,20 @@ impl RLockCore {
     }
 
     /// Condition protocol: gives the lock up entirely; returns what `_acquire_restore`
-    /// needs.
-    fn _release_save(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
-        let me = me(py)?;
-        if !self.own.is_owned_by(me) {
+    /// needs. `owner`: on behalf of that owner (a condition's coroutine face, for
+    /// another task of its loop) instead of the caller.
+    #[pyo3(signature = (owner = None))]
+    fn _release_save(&self, py: Python<'_>, owner: Option<usize>) -> PyResult<(usize, usize)> {
+        let who = match owner {
+            Some(o) => o,
+            None => me(py)?,
+        };
+        if !self.own.is_owned_by(who) {
             return Err(unowned());
         }
         let depth = self.own.give_up();
         release(py, &self.sem, 1);
-        Ok((depth, me))
+        Ok((depth, who))
     }
 
     /// Condition protocol: takes the lock back at the saved depth (blocking).
@@ -144,10 +149,15 @@ impl RLockCore {
     }
 
     /// Coroutine side: the permit was just obtained (fast path or grant): own it at
-    /// `depth` (1 for acquire, the saved depth for a condition's restore).
-    #[pyo3(signature = (depth = 1))]
-    fn _own(&self, py: Python<'_>, depth: usize) -> PyResult<()> {
-        self.own.take(me(py)?, depth);
+    /// `depth` (1 for acquire, the saved depth for a condition's restore), as the caller
+    /// or as `owner` (the one `_release_save` gave it up for).
+    #[pyo3(signature = (depth = 1, owner = None))]
+    fn _own(&self, py: Python<'_>, depth: usize, owner: Option<usize>) -> PyResult<()> {
+        let who = match owner {
+            Some(o) => o,
+            None => me(py)?,
+        };
+        self.own.take(who, depth);
         Ok(())
     }
 

@@ -151,7 +151,9 @@ class _AioCondition:
 
     def _owned(self) -> bool:
         lock = self._c._lock
-        return lock._is_owned() if isinstance(lock, RLock) else lock.locked()
+        if not isinstance(lock, RLock):
+            return lock.locked()
+        return lock._is_owned() or _loop_task_owning(lock) is not None
 
     async def wait(self) -> bool:
         """Releases the lock, awaits a notification, re-takes the lock (even if cancelled)."""
@@ -163,7 +165,8 @@ class _AioCondition:
         fut = loop.create_future()
         waiter = c._n._enqueue_task(loop, fut)
         if isinstance(lock, RLock):
-            depth, _owner = lock._release_save()
+            owner = None if lock._is_owned() else _loop_task_owning(lock)
+            depth, owner = lock._release_save(owner)
         else:
             depth = 1
             lock.release()
@@ -185,7 +188,7 @@ class _AioCondition:
                 except asyncio.CancelledError as exc:
                     cancelled = exc
             if isinstance(lock, RLock):
-                lock._own(depth)
+                lock._own(depth, owner)
             if cancelled is not None:
                 raise cancelled
 
@@ -205,3 +208,16 @@ class _AioCondition:
         if not self._owned():
             raise RuntimeError("cannot notify on un-acquired lock")
         self._c._n._notify_all()
+
+
+def _loop_task_owning(lock: RLock) -> int | None:
+    """The owner of ``lock`` if it is a task of the running loop, else None.
+
+    The coroutine face accepts such an owner where asyncio.Condition accepts any holder
+    of its lock: on Python 3.11 ``wait_for(cond.wait(), t)`` runs the wait in a task
+    of its own, not in the task that holds the lock.
+    """
+    owner = lock._owner
+    if owner and any(id(t) == owner for t in asyncio.all_tasks()):
+        return owner
+    return None
