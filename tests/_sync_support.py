@@ -11,7 +11,7 @@ import concurrent.futures
 import importlib.util
 import threading
 
-from _support import SAFETY, weaveloop_factory
+from _support import SAFETY, join_or_fail, start_thread, wait_or_fail, weaveloop_factory
 
 
 def _uvloop_factory():
@@ -71,3 +71,27 @@ def wait_until(predicate, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out (safety net) waiting for {what}")
         time.sleep(0.0005)
+
+
+class HeldByAThread:
+    """A thread that holds ``lock`` (``with lock:``) from ``start()`` until ``release()``."""
+
+    def __init__(self, lock) -> None:
+        self._lock = lock
+        self._held = threading.Event()
+        self._release = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _hold(self) -> None:
+        with self._lock:
+            self._held.set()
+            self._release.wait(SAFETY)
+
+    def start(self) -> HeldByAThread:
+        self._thread = start_thread(self._hold)
+        wait_or_fail(self._held, "the thread to hold the lock")
+        return self
+
+    def release(self) -> None:
+        self._release.set()
+        join_or_fail(self._thread)

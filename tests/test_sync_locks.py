@@ -14,7 +14,7 @@ import threading
 import pytest
 import weaveloop.sync as ws
 from _support import SAFETY, join_or_fail, start_thread, wait_or_fail
-from _sync_support import SYNC_LOOPS, ThreadLoop, run, wait_until
+from _sync_support import SYNC_LOOPS, HeldByAThread, ThreadLoop, run, wait_until
 
 
 @pytest.fixture(params=sorted(SYNC_LOOPS))
@@ -139,15 +139,7 @@ def test_aio_condition_matches_asyncio(factory, impl):
 
 def test_lock_thread_holds_coroutine_waits_without_stalling_loop(factory):
     lock = ws.Lock()
-    held, release = threading.Event(), threading.Event()
-
-    def holder():
-        with lock:
-            held.set()
-            release.wait(SAFETY)
-
-    t = start_thread(holder)
-    held.wait(SAFETY)
+    holder = HeldByAThread(lock).start()
 
     async def main():
         ticks = 0
@@ -156,14 +148,13 @@ def test_lock_thread_holds_coroutine_waits_without_stalling_loop(factory):
             await asyncio.sleep(0)
             ticks += 1
         assert not waiter.done()
-        release.set()
+        holder.release()
         await waiter
         assert lock.locked()
         lock.release()
         return ticks
 
     assert run(factory, main) == 5
-    t.join(SAFETY)
     assert not lock.locked()
 
 
@@ -519,21 +510,12 @@ def test_condition_wait_through_wait_for_on_the_default_lock(factory, impl):
 def test_condition_face_still_refuses_a_wait_on_a_lock_held_by_a_thread(factory):
     async def main():
         cond = ws.Condition()
-        held, release = threading.Event(), threading.Event()
-
-        def holder():
-            with cond:
-                held.set()
-                release.wait(SAFETY)
-
-        t = start_thread(holder)
-        wait_or_fail(held, "the thread to hold the lock")
+        holder = HeldByAThread(cond).start()
         try:
             with pytest.raises(RuntimeError, match="cannot wait on un-acquired lock"):
                 await cond.aio.wait()
         finally:
-            release.set()
-            join_or_fail(t)
+            holder.release()
         return True
 
     assert run(factory, main)
