@@ -120,14 +120,7 @@ impl Poller {
     /// Releases every fd (the loop was closed): later polls and interest changes fail
     /// with EBADF, later wake-ups do nothing.
     pub fn close(&self) {
-        let state = lock(&self.state).take();
-        let registry = {
-            let mut interests = lock(&self.interests);
-            interests.wanted.clear();
-            interests.registry.take()
-        };
-        let waker = lock(&self.waker.0).take();
-        drop((state, registry, waker));
+        self.release_fds(true);
     }
 
     /// `close`, in a forked child, for a poller inherited from the parent: a lock that a
@@ -135,20 +128,28 @@ impl Poller {
     /// stays locked for good, because that thread does not exist here. What such a lock
     /// guards is left open rather than waited for.
     pub fn close_after_fork(&self) {
-        fn take<T>(m: &Mutex<T>, f: impl FnOnce(&mut T)) {
+        self.release_fds(false);
+    }
+
+    /// Takes out and drops what holds the fds; `wait`: for locks that are held, else
+    /// skipping what they guard.
+    fn release_fds(&self, wait: bool) {
+        fn take<T, R: Default>(m: &Mutex<T>, wait: bool, f: impl FnOnce(&mut T) -> R) -> R {
+            if wait {
+                return f(&mut lock(m));
+            }
             match m.try_lock() {
                 Ok(mut g) => f(&mut g),
                 Err(TryLockError::Poisoned(p)) => f(&mut p.into_inner()),
-                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::WouldBlock) => R::default(),
             }
         }
-        let (mut state, mut registry, mut waker) = (None, None, None);
-        take(&self.state, |s| state = s.take());
-        take(&self.interests, |i| {
+        let state = take(&self.state, wait, Option::take);
+        let registry = take(&self.interests, wait, |i| {
             i.wanted.clear();
-            registry = i.registry.take();
+            i.registry.take()
         });
-        take(&self.waker.0, |w| waker = w.take());
+        let waker = take(&self.waker.0, wait, Option::take);
         drop((state, registry, waker));
     }
 
