@@ -405,23 +405,17 @@ impl LoopCore {
             return Ok(handle);
         }
         let injector = &self.shared.get().injector;
-        if injector.offers_hand_over(HAND_OVER_MIN_WAIT) {
+        let item = Posted::Call(cb);
+        let posted = if injector.offers_hand_over(HAND_OVER_MIN_WAIT) {
             // The loop spins, waiting for work like this: let go of the GIL before the
             // post, so that the loop takes it at once (see Injector::hand_over).
-            let posted = py.detach(|| {
-                injector.hand_over(Posted::Call(cb), HAND_OVER_TAKE_WAIT, HAND_OVER_RUN_WAIT)
-            });
-            return match posted {
-                Ok(()) => Ok(handle),
-                Err(refused) => {
-                    drop(refused);
-                    Err(errors::loop_closed())
-                }
-            };
-        }
-        // Wake a parked loop without the GIL: it then finds the GIL free when it wakes
-        // instead of blocking on it until this thread lets go (a second thread wake-up).
-        let posted = injector.post_with(Posted::Call(cb), |waker| py.detach(|| waker.unpark()));
+            py.detach(|| injector.hand_over(item, HAND_OVER_TAKE_WAIT, HAND_OVER_RUN_WAIT))
+        } else {
+            // Wake a parked loop without the GIL: it then finds the GIL free when it
+            // wakes instead of blocking on it until this thread lets go (a second thread
+            // wake-up).
+            injector.post_with(item, |waker| py.detach(|| waker.unpark()))
+        };
         if let Err(refused) = posted {
             drop(refused);
             return Err(errors::loop_closed());

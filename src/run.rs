@@ -464,7 +464,8 @@ impl LoopCore {
         drop(timers);
         let watchers: Vec<_> = lock(&this.watchers).drain().collect();
         drop(watchers);
-        // As the stock loop closes its selector: the epoll fd and the timerfd go now.
+        // As the stock loop closes its selector: the poller's fds (epoll, timerfd, eventfd)
+        // go now.
         shared.poller.close();
         match fatal {
             Some(e) => Err(e),
