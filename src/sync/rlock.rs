@@ -32,6 +32,11 @@ fn me(py: Python<'_>) -> PyResult<usize> {
     Ok(thread_ident() as usize)
 }
 
+/// `owner` if given (acting for another owner), else the caller.
+fn owner_or_me(py: Python<'_>, owner: Option<usize>) -> PyResult<usize> {
+    owner.map_or_else(|| me(py), Ok)
+}
+
 fn unowned() -> PyErr {
     PyRuntimeError::new_err("cannot release un-acquired lock")
 }
@@ -129,10 +134,7 @@ impl RLockCore {
     /// another task of its loop) instead of the caller.
     #[pyo3(signature = (owner = None))]
     fn _release_save(&self, py: Python<'_>, owner: Option<usize>) -> PyResult<(usize, usize)> {
-        let who = match owner {
-            Some(o) => o,
-            None => me(py)?,
-        };
+        let who = owner_or_me(py, owner)?;
         if !self.own.is_owned_by(who) {
             return Err(unowned());
         }
@@ -153,11 +155,7 @@ impl RLockCore {
     /// or as `owner` (the one `_release_save` gave it up for).
     #[pyo3(signature = (depth = 1, owner = None))]
     fn _own(&self, py: Python<'_>, depth: usize, owner: Option<usize>) -> PyResult<()> {
-        let who = match owner {
-            Some(o) => o,
-            None => me(py)?,
-        };
-        self.own.take(who, depth);
+        self.own.take(owner_or_me(py, owner)?, depth);
         Ok(())
     }
 

@@ -149,23 +149,31 @@ class _AioCondition:
     async def __aexit__(self, *exc: object) -> None:
         self._c._lock.release()
 
-    def _owned(self) -> bool:
+    def _holder(self) -> tuple[bool, int | None]:
+        """Whether the lock is held as this face requires it, and, for an RLock held by
+        another task of the running loop, that task (None: the caller, or a plain lock)."""
         lock = self._c._lock
         if not isinstance(lock, RLock):
-            return lock.locked()
-        return lock._is_owned() or _loop_task_owning(lock) is not None
+            return lock.locked(), None
+        if lock._is_owned():
+            return True, None
+        owner = _loop_task_owning(lock)
+        return owner is not None, owner
+
+    def _owned(self) -> bool:
+        return self._holder()[0]
 
     async def wait(self) -> bool:
         """Releases the lock, awaits a notification, re-takes the lock (even if cancelled)."""
         c = self._c
-        if not self._owned():
+        held, owner = self._holder()
+        if not held:
             raise RuntimeError("cannot wait on un-acquired lock")
         lock = c._lock
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         waiter = c._n._enqueue_task(loop, fut)
         if isinstance(lock, RLock):
-            owner = None if lock._is_owned() else _loop_task_owning(lock)
             depth, owner = lock._release_save(owner)
         else:
             depth = 1
