@@ -167,6 +167,25 @@ pub fn call_with_tuple<'py>(
     }
 }
 
+/// Runs `f` with `exc` as the exception being handled, as code in an `except` block
+/// sees it (`sys.exc_info()`, and the `__context__` of an exception raised meanwhile);
+/// the one handled before is restored after.
+pub fn while_handling<T>(exc: &Bound<'_, PyAny>, f: impl FnOnce() -> T) -> T {
+    // SAFETY: the GIL is held (`exc` is a Bound); the call returns a new reference to the
+    // exception being handled, or NULL when there is none.
+    let before = unsafe { ffi::PyErr_GetHandledException() };
+    // SAFETY: the GIL is held; the call takes its own reference to the live `exc`.
+    unsafe { ffi::PyErr_SetHandledException(exc.as_ptr()) };
+    let result = f();
+    // SAFETY: the GIL is held; NULL clears, otherwise the call takes its own reference to
+    // `before`, and ours (from PyErr_GetHandledException) is released just after.
+    unsafe {
+        ffi::PyErr_SetHandledException(before);
+        ffi::Py_XDECREF(before);
+    }
+    result
+}
+
 /// A copy of the current context, or None when it has no variables set.
 pub fn copy_context_unless_empty(py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
     let ctx = copy_context(py)?;

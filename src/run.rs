@@ -365,13 +365,17 @@ fn report_callback_error(
     let src = interop::format_callback_source(py)?.call1((callback, args))?;
     let context = PyDict::new(py);
     context.set_item("message", format!("Exception in callback {src}"))?;
-    context.set_item("exception", errors::exception(py, &err))?;
+    let exc = errors::exception(py, &err);
+    context.set_item("exception", &exc)?;
     context.set_item("handle", handle)?;
     if let Some(tb) = source_traceback {
         context.set_item("source_traceback", tb)?;
     }
-    slf.call_method1(pyo3::intern!(py, "call_exception_handler"), (context,))
-        .map(drop)
+    // The handler runs as asyncio's does, inside the `except` that caught the error.
+    interop::while_handling(exc.as_any(), || {
+        slf.call_method1(pyo3::intern!(py, "call_exception_handler"), (context,))
+    })
+    .map(drop)
 }
 
 #[pymethods]

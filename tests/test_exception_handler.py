@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import socket
+import sys
 import traceback
 
 import pytest
@@ -270,3 +272,66 @@ def test_callback_exception_after_the_handle_was_dropped_names_an_equal_handle(l
     assert isinstance(handle, type(loop.call_soon(print)))
     assert "failing_callback" in ctx["message"]
     assert not handle.cancelled()
+
+
+@pytest.mark.parametrize("schedule", ["call_soon", "call_later", "add_reader"])
+def test_handler_runs_while_the_callback_exception_is_handled(loop, schedule):
+    # As in asyncio, the handler is called from inside the `except` that caught the
+    # callback's error: sys.exc_info() names it (logger.exception() and friends rely
+    # on that), and code after the handler no longer sees it.
+    seen = []
+    after = []
+
+    def handler(lp, context):
+        seen.append((sys.exc_info()[1], context["exception"]))
+
+    loop.set_exception_handler(handler)
+    r, w = socket.socketpair()
+    try:
+        if schedule == "call_soon":
+            loop.call_soon(failing_callback)
+        elif schedule == "call_later":
+            loop.call_later(0, failing_callback)
+        else:
+
+            def read_then_fail():
+                loop.remove_reader(r)
+                failing_callback()
+
+            loop.add_reader(r, read_then_fail)
+            w.send(b"x")
+
+        def check_after():
+            if not seen:
+                loop.call_soon(check_after)
+                return
+            after.append(sys.exc_info())
+            loop.stop()
+
+        loop.call_soon(check_after)
+        loop.run_forever()
+    finally:
+        r.close()
+        w.close()
+    assert len(seen) == 1
+    handled, reported = seen[0]
+    assert isinstance(reported, ZeroDivisionError)
+    assert handled is reported
+    assert after == [(None, None, None)]
+
+
+def test_error_in_handler_is_chained_to_the_callback_error(loop, caplog):
+    def handler(lp, context):
+        raise ValueError("handler broke")
+
+    loop.set_exception_handler(handler)
+    loop.call_soon(failing_callback)
+    loop.call_soon(loop.stop)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.run_forever()
+    records = [r for r in caplog.records if "Unhandled error in exception handler" in r.message]
+    assert len(records) == 1
+    exc = records[0].exc_info[1]
+    assert isinstance(exc, ValueError)
+    assert isinstance(exc.__context__, ZeroDivisionError)
+    assert "During handling of the above exception" in caplog.text
