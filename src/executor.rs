@@ -496,7 +496,8 @@ impl LoopCore {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let this = slf.get();
-        this.check_usable()?;
+        this.check_closed()?;
+        this.check_thread_strict()?;
         check_callback(func, "run_in_executor", this.is_debug())?;
         let executor = if executor.is_none() {
             let default = lock(&this.default_executor)

@@ -53,7 +53,8 @@ impl LoopCore {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        self.check_usable()?;
+        self.check_closed()?;
+        self.check_thread_strict()?;
         let fd = fileobj_to_fd(fileobj)?;
         let method = match side {
             Side::Read => "add_reader",
@@ -99,7 +100,7 @@ impl LoopCore {
         if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(false);
         }
-        self.check_thread()?;
+        self.check_thread_strict()?;
         let fd = match fileobj_to_fd(fileobj) {
             Ok(fd) => fd,
             // A file object closed since it was registered (fileno() is -1 now): the

@@ -218,13 +218,23 @@ impl LoopCore {
         Ok(())
     }
 
-    /// Rule 5: non-thread-safe methods only from the thread running the loop.
+    /// Rule 5: non-thread-safe methods only from the thread running the loop. For the
+    /// methods asyncio checks in debug mode (call_soon, call_at, create_task): in strict
+    /// mode, or in debug mode as asyncio.
     pub(crate) fn check_thread(&self) -> PyResult<()> {
+        self.thread_check(self.strict.load(Relaxed) || self.debug.load(Relaxed))
+    }
+
+    /// Rule 5 for the methods asyncio never checks (create_future, run_in_executor, the
+    /// fd watchers): in strict mode only, so `strict_threads=False` keeps asyncio's
+    /// behaviour even in debug mode.
+    pub(crate) fn check_thread_strict(&self) -> PyResult<()> {
+        self.thread_check(self.strict.load(Relaxed))
+    }
+
+    fn thread_check(&self, enabled: bool) -> PyResult<()> {
         let owner = self.owner.load(Relaxed);
-        if owner != 0
-            && owner != interop::thread_ident()
-            && (self.strict.load(Relaxed) || self.debug.load(Relaxed))
-        {
+        if enabled && owner != 0 && owner != interop::thread_ident() {
             return Err(errors::wrong_thread());
         }
         Ok(())
@@ -521,7 +531,7 @@ impl LoopCore {
     }
 
     fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        slf.get().check_thread()?;
+        slf.get().check_thread_strict()?;
         new_future(slf.as_any())
     }
 

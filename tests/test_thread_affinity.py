@@ -143,6 +143,50 @@ def test_strict_threads_false_allows_foreign_threads(method, sock):
         lp.close()
 
 
+# What the stock loop's debug mode checks (through call_soon/call_at); the other methods
+# it never checks, so only strict mode refuses them.
+DEBUG_CHECKED = {"call_soon", "call_later", "call_at", "create_task"}
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("flavour", ["stock", "weaveloop"])
+def test_debug_mode_without_strict_checks_what_asyncio_checks(method, flavour, sock):
+    if flavour == "stock":
+        lp = asyncio.new_event_loop()
+    else:
+        lp = weaveloop.new_event_loop(strict_threads=False)
+    lp.set_debug(True)
+
+    def handler(loop, context):
+        # The stock loop's refused create_task leaves the Task it made pending for good.
+        if context["message"] != "Task was destroyed but it is pending!":
+            loop.default_exception_handler(context)
+
+    lp.set_exception_handler(handler)
+    lt = LoopThread(lp).start()
+    coro = _noop()
+    try:
+        kind, value = _call_from_foreign_thread(_calls(lp, sock, coro)[method])
+        done = threading.Event()
+        lp.call_soon_threadsafe(done.set)
+        wait_or_fail(done, "the loop to process the call")
+        if method in ("add_reader", "add_writer"):
+            lp.call_soon_threadsafe(lp.remove_reader, sock)
+            lp.call_soon_threadsafe(lp.remove_writer, sock)
+        elif method == "run_in_executor" and kind == "ok":
+            asyncio.run_coroutine_threadsafe(asyncio.wait([value]), lp).result(SAFETY)
+    finally:
+        coro.close()
+        lt.stop()
+        lp.close()
+    if method in DEBUG_CHECKED:
+        assert kind == "error", f"{method} from a foreign thread returned {value!r}"
+        assert type(value) is RuntimeError
+        assert str(value) == MESSAGE
+    else:
+        assert kind == "ok", f"{method} raised {value!r} in debug mode without strict"
+
+
 def test_thread_safe_methods_work_from_foreign_threads():
     lp = weaveloop.new_event_loop()
     lt = LoopThread(lp).start()
