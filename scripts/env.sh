@@ -11,7 +11,7 @@ PY="$VENV/bin/python"
 stamp="$VENV/.deps-$( (cat pyproject.toml scripts/env.sh; echo "${EXTRA_PIP:-}") | cksum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ]; then
     "$PY" -m pip install -q --upgrade pip
-    "$PY" -m pip install -q "pytest>=7" psutil ruff uvloop ${EXTRA_PIP:-}
+    "$PY" -m pip install -q "pytest>=7" psutil ruff uvloop nest_asyncio ${EXTRA_PIP:-}
     touch "$stamp"
 fi
 # One cargo build at a time on this machine, across worktrees.

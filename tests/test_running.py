@@ -10,6 +10,8 @@ import asyncio
 import gc
 import os
 import socket
+import subprocess
+import sys
 import textwrap
 import threading
 import warnings
@@ -17,7 +19,7 @@ import weakref
 
 import pytest
 import weaveloop
-from _support import assert_fork_script_passes, needs_parked_detection, run
+from _support import SAFETY, assert_fork_script_passes, needs_parked_detection, run
 
 
 def test_loop_is_an_abstract_event_loop(loop):
@@ -537,3 +539,31 @@ def test_a_busy_loop_lets_threads_back_from_blocking_io_have_the_gil(loop):
     finally:
         a.close()
         b.close()
+
+
+def test_nest_asyncio_is_refused_and_leaves_weaveloop_working():
+    # nest_asyncio.apply() would rewrite the loop class's run loop in Python; weaveloop
+    # refuses it as uvloop is refused, and the class stays usable. In a child process:
+    # apply() patches the asyncio module for good.
+    script = textwrap.dedent(
+        """
+        import asyncio, nest_asyncio, weaveloop
+        loop = weaveloop.new_event_loop()
+        try:
+            nest_asyncio.apply(loop)
+        except ValueError as e:
+            print("refused:", e)
+        loop.close()
+        fresh = weaveloop.new_event_loop()
+        print("fresh loop:", fresh.run_until_complete(asyncio.sleep(0, "ran")))
+        fresh.close()
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=SAFETY
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "refused: Can't patch loop of type <class 'weaveloop._loop.Loop'>",
+        "fresh loop: ran",
+    ]

@@ -113,6 +113,14 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         self._make_self_pipe()
         _live_loops.add(self)
 
+    @property
+    def _nest_patched(self):
+        # nest_asyncio.apply() rewrites a BaseEventLoop subclass's run loop in Python,
+        # on the class, and the Rust scheduler cannot honour that: every loop of the
+        # class would break. Refuse, with the error nest_asyncio gives for uvloop (its
+        # first look at a loop is `hasattr(loop, "_nest_patched")`).
+        raise ValueError(f"Can't patch loop of type {type(self)}")
+
     # -- running -------------------------------------------------------------------
 
     def run_forever(self) -> None:
