@@ -19,7 +19,9 @@ use crate::interop;
 /// The context that callbacks scheduled from an empty context run in: one empty
 /// `Context` reused until a callback leaves a variable set in it, then replaced. A context
 /// with no variables is indistinguishable from a fresh one, and callbacks cannot get hold
-/// of the object itself (`copy_context()` returns a copy), so reuse is unobservable; it
+/// of the object itself (`copy_context()` returns a copy), so reuse is unobservable but
+/// for one contrived case: a `Token` one callback keeps after resetting its variable is
+/// accepted by `reset()` in a later callback (asyncio: ValueError, another context). It
 /// saves allocating a context per callback.
 #[derive(Default)]
 pub struct EmptyContext(Option<Py<PyAny>>);

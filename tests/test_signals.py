@@ -198,6 +198,13 @@ def test_add_signal_handler_bad_input(loop):
         loop.add_signal_handler(signal.SIGKILL, lambda: None)
 
 
+def test_add_signal_handler_refuses_a_non_callable(wloop):
+    # The stock loop accepts it and fails only when the signal arrives.
+    with pytest.raises(TypeError, match=r"by add_signal_handler\(\), got 5"):
+        wloop.add_signal_handler(signal.SIGUSR1, 5)
+    assert wloop.remove_signal_handler(signal.SIGUSR1) is False
+
+
 def test_add_signal_handler_outside_the_main_thread_raises(loop_factory):
     errors = []
 

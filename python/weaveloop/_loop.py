@@ -158,6 +158,17 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             return None
         return old
 
+    def add_signal_handler(self, sig, callback, *args) -> None:
+        # Refused at once, as every scheduling method does (the stock code accepts a
+        # non-callable and fails only when the signal arrives).
+        if not callable(callback):
+            raise TypeError(
+                f"a callable object was expected by add_signal_handler(), got {callback!r}"
+            )
+        super().add_signal_handler(sig, callback, *args)
+
+    add_signal_handler.__doc__ = unix_events.SelectorEventLoop.add_signal_handler.__doc__
+
     def remove_signal_handler(self, sig) -> bool:
         removed = super().remove_signal_handler(sig)
         if removed and not self._signal_handlers and self.is_running():
