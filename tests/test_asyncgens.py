@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import sys
 import warnings
 
@@ -119,3 +120,30 @@ def test_first_iteration_after_shutdown_warns(loop):
 
 def test_shutdown_asyncgens_without_generators_is_a_no_op(loop):
     assert run(loop, loop.shutdown_asyncgens()) is None
+
+
+def test_generator_collected_between_the_last_run_and_close_is_dropped_quietly(loop, caplog):
+    # The classic run_until_complete() then close(), without shutdown_asyncgens(): the
+    # generator's finaliser fires while the loop is stopped. As with the stock loop,
+    # close() does not finalise it and logs nothing.
+    finalised = []
+
+    async def agen():
+        try:
+            yield 1
+            yield 2
+        finally:
+            finalised.append(True)
+
+    async def start():
+        g = agen()
+        await g.__anext__()
+        return g
+
+    g = run(loop, start())
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        del g
+        gc.collect()
+        loop.close()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert finalised == []

@@ -250,6 +250,22 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             if not self.is_closed():
                 self.call_soon_threadsafe(future.set_exception, ex)
 
+    # -- async generators ------------------------------------------------------------
+
+    def _asyncgen_finalizer_hook(self, agen) -> None:
+        self._asyncgens.discard(agen)
+        if not self.is_closed():
+            self.call_soon_threadsafe(self._finalize_asyncgen, agen.aclose())
+
+    def _finalize_asyncgen(self, closing) -> None:
+        if self.is_closed():
+            # A generator collected after the last run: close() runs what was posted
+            # (none vanishes), but there is no loop left to finalise it on. The stock
+            # loop drops it silently; so do we, instead of logging a refused create_task.
+            closing.close()
+            return
+        self.create_task(closing)
+
     # -- closing -------------------------------------------------------------------
 
     def close(self) -> None:
