@@ -198,6 +198,10 @@ pub struct LoopCore {
     pub(crate) owner: AtomicU64,
     pub(crate) closed: AtomicBool,
     pub(crate) stopping: AtomicBool,
+    /// True while the loop thread applies a drained batch (`apply_posted`): settling a
+    /// completion runs Python code, whose `call_soon` must not drain again (that would
+    /// queue later posts ahead of the batch's own).
+    pub(crate) applying_posted: AtomicBool,
     pub(crate) debug: AtomicBool,
     pub(crate) strict: AtomicBool,
     pub(crate) executor_shutdown_called: AtomicBool,
@@ -254,6 +258,18 @@ impl LoopCore {
 
     pub(crate) fn is_debug(&self) -> bool {
         self.debug.load(Relaxed)
+    }
+
+    /// Queues a callback scheduled on the loop's thread (or while the loop is not
+    /// running): what other threads posted before joins the ready queue first, so that
+    /// `call_soon` and `call_soon_threadsafe` make one FIFO.
+    fn push_soon(&self, slf: &Bound<'_, LoopCore>, cb: Arc<Callback>) -> PyResult<()> {
+        let shared = self.shared.get();
+        if !shared.injector.is_empty() && self.is_drainer() {
+            self.drain_posted(slf, shared)?;
+        }
+        self.push_ready(Ready::Soon(cb));
+        Ok(())
     }
 
     pub(crate) fn push_ready(&self, item: Ready) {
@@ -329,6 +345,7 @@ impl LoopCore {
             owner: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            applying_posted: AtomicBool::new(false),
             debug: AtomicBool::new(false),
             strict: AtomicBool::new(true),
             executor_shutdown_called: AtomicBool::new(false),
@@ -357,13 +374,7 @@ impl LoopCore {
             slf.py(),
             Callback::new(callback, args, context, this.is_debug())?,
         )?;
-        // Keep one FIFO with call_soon_threadsafe: what other threads posted before
-        // this call joins the ready queue first.
-        let shared = this.shared.get();
-        if !shared.injector.is_empty() && this.is_drainer() {
-            this.drain_posted(slf, shared)?;
-        }
-        this.push_ready(Ready::Soon(cb));
+        this.push_soon(slf, cb)?;
         Ok(handle)
     }
 
@@ -398,23 +409,24 @@ impl LoopCore {
     /// only if it is parked. Raises RuntimeError once the loop is closed, never drops.
     #[pyo3(signature = (callback, *args, context = None))]
     fn call_soon_threadsafe(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        self.check_closed()?;
-        check_callback(callback, "call_soon_threadsafe", self.is_debug())?;
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        check_callback(callback, "call_soon_threadsafe", this.is_debug())?;
         let (handle, cb) =
-            Handle::one_shot(py, Callback::new(callback, args, context, self.is_debug())?)?;
-        let owner = self.owner.load(Relaxed);
+            Handle::one_shot(py, Callback::new(callback, args, context, this.is_debug())?)?;
+        let owner = this.owner.load(Relaxed);
         if owner == interop::thread_ident() {
             // On the loop's own thread while it runs: no need for the injector.
-            self.push_ready(Ready::Soon(cb));
+            this.push_soon(slf, cb)?;
             return Ok(handle);
         }
-        let injector = &self.shared.get().injector;
+        let injector = &this.shared.get().injector;
         let item = Posted::Call(cb);
         let posted = if injector.offers_hand_over(HAND_OVER_MIN_WAIT) {
             // The loop spins, waiting for work like this: let go of the GIL before the
@@ -437,7 +449,7 @@ impl LoopCore {
             && interop::running_loop(py).is_ok_and(|l| l.is_none())
             && py.detach(|| injector.throttle(Throttle::CALLBACKS))
         {
-            self.flow_control_waits.fetch_add(1, Relaxed);
+            this.flow_control_waits.fetch_add(1, Relaxed);
         }
         Ok(handle)
     }

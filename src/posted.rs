@@ -2,6 +2,7 @@
 //! applies it: thread-safe callbacks join the ready queue; executor completions settle
 //! their asyncio future (unless it was cancelled meanwhile).
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
@@ -47,49 +48,53 @@ impl Posted {
 impl LoopCore {
     /// Loop thread: drains the injector, settling completions and queueing callbacks.
     /// A KeyboardInterrupt/SystemExit met while settling is raised once all are applied.
+    /// Does nothing when called from inside another drain's `apply_posted` (settling a
+    /// completion runs Python code, which may call `call_soon`): the new items wait for
+    /// the next drain, behind the batch being applied.
     pub(crate) fn drain_posted(&self, slf: &Bound<'_, LoopCore>, shared: &Shared) -> PyResult<()> {
-        if shared.injector.is_empty() {
+        if shared.injector.is_empty() || self.applying_posted.load(Relaxed) {
             return Ok(());
         }
         let mut items = Vec::new(); // drain_into reserves what is queued
         shared.injector.drain_into(&mut items);
-        match self.apply_posted(slf, items) {
+        self.applying_posted.store(true, Relaxed);
+        let fatal = self.apply_posted(slf, items);
+        self.applying_posted.store(false, Relaxed);
+        match fatal {
             Some(fatal) => Err(fatal),
             None => Ok(()),
         }
     }
 
-    /// Applies drained items in posting order. A completion that cannot be settled is
-    /// reported through `sys.unraisablehook` (a KeyboardInterrupt/SystemExit is returned
-    /// instead, to be raised); the rest are still applied.
-    pub(crate) fn apply_posted(
-        &self,
-        slf: &Bound<'_, LoopCore>,
-        items: Vec<Posted>,
-    ) -> Option<PyErr> {
+    /// Applies drained items: callbacks join the ready queue in posting order, then
+    /// completions settle their futures in posting order, so what settling schedules
+    /// (the awaiting task's wake-up) comes after the batch's callbacks, as on the stock
+    /// loop, where a completion is itself a queued callback. A completion that cannot
+    /// be settled is reported through `sys.unraisablehook` (a KeyboardInterrupt/
+    /// SystemExit is returned instead, to be raised); the rest are still applied.
+    fn apply_posted(&self, slf: &Bound<'_, LoopCore>, items: Vec<Posted>) -> Option<PyErr> {
         let py = slf.py();
         let mut fatal = None;
-        let mut calls = Vec::with_capacity(items.len());
-        for item in items {
-            match item {
-                Posted::Call(h) => calls.push(Ready::Posted(h)),
-                Posted::Nudge => {}
-                Posted::Done(done) => {
-                    let Completion { fut, outcome } = *done;
-                    // Callbacks posted before this completion keep their place ahead of
-                    // the callbacks that settling it schedules.
-                    self.extend_ready(calls.drain(..));
-                    if let Err(e) = self.settle(slf, fut, outcome) {
-                        if is_fatal(py, &e) {
-                            fatal.get_or_insert(e);
-                        } else {
-                            e.write_unraisable(py, None);
-                        }
-                    }
+        let mut done = Vec::new();
+        let calls = items.into_iter().filter_map(|item| match item {
+            Posted::Call(h) => Some(Ready::Posted(h)),
+            Posted::Nudge => None,
+            Posted::Done(d) => {
+                done.push(d);
+                None
+            }
+        });
+        self.extend_ready(calls);
+        for d in done {
+            let Completion { fut, outcome } = *d;
+            if let Err(e) = self.settle(slf, fut, outcome) {
+                if is_fatal(py, &e) {
+                    fatal.get_or_insert(e);
+                } else {
+                    e.write_unraisable(py, None);
                 }
             }
         }
-        self.extend_ready(calls);
         fatal
     }
 

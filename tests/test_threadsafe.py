@@ -195,6 +195,78 @@ def test_post_from_the_loop_thread_works(loop):
     assert ran == ["inner"]
 
 
+@pytest.mark.parametrize("method", ["call_soon_threadsafe", "call_soon"])
+def test_post_from_the_loop_thread_runs_after_an_earlier_post_of_another_thread(loop, method):
+    # Thread P posts "a", then the loop thread posts "x": "a" was posted first, so it
+    # runs first, whether the loop thread posts with call_soon or call_soon_threadsafe.
+    order = []
+    posted = threading.Event()
+
+    def poster():
+        loop.call_soon_threadsafe(order.append, "a")
+        posted.set()
+
+    def on_loop():
+        start_thread(poster)
+        # Blocks the loop thread, only to order the two posts.
+        wait_or_fail(posted, "the other thread's post")
+        getattr(loop, method)(order.append, "x")
+        loop.call_soon(loop.call_soon, loop.stop)
+
+    loop.call_soon(on_loop)
+    loop.run_forever()
+    assert order == ["a", "x"]
+
+
+def test_posts_keep_their_order_while_a_completion_is_settled(wloop):
+    # Settling an executor completion can run Python code (here a done callback's
+    # `_is_coroutine`, read by the debug-mode callback check of the call_soon that
+    # schedules it), and another thread may post meanwhile. Its earlier post, drained
+    # with the completion, still runs first.
+    wloop.set_debug(True)
+    pool = weaveloop.ThreadPoolExecutor(max_workers=1)
+    order = []
+    c2_posted = threading.Event()
+    settling = threading.Event()
+    c3_posted = threading.Event()
+
+    class Probe:
+        @property
+        def _is_coroutine(self):
+            if not settling.is_set():
+                settling.set()
+                wait_or_fail(c3_posted, "the post made while settling")
+            return None
+
+        def __call__(self, fut):
+            pass
+
+    def second_job(loop):
+        # The one worker posted the first job's completion before it started this one.
+        loop.call_soon_threadsafe(order.append, "C2")
+        c2_posted.set()
+        wait_or_fail(settling, "the loop to settle the first job")
+        loop.call_soon_threadsafe(order.append, "C3")
+        c3_posted.set()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        first = loop.run_in_executor(pool, str, "first")
+        first.add_done_callback(Probe())
+        second = loop.run_in_executor(pool, second_job, loop)
+        # Keeps the loop from draining until the completion and C2 are both queued.
+        wait_or_fail(c2_posted, "C2")
+        await second
+        await asyncio.sleep(0)
+        return await first
+
+    try:
+        assert wloop.run_until_complete(asyncio.wait_for(main(), SAFETY)) == "first"
+    finally:
+        pool.shutdown()
+    assert order == ["C2", "C3"]
+
+
 def test_threadsafe_handle_can_be_cancelled(loop):
     ran = []
     box = []
