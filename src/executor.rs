@@ -228,10 +228,11 @@ fn run_submit_job(py: Python<'_>, job: SubmitJob) -> PyResult<()> {
     {
         return Ok(());
     }
-    let result = job
-        .func
-        .bind(py)
-        .call(job.args.bind(py), job.kwargs.as_ref().map(|k| k.bind(py)));
+    let result = interop::call_with_kwargs(
+        job.func.bind(py),
+        job.args.bind(py),
+        job.kwargs.as_ref().map(|k| k.bind(py)),
+    );
     match result {
         Ok(v) => fut.call_method1(pyo3::intern!(py, "set_result"), (v,))?,
         Err(e) => fut.call_method1(
@@ -253,7 +254,7 @@ fn run_loop_job(py: Python<'_>, job: &LoopJob) -> Outcome {
         // Cancelled by the caller before it started: it never runs.
         return Outcome::Skipped;
     }
-    match job.func.bind(py).call1(job.args.bind(py)) {
+    match interop::call_with_tuple(job.func.bind(py), job.args.bind(py)) {
         Ok(v) => Outcome::Value(v.unbind()),
         Err(e) => Outcome::Error(e),
     }
@@ -265,7 +266,7 @@ pub fn worker_main(py: Python<'_>, args: &Bound<'_, WorkerArgs>) -> PyResult<()>
     let this = &args.get().state;
     let pool = this.pool();
     if let Some(init) = &this.initializer {
-        if let Err(e) = init.bind(py).call1(this.initargs.bind(py)) {
+        if let Err(e) = interop::call_with_tuple(init.bind(py), this.initargs.bind(py)) {
             let logger = py.import("concurrent.futures._base")?.getattr("LOGGER")?;
             let kwargs = PyDict::new(py);
             kwargs.set_item("exc_info", errors::exception(py, &e))?;

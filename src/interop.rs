@@ -4,7 +4,7 @@
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyModule, PyTuple};
+use pyo3::types::{PyDict, PyModule, PyTuple};
 
 use crate::gil::GilCell;
 
@@ -148,23 +148,81 @@ pub fn caller_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
     Ok(extract_stack(py)?.call1((frame,))?.unbind())
 }
 
+// The calls through which the loop and pool threads run Python code, declared "C-unwind":
+// code that lets go of the GIL (time.sleep, I/O) may be ended there by CPython before
+// 3.14, which exits a thread taking the GIL back once finalization has begun with
+// pthread_exit, a forced unwind. Declared so, the unwind reaches the guard of the Rust
+// frame making the call (`HangOnExit`), which parks the thread for good, as 3.14 does,
+// instead of running the destructors of the frames above without the GIL and then
+// aborting the process at pyo3's panic boundary. (pyo3 does the same for its own
+// PyEval_RestoreThread and PyGILState_Ensure.)
+#[allow(clashing_extern_declarations)] // pyo3-ffi declares them "C"
+extern "C-unwind" {
+    #[link_name = "PyObject_Vectorcall"]
+    fn vectorcall_may_exit(
+        callable: *mut ffi::PyObject,
+        args: *const *mut ffi::PyObject,
+        nargsf: usize,
+        kwnames: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject;
+    #[link_name = "PyObject_Call"]
+    fn call_may_exit(
+        callable: *mut ffi::PyObject,
+        args: *mut ffi::PyObject,
+        kwargs: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject;
+}
+
+/// Parks the thread for good if dropped by an unwind out of a Python call, i.e. the
+/// thread exit described above (a Rust panic cannot cross CPython's frames: pyo3 turns
+/// one into an exception where Python called Rust).
+struct HangOnExit;
+
+impl Drop for HangOnExit {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
 /// `callable(*args)` through vectorcall on the tuple's own item array: no unpacking of
-/// the argument tuple as `PyObject_Call` does.
+/// the argument tuple as `PyObject_Call` does. Safe at interpreter exit (`HangOnExit`).
 pub fn call_with_tuple<'py>(
     callable: &Bound<'py, PyAny>,
     args: &Bound<'py, PyTuple>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let tuple = args.as_ptr().cast::<ffi::PyTupleObject>();
+    let guard = HangOnExit;
     // SAFETY: `args` is a live tuple (a Bound<PyTuple>), so `ob_item` holds `len` valid
     // borrowed pointers that stay alive for the call (the tuple is immutable and we hold
     // it); the GIL is held; vectorcall returns a new reference or NULL with an exception.
-    unsafe {
+    let result = unsafe {
         let items = std::ptr::addr_of!((*tuple).ob_item).cast::<*mut ffi::PyObject>();
-        Bound::from_owned_ptr_or_err(
-            callable.py(),
-            ffi::PyObject_Vectorcall(callable.as_ptr(), items, args.len(), std::ptr::null_mut()),
-        )
-    }
+        vectorcall_may_exit(callable.as_ptr(), items, args.len(), std::ptr::null_mut())
+    };
+    std::mem::forget(guard);
+    // SAFETY: the GIL is held; `result` is a new reference or NULL with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(callable.py(), result) }
+}
+
+/// `callable(*args, **kwargs)`, safe at interpreter exit as `call_with_tuple`.
+pub fn call_with_kwargs<'py>(
+    callable: &Bound<'py, PyAny>,
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let kwargs = kwargs.map_or(std::ptr::null_mut(), Bound::as_ptr);
+    let guard = HangOnExit;
+    // SAFETY: the GIL is held; all three are live objects (or NULL for no kwargs) that
+    // the caller keeps alive for the call; the result is a new reference or NULL.
+    let result = unsafe { call_may_exit(callable.as_ptr(), args.as_ptr(), kwargs) };
+    std::mem::forget(guard);
+    // SAFETY: as in call_with_tuple.
+    unsafe { Bound::from_owned_ptr_or_err(callable.py(), result) }
 }
 
 /// Runs `f` with `exc` as the exception being handled, as code in an `except` block

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyTuple};
 use weaveloop_engine::{clock, Readiness};
 
 use crate::errors;
@@ -259,7 +259,8 @@ impl LoopCore {
                 if h.getattr(pyo3::intern!(py, "_cancelled"))?.is_truthy()? {
                     return Ok(());
                 }
-                return h.call_method0(pyo3::intern!(py, "_run")).map(drop);
+                let run = h.getattr(pyo3::intern!(py, "_run"))?;
+                return interop::call_with_tuple(&run, &PyTuple::empty(py)).map(drop);
             }
         };
         if cb.is_cancelled() {
@@ -372,10 +373,9 @@ fn report_callback_error(
         context.set_item("source_traceback", tb)?;
     }
     // The handler runs as asyncio's does, inside the `except` that caught the error.
-    interop::while_handling(exc.as_any(), || {
-        slf.call_method1(pyo3::intern!(py, "call_exception_handler"), (context,))
-    })
-    .map(drop)
+    let handler = slf.getattr(pyo3::intern!(py, "call_exception_handler"))?;
+    let args = PyTuple::new(py, [context])?;
+    interop::while_handling(exc.as_any(), || interop::call_with_tuple(&handler, &args)).map(drop)
 }
 
 #[pymethods]

@@ -567,3 +567,51 @@ def test_nest_asyncio_is_refused_and_leaves_weaveloop_working():
         "refused: Can't patch loop of type <class 'weaveloop._loop.Loop'>",
         "fresh loop: ran",
     ]
+
+
+_EXIT_SCRIPT = """
+import asyncio, sys, threading, time
+import weaveloop
+
+where = sys.argv[1]
+loop = weaveloop.new_event_loop()
+running = threading.Event()
+
+def lets_go_of_the_gil():
+    running.set()
+    for _ in range(100):
+        time.sleep(0)
+
+def callback():
+    lets_go_of_the_gil()
+    loop.call_soon(callback)
+
+def failing():
+    loop.call_soon(failing)
+    raise ValueError("reported to the handler")
+
+if where == "callback":
+    loop.call_soon(callback)
+else:
+    loop.set_exception_handler(lambda lp, context: lets_go_of_the_gil())
+    loop.call_soon(failing)
+threading.Thread(target=loop.run_forever, daemon=True).start()
+running.wait(30)
+print("main thread ends")
+"""
+
+
+@pytest.mark.parametrize("where", ["callback", "handler"])
+def test_interpreter_exit_while_a_daemon_thread_runs_the_loop(where):
+    # The main thread ends while the loop thread runs Python code that lets go of the GIL.
+    # CPython (< 3.14) ends a thread taking the GIL back during finalization with
+    # pthread_exit; the process must still exit normally, as with the stock loop (before,
+    # the forced unwind through the loop's Rust frames aborted or crashed it).
+    for _ in range(3):
+        out = subprocess.run(
+            [sys.executable, "-c", _EXIT_SCRIPT, where],
+            capture_output=True,
+            text=True,
+            timeout=SAFETY,
+        )
+        assert (out.returncode, out.stdout) == (0, "main thread ends\n"), out.stderr
