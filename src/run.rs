@@ -109,6 +109,10 @@ impl LoopCore {
                 timeout = Some(Duration::ZERO);
             } else {
                 self.spin_worthy.store(false, Relaxed);
+                // The spin took its part of the wait: park only for the rest, or a timer
+                // due meanwhile fires up to a spin late.
+                let spent = Duration::from_secs_f64((clock::monotonic() - idle_since).max(0.0));
+                timeout = timeout.map(|t| t.saturating_sub(spent));
             }
         }
         let result = if timeout == Some(Duration::ZERO) {
