@@ -148,29 +148,56 @@ pub fn caller_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
     Ok(extract_stack(py)?.call1((frame,))?.unbind())
 }
 
-// The calls through which the loop and pool threads run Python code, declared "C-unwind":
+// The calls through which the loop and pool threads run Python code are made "C-unwind":
 // code that lets go of the GIL (time.sleep, I/O) may be ended there by CPython before
 // 3.14, which exits a thread taking the GIL back once finalization has begun with
-// pthread_exit, a forced unwind. Declared so, the unwind reaches the guard of the Rust
-// frame making the call (`HangOnExit`), which parks the thread for good, as 3.14 does,
-// instead of running the destructors of the frames above without the GIL and then
-// aborting the process at pyo3's panic boundary. (pyo3 does the same for its own
-// PyEval_RestoreThread and PyGILState_Ensure.)
-#[allow(clashing_extern_declarations)] // pyo3-ffi declares them "C"
-extern "C-unwind" {
-    #[link_name = "PyObject_Vectorcall"]
-    fn vectorcall_may_exit(
-        callable: *mut ffi::PyObject,
-        args: *const *mut ffi::PyObject,
-        nargsf: usize,
-        kwnames: *mut ffi::PyObject,
-    ) -> *mut ffi::PyObject;
-    #[link_name = "PyObject_Call"]
-    fn call_may_exit(
-        callable: *mut ffi::PyObject,
-        args: *mut ffi::PyObject,
-        kwargs: *mut ffi::PyObject,
-    ) -> *mut ffi::PyObject;
+// pthread_exit, a forced unwind. Made so, the unwind reaches the guard of the Rust frame
+// making the call (`HangOnExit`), which parks the thread for good, as 3.14 does, instead
+// of running the destructors of the frames above without the GIL and then aborting the
+// process at pyo3's panic boundary. (pyo3 does the same for its own PyEval_RestoreThread
+// and PyGILState_Ensure.) The functions are looked up at run time: a second, "C-unwind"
+// declaration of a symbol pyo3-ffi declares "C" would be merged with that one, and the
+// call then compiled as one that cannot unwind (so with no guard).
+type Vectorcall = unsafe extern "C-unwind" fn(
+    *mut ffi::PyObject,
+    *const *mut ffi::PyObject,
+    usize,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+type Call = unsafe extern "C-unwind" fn(
+    *mut ffi::PyObject,
+    *mut ffi::PyObject,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+
+struct MayExit {
+    vectorcall: Vectorcall,
+    call: Call,
+}
+
+/// None if the interpreter's symbols are not visible to dlsym (an embedding that loaded
+/// libpython privately): the calls are then made as pyo3-ffi declares them.
+fn may_exit() -> Option<&'static MayExit> {
+    static FUNCTIONS: std::sync::OnceLock<Option<MayExit>> = std::sync::OnceLock::new();
+    FUNCTIONS
+        .get_or_init(|| {
+            let find = |name: &std::ffi::CStr| {
+                // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other
+                // precondition; it returns NULL or the address of that symbol.
+                let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+                (!p.is_null()).then_some(p)
+            };
+            let (v, c) = (find(c"PyObject_Vectorcall")?, find(c"PyObject_Call")?);
+            // SAFETY: these are CPython's PyObject_Vectorcall and PyObject_Call, whose C
+            // signatures are the ones of the two types (pyo3-ffi declares the same).
+            Some(unsafe {
+                MayExit {
+                    vectorcall: std::mem::transmute::<*mut libc::c_void, Vectorcall>(v),
+                    call: std::mem::transmute::<*mut libc::c_void, Call>(c),
+                }
+            })
+        })
+        .as_ref()
 }
 
 /// Parks the thread for good if dropped by an unwind out of a Python call, i.e. the
@@ -202,7 +229,11 @@ pub fn call_with_tuple<'py>(
     // it); the GIL is held; vectorcall returns a new reference or NULL with an exception.
     let result = unsafe {
         let items = std::ptr::addr_of!((*tuple).ob_item).cast::<*mut ffi::PyObject>();
-        vectorcall_may_exit(callable.as_ptr(), items, args.len(), std::ptr::null_mut())
+        let (f, n, none) = (callable.as_ptr(), args.len(), std::ptr::null_mut());
+        match may_exit() {
+            Some(may_exit) => (may_exit.vectorcall)(f, items, n, none),
+            None => ffi::PyObject_Vectorcall(f, items, n, none),
+        }
     };
     std::mem::forget(guard);
     // SAFETY: the GIL is held; `result` is a new reference or NULL with an exception set.
@@ -219,7 +250,12 @@ pub fn call_with_kwargs<'py>(
     let guard = HangOnExit;
     // SAFETY: the GIL is held; all three are live objects (or NULL for no kwargs) that
     // the caller keeps alive for the call; the result is a new reference or NULL.
-    let result = unsafe { call_may_exit(callable.as_ptr(), args.as_ptr(), kwargs) };
+    let result = unsafe {
+        match may_exit() {
+            Some(may_exit) => (may_exit.call)(callable.as_ptr(), args.as_ptr(), kwargs),
+            None => ffi::PyObject_Call(callable.as_ptr(), args.as_ptr(), kwargs),
+        }
+    };
     std::mem::forget(guard);
     // SAFETY: as in call_with_tuple.
     unsafe { Bound::from_owned_ptr_or_err(callable.py(), result) }
