@@ -57,6 +57,15 @@ struct Target {
     args: Py<PyTuple>,
 }
 
+impl Target {
+    /// Lets go of the callable and arguments, guarded as a call (`interop::release`):
+    /// one of them may be deallocated here, its `__del__` letting go of the GIL.
+    fn release(self, py: Python<'_>) {
+        interop::release(py, self.callback);
+        interop::release(py, self.args);
+    }
+}
+
 /// A callback's exception, with what is needed to report it as asyncio does.
 pub struct CallbackError {
     pub err: PyErr,
@@ -152,20 +161,28 @@ impl Callback {
                 r
             }),
         };
-        result.map_err(|err| {
-            // Keep the callable until the error report has named the handle.
-            let error = CallbackError {
-                err,
-                callback: t.callback.clone_ref(py),
-                args: t.args.clone_ref(py).into_any(),
-                source_traceback: self.source_traceback(py),
-            };
-            if once {
-                let stale = self.target.with(py, |slot| slot.replace(t));
-                drop(stale);
+        match result {
+            Ok(()) => {
+                t.release(py);
+                Ok(())
             }
-            error
-        })
+            Err(err) => {
+                // Keep the callable until the error report has named the handle.
+                let error = CallbackError {
+                    err,
+                    callback: t.callback.clone_ref(py),
+                    args: t.args.clone_ref(py).into_any(),
+                    source_traceback: self.source_traceback(py),
+                };
+                if once {
+                    let stale = self.target.with(py, |slot| slot.replace(t));
+                    drop(stale);
+                } else {
+                    t.release(py);
+                }
+                Err(error)
+            }
+        }
     }
 
     /// GC support: what this callback holds (visited by tracked fd-watcher handles
@@ -184,8 +201,9 @@ impl Callback {
 
     /// Drops the callable and arguments (a one-shot handle that has run).
     pub fn release(&self, py: Python<'_>) {
-        let released = self.target.with(py, Option::take);
-        drop(released);
+        if let Some(t) = self.target.with(py, Option::take) {
+            t.release(py);
+        }
     }
 
     pub fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {

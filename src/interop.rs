@@ -170,9 +170,15 @@ type Call = unsafe extern "C-unwind" fn(
     *mut ffi::PyObject,
 ) -> *mut ffi::PyObject;
 
+type DecRef = unsafe extern "C-unwind" fn(*mut ffi::PyObject);
+type IsFinalizing = unsafe extern "C" fn() -> std::ffi::c_int;
+
 struct MayExit {
     vectorcall: Vectorcall,
     call: Call,
+    decref: DecRef,
+    /// `Py_IsFinalizing` (3.13+) or `_Py_IsFinalizing` (before): callable without the GIL.
+    is_finalizing: Option<IsFinalizing>,
 }
 
 /// None if the interpreter's symbols are not visible to dlsym (an embedding that loaded
@@ -188,21 +194,28 @@ fn may_exit() -> Option<&'static MayExit> {
                 (!p.is_null()).then_some(p)
             };
             let (v, c) = (find(c"PyObject_Vectorcall")?, find(c"PyObject_Call")?);
-            // SAFETY: these are CPython's PyObject_Vectorcall and PyObject_Call, whose C
-            // signatures are the ones of the two types (pyo3-ffi declares the same).
+            let d = find(c"Py_DecRef")?;
+            let f = find(c"Py_IsFinalizing").or_else(|| find(c"_Py_IsFinalizing"));
+            // SAFETY: these are CPython's functions of those names, whose C signatures are
+            // the ones of the types (pyo3-ffi declares the same).
             Some(unsafe {
                 MayExit {
                     vectorcall: std::mem::transmute::<*mut libc::c_void, Vectorcall>(v),
                     call: std::mem::transmute::<*mut libc::c_void, Call>(c),
+                    decref: std::mem::transmute::<*mut libc::c_void, DecRef>(d),
+                    is_finalizing: f
+                        .map(|f| std::mem::transmute::<*mut libc::c_void, IsFinalizing>(f)),
                 }
             })
         })
         .as_ref()
 }
 
-/// Parks the thread for good if dropped by an unwind out of a Python call, i.e. the
-/// thread exit described above (a Rust panic cannot cross CPython's frames: pyo3 turns
-/// one into an exception where Python called Rust).
+/// Parks the thread for good if dropped by an unwind out of a Python call while the
+/// interpreter finalizes, i.e. the thread exit described above. Any other unwind goes
+/// on as before: a Rust panic (it cannot cross CPython's frames anyway: pyo3 turns one
+/// into an exception where Python called Rust), or a C++ exception thrown through a
+/// callback, which then aborts the process as it does on the stock loop.
 struct HangOnExit;
 
 impl Drop for HangOnExit {
@@ -210,9 +223,38 @@ impl Drop for HangOnExit {
         if std::thread::panicking() {
             return;
         }
+        // SAFETY: Py_IsFinalizing reads the runtime's flag and needs no GIL. If it cannot
+        // be found, the unwind is taken for the exit (the likely cause).
+        let finalizing = may_exit()
+            .and_then(|m| m.is_finalizing)
+            .is_none_or(|f| unsafe { f() } != 0);
+        if !finalizing {
+            return;
+        }
         loop {
             std::thread::park();
         }
+    }
+}
+
+/// Lets go of `obj` from the loop or a pool thread: if that deallocates it, its
+/// `__del__` may let go of the GIL, and the deallocation is guarded as a call is
+/// (`HangOnExit`). The GIL must be held.
+pub fn release<T>(_py: Python<'_>, obj: Py<T>) {
+    let ptr = obj.into_ptr();
+    // SAFETY: the GIL is held (`_py`); `ptr` is a reference we own (into_ptr), released
+    // exactly once here. With other references left, decrementing cannot deallocate.
+    unsafe {
+        if ffi::Py_REFCNT(ptr) > 1 {
+            ffi::Py_DECREF(ptr);
+            return;
+        }
+        let guard = HangOnExit;
+        match may_exit() {
+            Some(may_exit) => (may_exit.decref)(ptr),
+            None => ffi::Py_DecRef(ptr),
+        }
+        std::mem::forget(guard);
     }
 }
 
@@ -265,17 +307,31 @@ pub fn call_with_kwargs<'py>(
 /// sees it (`sys.exc_info()`, and the `__context__` of an exception raised meanwhile);
 /// the one handled before is restored after.
 pub fn while_handling<T>(exc: &Bound<'_, PyAny>, f: impl FnOnce() -> T) -> T {
-    // SAFETY: the GIL is held (`exc` is a Bound); the call returns a new reference to the
-    // exception being handled, or NULL when there is none.
-    let before = unsafe { ffi::PyErr_GetHandledException() };
-    // SAFETY: the GIL is held; the call takes its own reference to the live `exc`.
-    unsafe { ffi::PyErr_SetHandledException(exc.as_ptr()) };
+    // PyErr_GetHandledException reads the innermost exception being handled, whichever
+    // frame's it is; PyErr_SetHandledException writes the current frame's only. What to
+    // put back is the current frame's own: none if clearing it reveals the same one.
+    // SAFETY: the GIL is held (`exc` is a Bound); Get returns a new reference or NULL,
+    // Set takes its own reference (NULL clears).
+    let own = unsafe {
+        let before = ffi::PyErr_GetHandledException();
+        ffi::PyErr_SetHandledException(std::ptr::null_mut());
+        let below = ffi::PyErr_GetHandledException();
+        let own = if below == before {
+            ffi::Py_XDECREF(before);
+            std::ptr::null_mut()
+        } else {
+            before
+        };
+        ffi::Py_XDECREF(below);
+        ffi::PyErr_SetHandledException(exc.as_ptr());
+        own
+    };
     let result = f();
-    // SAFETY: the GIL is held; NULL clears, otherwise the call takes its own reference to
-    // `before`, and ours (from PyErr_GetHandledException) is released just after.
+    // SAFETY: the GIL is held; `own` is a reference we own (or NULL), released after Set
+    // has taken its own.
     unsafe {
-        ffi::PyErr_SetHandledException(before);
-        ffi::Py_XDECREF(before);
+        ffi::PyErr_SetHandledException(own);
+        ffi::Py_XDECREF(own);
     }
     result
 }

@@ -491,6 +491,8 @@ impl LoopCore {
         if this.owner.load(Relaxed) != interop::thread_ident() {
             this.owner.store(0, Relaxed);
             this.stopping.store(false, Relaxed);
+            // Nor is it applying a drained batch (it may have been, in that thread).
+            this.applying_posted.store(false, Relaxed);
         }
         // Callbacks posted before the fork still run in the child, as with the stock
         // loop (its ready deque is copied); the parent's executor completions do not

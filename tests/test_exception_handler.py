@@ -335,3 +335,29 @@ def test_error_in_handler_is_chained_to_the_callback_error(loop, caplog):
     assert isinstance(exc, ValueError)
     assert isinstance(exc.__context__, ZeroDivisionError)
     assert "During handling of the above exception" in caplog.text
+
+
+def test_handler_leaves_an_enclosing_except_of_a_generator_as_it_was(loop):
+    # The loop runs inside a generator entered in an `except`: after the handler, the
+    # generator's view of the exception being handled is what it was, and once outside
+    # the `except` it is none.
+    loop.set_exception_handler(lambda lp, context: None)
+
+    class Outer(Exception):
+        pass
+
+    def gen():
+        loop.call_soon(failing_callback)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        yield sys.exc_info()[1]
+        yield sys.exc_info()[1]
+
+    try:
+        raise Outer("outer")
+    except Outer:
+        g = gen()
+        inside = next(g)
+    after = next(g)
+    assert isinstance(inside, Outer)
+    assert after is None

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -541,6 +543,14 @@ def test_a_busy_loop_lets_threads_back_from_blocking_io_have_the_gil(loop):
         b.close()
 
 
+def test_probing_for_nest_asyncio_finds_it_absent(wloop):
+    # Code asking whether nest_asyncio patched the loop gets "no", as on other loops;
+    # only nest_asyncio itself is refused.
+    assert getattr(wloop, "_nest_patched", False) is False
+    assert not hasattr(wloop, "_nest_patched")
+    assert "_nest_patched" not in dict(inspect.getmembers(wloop))
+
+
 def test_nest_asyncio_is_refused_and_leaves_weaveloop_working():
     # nest_asyncio.apply() would rewrite the loop class's run loop in Python; weaveloop
     # refuses it as uvloop is refused, and the class stays usable. In a child process:
@@ -590,8 +600,17 @@ def failing():
     loop.call_soon(failing)
     raise ValueError("reported to the handler")
 
+class Dropped:
+    def __call__(self):
+        loop.call_soon(Dropped())
+
+    def __del__(self):
+        lets_go_of_the_gil()
+
 if where == "callback":
     loop.call_soon(callback)
+elif where == "dropped callable":
+    loop.call_soon(Dropped())
 else:
     loop.set_exception_handler(lambda lp, context: lets_go_of_the_gil())
     loop.call_soon(failing)
@@ -601,7 +620,7 @@ print("main thread ends")
 """
 
 
-@pytest.mark.parametrize("where", ["callback", "handler"])
+@pytest.mark.parametrize("where", ["callback", "handler", "dropped callable"])
 def test_interpreter_exit_while_a_daemon_thread_runs_the_loop(where):
     # The main thread ends while the loop thread runs Python code that lets go of the GIL.
     # CPython (< 3.14) ends a thread taking the GIL back during finalization with
@@ -615,3 +634,34 @@ def test_interpreter_exit_while_a_daemon_thread_runs_the_loop(where):
             timeout=SAFETY,
         )
         assert (out.returncode, out.stdout) == (0, "main thread ends\n"), out.stderr
+
+
+_CXX_SCRIPT = """
+import asyncio, ctypes, sys
+import weaveloop
+
+throw = ctypes.PyDLL("libstdc++.so.6")._ZSt21__throw_runtime_errorPKc
+throw.argtypes = [ctypes.c_char_p]
+new_loop = weaveloop.new_event_loop if sys.argv[1] == "weaveloop" else asyncio.new_event_loop
+loop = new_loop()
+if sys.argv[2] == "callback":
+    loop.call_soon(throw, b"thrown through the loop")
+    loop.run_forever()
+else:
+    loop.run_until_complete(loop.run_in_executor(None, throw, b"thrown through a job"))
+"""
+
+
+@pytest.mark.parametrize("where", ["callback", "executor job"])
+@pytest.mark.parametrize("loop_kind", ["stock", "weaveloop"])
+def test_a_cxx_exception_through_a_callback_aborts_as_on_the_stock_loop(loop_kind, where):
+    # Outside interpreter exit, the exit guard of the loop's calls lets a foreign unwind
+    # go on: the process aborts, as with the stock loop, rather than freezing with the
+    # GIL held.
+    out = subprocess.run(
+        [sys.executable, "-c", _CXX_SCRIPT, loop_kind, where],
+        capture_output=True,
+        text=True,
+        timeout=SAFETY,
+    )
+    assert out.returncode == -signal.SIGABRT, out.stderr

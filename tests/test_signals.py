@@ -203,6 +203,16 @@ def test_add_signal_handler_refuses_a_non_callable(wloop):
     with pytest.raises(TypeError, match=r"by add_signal_handler\(\), got 5"):
         wloop.add_signal_handler(signal.SIGUSR1, 5)
     assert wloop.remove_signal_handler(signal.SIGUSR1) is False
+    # The stock checks still come first: a coroutine object, a bad signal, a closed loop.
+    coro = asyncio.sleep(0)
+    with pytest.raises(TypeError, match="coroutines cannot be used with add_signal_handler"):
+        wloop.add_signal_handler(signal.SIGUSR1, coro)
+    coro.close()
+    with pytest.raises(ValueError):
+        wloop.add_signal_handler(0x10000, 5)
+    wloop.close()
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        wloop.add_signal_handler(signal.SIGUSR1, 5)
 
 
 def test_add_signal_handler_outside_the_main_thread_raises(loop_factory):

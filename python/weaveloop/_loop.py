@@ -117,9 +117,12 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
     def _nest_patched(self):
         # nest_asyncio.apply() rewrites a BaseEventLoop subclass's run loop in Python,
         # on the class, and the Rust scheduler cannot honour that: every loop of the
-        # class would break. Refuse, with the error nest_asyncio gives for uvloop (its
-        # first look at a loop is `hasattr(loop, "_nest_patched")`).
-        raise ValueError(f"Can't patch loop of type {type(self)}")
+        # class would break. Its first look at a loop is `hasattr(loop, "_nest_patched")`:
+        # refused there with the error it gives for uvloop. Anyone else asking (code
+        # probing whether nest_asyncio patched the loop) learns that it did not.
+        if sys._getframe(1).f_globals.get("__name__") == "nest_asyncio":
+            raise ValueError(f"Can't patch loop of type {type(self)}")
+        raise AttributeError("_nest_patched")
 
     # -- running -------------------------------------------------------------------
 
@@ -161,7 +164,9 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
     def add_signal_handler(self, sig, callback, *args) -> None:
         # Refused at once, as every scheduling method does (the stock code accepts a
         # non-callable and fails only when the signal arrives).
-        if not callable(callback):
+        if not callable(callback) and not coroutines.iscoroutine(callback):
+            self._check_signal(sig)
+            self._check_closed()
             raise TypeError(
                 f"a callable object was expected by add_signal_handler(), got {callback!r}"
             )
