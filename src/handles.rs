@@ -3,7 +3,7 @@
 //! Invariant: handles are immutable but for atomic flags and the callable of a callback,
 //! which is only touched with the GIL held (`GilCell`); so they need no lock or borrow.
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use pyo3::basic::CompareOp;
@@ -85,6 +85,8 @@ pub struct Callback {
     target: GilCell<Option<Target>>,
     context: Option<Py<PyAny>>,
     cancelled: AtomicBool,
+    /// `call_soon_threadsafe` through the injector: the posting thread (else 0).
+    posted_by: AtomicU64,
     /// The handle object the scheduling call returned, while it is alive (not owned:
     /// that object's drop clears it). Error reports name that very object.
     face: AtomicPtr<pyo3::ffi::PyObject>,
@@ -128,6 +130,7 @@ impl Callback {
             })),
             context,
             cancelled: AtomicBool::new(false),
+            posted_by: AtomicU64::new(0),
             face: AtomicPtr::new(std::ptr::null_mut()),
             debug,
         })
@@ -227,6 +230,16 @@ impl Callback {
             Some(c) => Ok(c.clone_ref(py)),
             None => interop::new_context(py),
         }
+    }
+
+    /// Marks a callback posted through the injector by the calling thread.
+    pub fn mark_posted(&self) {
+        self.posted_by.store(interop::thread_ident(), Relaxed);
+    }
+
+    /// True if the calling thread posted it through the injector.
+    pub fn posted_here(&self) -> bool {
+        self.posted_by.load(Relaxed) == interop::thread_ident()
     }
 
     pub fn is_cancelled(&self) -> bool {

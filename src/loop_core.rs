@@ -427,6 +427,7 @@ impl LoopCore {
             return Ok(handle);
         }
         let injector = &this.shared.get().injector;
+        cb.mark_posted();
         let item = Posted::Call(cb);
         let posted = if injector.offers_hand_over(HAND_OVER_MIN_WAIT) {
             // The loop spins, waiting for work like this: let go of the GIL before the

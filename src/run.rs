@@ -439,16 +439,22 @@ impl LoopCore {
         drop(in_flight);
         this.closed.store(true, Relaxed);
         let leftovers = shared.injector.close();
-        // Callbacks other threads posted still run: those already moved to the ready
-        // queue first (they were posted earlier), then the injector's. The rest of the
-        // ready queue is dropped, as asyncio's close() does.
+        // Callbacks other threads posted still run (they may have raced this close, and
+        // each post runs or raises): those already moved to the ready queue first (they
+        // were posted earlier), then the injector's. The rest of the ready queue is
+        // dropped, as asyncio's close() does, and so are the callbacks this thread
+        // posted itself, before closing (tornado's add_callback, for one, posts so).
         let ready: VecDeque<Ready> = std::mem::take(&mut *lock(&this.ready));
         let (posted, dropped): (Vec<Ready>, Vec<Ready>) = ready
             .into_iter()
-            .partition(|r| matches!(r, Ready::Posted(_)));
+            .partition(|r| matches!(r, Ready::Posted(cb) if !cb.posted_here()));
         dropped.iter().for_each(|r| r.release(py));
         drop(dropped);
         let late = leftovers.into_iter().filter_map(|item| match item {
+            Posted::Call(h) if h.posted_here() => {
+                h.release(py);
+                None
+            }
             Posted::Call(h) => Some(Ready::Posted(h)),
             // A completion whose future is already cancelled above: nothing to do.
             Posted::Done(done) => {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import logging
 import random
 import threading
 import time
@@ -288,6 +289,28 @@ def test_threadsafe_context(loop):
     loop.call_soon(loop.stop)
     loop.run_forever()
     assert seen == ["ctx"]
+
+
+def test_close_drops_what_the_closing_thread_posted_itself(loop, caplog):
+    # Posted by the thread that then closes the loop (tornado's add_callback posts so):
+    # it did not race close(), which drops it with the ready queue, as asyncio's does.
+    # Before, it ran inside close() and what it scheduled failed: "Event loop is closed".
+    ran = []
+    fut = loop.create_future()
+    fut.add_done_callback(lambda f: ran.append("done callback"))
+
+    def step():
+        ran.append("step")
+        fut.set_result(None)
+
+    loop.call_soon_threadsafe(step)
+    # (A call_soon now moves that post into the ready queue; one more stays posted.)
+    loop.call_soon(ran.append, "call_soon")
+    loop.call_soon_threadsafe(step)
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        loop.close()
+    assert ran == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_post_to_a_closed_loop_raises(loop):
