@@ -248,7 +248,7 @@ impl Callback {
 
     /// Returns true if this call cancelled it (false if it already was). `class` and
     /// `when`: the handle's, for the repr kept in debug mode.
-    pub fn cancel(&self, py: Python<'_>, class: &str, when: Option<f64>) -> bool {
+    pub fn cancel(&self, py: Python<'_>, class: &str, when: Option<&Bound<'_, PyAny>>) -> bool {
         let first = !self.cancelled.swap(true, Relaxed);
         if first {
             if let Some(d) = &self.debug {
@@ -262,7 +262,12 @@ impl Callback {
         first
     }
 
-    fn repr_parts(&self, py: Python<'_>, class: &str, when: Option<f64>) -> PyResult<String> {
+    fn repr_parts(
+        &self,
+        py: Python<'_>,
+        class: &str,
+        when: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<String> {
         if let Some(kept) = self
             .debug
             .as_ref()
@@ -275,7 +280,7 @@ impl Callback {
             info.push("cancelled".into());
         }
         if let Some(w) = when {
-            info.push(format!("when={}", PyFloat::new(py, w).repr()?));
+            info.push(format!("when={}", w.repr()?));
         }
         let (callback, args) = self.parts(py);
         if !callback.is_none(py) {
@@ -474,6 +479,9 @@ impl Handle {
 pub struct TimerHandle {
     pub cb: Callback,
     pub when: f64,
+    /// The `when` given to `call_at` if not a float (an int, say): `when()` returns it
+    /// as given, as asyncio's does.
+    given: Option<Py<PyAny>>,
     /// True while the handle sits in the loop's timer heap.
     pub scheduled: AtomicBool,
     /// The loop's count of cancelled-but-still-scheduled timers.
@@ -481,12 +489,27 @@ pub struct TimerHandle {
 }
 
 impl TimerHandle {
-    pub fn new(cb: Callback, when: f64, cancelled_in_heap: Arc<AtomicUsize>) -> Self {
+    pub fn new(
+        cb: Callback,
+        when: f64,
+        given: Option<Py<PyAny>>,
+        cancelled_in_heap: Arc<AtomicUsize>,
+    ) -> Self {
         TimerHandle {
             cb,
             when,
+            given,
             scheduled: AtomicBool::new(true),
             cancelled_in_heap,
+        }
+    }
+}
+
+impl TimerHandle {
+    fn when_object<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        match &self.given {
+            Some(w) => w.bind(py).clone(),
+            None => PyFloat::new(py, self.when).into_any(),
         }
     }
 }
@@ -494,18 +517,19 @@ impl TimerHandle {
 #[pymethods]
 impl TimerHandle {
     fn cancel(&self, py: Python<'_>) {
-        if self.cb.cancel(py, "TimerHandle", Some(self.when)) && self.scheduled.load(Relaxed) {
+        let when = self.when_object(py);
+        if self.cb.cancel(py, "TimerHandle", Some(&when)) && self.scheduled.load(Relaxed) {
             self.cancelled_in_heap.fetch_add(1, Relaxed);
         }
     }
 
-    fn when(&self) -> f64 {
-        self.when
+    fn when<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        self.when_object(py)
     }
 
     #[getter]
-    fn _when(&self) -> f64 {
-        self.when
+    fn _when<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        self.when_object(py)
     }
 
     #[getter]
@@ -515,7 +539,7 @@ impl TimerHandle {
 
     /// `hash(self.when())`, as asyncio's TimerHandle (equal handles hash equal: 0.0, -0.0).
     fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
-        PyFloat::new(py, self.when).hash()
+        self.when_object(py).hash()
     }
 
     fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
@@ -543,6 +567,7 @@ impl TimerHandle {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        self.cb.repr_parts(py, "TimerHandle", Some(self.when))
+        self.cb
+            .repr_parts(py, "TimerHandle", Some(&self.when_object(py)))
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyTuple};
 use pyo3::PyTraverseError;
 use weaveloop_engine::injector::Unpark;
 use weaveloop_engine::{clock, Injector, Poller, Throttle, TimerHeap};
@@ -284,6 +284,7 @@ impl LoopCore {
         &self,
         py: Python<'_>,
         when: f64,
+        given: Option<Py<PyAny>>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
@@ -294,7 +295,7 @@ impl LoopCore {
         let cb = Callback::new(callback, args, context, self.is_debug())?;
         let handle = Py::new(
             py,
-            TimerHandle::new(cb, when, self.cancelled_in_heap.clone()),
+            TimerHandle::new(cb, when, given, self.cancelled_in_heap.clone()),
         )?;
         untrack(&handle);
         lock(&self.timers).push(when, handle.clone_ref(py));
@@ -389,7 +390,7 @@ impl LoopCore {
     ) -> PyResult<Py<TimerHandle>> {
         let delay = time_arg(delay, "delay", "delay must not be None")?;
         let when = clock::monotonic() + delay;
-        self.schedule_at(py, when, callback, args, context, "call_later")
+        self.schedule_at(py, when, None, callback, args, context, "call_later")
     }
 
     #[pyo3(signature = (when, callback, *args, context = None))]
@@ -401,8 +402,9 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
+        let given = (!when.is_exact_instance_of::<PyFloat>()).then(|| when.clone().unbind());
         let when = time_arg(when, "when", "when cannot be None")?;
-        self.schedule_at(py, when, callback, args, context, "call_at")
+        self.schedule_at(py, when, given, callback, args, context, "call_at")
     }
 
     /// Thread-safe: queues the callback on the lock-free injector and wakes the loop

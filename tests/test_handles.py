@@ -320,3 +320,20 @@ def test_outside_debug_mode_a_cancelled_handle_drops_its_callback_from_the_repr(
     h = loop.call_soon(named_callback)
     h.cancel()
     assert repr(h) == "<Handle cancelled>"
+
+
+def test_timer_handle_keeps_the_when_call_at_was_given(loop):
+    # asyncio keeps `when` as given: an int stays an int (aiohttp's tests rely on it).
+    h = loop.call_at(10**6, print)
+    try:
+        assert type(h.when()) is int and h.when() == 10**6
+        assert type(h._when) is int
+        assert hash(h) == hash(10**6)
+        assert repr(h).startswith("<TimerHandle when=1000000 ")
+        assert h < loop.call_at(10**6 + 0.5, print)
+    finally:
+        h.cancel()
+    assert repr(h) == "<TimerHandle cancelled when=1000000>"
+    later = loop.call_later(10, print)
+    assert type(later.when()) is float
+    later.cancel()
