@@ -282,7 +282,6 @@ impl LoopCore {
 
     fn schedule_at(
         &self,
-        py: Python<'_>,
         when: f64,
         given: Option<Py<PyAny>>,
         callback: &Bound<'_, PyAny>,
@@ -290,6 +289,7 @@ impl LoopCore {
         context: Option<&Bound<'_, PyAny>>,
         method: &str,
     ) -> PyResult<Py<TimerHandle>> {
+        let py = callback.py();
         self.check_usable()?;
         check_callback(callback, method, self.is_debug())?;
         let cb = Callback::new(callback, args, context, self.is_debug())?;
@@ -382,7 +382,6 @@ impl LoopCore {
     #[pyo3(signature = (delay, callback, *args, context = None))]
     fn call_later(
         &self,
-        py: Python<'_>,
         delay: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
@@ -390,13 +389,12 @@ impl LoopCore {
     ) -> PyResult<Py<TimerHandle>> {
         let delay = time_arg(delay, "delay", "delay must not be None")?;
         let when = clock::monotonic() + delay;
-        self.schedule_at(py, when, None, callback, args, context, "call_later")
+        self.schedule_at(when, None, callback, args, context, "call_later")
     }
 
     #[pyo3(signature = (when, callback, *args, context = None))]
     fn call_at(
         &self,
-        py: Python<'_>,
         when: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
@@ -404,7 +402,7 @@ impl LoopCore {
     ) -> PyResult<Py<TimerHandle>> {
         let given = (!when.is_exact_instance_of::<PyFloat>()).then(|| when.clone().unbind());
         let when = time_arg(when, "when", "when cannot be None")?;
-        self.schedule_at(py, when, given, callback, args, context, "call_at")
+        self.schedule_at(when, given, callback, args, context, "call_at")
     }
 
     /// Thread-safe: queues the callback on the lock-free injector and wakes the loop
