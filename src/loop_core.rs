@@ -204,6 +204,9 @@ pub struct LoopCore {
     pub(crate) applying_posted: AtomicBool,
     pub(crate) debug: AtomicBool,
     pub(crate) strict: AtomicBool,
+    /// Python code replaced `time()` (a subclass, or `loop.time = ...` as virtual-clock
+    /// test tools do): the scheduler then reads that, as the stock loop calls self.time().
+    pub(crate) custom_clock: AtomicBool,
     pub(crate) executor_shutdown_called: AtomicBool,
     pub(crate) default_executor: Mutex<Option<Py<PyAny>>>,
     pub(crate) cancelled_in_heap: Arc<AtomicUsize>,
@@ -254,6 +257,14 @@ impl LoopCore {
     pub(crate) fn is_drainer(&self) -> bool {
         let owner = self.owner.load(Relaxed);
         owner == 0 || owner == interop::thread_ident()
+    }
+
+    /// The scheduler's clock: `time.monotonic()`'s, or what a replaced `time()` says.
+    pub(crate) fn now(&self, slf: &Bound<'_, LoopCore>) -> PyResult<f64> {
+        if self.custom_clock.load(Relaxed) {
+            return slf.call_method0(pyo3::intern!(slf.py(), "time"))?.extract();
+        }
+        Ok(clock::monotonic())
     }
 
     pub(crate) fn is_debug(&self) -> bool {
@@ -349,6 +360,7 @@ impl LoopCore {
             applying_posted: AtomicBool::new(false),
             debug: AtomicBool::new(false),
             strict: AtomicBool::new(true),
+            custom_clock: AtomicBool::new(false),
             executor_shutdown_called: AtomicBool::new(false),
             default_executor: Mutex::new(None),
             cancelled_in_heap: Arc::new(AtomicUsize::new(0)),
@@ -381,15 +393,16 @@ impl LoopCore {
 
     #[pyo3(signature = (delay, callback, *args, context = None))]
     fn call_later(
-        &self,
+        slf: &Bound<'_, Self>,
         delay: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
+        let this = slf.get();
         let delay = time_arg(delay, "delay", "delay must not be None")?;
-        let when = clock::monotonic() + delay;
-        self.schedule_at(when, None, callback, args, context, "call_later")
+        let when = this.now(slf)? + delay;
+        this.schedule_at(when, None, callback, args, context, "call_later")
     }
 
     #[pyo3(signature = (when, callback, *args, context = None))]
@@ -562,6 +575,16 @@ impl LoopCore {
 
     fn get_debug(&self) -> bool {
         self.is_debug()
+    }
+
+    #[getter]
+    fn _custom_clock(&self) -> bool {
+        self.custom_clock.load(Relaxed)
+    }
+
+    #[setter(_custom_clock)]
+    fn set_custom_clock(&self, value: bool) {
+        self.custom_clock.store(value, Relaxed);
     }
 
     #[getter]

@@ -80,15 +80,15 @@ impl LoopCore {
 
     /// How long the poll may block: zero when work is ready, until the next timer, or
     /// forever (None).
-    fn poll_timeout(&self) -> Option<Duration> {
+    fn poll_timeout(&self, slf: &Bound<'_, LoopCore>) -> PyResult<Option<Duration>> {
         if self.stopping.load(Relaxed) || !lock(&self.ready).is_empty() {
-            return Some(Duration::ZERO);
+            return Ok(Some(Duration::ZERO));
         }
-        let next = lock(&self.timers).peek().map(|(when, _)| when);
-        next.map(|when| {
-            let secs = (when - clock::monotonic()).clamp(0.0, MAX_POLL);
-            Duration::from_secs_f64(secs)
-        })
+        let Some(when) = lock(&self.timers).peek().map(|(when, _)| when) else {
+            return Ok(None);
+        };
+        let secs = (when - self.now(slf)?).clamp(0.0, MAX_POLL);
+        Ok(Some(Duration::from_secs_f64(secs)))
     }
 
     fn poll(
@@ -193,8 +193,9 @@ impl LoopCore {
         drop((dropped, emptied));
     }
 
-    fn collect_due_timers(&self) {
-        let end = clock::monotonic() + self.clock_resolution;
+    /// Moves the timers due by `now` (plus the clock's resolution) to the ready queue.
+    fn collect_due_timers(&self, now: f64) {
+        let end = now + self.clock_resolution;
         let mut timers = lock(&self.timers);
         if timers.peek().is_none_or(|(when, _)| when >= end) {
             return;
@@ -349,12 +350,12 @@ impl LoopCore {
         let py = slf.py();
         let shared = self.shared.get();
         self.housekeep_timers();
-        let timeout = self.poll_timeout();
+        let timeout = self.poll_timeout(slf)?;
         let mut events = Vec::new();
         self.poll(py, shared, timeout, &mut events)?;
         self.drain_posted(slf, shared)?;
         self.dispatch_io(py, shared, &events);
-        self.collect_due_timers();
+        self.collect_due_timers(self.now(slf)?);
         self.run_ready(slf)
     }
 }

@@ -5,10 +5,12 @@ Differential: every test runs on weaveloop and on the stock loop.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import random
 import socket
 import time
+from unittest import mock
 
 import pytest
 from _support import SAFETY
@@ -247,3 +249,44 @@ def test_call_later_accepts_int_and_float(loop, delay):
     loop.call_later(0.005, loop.stop)
     loop.run_forever()
     assert ran == [delay]
+
+
+def test_a_patched_time_drives_the_scheduler(loop):
+    # Virtual-clock test helpers replace loop.time on the instance; as in the stock loop,
+    # timers then fire by that clock and call_later counts from it.
+    async def main():
+        now = loop.time()
+        fired = []
+        with mock.patch.object(loop, "time") as fake:
+            fake.return_value = now
+            loop.call_at(now + 3600, fired.append, "an hour later")
+            fake.return_value = now + 3600
+            later = loop.call_later(10, fired.append, "never")
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            later.cancel()
+        # Put back: the loop's own clock again.
+        await asyncio.sleep(0)
+        return fired, later.when() - (now + 3600)
+
+    # (Not under wait_for: the jump would fire its timeout too.)
+    assert loop.run_until_complete(main()) == (["an hour later"], 10)
+
+
+def test_a_subclass_time_drives_the_scheduler(loop):
+    class FakeClock(type(loop)):
+        fake = 0.0
+
+        def time(self):
+            return self.fake
+
+    fake_loop = FakeClock()
+    try:
+        fired = []
+        fake_loop.call_later(1000, fired.append, "at 1000")
+        fake_loop.fake = 1000.0
+        fake_loop.run_until_complete(asyncio.sleep(0))
+        fake_loop.run_until_complete(asyncio.sleep(0))
+        assert fired == ["at 1000"]
+    finally:
+        fake_loop.close()

@@ -56,6 +56,7 @@ class LoopCore:
 
     _debug: bool
     _strict_threads: bool
+    _custom_clock: bool
     _default_executor: concurrent.futures.Executor | None
     _executor_shutdown_called: bool
     def __new__(cls, *args: Any, **kwargs: Any) -> LoopCore: ...

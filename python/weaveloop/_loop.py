@@ -104,6 +104,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         self._asyncgens_shutdown_called = False
         self.set_debug(coroutines._is_debug_mode())
         self._strict_threads = opts["strict_threads"]
+        self._custom_clock = type(self).time is not _core.LoopCore.time
         self._executor_workers = opts["executor_workers"]
         self._selector = _SelectorView(self)
         self._transports = weakref.WeakValueDictionary()
@@ -112,6 +113,19 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         self._wakeup_fd_to_restore = None
         self._make_self_pipe()
         _live_loops.add(self)
+
+    # A `time()` set on the instance (`loop.time = ...`, `mock.patch.object(loop, "time")`,
+    # as virtual-clock test tools do) drives the scheduler, as in the stock loop, whose
+    # scheduler calls self.time(); so does a subclass's (see __init__).
+    def __setattr__(self, name, value) -> None:
+        super().__setattr__(name, value)
+        if name == "time":
+            self._custom_clock = True
+
+    def __delattr__(self, name) -> None:
+        super().__delattr__(name)
+        if name == "time":
+            self._custom_clock = type(self).time is not _core.LoopCore.time
 
     @property
     def _nest_patched(self):
