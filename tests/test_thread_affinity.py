@@ -74,6 +74,17 @@ def _call_from_foreign_thread(call):
     return out[0]
 
 
+def _let_the_loop_settle(lp, method, sock):
+    """After a call made from a foreign thread: waits until the loop has run an iteration
+    past it, then removes the fd watcher it may have added."""
+    done = threading.Event()
+    lp.call_soon_threadsafe(done.set)
+    wait_or_fail(done, "the loop to process the call")
+    if method in ("add_reader", "add_writer"):
+        lp.call_soon_threadsafe(lp.remove_reader, sock)
+        lp.call_soon_threadsafe(lp.remove_writer, sock)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_strict_loop_refuses_foreign_threads(method, sock):
     lp = weaveloop.new_event_loop()
@@ -132,12 +143,7 @@ def test_strict_threads_false_allows_foreign_threads(method, sock):
     try:
         kind, value = _call_from_foreign_thread(_calls(lp, sock)[method])
         assert kind == "ok", f"{method} raised {value!r} with strict_threads=False"
-        done = threading.Event()
-        lp.call_soon_threadsafe(done.set)
-        wait_or_fail(done, "the loop to process the call")
-        if method in ("add_reader", "add_writer"):
-            lp.call_soon_threadsafe(lp.remove_reader, sock)
-            lp.call_soon_threadsafe(lp.remove_writer, sock)
+        _let_the_loop_settle(lp, method, sock)
     finally:
         lt.stop()
         lp.close()
@@ -167,13 +173,8 @@ def test_debug_mode_without_strict_checks_what_asyncio_checks(method, flavour, s
     coro = _noop()
     try:
         kind, value = _call_from_foreign_thread(_calls(lp, sock, coro)[method])
-        done = threading.Event()
-        lp.call_soon_threadsafe(done.set)
-        wait_or_fail(done, "the loop to process the call")
-        if method in ("add_reader", "add_writer"):
-            lp.call_soon_threadsafe(lp.remove_reader, sock)
-            lp.call_soon_threadsafe(lp.remove_writer, sock)
-        elif method == "run_in_executor" and kind == "ok":
+        _let_the_loop_settle(lp, method, sock)
+        if method == "run_in_executor" and kind == "ok":
             asyncio.run_coroutine_threadsafe(asyncio.wait([value]), lp).result(SAFETY)
     finally:
         coro.close()
