@@ -237,6 +237,16 @@ impl Drop for HangOnExit {
     }
 }
 
+/// Makes `call`, a call into CPython that may run Python code, with the exit guard in
+/// this frame (the unwind of a thread exit reaches it through `call`'s, which holds
+/// nothing to drop). `call` gets the "C-unwind" entry points, if found.
+fn guarded<R>(call: impl FnOnce(Option<&'static MayExit>) -> R) -> R {
+    let guard = HangOnExit;
+    let result = call(may_exit());
+    std::mem::forget(guard);
+    result
+}
+
 /// Lets go of `obj` from the loop or a pool thread: if that deallocates it, its
 /// `__del__` may let go of the GIL, and the deallocation is guarded as a call is
 /// (`HangOnExit`). The GIL must be held.
@@ -249,12 +259,10 @@ pub fn release<T>(_py: Python<'_>, obj: Py<T>) {
             ffi::Py_DECREF(ptr);
             return;
         }
-        let guard = HangOnExit;
-        match may_exit() {
+        guarded(|may_exit| match may_exit {
             Some(may_exit) => (may_exit.decref)(ptr),
             None => ffi::Py_DecRef(ptr),
-        }
-        std::mem::forget(guard);
+        });
     }
 }
 
@@ -265,19 +273,17 @@ pub fn call_with_tuple<'py>(
     args: &Bound<'py, PyTuple>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let tuple = args.as_ptr().cast::<ffi::PyTupleObject>();
-    let guard = HangOnExit;
     // SAFETY: `args` is a live tuple (a Bound<PyTuple>), so `ob_item` holds `len` valid
     // borrowed pointers that stay alive for the call (the tuple is immutable and we hold
     // it); the GIL is held; vectorcall returns a new reference or NULL with an exception.
     let result = unsafe {
         let items = std::ptr::addr_of!((*tuple).ob_item).cast::<*mut ffi::PyObject>();
         let (f, n, none) = (callable.as_ptr(), args.len(), std::ptr::null_mut());
-        match may_exit() {
+        guarded(|may_exit| match may_exit {
             Some(may_exit) => (may_exit.vectorcall)(f, items, n, none),
             None => ffi::PyObject_Vectorcall(f, items, n, none),
-        }
+        })
     };
-    std::mem::forget(guard);
     // SAFETY: the GIL is held; `result` is a new reference or NULL with an exception set.
     unsafe { Bound::from_owned_ptr_or_err(callable.py(), result) }
 }
@@ -288,17 +294,19 @@ pub fn call_with_kwargs<'py>(
     args: &Bound<'py, PyTuple>,
     kwargs: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let kwargs = kwargs.map_or(std::ptr::null_mut(), Bound::as_ptr);
-    let guard = HangOnExit;
+    let (f, a, k) = (
+        callable.as_ptr(),
+        args.as_ptr(),
+        kwargs.map_or(std::ptr::null_mut(), Bound::as_ptr),
+    );
     // SAFETY: the GIL is held; all three are live objects (or NULL for no kwargs) that
     // the caller keeps alive for the call; the result is a new reference or NULL.
     let result = unsafe {
-        match may_exit() {
-            Some(may_exit) => (may_exit.call)(callable.as_ptr(), args.as_ptr(), kwargs),
-            None => ffi::PyObject_Call(callable.as_ptr(), args.as_ptr(), kwargs),
-        }
+        guarded(|may_exit| match may_exit {
+            Some(may_exit) => (may_exit.call)(f, a, k),
+            None => ffi::PyObject_Call(f, a, k),
+        })
     };
-    std::mem::forget(guard);
     // SAFETY: as in call_with_tuple.
     unsafe { Bound::from_owned_ptr_or_err(callable.py(), result) }
 }
