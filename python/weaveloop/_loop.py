@@ -278,9 +278,10 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
 
     def _finalize_asyncgen(self, closing) -> None:
         if self.is_closed():
-            # A generator collected after the last run: close() runs what was posted
-            # (none vanishes), but there is no loop left to finalise it on. The stock
-            # loop drops it silently; so do we, instead of logging a refused create_task.
+            # Collected on another thread after the last run: close() runs what other
+            # threads posted (none vanishes), but there is no loop left to finalise it
+            # on. The stock loop drops it silently; so do we, instead of logging a
+            # refused create_task. (What the closing thread posted, close() drops.)
             closing.close()
             return
         self.create_task(closing)
