@@ -85,7 +85,8 @@ pub struct Callback {
     target: GilCell<Option<Target>>,
     context: Option<Py<PyAny>>,
     cancelled: AtomicBool,
-    /// `call_soon_threadsafe` through the injector: the posting thread (else 0).
+    /// `call_soon_threadsafe` through the injector: the posting thread's
+    /// `interop::thread_serial` (else 0).
     posted_by: AtomicU64,
     /// The handle object the scheduling call returned, while it is alive (not owned:
     /// that object's drop clears it). Error reports name that very object.
@@ -234,12 +235,12 @@ impl Callback {
 
     /// Marks a callback posted through the injector by the calling thread.
     pub fn mark_posted(&self) {
-        self.posted_by.store(interop::thread_ident(), Relaxed);
+        self.posted_by.store(interop::thread_serial(), Relaxed);
     }
 
     /// True if the calling thread posted it through the injector.
     pub fn posted_here(&self) -> bool {
-        self.posted_by.load(Relaxed) == interop::thread_ident()
+        self.posted_by.load(Relaxed) == interop::thread_serial()
     }
 
     pub fn is_cancelled(&self) -> bool {
@@ -280,7 +281,7 @@ impl Callback {
             info.push("cancelled".into());
         }
         if let Some(w) = when {
-            info.push(format!("when={}", w.repr()?));
+            info.push(format!("when={}", w.str()?));
         }
         let (callback, args) = self.parts(py);
         if !callback.is_none(py) {
@@ -548,18 +549,32 @@ impl TimerHandle {
             return Ok(py.NotImplemented());
         };
         let o = other.get();
+        // As asyncio compares `_when`: as given to call_at if either is not a float
+        // (so that equal handles hash equal), else as floats without a Python call.
+        let when_cmp = |op: CompareOp| -> PyResult<bool> {
+            if self.given.is_none() && o.given.is_none() {
+                return Ok(match op {
+                    CompareOp::Lt => self.when < o.when,
+                    CompareOp::Gt => self.when > o.when,
+                    _ => self.when == o.when,
+                });
+            }
+            self.when_object(py)
+                .rich_compare(o.when_object(py), op)?
+                .is_truthy()
+        };
         let same = || -> PyResult<bool> {
             let (mine, theirs) = (self.cb.parts(py), o.cb.parts(py));
-            Ok(self.when == o.when
+            Ok(when_cmp(CompareOp::Eq)?
                 && mine.0.bind(py).eq(theirs.0.bind(py))?
                 && mine.1.bind(py).eq(theirs.1.bind(py))?
                 && self.cb.is_cancelled() == o.cb.is_cancelled())
         };
         let result = match op {
-            CompareOp::Lt => self.when < o.when,
-            CompareOp::Gt => self.when > o.when,
-            CompareOp::Le => self.when < o.when || same()?,
-            CompareOp::Ge => self.when > o.when || same()?,
+            CompareOp::Lt => when_cmp(CompareOp::Lt)?,
+            CompareOp::Gt => when_cmp(CompareOp::Gt)?,
+            CompareOp::Le => when_cmp(CompareOp::Lt)? || same()?,
+            CompareOp::Ge => when_cmp(CompareOp::Gt)? || same()?,
             CompareOp::Eq => same()?,
             CompareOp::Ne => !same()?,
         };

@@ -389,6 +389,23 @@ pub fn thread_ident() -> u64 {
     unsafe { libc::pthread_self() as u64 }
 }
 
+/// A number for the calling thread, never given to another thread of this process
+/// (unlike `thread_ident`, which the system reuses once a thread has exited). Never 0.
+pub fn thread_serial() -> u64 {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static SERIAL: Cell<u64> = const { Cell::new(0) };
+    }
+    SERIAL.with(|serial| {
+        if serial.get() == 0 {
+            serial.set(NEXT.fetch_add(1, Relaxed));
+        }
+        serial.get()
+    })
+}
+
 /// True if `obj` is exactly a native coroutine object.
 pub fn is_coroutine_object(obj: &Bound<'_, PyAny>) -> bool {
     // SAFETY: `obj` is a live object and the GIL is held (it is a Bound).

@@ -87,7 +87,14 @@ impl LoopCore {
         let Some(when) = lock(&self.timers).peek().map(|(when, _)| when) else {
             return Ok(None);
         };
-        let secs = (when - self.now(slf)?).clamp(0.0, MAX_POLL);
+        let secs = when - self.now(slf)?;
+        // NaN (an infinite `when` by a replaced clock at infinity): at once, as stock's
+        // max(0, nan).
+        let secs = if secs.is_nan() {
+            0.0
+        } else {
+            secs.clamp(0.0, MAX_POLL)
+        };
         Ok(Some(Duration::from_secs_f64(secs)))
     }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import decimal
 import gc
 import sys
 import weakref
@@ -337,3 +338,19 @@ def test_timer_handle_keeps_the_when_call_at_was_given(loop):
     later = loop.call_later(10, print)
     assert type(later.when()) is float
     later.cancel()
+
+
+def test_timer_handles_compare_and_hash_by_the_when_given(loop):
+    # asyncio compares the `when` objects: Decimal('0.1') is not 0.1, so those handles
+    # differ; equal handles hash equal.
+    exact = loop.call_at(decimal.Decimal("0.1"), print)
+    approx = loop.call_at(0.1, print)
+    twin = loop.call_at(decimal.Decimal("0.1"), print)
+    try:
+        assert exact != approx and not exact == approx
+        assert exact == twin and hash(exact) == hash(twin)
+        assert exact < approx and approx > exact
+        assert repr(exact).startswith("<TimerHandle when=0.1 ")
+    finally:
+        for h in (exact, approx, twin):
+            h.cancel()

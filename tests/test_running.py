@@ -665,3 +665,14 @@ def test_a_cxx_exception_through_a_callback_aborts_as_on_the_stock_loop(loop_kin
         timeout=SAFETY,
     )
     assert out.returncode == -signal.SIGABRT, out.stderr
+
+
+def test_a_vendored_nest_asyncio_is_refused_too(wloop):
+    # Forks and copies of nest_asyncio keep its `_patch_loop`, whose first look at the
+    # loop is this one.
+    def _patch_loop(loop):
+        if hasattr(loop, "_nest_patched"):
+            return
+
+    with pytest.raises(ValueError, match="Can't patch loop of type"):
+        _patch_loop(wloop)

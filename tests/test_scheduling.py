@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
 import random
 import socket
+import threading
 import time
 from unittest import mock
 
@@ -279,6 +281,48 @@ def test_a_subclass_time_drives_the_scheduler(loop):
 
         def time(self):
             return self.fake
+
+    fake_loop = FakeClock()
+    try:
+        fired = []
+        fake_loop.call_later(1000, fired.append, "at 1000")
+        fake_loop.fake = 1000.0
+        fake_loop.run_until_complete(asyncio.sleep(0))
+        fake_loop.run_until_complete(asyncio.sleep(0))
+        assert fired == ["at 1000"]
+    finally:
+        fake_loop.close()
+
+
+def test_a_clock_at_infinity_with_a_timer_at_infinity_leaves_the_loop_usable(loop):
+    # inf - inf is NaN: the poll waits not at all (asyncio: max(0, nan) is 0) rather than
+    # failing to turn it into a timeout (which left the loop marked running for good).
+    loop.time = lambda: math.inf
+    never = loop.call_at(math.inf, lambda: None)
+    fut = loop.create_future()
+    started = threading.Event()
+
+    def poster():
+        started.wait(SAFETY)
+        loop.call_soon_threadsafe(fut.set_result, "done")
+
+    t = threading.Thread(target=poster)
+    t.start()
+    loop.call_soon(started.set)
+    try:
+        assert loop.run_until_complete(fut) == "done"
+    finally:
+        t.join(SAFETY)
+        never.cancel()
+    assert not loop.is_running()
+
+
+def test_a_subclass_may_set_its_clock_before_the_loop_is_set_up(loop):
+    class FakeClock(type(loop)):
+        def __init__(self):
+            self.fake = 0.0
+            self.time = lambda: self.fake
+            super().__init__()
 
     fake_loop = FakeClock()
     try:

@@ -662,3 +662,12 @@ print("child exit", os.waitstatus_to_exitcode(status))
 
 def test_a_callback_posted_before_fork_runs_in_the_child(loop_kind):
     assert_fork_script_passes(POSTED_BEFORE_FORK, loop_kind)
+
+
+def test_a_post_from_a_thread_gone_before_close_still_runs(wloop):
+    # Posted by a thread that has exited; a new thread (which the system may give the
+    # same thread id) closes the loop: the post came from another thread, so it runs.
+    ran = []
+    join_or_fail(start_thread(wloop.call_soon_threadsafe, ran.append, "posted"))
+    join_or_fail(start_thread(wloop.close))
+    assert ran == ["posted"]

@@ -104,7 +104,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         self._asyncgens_shutdown_called = False
         self.set_debug(coroutines._is_debug_mode())
         self._strict_threads = opts["strict_threads"]
-        self._custom_clock = type(self).time is not _core.LoopCore.time
+        self._custom_clock = self._time_replaced()
         self._executor_workers = opts["executor_workers"]
         self._selector = _SelectorView(self)
         self._transports = weakref.WeakValueDictionary()
@@ -125,7 +125,11 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
     def __delattr__(self, name) -> None:
         super().__delattr__(name)
         if name == "time":
-            self._custom_clock = type(self).time is not _core.LoopCore.time
+            self._custom_clock = self._time_replaced()
+
+    def _time_replaced(self) -> bool:
+        # (A `time()` patched on the class after the loop was made is not noticed.)
+        return type(self).time is not _core.LoopCore.time or "time" in self.__dict__
 
     @property
     def _nest_patched(self):
@@ -134,7 +138,10 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         # class would break. Its first look at a loop is `hasattr(loop, "_nest_patched")`:
         # refused there with the error it gives for uvloop. Anyone else asking (code
         # probing whether nest_asyncio patched the loop) learns that it did not.
-        if sys._getframe(1).f_globals.get("__name__") == "nest_asyncio":
+        caller = sys._getframe(1)
+        if caller.f_code.co_name == "_patch_loop" or str(
+            caller.f_globals.get("__name__")
+        ).startswith("nest_asyncio"):  # nest_asyncio, its forks and vendored copies
             raise ValueError(f"Can't patch loop of type {type(self)}")
         raise AttributeError("_nest_patched")
 
