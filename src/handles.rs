@@ -248,13 +248,18 @@ impl Callback {
     }
 
     /// Returns true if this call cancelled it (false if it already was). `class` and
-    /// `when`: the handle's, for the repr kept in debug mode.
-    pub fn cancel(&self, py: Python<'_>, class: &str, when: Option<&Bound<'_, PyAny>>) -> bool {
+    /// `when` (asked for only then): the handle's, for the repr kept in debug mode.
+    pub fn cancel<'py>(
+        &self,
+        py: Python<'py>,
+        class: &str,
+        when: impl FnOnce() -> Option<Bound<'py, PyAny>>,
+    ) -> bool {
         let first = !self.cancelled.swap(true, Relaxed);
         if first {
             if let Some(d) = &self.debug {
                 // A repr that fails is simply not kept; the cancel itself goes on.
-                if let Ok(r) = self.repr_parts(py, class, when) {
+                if let Ok(r) = self.repr_parts(py, class, when().as_ref()) {
                     d.repr_at_cancel.with(py, |kept| *kept = Some(r));
                 }
             }
@@ -444,7 +449,7 @@ impl Handle {
 #[pymethods]
 impl Handle {
     fn cancel(&self, py: Python<'_>) {
-        self.cb.cancel(py, "Handle", None);
+        self.cb.cancel(py, "Handle", || None);
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
@@ -504,9 +509,7 @@ impl TimerHandle {
             cancelled_in_heap,
         }
     }
-}
 
-impl TimerHandle {
     fn when_object<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
         match &self.given {
             Some(w) => w.bind(py).clone(),
@@ -518,8 +521,8 @@ impl TimerHandle {
 #[pymethods]
 impl TimerHandle {
     fn cancel(&self, py: Python<'_>) {
-        let when = self.when_object(py);
-        if self.cb.cancel(py, "TimerHandle", Some(&when)) && self.scheduled.load(Relaxed) {
+        let when = || Some(self.when_object(py));
+        if self.cb.cancel(py, "TimerHandle", when) && self.scheduled.load(Relaxed) {
             self.cancelled_in_heap.fetch_add(1, Relaxed);
         }
     }
