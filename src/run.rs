@@ -422,10 +422,10 @@ impl LoopCore {
     }
 
     /// Closes the Rust side: executor futures still in flight are cancelled (their jobs
-    /// still run, see `Shared::abandon`), later posts
-    /// are refused, callbacks posted before the close are still run (so a post either
-    /// runs or raises), queues and fd registrations are dropped (and the dropped
-    /// callbacks' references released, see `Ready::release`).
+    /// still run, see `Shared::abandon`), later posts are refused, callbacks other
+    /// threads posted before the close are still run (so such a post either runs or
+    /// raises), queues and fd registrations are dropped (and the dropped callbacks'
+    /// references released, see `Ready::release`).
     fn _close_core(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -453,16 +453,7 @@ impl LoopCore {
         // dropped, as asyncio's close() does, and so are the callbacks this thread
         // posted itself, before closing (tornado's add_callback, for one, posts so).
         let ready: VecDeque<Ready> = std::mem::take(&mut *lock(&this.ready));
-        let (posted, dropped): (Vec<Ready>, Vec<Ready>) = ready
-            .into_iter()
-            .partition(|r| matches!(r, Ready::Posted(cb) if !cb.posted_here()));
-        dropped.iter().for_each(|r| r.release(py));
-        drop(dropped);
         let late = leftovers.into_iter().filter_map(|item| match item {
-            Posted::Call(h) if h.posted_here() => {
-                h.release(py);
-                None
-            }
             Posted::Call(h) => Some(Ready::Posted(h)),
             // A completion whose future is already cancelled above: nothing to do.
             Posted::Done(done) => {
@@ -471,9 +462,15 @@ impl LoopCore {
             }
             Posted::Nudge => None,
         });
+        let (posted, dropped): (Vec<Ready>, Vec<Ready>) = ready
+            .into_iter()
+            .chain(late)
+            .partition(|r| matches!(r, Ready::Posted(cb) if !cb.posted_here()));
+        dropped.iter().for_each(|r| r.release(py));
+        drop(dropped);
         let mut fatal = None;
         let mut empty = EmptyContext::default();
-        for item in posted.into_iter().chain(late) {
+        for item in posted {
             if let Err(e) = this.run_item(slf, &item, true, None, &mut empty) {
                 fatal.get_or_insert(e);
             }
