@@ -63,6 +63,17 @@ cached_import!(
     "concurrent.futures.thread",
     "ThreadPoolExecutor"
 );
+cached_import!(get_running_loop, "asyncio.events", "_get_running_loop");
+cached_import!(heappush, "heapq", "heappush");
+cached_import!(heappop, "heapq", "heappop");
+cached_import!(heapify, "heapq", "heapify");
+cached_import!(set_task_name, "asyncio.tasks", "_set_task_name");
+
+/// `asyncio._get_running_loop()` (the C accelerator): the loop running in this thread,
+/// or None.
+pub fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    get_running_loop(py)?.call0()
+}
 
 /// Whether a weaveloop pool's `submit` is `ThreadPoolExecutor.submit` itself (not a
 /// subclass's override): only then may `run_in_executor` bypass it.
@@ -76,17 +87,6 @@ pub fn submit_is_the_pools(executor: &Bound<'_, PyAny>) -> PyResult<bool> {
     let submit = pyo3::intern!(py, "submit");
     Ok(cls.getattr(submit)?.is(tpe.getattr(submit)?))
 }
-cached_import!(get_running_loop, "asyncio.events", "_get_running_loop");
-cached_import!(heappush, "heapq", "heappush");
-cached_import!(heappop, "heapq", "heappop");
-cached_import!(heapify, "heapq", "heapify");
-
-/// `asyncio._get_running_loop()` (the C accelerator): the loop running in this thread,
-/// or None.
-pub fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    get_running_loop(py)?.call0()
-}
-cached_import!(set_task_name, "asyncio.tasks", "_set_task_name");
 
 /// Interned keyword-name tuples for `call_kw`.
 pub fn kwnames<'py>(
