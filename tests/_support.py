@@ -116,24 +116,31 @@ class InlineExecutor(concurrent.futures.Executor):
         return f
 
 
+def run_python(code: str, *args: str, timeout: float = SAFETY, env=None):
+    """Runs ``code`` in a fresh interpreter (``python -c code *args``); its completed
+    process, output captured as text."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
 def assert_fork_script_passes(script: str, loop_kind: str, quiet: bool = False) -> None:
     """Runs ``script`` (which forks and prints ``child exit <code>``) in a fresh
     interpreter with ``loop_kind`` as its argument and this module importable; the
     child must have exited 0 (and, if ``quiet``, nothing may be printed to stderr)."""
     import os
-    import subprocess
-    import sys
 
     env = dict(os.environ)
     here = os.path.dirname(os.path.abspath(__file__))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
-    out = subprocess.run(
-        [sys.executable, "-c", script, loop_kind],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env=env,
-    )
+    out = run_python(script, loop_kind, timeout=90, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "child exit 0", out.stderr
     if quiet:

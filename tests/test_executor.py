@@ -10,15 +10,13 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import re
-import subprocess
-import sys
 import textwrap
 import threading
 import traceback
 
 import pytest
 import weaveloop
-from _support import SAFETY, Blocker, join_or_fail, start_thread, wait_or_fail
+from _support import SAFETY, Blocker, join_or_fail, run_python, start_thread, wait_or_fail
 
 # -- pool API (weaveloop pool vs stdlib pool) -------------------------------------------
 
@@ -282,7 +280,7 @@ def test_workers_are_joined_at_interpreter_exit(pool_cls):
         print("main exiting", flush=True)
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = run_python(code, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["main", "exiting", "job", "finished"]
 
@@ -418,7 +416,7 @@ def test_no_new_jobs_after_interpreter_shutdown_began(pool_cls):
         threading.Thread(target=late).start()
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = run_python(code, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "submit: cannot schedule new futures after interpreter shutdown",
@@ -450,7 +448,7 @@ def test_ctrl_c_inside_a_worker_start_does_not_hang_the_exit(pool_cls):
         pool.shutdown(wait=True)
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = run_python(code, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["interrupted", "4"]
 

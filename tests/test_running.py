@@ -12,8 +12,6 @@ import inspect
 import os
 import signal
 import socket
-import subprocess
-import sys
 import textwrap
 import threading
 import warnings
@@ -21,7 +19,12 @@ import weakref
 
 import pytest
 import weaveloop
-from _support import SAFETY, assert_fork_script_passes, needs_parked_detection, run
+from _support import (
+    assert_fork_script_passes,
+    needs_parked_detection,
+    run,
+    run_python,
+)
 
 
 def test_loop_is_an_abstract_event_loop(loop):
@@ -569,9 +572,7 @@ def test_nest_asyncio_is_refused_and_leaves_weaveloop_working():
         fresh.close()
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=SAFETY
-    )
+    out = run_python(script)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "refused: Can't patch loop of type <class 'weaveloop._loop.Loop'>",
@@ -627,12 +628,7 @@ def test_interpreter_exit_while_a_daemon_thread_runs_the_loop(where):
     # pthread_exit; the process must still exit normally, as with the stock loop (before,
     # the forced unwind through the loop's Rust frames aborted or crashed it).
     for _ in range(3):
-        out = subprocess.run(
-            [sys.executable, "-c", _EXIT_SCRIPT, where],
-            capture_output=True,
-            text=True,
-            timeout=SAFETY,
-        )
+        out = run_python(_EXIT_SCRIPT, where)
         assert (out.returncode, out.stdout) == (0, "main thread ends\n"), out.stderr
 
 
@@ -658,12 +654,7 @@ def test_a_cxx_exception_through_a_callback_aborts_as_on_the_stock_loop(loop_kin
     # Outside interpreter exit, the exit guard of the loop's calls lets a foreign unwind
     # go on: the process aborts, as with the stock loop, rather than freezing with the
     # GIL held.
-    out = subprocess.run(
-        [sys.executable, "-c", _CXX_SCRIPT, loop_kind, where],
-        capture_output=True,
-        text=True,
-        timeout=SAFETY,
-    )
+    out = run_python(_CXX_SCRIPT, loop_kind, where)
     assert out.returncode == -signal.SIGABRT, out.stderr
 
 
