@@ -88,8 +88,9 @@ pub struct Callback {
     /// `call_soon_threadsafe` through the injector: the posting thread's
     /// `interop::thread_serial` (else 0).
     posted_by: AtomicU64,
-    /// The handle object the scheduling call returned, while it is alive (not owned:
-    /// that object's drop clears it). Error reports name that very object.
+    /// For a callback the queue holds apart from its handle (`Held::Shared`): the handle
+    /// object the scheduling call returned, while it is alive (not owned: that object's
+    /// drop clears it). Error reports name that very object.
     face: AtomicPtr<pyo3::ffi::PyObject>,
     /// Debug mode only, as asyncio's extras.
     debug: Option<Box<DebugInfo>>,
@@ -344,31 +345,31 @@ macro_rules! callback_accessors {
         #[pymethods]
         impl $ty {
             fn cancelled(&self) -> bool {
-                self.cb.is_cancelled()
+                self.cb().is_cancelled()
             }
 
             fn get_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-                self.cb.get_context(py)
+                self.cb().get_context(py)
             }
 
             #[getter]
             fn _callback(&self, py: Python<'_>) -> Py<PyAny> {
-                self.cb.parts(py).0
+                self.cb().parts(py).0
             }
 
             #[getter]
             fn _args(&self, py: Python<'_>) -> Py<PyAny> {
-                self.cb.parts(py).1
+                self.cb().parts(py).1
             }
 
             #[getter]
             fn _cancelled(&self) -> bool {
-                self.cb.is_cancelled()
+                self.cb().is_cancelled()
             }
 
             #[getter]
             fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-                self.cb.source_traceback(py)
+                self.cb().source_traceback(py)
             }
         }
     };
@@ -377,37 +378,70 @@ macro_rules! callback_accessors {
 callback_accessors!(Handle);
 callback_accessors!(TimerHandle);
 
-/// What `loop.call_soon()`, `call_soon_threadsafe()` and the fd watchers return: a
-/// Python face on a shared `Callback`. The loop queues the `Arc<Callback>`, not this
-/// object, so the object a caller drops at once dies on the caller's thread and its
-/// memory is reused there; only the small shared part crosses to the loop thread.
-/// Several objects may face one callback (an error report, a `_ready` snapshot): they
-/// compare and hash equal.
+/// What `loop.call_soon()`, `call_soon_threadsafe()` and the fd watchers return.
+///
+/// Two shapes, for where the callback waits:
+/// - `call_soon` (and `call_soon_threadsafe` on the loop's thread): the loop queues an
+///   `Arc<Callback>`, not this object, so the object a caller drops at once dies at
+///   once. A queued object would count as a live allocation for the cyclic GC until it
+///   runs, and a burst of them (a gather of 100k tasks) would set off collections.
+///   Several objects may face one such callback (an error report, a `_ready`
+///   snapshot): they compare and hash equal.
+/// - `call_soon_threadsafe` from another thread and fd watchers: the callback lives in
+///   this object, which the injector (or the watcher table) holds: one allocation,
+///   made and freed under the GIL, instead of a second one in the Rust heap that the
+///   poster allocates and the loop thread frees.
 #[pyclass(module = "weaveloop._core", frozen, weakref)]
 pub struct Handle {
-    pub cb: Arc<Callback>,
+    held: Held,
     /// The object the scheduling call returned (`Callback::face` points at it).
     first: bool,
 }
 
+enum Held {
+    Own(Callback),
+    Shared(Arc<Callback>),
+}
+
 impl Drop for Handle {
     fn drop(&mut self) {
-        if self.first {
-            self.cb.face.store(std::ptr::null_mut(), Relaxed);
+        if let (true, Held::Shared(cb)) = (self.first, &self.held) {
+            cb.face.store(std::ptr::null_mut(), Relaxed);
         }
     }
 }
 
 impl Handle {
+    pub fn cb(&self) -> &Callback {
+        match &self.held {
+            Held::Own(cb) => cb,
+            Held::Shared(cb) => cb,
+        }
+    }
+
     /// An fd watcher's handle: it runs on every readiness until removed (the ready queue
     /// holds it as `Ready::Watcher`). It stays tracked by the cyclic GC (as every new
     /// pyclass object starts) and reports its callback itself; watchers are few.
     pub fn watcher(py: Python<'_>, cb: Callback) -> PyResult<Py<Handle>> {
         let handle = Handle {
-            cb: Arc::new(cb),
+            held: Held::Own(cb),
             first: false,
         };
         Py::new(py, handle)
+    }
+
+    /// A `call_soon_threadsafe` from another thread: the object is what is queued.
+    /// Untracked, as the one-shot handles below.
+    pub fn posted(py: Python<'_>, cb: Callback) -> PyResult<Py<Handle>> {
+        let handle = Py::new(
+            py,
+            Handle {
+                held: Held::Own(cb),
+                first: false,
+            },
+        )?;
+        untrack(&handle);
+        Ok(handle)
     }
 
     /// A one-shot handle: the object for the caller and the callback for the queue.
@@ -437,46 +471,51 @@ impl Handle {
     /// pymalloc here, and reused objects would come back untracked.)
     fn untracked(py: Python<'_>, cb: &Arc<Callback>, first: bool) -> PyResult<Py<Handle>> {
         let handle = Handle {
-            cb: Arc::clone(cb),
+            held: Held::Shared(Arc::clone(cb)),
             first,
         };
         let handle = Py::new(py, handle)?;
         untrack(&handle);
         Ok(handle)
     }
+
+    /// What identifies the callback: objects facing one `Arc<Callback>` share it.
+    fn identity(&self) -> *const Callback {
+        self.cb()
+    }
 }
 
 #[pymethods]
 impl Handle {
     fn cancel(&self, py: Python<'_>) {
-        self.cb.cancel(py, "Handle", || None);
+        self.cb().cancel(py, "Handle", || None);
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        self.cb.repr_parts(py, "Handle", None)
+        self.cb().repr_parts(py, "Handle", None)
     }
 
     /// Objects facing the same callback are equal; otherwise identity, as asyncio's.
     fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> Py<PyAny> {
         let py = other.py();
         match (other.cast::<Handle>(), op) {
-            (Ok(o), CompareOp::Eq) => py_bool(py, Arc::ptr_eq(&self.cb, &o.get().cb)),
-            (Ok(o), CompareOp::Ne) => py_bool(py, !Arc::ptr_eq(&self.cb, &o.get().cb)),
+            (Ok(o), CompareOp::Eq) => py_bool(py, self.identity() == o.get().identity()),
+            (Ok(o), CompareOp::Ne) => py_bool(py, self.identity() != o.get().identity()),
             _ => py.NotImplemented(),
         }
     }
 
     fn __hash__(&self) -> isize {
-        // The allocation's address, scrambled as CPython scrambles object ids.
-        (Arc::as_ptr(&self.cb) as usize).rotate_right(4) as isize
+        // The callback's address, scrambled as CPython scrambles object ids.
+        (self.identity() as usize).rotate_right(4) as isize
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.cb.traverse(&visit)
+        self.cb().traverse(&visit)
     }
 
     fn __clear__(&self) {
-        Python::attach(|py| self.cb.release(py));
+        Python::attach(|py| self.cb().release(py));
     }
 }
 
@@ -495,6 +534,10 @@ pub struct TimerHandle {
 }
 
 impl TimerHandle {
+    pub fn cb(&self) -> &Callback {
+        &self.cb
+    }
+
     pub fn new(
         cb: Callback,
         when: f64,

@@ -30,7 +30,7 @@ pub enum Ready {
     Soon(Arc<Callback>),
     /// A `call_soon_threadsafe` callback from another thread, moved here from the
     /// injector: like `Soon`, but `close()` still runs it (a post runs or raises).
-    Posted(Arc<Callback>),
+    Posted(Py<Handle>),
     /// An fd watcher whose fd is ready; it stays registered.
     Watcher(Py<Handle>),
     Timer(Py<TimerHandle>),
@@ -43,7 +43,7 @@ impl Ready {
     pub fn clone_ref(&self, py: Python<'_>) -> Ready {
         match self {
             Ready::Soon(cb) => Ready::Soon(Arc::clone(cb)),
-            Ready::Posted(cb) => Ready::Posted(Arc::clone(cb)),
+            Ready::Posted(h) => Ready::Posted(h.clone_ref(py)),
             Ready::Watcher(h) => Ready::Watcher(h.clone_ref(py)),
             Ready::Timer(h) => Ready::Timer(h.clone_ref(py)),
             Ready::Foreign(h) => Ready::Foreign(h.clone_ref(py)),
@@ -56,7 +56,8 @@ impl Ready {
     /// be collected. Watchers and foreign handles are tracked by the GC themselves.
     pub fn release(&self, py: Python<'_>) {
         match self {
-            Ready::Soon(cb) | Ready::Posted(cb) => cb.release(py),
+            Ready::Soon(cb) => cb.release(py),
+            Ready::Posted(h) => h.get().cb().release(py),
             Ready::Timer(h) => h.get().cb.release(py),
             Ready::Watcher(_) | Ready::Foreign(_) => {}
         }
@@ -66,8 +67,8 @@ impl Ready {
     /// callback gets a new object equal to the one its caller got.
     pub fn handle_object(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         Ok(match self {
-            Ready::Soon(cb) | Ready::Posted(cb) => Handle::face(py, cb)?,
-            Ready::Watcher(h) => h.clone_ref(py).into_any(),
+            Ready::Soon(cb) => Handle::face(py, cb)?,
+            Ready::Posted(h) | Ready::Watcher(h) => h.clone_ref(py).into_any(),
             Ready::Timer(h) => h.clone_ref(py).into_any(),
             Ready::Foreign(h) => h.clone_ref(py),
         })
@@ -431,17 +432,18 @@ impl LoopCore {
         let this = slf.get();
         this.check_closed()?;
         check_callback(callback, "call_soon_threadsafe", this.is_debug())?;
-        let (handle, cb) =
-            Handle::one_shot(py, Callback::new(callback, args, context, this.is_debug())?)?;
+        let cb = Callback::new(callback, args, context, this.is_debug())?;
         let owner = this.owner.load(Relaxed);
         if owner == interop::thread_ident() {
             // On the loop's own thread while it runs: no need for the injector.
+            let (handle, cb) = Handle::one_shot(py, cb)?;
             this.push_soon(slf, cb)?;
             return Ok(handle);
         }
         let injector = &this.shared.get().injector;
         cb.mark_posted();
-        let item = Posted::Call(cb);
+        let handle = Handle::posted(py, cb)?;
+        let item = Posted::Call(handle.clone_ref(py));
         let posted = if injector.offers_hand_over(HAND_OVER_MIN_WAIT) {
             // The loop spins, waiting for work like this: let go of the GIL before the
             // post, so that the loop takes it at once (see Injector::hand_over).
@@ -666,7 +668,8 @@ impl LoopCore {
             for item in ready.iter() {
                 match item {
                     Ready::Watcher(h) => visit.call(h)?,
-                    Ready::Soon(cb) | Ready::Posted(cb) => cb.traverse(&visit)?,
+                    Ready::Soon(cb) => cb.traverse(&visit)?,
+                    Ready::Posted(h) => h.get().cb().traverse(&visit)?,
                     Ready::Timer(h) => h.get().cb.traverse(&visit)?,
                     Ready::Foreign(h) => visit.call(h)?,
                 }

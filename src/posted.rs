@@ -3,12 +3,11 @@
 //! their asyncio future (unless it was cancelled meanwhile).
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 
 use pyo3::prelude::*;
 
 use crate::errors;
-use crate::handles::Callback;
+use crate::handles::Handle;
 use crate::interop;
 use crate::loop_core::{LoopCore, Ready, Shared};
 use crate::run::is_fatal;
@@ -26,7 +25,7 @@ pub enum Outcome {
 /// Kept two words wide (the completion is boxed): the injector's slots stay small, so a
 /// drained batch spans few cache lines.
 pub enum Posted {
-    Call(Arc<Callback>),
+    Call(Py<Handle>),
     Done(Box<Completion>),
     /// Nothing to run: it only makes the loop look at its flags (stop(), a signal).
     /// Posted like any item, it gets the wake-up handshake's guarantee: a loop about

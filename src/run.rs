@@ -178,7 +178,7 @@ impl LoopCore {
                         continue;
                     }
                     match slot {
-                        Some(h) if h.get().cb.is_cancelled() => {
+                        Some(h) if h.get().cb().is_cancelled() => {
                             dropped.extend(slot.take());
                             changed = true;
                         }
@@ -263,8 +263,9 @@ impl LoopCore {
     ) -> PyResult<()> {
         let py = slf.py();
         let (cb, once): (&Callback, bool) = match item {
-            Ready::Soon(cb) | Ready::Posted(cb) => (cb, release),
-            Ready::Watcher(h) => (&h.get().cb, false),
+            Ready::Soon(cb) => (cb, release),
+            Ready::Posted(h) => (h.get().cb(), release),
+            Ready::Watcher(h) => (h.get().cb(), false),
             Ready::Timer(h) => (&h.get().cb, release),
             Ready::Foreign(h) => {
                 let h = h.bind(py);
@@ -343,7 +344,8 @@ impl LoopCore {
             _ => Ok(()),
         };
         match item {
-            Ready::Soon(cb) | Ready::Posted(cb) => cb.release(py),
+            Ready::Soon(cb) => cb.release(py),
+            Ready::Posted(h) => h.get().cb().release(py),
             Ready::Timer(h) => h.get().cb.release(py),
             _ => {}
         }
@@ -465,7 +467,7 @@ impl LoopCore {
         let (posted, dropped): (Vec<Ready>, Vec<Ready>) = ready
             .into_iter()
             .chain(late)
-            .partition(|r| matches!(r, Ready::Posted(cb) if !cb.posted_here()));
+            .partition(|r| matches!(r, Ready::Posted(h) if !h.get().cb().posted_here()));
         dropped.iter().for_each(|r| r.release(py));
         drop(dropped);
         let mut fatal = None;

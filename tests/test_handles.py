@@ -13,6 +13,7 @@ import sys
 import weakref
 
 import pytest
+from _support import join_or_fail, start_thread
 
 
 def named_callback():
@@ -217,6 +218,27 @@ def test_ready_queue_snapshot_holds_the_scheduled_handles(loop):
     assert first != second
     first.cancel()
     second.cancel()
+    _spin(loop, 1)
+
+
+def test_handles_posted_from_another_thread_are_the_objects_queued(loop):
+    # weaveloop queues these objects themselves (not a callback they face): _ready
+    # lists the very objects the poster got, in posting order, each equal only to itself.
+    posted = []
+
+    def poster():
+        posted.append(loop.call_soon_threadsafe(named_callback))
+        posted.append(loop.call_soon_threadsafe(named_callback))
+
+    join_or_fail(start_thread(poster))
+    own = loop.call_soon(named_callback)  # on the loop's thread: after the posts
+    ready = list(loop._ready)
+    assert ready[0] is posted[0] and ready[1] is posted[1] and ready[2] is own
+    first, second = posted
+    assert first == first and first != second and not (first == second)
+    assert hash(first) == hash(ready[0])
+    first.cancel()
+    assert ready[0].cancelled() and not second.cancelled()
     _spin(loop, 1)
 
 
