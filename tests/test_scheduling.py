@@ -275,6 +275,29 @@ def test_a_patched_time_drives_the_scheduler(loop):
     assert loop.run_until_complete(main()) == (["an hour later"], 10)
 
 
+def test_a_time_patched_on_the_class_after_the_loop_was_made_drives_its_next_run(loop):
+    # Far from the real monotonic clock: a timer read by that one would never fire here.
+    start = 1e9
+    fired = []
+
+    async def main(fake):
+        loop.call_at(start + 3600, fired.append, "an hour later")
+        fake.return_value = start + 3601  # (past it: at 1e9 the clock resolution is lost)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    with mock.patch.object(type(loop), "time") as fake:
+        fake.return_value = start
+        loop.run_until_complete(main(fake))
+    assert fired == ["an hour later"]
+    # Put back: the next run is on the loop's own clock again.
+    assert abs(loop.run_until_complete(_loop_time()) - time.monotonic()) < 60
+
+
+async def _loop_time():
+    return asyncio.get_running_loop().time()
+
+
 @pytest.mark.parametrize("how", ["method", "attribute set before set-up"])
 def test_a_subclass_time_drives_the_scheduler(loop, how):
     if how == "method":

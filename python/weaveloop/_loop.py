@@ -128,7 +128,8 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             self._custom_clock = self._time_replaced()
 
     def _time_replaced(self) -> bool:
-        # (A `time()` patched on the class after the loop was made is not noticed.)
+        # (A `time()` patched on the class after the loop was made is noticed when the
+        # loop next starts running, see run_forever.)
         return type(self).time is not _core.LoopCore.time or "time" in self.__dict__
 
     @property
@@ -150,6 +151,8 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
     def run_forever(self) -> None:
         self._check_closed()
         self._check_running()
+        # Also a `time()` patched on the class since (`mock.patch.object(Loop, "time")`).
+        self._custom_clock = self._time_replaced()
         self._set_coroutine_origin_tracking(self._debug)
         old_agen_hooks = sys.get_asyncgen_hooks()
         self._wakeup_fd_to_restore = self._install_wakeup_fd()
