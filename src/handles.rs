@@ -324,7 +324,7 @@ pub fn check_callback(cb: &Bound<'_, PyAny>, method: &str, debug: bool) -> PyRes
 /// and often queued by the hundred thousand; tracking them makes every full collection
 /// walk them all. Safe to skip because a handle releases its callable and arguments
 /// as soon as it has run (one-shot) or is cancelled, so it cannot keep a cycle alive
-/// beyond its own life in the ready queue or timer heap.
+/// beyond its own life in the injector, ready queue or timer heap.
 pub fn untrack<T>(obj: &Py<T>) {
     // SAFETY: `obj` is a live pyclass instance (pyo3 pyclasses are GC types) and the
     // caller holds the GIL (it just created `obj`); PyObject_GC_UnTrack is idempotent
@@ -381,20 +381,23 @@ callback_accessors!(TimerHandle);
 /// What `loop.call_soon()`, `call_soon_threadsafe()` and the fd watchers return.
 ///
 /// Two shapes, for where the callback waits:
-/// - `call_soon` (and `call_soon_threadsafe` on the loop's thread): the loop queues an
+/// - `call_soon` (and `call_soon_threadsafe` on the thread running the loop): the loop
+///   queues an
 ///   `Arc<Callback>`, not this object, so the object a caller drops at once dies at
 ///   once. A queued object would count as a live allocation for the cyclic GC until it
 ///   runs, and a burst of them (a gather of 100k tasks) would set off collections.
 ///   Several objects may face one such callback (an error report, a `_ready`
 ///   snapshot): they compare and hash equal.
-/// - `call_soon_threadsafe` from another thread and fd watchers: the callback lives in
-///   this object, which the injector (or the watcher table) holds: one allocation,
+/// - `call_soon_threadsafe` from any other thread (or while the loop is not running)
+///   and fd watchers: the callback lives in this object, which the injector, then the
+///   ready queue (or the watcher table) holds: one allocation,
 ///   made and freed under the GIL, instead of a second one in the Rust heap that the
 ///   poster allocates and the loop thread frees.
 #[pyclass(module = "weaveloop._core", frozen, weakref)]
 pub struct Handle {
     held: Held,
-    /// The object the scheduling call returned (`Callback::face` points at it).
+    /// `Held::Shared` only: the object the scheduling call returned
+    /// (`Callback::face` points at it).
     first: bool,
 }
 

@@ -63,8 +63,9 @@ impl Ready {
         }
     }
 
-    /// The handle object for the entry (what `_ready` lists and reports name). A one-shot
-    /// callback gets a new object equal to the one its caller got.
+    /// The handle object for the entry (what `_ready` lists and reports name): for a
+    /// `call_soon` callback the one its caller got while that is alive, else a new one
+    /// equal to it; otherwise the queued object itself.
     pub fn handle_object(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         Ok(match self {
             Ready::Soon(cb) => Handle::face(py, cb)?,
@@ -419,7 +420,7 @@ impl LoopCore {
         self.schedule_at(when, given, callback, args, context, "call_at")
     }
 
-    /// Thread-safe: queues the callback on the lock-free injector and wakes the loop
+    /// Thread-safe: queues the handle on the lock-free injector and wakes the loop
     /// only if it is parked. Raises RuntimeError once the loop is closed, never drops.
     #[pyo3(signature = (callback, *args, context = None))]
     fn call_soon_threadsafe(
