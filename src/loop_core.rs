@@ -444,6 +444,16 @@ impl LoopCore {
         let injector = &this.shared.get().injector;
         cb.mark_posted();
         let handle = Handle::posted(py, cb)?;
+        // The loop is not running (so there is no one to wake) and nothing posted before
+        // waits in the injector: queued straight into the ready queue, where the GC sees
+        // it. (A post that refers back to the loop, `loop.stop` say, must not keep an
+        // abandoned loop alive, and the GC cannot look into the injector.) Looked at after
+        // the allocation above, which may run Python code (a GC finalizer) that lets
+        // another thread start the loop or close it; nothing here runs Python code.
+        if this.owner.load(Relaxed) == 0 && !this.closed.load(Relaxed) && injector.is_empty() {
+            this.push_ready(Ready::Posted(handle.clone_ref(py)));
+            return Ok(handle);
+        }
         let item = Posted::Call(handle.clone_ref(py));
         let posted = if injector.offers_hand_over(HAND_OVER_MIN_WAIT) {
             // The loop spins, waiting for work like this: let go of the GIL before the

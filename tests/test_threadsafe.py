@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import gc
 import logging
 import random
 import threading
 import time
+import weakref
 
 import pytest
 import weaveloop
@@ -311,6 +313,18 @@ def test_close_drops_what_the_closing_thread_posted_itself(loop, caplog):
         loop.close()
     assert ran == []
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_loop_abandoned_with_a_post_that_refers_back_to_it_is_collected(loop_factory):
+    # loop -> pending post -> loop.stop -> loop: a cycle the GC collects (with the
+    # "unclosed event loop" warning) on the stock loop, so on weaveloop too.
+    lp = loop_factory()
+    join_or_fail(start_thread(lp.call_soon_threadsafe, lp.stop))
+    ref = weakref.ref(lp)
+    del lp
+    with pytest.warns(ResourceWarning, match="unclosed event loop"):
+        gc.collect()
+    assert ref() is None
 
 
 def test_post_to_a_closed_loop_raises(loop):
