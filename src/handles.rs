@@ -249,24 +249,26 @@ impl Callback {
     }
 
     /// Returns true if this call cancelled it (false if it already was). `class` and
-    /// `when` (asked for only then): the handle's, for the repr kept in debug mode.
+    /// `when` (asked for only then): the handle's, for the repr kept in debug mode. A
+    /// repr that fails is raised, as asyncio's `cancel()` raises it, once the handle is
+    /// cancelled and has let go of its callable all the same.
     pub fn cancel<'py>(
         &self,
         py: Python<'py>,
         class: &str,
         when: impl FnOnce() -> Option<Bound<'py, PyAny>>,
-    ) -> bool {
-        let first = !self.cancelled.swap(true, Relaxed);
-        if first {
-            if let Some(d) = &self.debug {
-                // A repr that fails is simply not kept; the cancel itself goes on.
-                if let Ok(r) = self.repr_parts(py, class, when().as_ref()) {
-                    d.repr_at_cancel.with(py, |kept| *kept = Some(r));
-                }
-            }
-            self.release(py);
+    ) -> PyResult<bool> {
+        if self.cancelled.swap(true, Relaxed) {
+            return Ok(false);
         }
-        first
+        let kept = match &self.debug {
+            Some(d) => self
+                .repr_parts(py, class, when().as_ref())
+                .map(|r| d.repr_at_cancel.with(py, |kept| *kept = Some(r))),
+            None => Ok(()),
+        };
+        self.release(py);
+        kept.map(|()| true)
     }
 
     fn repr_parts(
@@ -490,8 +492,8 @@ impl Handle {
 
 #[pymethods]
 impl Handle {
-    fn cancel(&self, py: Python<'_>) {
-        self.cb().cancel(py, "Handle", || None);
+    fn cancel(&self, py: Python<'_>) -> PyResult<()> {
+        self.cb().cancel(py, "Handle", || None).map(drop)
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
@@ -566,11 +568,14 @@ impl TimerHandle {
 
 #[pymethods]
 impl TimerHandle {
-    fn cancel(&self, py: Python<'_>) {
+    fn cancel(&self, py: Python<'_>) -> PyResult<()> {
         let when = || Some(self.when_object(py));
-        if self.cb.cancel(py, "TimerHandle", when) && self.scheduled.load(Relaxed) {
+        let cancelled = self.cb.cancel(py, "TimerHandle", when);
+        // An error here is the debug repr's: the handle was cancelled all the same.
+        if cancelled.as_ref().map_or(true, |first| *first) && self.scheduled.load(Relaxed) {
             self.cancelled_in_heap.fetch_add(1, Relaxed);
         }
+        cancelled.map(drop)
     }
 
     fn when<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {

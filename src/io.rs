@@ -91,7 +91,7 @@ impl LoopCore {
             slot.replace(handle.clone_ref(py))
         };
         if let Some(old) = replaced {
-            old.get().cb().cancel(py, "Handle", || None);
+            old.get().cb().cancel(py, "Handle", || None)?;
         }
         Ok(handle)
     }
@@ -134,7 +134,7 @@ impl LoopCore {
         drop(emptied);
         Ok(match removed {
             Some(h) => {
-                h.get().cb().cancel(fileobj.py(), "Handle", || None);
+                h.get().cb().cancel(fileobj.py(), "Handle", || None)?;
                 true
             }
             None => false,

@@ -165,6 +165,30 @@ def test_add_reader_again_replaces_the_callback(loop, pair):
     assert got == ["second"]
 
 
+class _UnrepresentableCallback:
+    def __call__(self):
+        pass
+
+    def __repr__(self):
+        raise ZeroDivisionError("no repr")
+
+
+def test_debug_mode_replacing_or_removing_a_watcher_raises_its_repr_error(loop, pair):
+    # The replaced or removed handle is cancelled, and in debug mode cancel() keeps the
+    # handle's repr: its error reaches the caller (as on the stock loop), after the
+    # replacement or removal took effect.
+    a, _ = pair
+    loop.set_debug(True)
+    loop.add_reader(a, _UnrepresentableCallback())
+    with pytest.raises(ZeroDivisionError, match="no repr"):
+        loop.add_reader(a, print)
+    assert loop._selector.get_key(a).data[0]._callback is print
+    loop.add_reader(a, _UnrepresentableCallback())
+    with pytest.raises(ZeroDivisionError, match="no repr"):
+        loop.remove_reader(a)
+    assert loop.remove_reader(a) is False
+
+
 def test_reader_is_level_triggered(loop, pair):
     # A reader that takes one byte per call must be called again until it has drained.
     a, b = pair

@@ -339,6 +339,28 @@ def test_debug_mode_keeps_the_repr_of_a_cancelled_handle(loop, kind):
     assert "created at" in r
 
 
+class _UnrepresentableCallback:
+    def __call__(self):
+        pass
+
+    def __repr__(self):
+        raise ZeroDivisionError("no repr")
+
+
+@pytest.mark.parametrize("kind", ["Handle", "TimerHandle"])
+def test_debug_mode_cancel_raises_the_error_of_the_repr_it_keeps(loop, kind):
+    # asyncio's cancel() computes the kept repr after marking the handle cancelled: an
+    # error there reaches the caller, and the handle stays cancelled.
+    loop.set_debug(True)
+    cb = _UnrepresentableCallback()
+    h = loop.call_soon(cb) if kind == "Handle" else loop.call_later(60, cb)
+    with pytest.raises(ZeroDivisionError, match="no repr"):
+        h.cancel()
+    assert h.cancelled()
+    h.cancel()  # already cancelled: nothing to do, nothing raised
+    _spin(loop, 1)
+
+
 def test_outside_debug_mode_a_cancelled_handle_drops_its_callback_from_the_repr(loop):
     h = loop.call_soon(named_callback)
     h.cancel()
