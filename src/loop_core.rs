@@ -28,8 +28,9 @@ use crate::posted::Posted;
 pub enum Ready {
     /// A one-shot callback (`call_soon`, or `call_soon_threadsafe` on the loop thread).
     Soon(Arc<Callback>),
-    /// A `call_soon_threadsafe` callback from another thread, moved here from the
-    /// injector: like `Soon`, but `close()` still runs it (a post runs or raises).
+    /// A `call_soon_threadsafe` callback from another thread (moved here from the
+    /// injector, or queued here while the loop was idle): like `Soon`, but `close()`
+    /// still runs it (a post runs or raises).
     Posted(Py<Handle>),
     /// An fd watcher whose fd is ready; it stays registered.
     Watcher(Py<Handle>),
@@ -204,6 +205,11 @@ pub struct LoopCore {
     /// completion runs Python code, whose `call_soon` must not drain again (that would
     /// queue later posts ahead of the batch's own).
     pub(crate) applying_posted: AtomicBool,
+    /// How many `run_once` calls are under way (more than one only if a callback calls
+    /// `_run_once` itself). One may park without the loop running (`_run_once` called
+    /// directly, as some libraries do), so a post must then take the injector, whose
+    /// handshake wakes the park.
+    pub(crate) in_run_once: AtomicUsize,
     pub(crate) debug: AtomicBool,
     pub(crate) strict: AtomicBool,
     /// Python code replaced `time()` (a subclass, or `loop.time = ...` as virtual-clock
@@ -267,6 +273,16 @@ impl LoopCore {
             return slf.call_method0(pyo3::intern!(slf.py(), "time"))?.extract();
         }
         Ok(clock::monotonic())
+    }
+
+    /// Not running, not closed, and not inside an iteration (see `in_run_once`): no
+    /// thread can be parked waiting for work, or about to park, so a post needs no
+    /// wake-up. Only true while the caller holds the GIL, which each of these changes
+    /// under.
+    fn idle(&self) -> bool {
+        self.owner.load(Relaxed) == 0
+            && self.in_run_once.load(Relaxed) == 0
+            && !self.closed.load(Relaxed)
     }
 
     pub(crate) fn is_debug(&self) -> bool {
@@ -360,6 +376,7 @@ impl LoopCore {
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             applying_posted: AtomicBool::new(false),
+            in_run_once: AtomicUsize::new(0),
             debug: AtomicBool::new(false),
             strict: AtomicBool::new(true),
             custom_clock: AtomicBool::new(false),
@@ -421,7 +438,8 @@ impl LoopCore {
     }
 
     /// Thread-safe: queues the handle on the lock-free injector and wakes the loop
-    /// only if it is parked. Raises RuntimeError once the loop is closed, never drops.
+    /// only if it is parked (or, while the loop is idle, straight into the ready queue).
+    /// Raises RuntimeError once the loop is closed, never drops.
     #[pyo3(signature = (callback, *args, context = None))]
     fn call_soon_threadsafe(
         slf: &Bound<'_, Self>,
@@ -441,19 +459,28 @@ impl LoopCore {
             this.push_soon(slf, cb)?;
             return Ok(handle);
         }
-        let injector = &this.shared.get().injector;
         cb.mark_posted();
         let handle = Handle::posted(py, cb)?;
-        // The loop is not running (so there is no one to wake) and nothing posted before
-        // waits in the injector: queued straight into the ready queue, where the GC sees
-        // it. (A post that refers back to the loop, `loop.stop` say, must not keep an
-        // abandoned loop alive, and the GC cannot look into the injector.) Looked at after
-        // the allocation above, which may run Python code (a GC finalizer) that lets
-        // another thread start the loop or close it; nothing here runs Python code.
-        if this.owner.load(Relaxed) == 0 && !this.closed.load(Relaxed) && injector.is_empty() {
-            this.push_ready(Ready::Posted(handle.clone_ref(py)));
-            return Ok(handle);
+        if this.idle() {
+            // Nothing posted earlier may be left behind it: what waits in the injector
+            // joins the ready queue first (that runs Python code: settling executor
+            // results), then the loop must still be idle.
+            let shared = this.shared.get();
+            if !shared.injector.is_empty() {
+                this.drain_posted(slf, shared)?;
+            }
+            // Queued straight into the ready queue, where the GC sees it: a post that
+            // refers back to the loop (`loop.stop`, say) must not keep an abandoned loop
+            // alive, and the GC cannot look into the injector. Looked at after the
+            // allocation and the drain above, which may run Python code (a GC finalizer)
+            // that lets another thread start the loop or close it; nothing from here on
+            // runs Python code.
+            if this.idle() && shared.injector.is_empty() {
+                this.push_ready(Ready::Posted(handle.clone_ref(py)));
+                return Ok(handle);
+            }
         }
+        let injector = &this.shared.get().injector;
         let item = Posted::Call(handle.clone_ref(py));
         let posted = if injector.offers_hand_over(HAND_OVER_MIN_WAIT) {
             // The loop spins, waiting for work like this: let go of the GIL before the

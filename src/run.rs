@@ -356,6 +356,16 @@ impl LoopCore {
 
     /// One iteration: poll (blocking at most until the next timer), then run what is ready.
     pub(crate) fn run_once(&self, slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+        self.in_run_once.fetch_add(1, Relaxed);
+        let result = self.run_once_inner(slf);
+        // (Saturating: a forked child may have reset it meanwhile, see `_after_fork`.)
+        let _ = self
+            .in_run_once
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+        result
+    }
+
+    fn run_once_inner(&self, slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         let py = slf.py();
         let shared = self.shared.get();
         self.housekeep_timers();
@@ -427,8 +437,11 @@ impl LoopCore {
     /// still run, see `Shared::abandon`), later posts are refused, callbacks other
     /// threads posted before the close are still run (so such a post either runs or
     /// raises), queues and fd registrations are dropped (and the dropped callbacks'
-    /// references released, see `Ready::release`).
-    fn _close_core(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// references released, see `Ready::release`). `run_posted=False`: the loop was
+    /// abandoned (its finalizer closes it); nothing runs, as the stock loop drops its
+    /// ready queue then, rather than run callbacks inside the garbage collector.
+    #[pyo3(signature = (run_posted = true))]
+    fn _close_core(slf: &Bound<'_, Self>, run_posted: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         if this.owner.load(Relaxed) != 0 {
@@ -464,10 +477,10 @@ impl LoopCore {
             }
             Posted::Nudge => None,
         });
-        let (posted, dropped): (Vec<Ready>, Vec<Ready>) = ready
-            .into_iter()
-            .chain(late)
-            .partition(|r| matches!(r, Ready::Posted(h) if !h.get().cb().posted_here()));
+        let (posted, dropped): (Vec<Ready>, Vec<Ready>) =
+            ready.into_iter().chain(late).partition(|r| {
+                run_posted && matches!(r, Ready::Posted(h) if !h.get().cb().posted_here())
+            });
         dropped.iter().for_each(|r| r.release(py));
         drop(dropped);
         let mut fatal = None;
@@ -504,8 +517,10 @@ impl LoopCore {
         if this.owner.load(Relaxed) != interop::thread_ident() {
             this.owner.store(0, Relaxed);
             this.stopping.store(false, Relaxed);
-            // Nor is it applying a drained batch (it may have been, in that thread).
+            // Nor is it applying a drained batch or inside an iteration (it may have
+            // been, in that thread).
             this.applying_posted.store(false, Relaxed);
+            this.in_run_once.store(0, Relaxed);
         }
         // Callbacks posted before the fork still run in the child, as with the stock
         // loop (its ready deque is copied); the parent's executor completions do not

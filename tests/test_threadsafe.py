@@ -315,16 +315,56 @@ def test_close_drops_what_the_closing_thread_posted_itself(loop, caplog):
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
-def test_a_loop_abandoned_with_a_post_that_refers_back_to_it_is_collected(loop_factory):
+@pytest.mark.parametrize("before", ["nothing", "stop()"])
+def test_a_loop_abandoned_with_a_post_that_refers_back_to_it_is_collected(loop_factory, before):
     # loop -> pending post -> loop.stop -> loop: a cycle the GC collects (with the
-    # "unclosed event loop" warning) on the stock loop, so on weaveloop too.
+    # "unclosed event loop" warning) on the stock loop, so on weaveloop too; also when
+    # something was queued before it (stop() on a loop that is not running).
     lp = loop_factory()
+    if before == "stop()":
+        lp.stop()
     join_or_fail(start_thread(lp.call_soon_threadsafe, lp.stop))
     ref = weakref.ref(lp)
     del lp
     with pytest.warns(ResourceWarning, match="unclosed event loop"):
         gc.collect()
     assert ref() is None
+
+
+def test_an_abandoned_loop_runs_nothing_other_threads_posted(loop_factory):
+    # Its finalizer closes it, as the stock loop's does, and drops what is queued:
+    # nothing runs inside the garbage collector (close() itself runs such posts).
+    lp = loop_factory()
+    ran = []
+    join_or_fail(start_thread(lp.call_soon_threadsafe, ran.append, "posted"))
+    with pytest.warns(ResourceWarning, match="unclosed event loop"):
+        del lp
+        gc.collect()
+    assert ran == []
+
+
+def test_a_post_wakes_a_loop_driven_by_run_once_directly(loop):
+    # Some code drives a loop with _run_once() alone: the loop is not running, yet the
+    # iteration parks. A post made once the iteration began must wake it. The post is
+    # made from the clock the iteration reads just before it parks.
+    ran, fired = [], []
+    timer = loop.call_later(SAFETY, fired.append, "the safety timer")
+    real_time = loop.time
+    armed = [True]
+
+    def clock():
+        if armed:
+            armed.clear()
+            join_or_fail(start_thread(loop.call_soon_threadsafe, ran.append, "posted"))
+        return real_time()
+
+    loop.time = clock
+    try:
+        loop._run_once()
+    finally:
+        del loop.time
+        timer.cancel()
+    assert (ran, fired) == (["posted"], [])
 
 
 def test_post_to_a_closed_loop_raises(loop):

@@ -111,6 +111,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         self._signal_handlers = {}
         self._ssock = self._csock = None
         self._wakeup_fd_to_restore = None
+        self._abandoned = False
         self._make_self_pipe()
         _live_loops.add(self)
 
@@ -320,7 +321,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             for sig in list(self._signal_handlers):
                 self.remove_signal_handler(sig)
         self._close_self_pipe()
-        self._close_core()
+        self._close_core(not self._abandoned)
         self._selector = None
         self._executor_shutdown_called = True
         executor = self._default_executor
@@ -328,6 +329,16 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             self._default_executor = None
             executor.shutdown(wait=False)
         _live_loops.discard(self)
+
+    # As the stock loop's finalizer, except that what other threads posted to the
+    # abandoned loop is dropped, as the stock loop drops its ready queue, rather than run
+    # (close() runs such posts) inside the garbage collector, on whatever thread it runs.
+    def __del__(self, _warn=warnings.warn) -> None:
+        if not self.is_closed():
+            _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
+            if not self.is_running():
+                self._abandoned = True
+                self.close()
 
     def _close_self_pipe(self) -> None:
         if self._ssock is None:
