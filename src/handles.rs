@@ -384,17 +384,16 @@ callback_accessors!(TimerHandle);
 ///
 /// Two shapes, for where the callback waits:
 /// - `call_soon` (and `call_soon_threadsafe` on the thread running the loop): the loop
-///   queues an
-///   `Arc<Callback>`, not this object, so the object a caller drops at once dies at
-///   once. A queued object would count as a live allocation for the cyclic GC until it
-///   runs, and a burst of them (a gather of 100k tasks) would set off collections.
-///   Several objects may face one such callback (an error report, a `_ready`
-///   snapshot): they compare and hash equal.
+///   queues an `Arc<Callback>`, not this object, so the object a caller drops at once
+///   dies at once. A queued object would count as a live allocation for the cyclic GC
+///   until it runs, and a burst of them (a gather of 100k tasks) would set off
+///   collections. Several objects may face one such callback (an error report, a
+///   `_ready` snapshot): they compare and hash equal.
 /// - `call_soon_threadsafe` from any other thread (or while the loop is not running)
 ///   and fd watchers: the callback lives in this object, which the injector, then the
-///   ready queue (or the watcher table) holds: one allocation,
-///   made and freed under the GIL, instead of a second one in the Rust heap that the
-///   poster allocates and the loop thread frees.
+///   ready queue (or the watcher table) holds: one allocation, made and freed under the
+///   GIL, instead of a second one in the Rust heap that the poster allocates and the
+///   loop thread frees.
 #[pyclass(module = "weaveloop._core", frozen, weakref)]
 pub struct Handle {
     held: Held,
@@ -435,8 +434,8 @@ impl Handle {
         Py::new(py, handle)
     }
 
-    /// A `call_soon_threadsafe` from another thread: the object is what is queued.
-    /// Untracked, as the one-shot handles below.
+    /// A `call_soon_threadsafe` from any thread but the one running the loop: the object
+    /// is what is queued. Untracked, as the one-shot handles below.
     pub fn posted(py: Python<'_>, cb: Callback) -> PyResult<Py<Handle>> {
         let handle = Py::new(
             py,
