@@ -427,23 +427,20 @@ impl Handle {
     /// holds it as `Ready::Watcher`). It stays tracked by the cyclic GC (as every new
     /// pyclass object starts) and reports its callback itself; watchers are few.
     pub fn watcher(py: Python<'_>, cb: Callback) -> PyResult<Py<Handle>> {
-        let handle = Handle {
-            held: Held::Own(cb),
-            first: false,
-        };
-        Py::new(py, handle)
-    }
-
-    /// A `call_soon_threadsafe` from any thread but the one running the loop: the object
-    /// is what is queued. Untracked, as the one-shot handles below.
-    pub fn posted(py: Python<'_>, cb: Callback) -> PyResult<Py<Handle>> {
-        let handle = Py::new(
+        Py::new(
             py,
             Handle {
                 held: Held::Own(cb),
                 first: false,
             },
-        )?;
+        )
+    }
+
+    /// A `call_soon_threadsafe` from any thread but the one running the loop: the object
+    /// is what is queued. Shaped as a watcher's, but untracked, as the one-shot handles
+    /// below.
+    pub fn posted(py: Python<'_>, cb: Callback) -> PyResult<Py<Handle>> {
+        let handle = Handle::watcher(py, cb)?;
         untrack(&handle);
         Ok(handle)
     }

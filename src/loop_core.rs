@@ -51,8 +51,9 @@ impl Ready {
         }
     }
 
-    /// For an entry that will never run (the loop closed, or was collected): drops the
-    /// callable and arguments of the untracked handles, so that a cycle through one of
+    /// For an entry that has run for the last time (a one-shot callback, a timer) or will
+    /// never run (the loop closed, or was collected): drops the callable and arguments
+    /// of the untracked handles, so that a cycle through one of
     /// them (`obj.h = loop.call_later(t, obj.method)`, a task sleeping on a timer) can
     /// be collected. Watchers and foreign handles are tracked by the GC themselves.
     pub fn release(&self, py: Python<'_>) {
@@ -466,9 +467,7 @@ impl LoopCore {
             // joins the ready queue first (that runs Python code: settling executor
             // results), then the loop must still be idle.
             let shared = this.shared.get();
-            if !shared.injector.is_empty() {
-                this.drain_posted(slf, shared)?;
-            }
+            this.drain_posted(slf, shared)?;
             // Queued straight into the ready queue, where the GC sees it: a post that
             // refers back to the loop (`loop.stop`, say) must not keep an abandoned loop
             // alive, and the GC cannot look into the injector. Looked at after the

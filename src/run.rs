@@ -343,12 +343,7 @@ impl LoopCore {
                 .map(drop),
             _ => Ok(()),
         };
-        match item {
-            Ready::Soon(cb) => cb.release(py),
-            Ready::Posted(h) => h.get().cb().release(py),
-            Ready::Timer(h) => h.get().cb.release(py),
-            _ => {}
-        }
+        item.release(py);
         r?;
         logged?;
         limit.map(drop)
