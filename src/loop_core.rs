@@ -328,7 +328,15 @@ impl LoopCore {
             TimerHandle::new(cb, when, given, self.cancelled_in_heap.clone()),
         )?;
         untrack(&handle);
-        lock(&self.timers).push(when, handle.clone_ref(py));
+        // A NaN deadline (`call_later` on a replaced clock that reads NaN; `call_at`
+        // refuses NaN) is due at once, as on the stock loop, where `when >= end` is never
+        // true for it; `when()` still says NaN.
+        let key = if when.is_nan() {
+            f64::NEG_INFINITY
+        } else {
+            when
+        };
+        lock(&self.timers).push(key, handle.clone_ref(py));
         Ok(handle)
     }
 

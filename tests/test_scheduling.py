@@ -349,3 +349,31 @@ def test_a_clock_at_infinity_with_a_timer_at_infinity_leaves_the_loop_usable(loo
         t.join(SAFETY)
         never.cancel()
     assert not loop.is_running()
+
+
+def test_a_nan_clock_finds_every_timer_due_as_stock_does(loop):
+    # A replaced clock that reads NaN: every deadline compares false against it, so the
+    # stock loop finds each timer due at its next iteration, including those of
+    # call_later, whose deadline is NaN too. (weaveloop used to keep such a timer forever.)
+    fired = []
+    loop.call_at(loop.time() + 1000, fired.append, "at")
+    loop.time = lambda: math.nan
+    h = loop.call_later(1000, fired.append, "later")
+    assert math.isnan(h.when())
+    loop.run_until_complete(asyncio.sleep(0))
+    assert sorted(fired) == ["at", "later"]
+
+
+def test_a_nan_deadline_fires_at_once_on_a_sane_clock(loop):
+    # The NaN timer of a clock that read NaN for a moment stays due once the clock is
+    # back: it fires at the next iteration, before later timers, and the others keep
+    # their order.
+    fired = []
+    loop.time = lambda: math.nan
+    loop.call_later(0, fired.append, "nan")
+    del loop.time
+    loop.call_later(0, fired.append, "zero")
+    loop.call_later(1000, fired.append, "far")
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.run_until_complete(asyncio.sleep(0))
+    assert fired == ["nan", "zero"]

@@ -81,19 +81,22 @@ impl<T> TimerHeap<T> {
         Some((top.when, top.item))
     }
 
-    /// Pops the earliest entry if its deadline is strictly before `deadline`.
+    /// Pops the earliest entry if its deadline is strictly before `deadline`. A NaN
+    /// `deadline` (a clock reading NaN) finds every entry due, as asyncio's
+    /// `when >= end` test never holds then.
     pub fn pop_due(&mut self, deadline: f64) -> Option<T> {
         match self.entries.first() {
-            Some(e) if e.when < deadline => self.pop().map(|(_, item)| item),
+            Some(e) if e.when < deadline || deadline.is_nan() => self.pop().map(|(_, item)| item),
             _ => None,
         }
     }
 
-    /// Moves every entry due strictly before `deadline` into `out`, in firing order.
+    /// Moves every entry due strictly before `deadline` (all of them if it is NaN) into
+    /// `out`, in firing order.
     /// When every entry is due (a timer storm, or a loop that was blocked), the whole
     /// heap is sorted at once instead of popped one by one: sequential, cache-friendly.
     pub fn pop_all_due(&mut self, deadline: f64, out: &mut impl Extend<T>) {
-        if self.entries.len() > 64 && self.max_when < deadline {
+        if self.entries.len() > 64 && (self.max_when < deadline || deadline.is_nan()) {
             let mut all = std::mem::take(&mut self.entries);
             all.sort_unstable_by(|a, b| a.when.total_cmp(&b.when).then(a.seq.cmp(&b.seq)));
             self.max_when = f64::NEG_INFINITY;
@@ -230,6 +233,24 @@ mod tests {
             expected.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
             assert_eq!(out, expected.iter().map(|e| e.1).collect::<Vec<_>>());
             assert_eq!(h.len(), n as usize - out.len());
+        }
+    }
+
+    #[test]
+    fn a_nan_deadline_finds_every_entry_due_on_both_paths() {
+        for n in [10, 1000] {
+            let mut h = TimerHeap::new();
+            h.push(f64::INFINITY, n);
+            for i in 0..n {
+                h.push(f64::from((i * 7919) % 1000), i);
+            }
+            let mut out = Vec::new();
+            h.pop_all_due(f64::NAN, &mut out);
+            let mut expected: Vec<_> = (0..n).map(|i| (f64::from((i * 7919) % 1000), i)).collect();
+            expected.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            expected.push((f64::INFINITY, n));
+            assert_eq!(out, expected.iter().map(|e| e.1).collect::<Vec<_>>());
+            assert!(h.is_empty());
         }
     }
 
