@@ -4,9 +4,9 @@
 
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyAttributeError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyInt, PyTuple};
 
 use crate::errors;
 use crate::handles::{check_callback, Callback, Handle};
@@ -16,26 +16,38 @@ use crate::loop_core::{lock, LoopCore, Watchers};
 const EVENT_READ: u8 = 1;
 const EVENT_WRITE: u8 = 2;
 
-/// An int fd or an object with `fileno()`, as the `selectors` module accepts.
-fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
-    let fd: i64 = match obj.extract::<i64>() {
-        Ok(fd) => fd,
-        Err(_) => obj
-            .call_method0(pyo3::intern!(obj.py(), "fileno"))
-            .and_then(|f| f.extract::<i64>())
-            .map_err(|_| {
-                PyValueError::new_err(format!(
+/// An int fd or an object with `fileno()`, read as the `selectors` module reads it (an
+/// int, or `int(obj.fileno())`). None: an int too large for a C int, which no watched fd
+/// can be.
+fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+    let py = obj.py();
+    let fd = if obj.is_instance_of::<PyInt>() {
+        obj.clone()
+    } else {
+        match obj
+            .call_method0(pyo3::intern!(py, "fileno"))
+            .and_then(|f| py.get_type::<PyInt>().call1((f,)))
+        {
+            Ok(fd) => fd,
+            Err(e)
+                if e.is_instance_of::<PyAttributeError>(py)
+                    || e.is_instance_of::<PyTypeError>(py)
+                    || e.is_instance_of::<PyValueError>(py) =>
+            {
+                return Err(PyValueError::new_err(format!(
                     "Invalid file object: {}",
                     obj.repr().map(|r| r.to_string()).unwrap_or_default()
-                ))
-            })?,
+                )));
+            }
+            Err(e) => return Err(e),
+        }
     };
-    if fd < 0 || fd > i64::from(i32::MAX) {
+    if fd.lt(0)? {
         return Err(PyValueError::new_err(format!(
             "Invalid file descriptor: {fd}"
         )));
     }
-    Ok(fd as RawFd)
+    Ok(fd.extract::<RawFd>().ok())
 }
 
 #[derive(Clone, Copy)]
@@ -55,7 +67,12 @@ impl LoopCore {
     ) -> PyResult<Py<Handle>> {
         self.check_closed()?;
         self.check_thread_strict()?;
-        let fd = fileobj_to_fd(fileobj)?;
+        let Some(fd) = fileobj_to_fd(fileobj)? else {
+            // (What epoll's registration says of it.)
+            return Err(PyOverflowError::new_err(
+                "Python int too large to convert to C int",
+            ));
+        };
         let method = match side {
             Side::Read => "add_reader",
             Side::Write => "add_writer",
@@ -78,22 +95,30 @@ impl LoopCore {
                 Side::Read => (true, w.writer.is_some()),
                 Side::Write => (w.reader.is_some(), true),
             };
-            if let Err(e) = shared.poller.set_interest(fd, read, write) {
-                if w.reader.is_none() && w.writer.is_none() {
-                    watchers.remove(&fd);
+            match shared.poller.set_interest(fd, read, write) {
+                Ok(()) => {
+                    let slot = match side {
+                        Side::Read => &mut w.reader,
+                        Side::Write => &mut w.writer,
+                    };
+                    Ok(slot.replace(handle.clone_ref(py)))
                 }
-                return Err(errors::os_error(e));
+                Err(e) => Err((e, watchers.remove(&fd))),
             }
-            let slot = match side {
-                Side::Read => &mut w.reader,
-                Side::Write => &mut w.writer,
-            };
-            slot.replace(handle.clone_ref(py))
         };
-        if let Some(old) = replaced {
-            old.get().cb().cancel(py, "Handle", || None)?;
+        match replaced {
+            Ok(Some(old)) => {
+                old.get().cb().cancel(py, "Handle", || None)?;
+                Ok(handle)
+            }
+            Ok(None) => Ok(handle),
+            // `forgotten` is dropped with no lock held (releasing a callback or the file
+            // object can run Python code).
+            Err((e, forgotten)) => {
+                drop(forgotten);
+                Err(errors::os_error(e))
+            }
         }
-        Ok(handle)
     }
 
     fn remove_watcher(&self, side: Side, fileobj: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -102,7 +127,8 @@ impl LoopCore {
         }
         self.check_thread_strict()?;
         let fd = match fileobj_to_fd(fileobj) {
-            Ok(fd) => fd,
+            Ok(Some(fd)) => fd,
+            Ok(None) => return Ok(false),
             // A file object closed since it was registered (fileno() is -1 now): the
             // registration made with that very object, as the selectors module does.
             Err(e) if e.is_instance_of::<PyValueError>(fileobj.py()) => lock(&self.watchers)
@@ -113,7 +139,7 @@ impl LoopCore {
             Err(e) => return Err(e),
         };
         let shared = self.shared();
-        let (removed, emptied) = {
+        let (removed, emptied, refused) = {
             let mut watchers = lock(&self.watchers);
             let Some(w) = watchers.get_mut(&fd) else {
                 return Ok(false);
@@ -123,15 +149,19 @@ impl LoopCore {
                 Side::Write => w.writer.take(),
             };
             let (read, write) = (w.reader.is_some(), w.writer.is_some());
-            let _ = shared.poller.set_interest(fd, read, write);
-            let emptied = if !read && !write {
+            // Stopping all watching of a closed fd cannot fail (epoll forgot it already).
+            let refused = shared.poller.set_interest(fd, read, write).err();
+            let emptied = if refused.is_some() || (!read && !write) {
                 watchers.remove(&fd)
             } else {
                 None
             };
-            (removed, emptied)
+            (removed, emptied, refused)
         };
         drop(emptied);
+        if let Some(e) = refused {
+            return Err(errors::os_error(e));
+        }
         Ok(match removed {
             Some(h) => {
                 h.get().cb().cancel(fileobj.py(), "Handle", || None)?;
@@ -174,13 +204,19 @@ impl LoopCore {
         self.remove_watcher(Side::Write, fd)
     }
 
-    /// `(events mask, reader handle, writer handle)` for a watched fd, else None.
+    /// `(events mask, reader handle, writer handle, file object registered)` for a
+    /// watched fd, else None.
     #[allow(clippy::type_complexity)]
     fn _io_key(
         &self,
         py: Python<'_>,
         fd: RawFd,
-    ) -> Option<(u8, Option<Py<Handle>>, Option<Py<Handle>>)> {
+    ) -> Option<(
+        u8,
+        Option<Py<Handle>>,
+        Option<Py<Handle>>,
+        Option<Py<PyAny>>,
+    )> {
         let watchers = lock(&self.watchers);
         let w: &Watchers = watchers.get(&fd)?;
         let mut mask = 0;
@@ -194,6 +230,7 @@ impl LoopCore {
             mask,
             w.reader.as_ref().map(|h| h.clone_ref(py)),
             w.writer.as_ref().map(|h| h.clone_ref(py)),
+            w.fileobj.as_ref().map(|o| o.clone_ref(py)),
         ))
     }
 

@@ -188,8 +188,10 @@ impl LoopCore {
                 }
                 if changed {
                     let (read, write) = (w.reader.is_some(), w.writer.is_some());
-                    let _ = shared.poller.set_interest(ev.fd, read, write);
-                    if !read && !write {
+                    // Refused: the fd was closed since; the poller forgot it, and so does
+                    // the table (the other side too).
+                    let refused = shared.poller.set_interest(ev.fd, read, write).is_err();
+                    if refused || (!read && !write) {
                         emptied.extend(watchers.remove(&ev.fd));
                     }
                 }
@@ -528,12 +530,29 @@ impl LoopCore {
             }
         }
         let fresh = Shared::new()?;
-        for (fd, w) in lock(&this.watchers).iter() {
-            fresh
-                .poller
-                .set_interest(*fd, w.reader.is_some(), w.writer.is_some())
-                .map_err(errors::os_error)?;
-        }
+        // A watched fd that was closed without being removed (maybe its number now taken
+        // by the fresh poller itself) cannot be registered: its watchers are dropped, the
+        // reset goes on, and the first such error is raised once it is complete.
+        let mut refused = None;
+        let stale: Vec<Watchers> = {
+            let mut watchers = lock(&this.watchers);
+            let mut stale_fds = Vec::new();
+            for (fd, w) in watchers.iter() {
+                if let Err(e) =
+                    fresh
+                        .poller
+                        .set_interest(*fd, w.reader.is_some(), w.writer.is_some())
+                {
+                    stale_fds.push(*fd);
+                    refused.get_or_insert(e);
+                }
+            }
+            stale_fds
+                .iter()
+                .filter_map(|fd| watchers.remove(fd))
+                .collect()
+        };
+        drop(stale);
         // The parent's epoll set and eventfd, inherited by this child, are of no use here;
         // closed unless a thread of the parent held the poller's locks at the fork.
         this.shared().poller.close_after_fork();
@@ -542,6 +561,9 @@ impl LoopCore {
         for fut in &in_flight {
             fut.bind(py).call_method0(pyo3::intern!(py, "cancel"))?;
         }
-        Ok(())
+        match refused {
+            Some(e) => Err(errors::os_error(e)),
+            None => Ok(()),
+        }
     }
 }

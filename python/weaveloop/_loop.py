@@ -9,6 +9,7 @@ Invariant: every method that touches the ready queue or the timer heap is Rust.
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import concurrent.futures
 import os
 import selectors
@@ -38,7 +39,9 @@ _live_loops: weakref.WeakSet[Loop] = weakref.WeakSet()
 class _SelectorView:
     """Read-only stand-in for ``loop._selector``: what the Rust poller watches.
 
-    The stock transports only read it (``get_key`` in their reprs).
+    The stock transports only read it (``get_key`` in their reprs); its keys are those
+    the stock selector would hold (the registered file object, its fd, the events mask,
+    ``(reader, writer)``), and ``get_map()`` is looked up by fd or file object.
     """
 
     def __init__(self, loop: Loop) -> None:
@@ -46,21 +49,56 @@ class _SelectorView:
 
     def get_key(self, fileobj):
         loop = self._loop()
-        fd = selectors._fileobj_to_fd(fileobj)
-        info = loop._io_key(fd) if loop is not None else None
+        info = None
+        if loop is not None:
+            try:
+                fd = selectors._fileobj_to_fd(fileobj)
+            except ValueError:
+                # A file object closed since it was registered: found by identity, as
+                # the selectors module finds it.
+                fd = next((f for f in loop._io_fds() if self._registered(loop, f) is fileobj), None)
+                if fd is None:
+                    raise
+            info = loop._io_key(fd)
         if info is None:
             raise KeyError(f"{fileobj!r} is not registered")
-        events_mask, reader, writer = info
+        events_mask, reader, writer, registered = info
+        fileobj = registered if registered is not None else fd
         return selectors.SelectorKey(fileobj, fd, events_mask, (reader, writer))
 
+    @staticmethod
+    def _registered(loop, fd):
+        info = loop._io_key(fd)
+        return info[3] if info is not None else None
+
     def get_map(self):
-        loop = self._loop()
-        if loop is None:
-            return {}
-        return {fd: self.get_key(fd) for fd in loop._io_fds()}
+        return _KeyMap(self)
 
     def close(self) -> None:
         pass
+
+
+class _KeyMap(collections.abc.Mapping):
+    """``get_map()``: fd -> key, also looked up by file object (as the selectors module's)."""
+
+    def __init__(self, view: _SelectorView) -> None:
+        self._view = view
+
+    def _fds(self):
+        loop = self._view._loop()
+        return loop._io_fds() if loop is not None else []
+
+    def __len__(self) -> int:
+        return len(self._fds())
+
+    def __iter__(self):
+        return iter(self._fds())
+
+    def __getitem__(self, fileobj):
+        try:
+            return self._view.get_key(fileobj)
+        except ValueError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
 
 
 def _validate_options(options: dict) -> dict:

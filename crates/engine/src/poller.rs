@@ -158,7 +158,9 @@ impl Poller {
         self.waker.clone()
     }
 
-    /// Sets what `fd` is watched for; (false, false) stops watching it.
+    /// Sets what `fd` is watched for; (false, false) stops watching it. If epoll refuses
+    /// to change a registration (the fd was closed since, its number maybe reused), the
+    /// fd is forgotten and the error returned, as the selectors module drops the key.
     pub fn set_interest(&self, fd: RawFd, read: bool, write: bool) -> io::Result<()> {
         let mut interests = lock(&self.interests);
         let Interests { wanted, registry } = &mut *interests;
@@ -171,13 +173,11 @@ impl Poller {
         match (old.interest(), new.interest()) {
             (None, Some(i)) => add(registry, fd, i)?,
             (Some(_), Some(i)) => {
-                // The fd may have been closed and its number reused since we registered
-                // it (epoll forgets closed fds): fall back to a fresh registration.
-                if registry
-                    .reregister(&mut SourceFd(&fd), Token(fd as usize), i)
-                    .is_err()
-                {
-                    add(registry, fd, i)?;
+                if let Err(e) = registry.reregister(&mut SourceFd(&fd), Token(fd as usize), i) {
+                    // (What epoll may still hold under this number is not ours: drop it.)
+                    let _ = registry.deregister(&mut SourceFd(&fd));
+                    wanted.remove(&fd);
+                    return Err(e);
                 }
             }
             (Some(_), None) => {
@@ -221,6 +221,12 @@ impl Poller {
                 st.timer_armed = false;
             }
             _ => {}
+        }
+        // Room for every watched fd (and the waker and the timer), as the selectors
+        // module sizes epoll's result: each ready fd is served in this iteration.
+        let room = self.len() + 2;
+        if st.events.capacity() < room {
+            st.events = Events::with_capacity(room.next_power_of_two());
         }
         st.poll.poll(&mut st.events, timeout)?;
         let interests = lock(&self.interests);
@@ -297,6 +303,36 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(libc::EBADF));
         p.waker().wake().unwrap(); // a no-op now
         p.close(); // idempotent
+    }
+
+    #[test]
+    fn a_refused_change_forgets_the_fd() {
+        let p = Poller::new().unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        let fd = b.as_raw_fd();
+        p.set_interest(fd, true, true).unwrap();
+        drop(b); // epoll forgets it; the number is free for the next file
+        let (c, _d) = UnixStream::pair().unwrap();
+        assert_eq!(c.as_raw_fd(), fd, "the number is reused");
+        let err = p.set_interest(fd, true, false).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        assert!(p.is_empty(), "the stale registration is forgotten");
+        // So the new file under that number can be watched.
+        p.set_interest(fd, true, false).unwrap();
+        drop(a);
+    }
+
+    #[test]
+    fn every_ready_fd_is_reported_in_one_poll() {
+        let p = Poller::new().unwrap();
+        let pairs: Vec<_> = (0..1500).map(|_| UnixStream::pair().unwrap()).collect();
+        for (a, b) in &pairs {
+            (&*a).write_all(b"x").unwrap();
+            p.set_interest(b.as_raw_fd(), true, false).unwrap();
+        }
+        let mut out = Vec::new();
+        p.poll(Some(Duration::ZERO), &mut out).unwrap();
+        assert_eq!(out.len(), pairs.len());
     }
 
     #[test]
