@@ -520,3 +520,108 @@ def test_condition_face_still_refuses_a_wait_on_a_lock_held_by_a_thread(factory)
         return True
 
     assert run(factory, main)
+
+
+# -- coroutines that end outside their task or loop -------------------------------------
+
+
+def _abandon_a_condition_waiter(factory, cond):
+    """A coroutine waits in ``cond.aio.wait()`` inside ``async with cond``; its loop is
+    stopped and closed without cancelling it (a background loop shut down). Returns the
+    coroutine, for the caller to close as the garbage collector would finalize it."""
+    tl = ThreadLoop(factory)
+    tasks = []
+
+    async def waiter():
+        tasks.append(asyncio.current_task())
+        async with cond:
+            await cond.aio.wait()
+
+    tl.submit(waiter())
+    wait_until(lambda: cond._n._waiting() == 1, "the coroutine to wait")
+    tl.close()
+    return tasks[0].get_coro()
+
+
+@pytest.mark.parametrize("order", ["whole coroutine", "wait first"])
+@pytest.mark.parametrize("held", [True, False], ids=["held by a thread", "free"])
+@pytest.mark.parametrize("lock", ["Lock", "RLock"])
+def test_a_condition_waiter_closed_outside_its_loop_releases_no_lock(factory, lock, held, order):
+    # The waiter cannot take the lock back with no loop running, and its `async with`
+    # exit must not release it then. It used to release a plain lock that a thread
+    # held, letting a second thread in; and to take a free RLock for its dead task and
+    # keep it for good. The garbage collector finalizes such a coroutine in either
+    # order: the whole coroutine at once, or the wait's own coroutine first.
+    from weaveloop.sync._waiting import LockNotRetaken
+
+    cond = ws.Condition(getattr(ws, lock)())
+    coro = _abandon_a_condition_waiter(factory, cond)
+    holder = HeldByAThread(cond).start() if held else None
+    if order == "wait first":
+        with pytest.raises(LockNotRetaken):
+            coro.cr_await.close()
+        coro.close()
+    else:
+        with pytest.raises(LockNotRetaken):
+            coro.close()
+    if holder is not None:
+        assert cond._lock.locked()
+        got = []
+        join_or_fail(start_thread(lambda: got.append(cond.acquire(timeout=0.05))))
+        assert got == [False], "a second thread got in while the first held the lock"
+        holder.release()
+    assert not cond._lock.locked()
+    got = []
+    join_or_fail(start_thread(lambda: got.append(cond.acquire(timeout=SAFETY))))
+    assert got == [True]
+
+
+def test_an_rlock_held_by_an_async_generator_closed_by_the_loop_is_released(factory):
+    # The consumer leaves `async for` early; the loop's finalizer closes the generator
+    # in a task of its own, whose exit of `async with rlock` releases the entry the
+    # generator made (as the consumer's task) instead of being refused.
+    rlock = ws.RLock()
+
+    async def main():
+        done = asyncio.Event()
+
+        async def agen():
+            try:
+                async with rlock:
+                    yield 1
+                    yield 2
+            finally:
+                done.set()
+
+        async for _ in agen():
+            break
+        await asyncio.wait_for(done.wait(), SAFETY)
+        await asyncio.sleep(0)
+        return rlock.locked()
+
+    assert run(factory, main) is False
+    got = []
+    join_or_fail(start_thread(lambda: got.append(rlock.acquire(timeout=SAFETY))))
+    assert got == [True]
+
+
+def test_an_rlock_entered_by_a_task_finalized_after_its_loop_closed_is_released(factory):
+    import gc
+
+    rlock = ws.RLock()
+    tl = ThreadLoop(factory)
+    inside = threading.Event()
+
+    async def holder():
+        async with rlock:
+            inside.set()
+            await asyncio.Event().wait()
+
+    fut = tl.submit(holder())
+    wait_or_fail(inside, "the task to enter")
+    tl.close()
+    del fut
+    gc.collect()
+    got = []
+    join_or_fail(start_thread(lambda: got.append(rlock.acquire(timeout=SAFETY))))
+    assert got == [True]

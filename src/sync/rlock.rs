@@ -129,6 +129,18 @@ impl RLockCore {
         self.own.owner()
     }
 
+    /// Lets go of one level on behalf of `owner`: the exit of an `async with` that
+    /// `owner` entered, reached outside that task (see `release_paired`).
+    fn _release_as(&self, py: Python<'_>, owner: usize) -> PyResult<()> {
+        if !self.own.is_owned_by(owner) {
+            return Err(unowned());
+        }
+        if self.own.leave() {
+            release(py, &self.sem, 1);
+        }
+        Ok(())
+    }
+
     /// Condition protocol: gives the lock up entirely; returns what `_acquire_restore`
     /// needs. `owner`: on behalf of that owner (a condition's coroutine face, for
     /// another task of its loop) instead of the caller.

@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from asyncio.events import _get_running_loop
 from collections.abc import Callable
 from typing import Any
 
 from .._core import NotifierCore
 from ._locks import Lock, RLock
-from ._waiting import forbid_blocking, wait_granted
+from ._waiting import (
+    exit_releases,
+    forbid_blocking,
+    not_retaken,
+    release_paired,
+    wait_granted,
+)
 
 __all__ = ["Condition"]
 
@@ -59,8 +66,9 @@ class Condition:
     async def __aenter__(self) -> None:
         await self.aio.__aenter__()
 
-    async def __aexit__(self, *exc: object) -> None:
-        self._lock.release()
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exit_releases(self._lock):
+            release_paired(self._lock)
 
     @property
     def aio(self) -> _AioCondition:
@@ -146,8 +154,9 @@ class _AioCondition:
     async def __aenter__(self) -> None:
         await self._c._lock.__aenter__()
 
-    async def __aexit__(self, *exc: object) -> None:
-        self._c._lock.release()
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exit_releases(self._c._lock):
+            release_paired(self._c._lock)
 
     def _holder(self) -> tuple[bool, int | None]:
         """Whether the lock is held as this face requires it, and, for an RLock held by
@@ -188,6 +197,11 @@ class _AioCondition:
         finally:
             # Re-take the lock whatever happened, as asyncio.Condition does.
             cancelled = None
+            if _get_running_loop() is None:
+                # Nothing can be awaited, and the lock is not taken back: the exits of
+                # the `async with` around this wait must not release it (a thread may
+                # hold it now; an RLock would be owned by a task that is gone).
+                raise not_retaken(lock, depth)
             while True:
                 try:
                     if not lock._try_permit():

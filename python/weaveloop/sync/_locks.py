@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._core import LockCore, RLockCore, SemaphoreCore
-from ._waiting import wait_granted
+from ._waiting import exit_releases, release_paired, wait_granted
 
 __all__ = ["BoundedSemaphore", "Lock", "RLock", "Semaphore"]
 
@@ -42,8 +42,12 @@ class _AioPermit:
     async def __aenter__(self) -> None:
         await self.acquire()
 
-    async def __aexit__(self, *exc: object) -> None:
-        self.release()
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exit_releases(self._p):
+            if isinstance(self._p, RLock):
+                release_paired(self._p)
+            else:
+                self.release()
 
     def __repr__(self) -> str:
         return f"<asyncio face of {self._p!r}>"
@@ -91,18 +95,20 @@ class _Faced:
             await wait_granted(self._enqueue, self._abandon)
             self._granted()
 
-    async def __aexit__(self, *exc: object) -> None:
-        self.release()
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exit_releases(self):
+            release_paired(self)
 
 
 class Lock(_Faced, LockCore):
     """threading.Lock that coroutines can take with ``async with`` (or ``.aio``)."""
 
-    __slots__ = ("_aio_face",)
+    __slots__ = ("_aio_face", "_not_retaken")
     _AIO = _AioLock
 
     def __init__(self) -> None:
         self._aio_face = None
+        self._not_retaken = 0  # see _waiting.exit_releases
 
     def __repr__(self) -> str:
         cls = type(self)
@@ -122,11 +128,12 @@ class Lock(_Faced, LockCore):
 class RLock(_Faced, RLockCore):
     """threading.RLock whose owner is the running task in a coroutine, else the thread."""
 
-    __slots__ = ("_aio_face",)
+    __slots__ = ("_aio_face", "_not_retaken")
     _AIO = _AioLock
 
     def __init__(self) -> None:
         self._aio_face = None
+        self._not_retaken = 0  # see _waiting.exit_releases
 
     def _granted(self) -> None:
         self._own(1)
