@@ -625,3 +625,109 @@ def test_an_rlock_entered_by_a_task_finalized_after_its_loop_closed_is_released(
     got = []
     join_or_fail(start_thread(lambda: got.append(rlock.acquire(timeout=SAFETY))))
     assert got == [True]
+
+
+# -- smaller differences from threading / asyncio ---------------------------------------
+
+
+@pytest.mark.parametrize("n", [-1, 0, 2**64])
+def test_notify_with_any_count_as_threading_and_asyncio(factory, n):
+    # n <= 0 wakes nobody, a huge n everybody (it was an OverflowError).
+    cond = ws.Condition()
+    with cond:
+        cond.notify(n)
+
+    async def main():
+        async with cond:
+            cond.aio.notify(n)
+        return True
+
+    assert run(factory, main)
+
+
+def test_barrier_reset_and_abort_are_allowed_on_a_loops_thread(factory):
+    # They never wait for the barrier (threading.Barrier's own lock is held only for
+    # moments), so a plain loop callback may call them; rule 4 refused them before.
+    async def main():
+        b = ws.Barrier(2)
+        b.reset()
+        assert not b.broken
+        b.abort()
+        return b.broken
+
+    assert run(factory, main) is True
+
+
+ASYNC_BARRIERS = {"asyncio": asyncio.Barrier, "weaveloop": lambda n: ws.Barrier(n).aio}
+
+
+@pytest.mark.parametrize("impl", sorted(ASYNC_BARRIERS))
+def test_aio_barrier_reset_while_draining_matches_asyncio(factory, impl):
+    # asyncio.Barrier resets a draining barrier too: the parties not yet out get
+    # BrokenBarrierError (threading's rule, used before, let them pass).
+    async def main():
+        barrier = ASYNC_BARRIERS[impl](4)
+        results = []
+
+        async def party():
+            try:
+                await barrier.wait()
+                results.append("passed")
+            except asyncio.BrokenBarrierError:
+                results.append("broken")
+
+        async def last():
+            await barrier.wait()
+            await barrier.reset()  # the other three are woken, not yet out
+            results.append("passed")
+
+        others = [asyncio.ensure_future(party()) for _ in range(3)]
+        while barrier.n_waiting < 3:
+            await asyncio.sleep(0)
+        await last()
+        await asyncio.gather(*others)
+        return sorted(results), barrier.broken, barrier.n_waiting
+
+    assert run(factory, main) == (["broken", "broken", "broken", "passed"], False, 0)
+
+
+def test_an_rlock_condition_takes_its_lock_back_before_a_signal_handler_runs():
+    # As threading's RLock._acquire_restore: not interruptible. A handler's exception
+    # surfaces once the lock is back, and `with cond` exits cleanly; before, it cut the
+    # re-acquire short and the exit failed with "cannot release un-acquired lock".
+    import signal
+
+    class Boom(Exception):
+        pass
+
+    cond = ws.Condition(ws.RLock())
+    handled = threading.Event()
+    during_hold = []
+
+    def handler(*_):
+        handled.set()
+        raise Boom
+
+    main = threading.get_ident()
+
+    def notifier():
+        wait_until(lambda: cond._n._waiting() == 1, "the main thread to wait")
+        with cond:
+            cond.notify()
+            wait_until(lambda: cond._lock._waiting() == 1, "the main thread to re-acquire")
+            signal.pthread_kill(main, signal.SIGUSR1)
+            # Bounded on purpose: an interruptible re-acquire runs the handler within
+            # 50 ms; this one must not run it until the lock is released below.
+            during_hold.append(handled.wait(0.3))
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    try:
+        t = start_thread(notifier)
+        with pytest.raises(Boom):
+            with cond:
+                cond.wait(SAFETY)
+        join_or_fail(t)
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert during_hold == [False]
+    assert not cond._lock.locked()

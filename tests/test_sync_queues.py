@@ -364,3 +364,37 @@ def test_queue_classes_are_subscriptable_in_annotations(kind):
     alias = cls[int]
     assert type(alias) is type(getattr(queue, kind)[int])
     assert (alias.__origin__, alias.__args__) == (cls, (int,))
+
+
+@pytest.mark.parametrize("kind", ["Queue", "SimpleQueue"])
+def test_unbounded_put_never_looks_at_block_and_timeout(kind):
+    # As queue.Queue / queue.SimpleQueue: an unbounded put never waits, so its timeout
+    # is not checked (a ValueError or TypeError before).
+    q = getattr(ws, kind)()
+    q.put(1, timeout=-1)
+    q.put(2, True, -0.5)
+    q.put(3, timeout="x")
+    assert [q.get_nowait() for _ in range(3)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("impl", ["queue", "asyncio", "weaveloop"])
+def test_a_float_maxsize_holds_its_ceiling(impl):
+    # queue.Queue and asyncio.Queue are full once qsize() >= maxsize (CPython's
+    # test_float_maxsize); weaveloop refused a float with TypeError.
+    make = {
+        "queue": queue.Queue,
+        "asyncio": asyncio.Queue,
+        "weaveloop": ws.Queue,
+    }[impl]
+    q = make(maxsize=1.3)
+    q.put_nowait(1)
+    assert not q.full()
+    q.put_nowait(2)
+    assert q.full() and q.maxsize == 1.3
+    if impl == "weaveloop":
+        q.maxsize = 3.5  # settable, as queue.Queue's
+        assert not q.full() and q.maxsize == 3.5
+        q.maxsize = float("inf")
+        q.put_nowait(3)
+        q.put_nowait(4)
+        assert not q.full()

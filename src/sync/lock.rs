@@ -6,7 +6,9 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
 use super::block::{lock_wait, truthy, Wait};
-use super::semaphore::{acquire_thread, coroutine_permit_hooks, new_sem, wake_released, Sem};
+use super::semaphore::{
+    acquire_parked, acquire_thread, coroutine_permit_hooks, new_sem, wake_released, Sem,
+};
 use super::wake::SyncWaiter;
 
 const CALL: &str = "Lock.acquire()";
@@ -83,6 +85,13 @@ impl LockCore {
 
     fn _try_acquire(&self) -> bool {
         self.sem.try_acquire()
+    }
+
+    /// Blocking acquire allowed on a loop's thread, for a lock that is only ever held
+    /// for moments (a Barrier's own, as threading.Barrier's own lock blocks there too):
+    /// rule 4 is about locks a caller may hold for long.
+    fn _acquire_briefly(&self, py: Python<'_>) -> PyResult<bool> {
+        acquire_parked(py, &self.sem, Wait::Forever)
     }
 }
 

@@ -272,16 +272,26 @@ impl QueueCore {
         maxsize > 0 && self.slots.as_ref().is_some_and(|s| s.would_block())
     }
 
-    /// queue.Queue.put: waits for a free slot (bounded queues), at most `timeout`.
+    /// queue.Queue.put: waits for a free slot (bounded queues), at most `timeout`. An
+    /// unbounded queue never waits and, as queue.Queue, never looks at `block` and
+    /// `timeout`.
     #[pyo3(signature = (item, block = None, timeout = None))]
     fn put(
         &self,
         py: Python<'_>,
         item: Py<PyAny>,
         block: Option<&Bound<'_, PyAny>>,
-        timeout: Option<f64>,
+        timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let wait = queue_wait(truthy(block)?, timeout)?;
+        let wait = if self.slots.is_some() && self.maxsize.load(Relaxed) > 0 {
+            let timeout = timeout
+                .filter(|t| !t.is_none())
+                .map(|t| t.extract())
+                .transpose()?;
+            queue_wait(truthy(block)?, timeout)?
+        } else {
+            Wait::Now
+        };
         self.put_within(py, item, wait)
     }
 

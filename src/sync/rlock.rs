@@ -9,7 +9,9 @@ use pyo3::sync::PyOnceLock;
 use weaveloop_engine::sync::RecursiveOwner;
 
 use super::block::{lock_wait, truthy, Wait};
-use super::semaphore::{acquire_thread, coroutine_permit_hooks, new_sem, release, Sem};
+use super::semaphore::{
+    acquire_thread, acquire_uninterruptible, coroutine_permit_hooks, new_sem, release, Sem,
+};
 use super::wake::SyncWaiter;
 use crate::interop::running_loop;
 use crate::interop::thread_ident;
@@ -155,11 +157,12 @@ impl RLockCore {
         Ok((depth, who))
     }
 
-    /// Condition protocol: takes the lock back at the saved depth (blocking).
-    fn _acquire_restore(&self, py: Python<'_>, state: (usize, usize)) -> PyResult<()> {
-        acquire_thread(py, &self.sem, Wait::Forever, CALL, ASYNC_FORM)?;
+    /// Condition protocol: takes the lock back at the saved depth (blocking, and not
+    /// interrupted by a signal handler, whose exception would leave the caller about to
+    /// release a lock it does not hold).
+    fn _acquire_restore(&self, py: Python<'_>, state: (usize, usize)) {
+        acquire_uninterruptible(py, &self.sem);
         self.own.take(state.1, state.0);
-        Ok(())
     }
 
     /// Coroutine side: the permit was just obtained (fast path or grant): own it at
@@ -187,6 +190,11 @@ impl RLockCore {
 
     fn _try_permit(&self) -> bool {
         self.sem.try_acquire()
+    }
+
+    /// How many threads and coroutines wait for the lock.
+    fn _waiting(&self) -> usize {
+        self.sem.waiting()
     }
 
     fn _at_fork_reinit(&self) {

@@ -71,6 +71,25 @@ pub fn acquire_thread(
     // Rule 4, deterministically: a blocking form is refused on a loop's thread even
     // when it would not have had to wait this time.
     forbid_on_loop(py, call, async_form)?;
+    acquire_parked(py, sem, wait)
+}
+
+/// Waits for a permit with no way out: no timeout, and no signal handler runs meanwhile
+/// (it runs once the caller is back in Python), as CPython's `RLock._acquire_restore`
+/// waits. For a condition taking its lock back, which must not end without it.
+pub fn acquire_uninterruptible(py: Python<'_>, sem: &Sem) {
+    if sem.try_acquire() {
+        return;
+    }
+    let w = W::thread();
+    if !sem.acquire_or_enqueue(&w) {
+        py.detach(|| w.park_until(None));
+    }
+}
+
+/// The blocking part of `acquire_thread`, without rule 4's check: for a primitive's own
+/// lock, held only for moments (a Barrier's).
+pub fn acquire_parked(py: Python<'_>, sem: &Sem, wait: Wait) -> PyResult<bool> {
     if sem.try_acquire() {
         return Ok(true);
     }

@@ -9,6 +9,7 @@ Invariant: ``_state``/``_count`` change only with the condition's lock held.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -105,7 +106,7 @@ class Barrier:
             self._cond.notify_all()
 
     def reset(self) -> None:
-        with self._cond:
+        with self._held():
             self._reset()
 
     def _reset(self) -> None:
@@ -117,8 +118,20 @@ class Barrier:
         self._cond.notify_all()
 
     def abort(self) -> None:
-        with self._cond:
+        with self._held():
             self._break()
+
+    @contextlib.contextmanager
+    def _held(self):
+        """The barrier's own lock, for a moment: reset() and abort() never wait for the
+        barrier, so they are allowed on a loop's thread (a loop callback), as
+        threading.Barrier's are, where rule 4 refuses ``with lock``."""
+        lock = self._cond._lock
+        lock._acquire_briefly()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _break(self) -> None:
         self._state = _BROKEN
@@ -188,8 +201,15 @@ class _AioBarrier:
             raise BrokenBarrierError
 
     async def reset(self) -> None:
-        async with self._b._cond:
-            self._b._reset()
+        b = self._b
+        async with b._cond:
+            # asyncio.Barrier's rule: a draining barrier resets too (its parties not yet
+            # out get BrokenBarrierError), where threading's leaves it to finish.
+            if b._count > 0:
+                b._state = _RESETTING
+            else:
+                b._state = _FILLING
+            b._cond.notify_all()
 
     async def abort(self) -> None:
         async with self._b._cond:

@@ -9,6 +9,7 @@ notification received by a waiter that then gives up goes to the next one.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from asyncio.events import _get_running_loop
 from collections.abc import Callable
@@ -25,6 +26,12 @@ from ._waiting import (
 )
 
 __all__ = ["Condition"]
+
+
+def _count(n: int) -> int:
+    """How many waiters ``notify(n)`` wakes: none for ``n <= 0``, all for a huge ``n``, as
+    threading and asyncio read it."""
+    return 0 if n <= 0 else min(n, sys.maxsize)
 
 
 class Condition:
@@ -58,6 +65,7 @@ class Condition:
         return True
 
     def __enter__(self) -> bool:
+        forbid_blocking("Condition.acquire()", "async with cond")
         return self._lock.__enter__()
 
     def __exit__(self, *exc: object) -> None:
@@ -120,7 +128,7 @@ class Condition:
     def notify(self, n: int = 1) -> None:
         if not self._is_owned():
             raise RuntimeError("cannot notify on un-acquired lock")
-        self._n._notify(n)
+        self._n._notify(_count(n))
 
     def notify_all(self) -> None:
         if not self._is_owned():
@@ -224,7 +232,7 @@ class _AioCondition:
     def notify(self, n: int = 1) -> None:
         if not self._owned():
             raise RuntimeError("cannot notify on un-acquired lock")
-        self._c._n._notify(n)
+        self._c._n._notify(_count(n))
 
     def notify_all(self) -> None:
         if not self._owned():

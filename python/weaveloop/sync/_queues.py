@@ -9,6 +9,7 @@ Invariant: the async face's fast path is one Rust call; it waits only when it mu
 
 from __future__ import annotations
 
+import math
 import types
 from typing import Any
 
@@ -18,6 +19,7 @@ from ._waiting import wait_granted
 __all__ = ["LifoQueue", "PriorityQueue", "Queue", "SimpleQueue"]
 
 _EMPTY: Any = object()
+_set_capacity = QueueCore.maxsize.__set__
 
 
 class AsyncQueue:
@@ -74,19 +76,39 @@ class AsyncQueue:
         return f"<asyncio face of {self._q!r}>"
 
 
+def _capacity(maxsize: Any) -> Any:
+    """The whole number of items ``maxsize`` allows: queue.Queue and asyncio.Queue are full
+    once ``qsize() >= maxsize``, so a fractional one holds its ceiling; one that is never
+    reached (inf, NaN) is no bound."""
+    if isinstance(maxsize, float):
+        return math.ceil(maxsize) if 0 < maxsize < math.inf else 0
+    return maxsize
+
+
 class Queue(QueueCore):
     """queue.Queue (FIFO) whose ``.aio`` face is an asyncio.Queue over the same items."""
 
-    __slots__ = ("_aio_face",)
+    __slots__ = ("_aio_face", "_maxsize")
     _KIND = "fifo"
     # `Queue[int]` in annotations, as queue.Queue, asyncio.Queue and janus.Queue allow.
     __class_getitem__ = classmethod(types.GenericAlias)
 
     def __new__(cls, maxsize: int = 0) -> Queue:
-        return super().__new__(cls, maxsize, cls._KIND)
+        return super().__new__(cls, _capacity(maxsize), cls._KIND)
 
     def __init__(self, maxsize: int = 0) -> None:
         self._aio_face = None
+        self._maxsize = maxsize
+
+    @property
+    def maxsize(self) -> Any:
+        """As given (a float included); settable at any time, see QueueCore.maxsize."""
+        return self._maxsize
+
+    @maxsize.setter
+    def maxsize(self, value: Any) -> None:
+        _set_capacity(self, _capacity(value))
+        self._maxsize = value
 
     @property
     def aio(self) -> AsyncQueue:
