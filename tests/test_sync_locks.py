@@ -731,3 +731,14 @@ def test_an_rlock_condition_takes_its_lock_back_before_a_signal_handler_runs():
         signal.signal(signal.SIGUSR1, old)
     assert during_hold == [False]
     assert not cond._lock.locked()
+
+
+def test_with_cond_in_a_coroutine_names_the_condition(factory):
+    async def main():
+        cond = ws.Condition()
+        with pytest.raises(RuntimeError, match=r"Condition\.acquire\(\).*'async with cond'"):
+            with cond:
+                pass
+        return True
+
+    assert run(factory, main)
