@@ -199,11 +199,13 @@ impl PoolCore {
         let fut = new_future(loop_obj.as_any())?;
         let core = loop_obj.get();
         core.track_in_flight(&fut);
+        let target = core.shared();
+        target.know_loop(loop_obj)?;
         let job = Job::Loop(LoopJob {
             func: func.clone().unbind(),
             args: args.clone().unbind(),
             fut: fut.clone().unbind(),
-            target: core.shared(),
+            target,
         });
         if let Err(e) = Self::enqueue(slf, &pool, job) {
             drop(core.untrack_in_flight(&fut.clone().unbind()));
@@ -216,8 +218,26 @@ impl PoolCore {
 /// Posts a completion to a loop; if the loop is closed the completion is dropped
 /// (`close()` already cancelled the future).
 fn post_done(py: Python<'_>, target: Arc<Shared>, fut: Py<PyAny>, outcome: Outcome) {
-    let refused = py.detach(|| target.injector.post(Posted::done(fut, outcome)).err());
+    let (refused, stopped) = py.detach(|| {
+        let refused = target.injector.post(Posted::done(fut, outcome)).err();
+        let stopped = refused.is_none() && target.drained_by_poster();
+        (refused, stopped)
+    });
     drop(refused);
+    if stopped {
+        drain_stopped_loop(py, &target);
+    }
+}
+
+/// A completion was posted to a loop that is not running, which may never drain it:
+/// applied now, on the loop's behalf (see `LoopCore::drain_while_idle`).
+fn drain_stopped_loop(py: Python<'_>, target: &Shared) {
+    let Some(core) = target.loop_core(py) else {
+        return; // (gone: nothing left to keep alive)
+    };
+    if let Err(e) = core.get().drain_while_idle(&core) {
+        e.write_unraisable(py, None);
+    }
 }
 
 fn run_submit_job(py: Python<'_>, job: SubmitJob) -> PyResult<()> {
@@ -276,14 +296,24 @@ pub fn worker_main(py: Python<'_>, args: &Bound<'_, WorkerArgs>) -> PyResult<()>
     }
     let mut done: Option<(Arc<Shared>, Posted)> = None;
     loop {
-        // Post the previous completion and wait for the next job in one GIL release.
-        let (job, refused) = py.detach(|| {
-            let refused = done
-                .take()
-                .and_then(|(target, posted)| target.injector.post(posted).err());
-            (pool.next_job(), refused)
+        // Post the previous completion and wait for the next job in one GIL release,
+        // unless the loop turns out not to be running (then the completion is applied
+        // first, with the GIL: see drain_stopped_loop).
+        let (job, refused, stopped) = py.detach(|| {
+            if let Some((target, posted)) = done.take() {
+                match target.injector.post(posted) {
+                    Err(refused) => return (None, Some(refused), None),
+                    Ok(()) if target.drained_by_poster() => return (None, None, Some(target)),
+                    Ok(()) => {}
+                }
+            }
+            (Some(pool.next_job()), None, None)
         });
         drop(refused);
+        if let Some(target) = stopped {
+            drain_stopped_loop(py, &target);
+        }
+        let Some(job) = job else { continue };
         match job {
             None => return Ok(()),
             Some(Job::Submit(j)) => {

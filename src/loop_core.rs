@@ -7,9 +7,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::RawFd;
 use std::sync::atomic::{
     AtomicBool, AtomicPtr, AtomicU64, AtomicUsize,
-    Ordering::{Acquire, Relaxed, Release},
+    Ordering::{Acquire, Relaxed, Release, SeqCst},
 };
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use pyo3::gc::PyVisit;
@@ -98,6 +98,12 @@ pub struct Shared {
     /// pool runs the jobs of a loop that closed; a job whose future the caller cancelled
     /// does not.
     abandoned: Mutex<HashSet<usize>>,
+    /// True while `run_forever` runs. A completion posted while it is false may never
+    /// be drained (a loop dropped without `close()`), and the GC cannot look into the
+    /// injector, so its poster applies it (see `LoopCore::drain_while_idle`).
+    running: AtomicBool,
+    /// A weak reference to the loop, for such a poster (set by `know_loop`).
+    loop_ref: OnceLock<Py<PyAny>>,
 }
 
 impl Shared {
@@ -108,7 +114,38 @@ impl Shared {
             poller,
             injector,
             abandoned: Mutex::new(HashSet::new()),
+            running: AtomicBool::new(false),
+            loop_ref: OnceLock::new(),
         }))
+    }
+
+    /// Remembers (weakly) the loop this belongs to, for `loop_core`.
+    pub fn know_loop(&self, lp: &Bound<'_, LoopCore>) -> PyResult<()> {
+        if self.loop_ref.get().is_none() {
+            let weak = pyo3::types::PyWeakrefReference::new(lp.as_any())?;
+            let _ = self.loop_ref.set(weak.into_any().unbind());
+        }
+        Ok(())
+    }
+
+    /// The loop, if `know_loop` was told and it is still alive.
+    pub fn loop_core<'py>(&self, py: Python<'py>) -> Option<Bound<'py, LoopCore>> {
+        let lp = self.loop_ref.get()?.bind(py).call0().ok()?;
+        lp.cast_into::<LoopCore>().ok()
+    }
+
+    /// `run_forever` starts or ends. (SeqCst, with the fence of `drained_by_poster`: a
+    /// post either is drained by the ending loop or sees it not running.)
+    pub fn set_running(&self, running: bool) {
+        self.running.store(running, SeqCst);
+        std::sync::atomic::fence(SeqCst);
+    }
+
+    /// A poster, right after its post: true if the loop is not running, so the post
+    /// must be applied by the poster (see `running`).
+    pub fn drained_by_poster(&self) -> bool {
+        std::sync::atomic::fence(SeqCst);
+        !self.running.load(SeqCst)
     }
 
     /// `close()`: the job of this (pending) future is left to run.
@@ -280,7 +317,7 @@ impl LoopCore {
     /// thread can be parked waiting for work, or about to park, so a post needs no
     /// wake-up. Only true while the caller holds the GIL, which each of these changes
     /// under.
-    fn idle(&self) -> bool {
+    pub(crate) fn idle(&self) -> bool {
         self.owner.load(Relaxed) == 0
             && self.in_run_once.load(Relaxed) == 0
             && !self.closed.load(Relaxed)

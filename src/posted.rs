@@ -50,6 +50,19 @@ impl LoopCore {
     /// Does nothing when called from inside another drain's `apply_posted` (settling a
     /// completion runs Python code, which may call `call_soon`): the new items wait for
     /// the next drain, behind the batch being applied.
+    /// Applies what waits in the injector if the loop is idle (see `idle`): for a poster
+    /// that found the loop not running (`Shared::drained_by_poster`), and for
+    /// `run_forever` as it ends. What is applied is where the GC sees it (futures
+    /// settled, callbacks in the ready queue), so a loop dropped without `close()` is
+    /// collected rather than kept alive by a completion or a callback that refers back
+    /// to it from the injector.
+    pub(crate) fn drain_while_idle(&self, slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+        if !self.idle() {
+            return Ok(());
+        }
+        self.drain_posted(slf, self.shared.get())
+    }
+
     pub(crate) fn drain_posted(&self, slf: &Bound<'_, LoopCore>, shared: &Shared) -> PyResult<()> {
         if shared.injector.is_empty() || self.applying_posted.load(Relaxed) {
             return Ok(());

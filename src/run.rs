@@ -417,6 +417,7 @@ impl LoopCore {
         {
             return Err(errors::already_running());
         }
+        this.shared().set_running(true);
         let result = loop {
             if let Err(e) = this.run_once(slf) {
                 break Err(e);
@@ -427,7 +428,11 @@ impl LoopCore {
         };
         this.stopping.store(false, Relaxed);
         this.owner.store(0, Relaxed);
-        result
+        // Posts and completions that came in since the last look stay where the GC sees
+        // them; later ones are applied by their posters (see Shared::running).
+        this.shared().set_running(false);
+        let drained = this.drain_while_idle(slf);
+        result.and(drained)
     }
 
     /// Closes the Rust side: executor futures still in flight are cancelled (their jobs

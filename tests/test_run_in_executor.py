@@ -27,6 +27,7 @@ from _support import (
     run,
     wait_or_fail,
 )
+from _sync_support import wait_until
 
 # -- run_in_executor and to_thread (both loops) ------------------------------------------
 
@@ -446,3 +447,54 @@ def test_run_in_executor_calls_a_subclass_submit_override(loop, pool_cls):
     finally:
         pool.shutdown()
     assert calls == [pow]
+
+
+# -- a loop dropped without close() -----------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["job in flight", "job cancelled", "completion left by a run"])
+def test_a_loop_dropped_with_executor_work_is_collected(loop_factory, how):
+    # The job's future refers back to the loop; on the stock loop the completion is a
+    # callback in the ready queue, where the GC finds the cycle. weaveloop's completions
+    # wait in the lock-free queue, which the GC cannot see: a loop that is not running
+    # has them applied by their poster, and one that stops applies what is left, so
+    # the loop, its fds and its executor threads go (they stayed for good).
+    import gc
+    import warnings
+    import weakref
+
+    lp = loop_factory()
+    gate = threading.Event()
+    if how == "completion left by a run":
+        started = threading.Event()
+
+        def job():
+            started.set()
+            gate.wait(SAFETY)
+
+        fut = lp.run_in_executor(None, job)
+        stop = lp.stop
+
+        def stop_once_the_job_is_done():
+            gate.set()
+            stop()
+
+        lp.call_soon(lambda: started.wait(SAFETY))
+        lp.call_soon(stop_once_the_job_is_done)
+        lp.run_forever()
+        del stop
+    else:
+        fut = lp.run_in_executor(None, gate.wait, SAFETY)
+        if how == "job cancelled":
+            fut.cancel()
+    ref = weakref.ref(lp)
+    del lp, fut
+    gate.set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+
+        def collected():
+            gc.collect()
+            return ref() is None
+
+        wait_until(collected, "the dropped loop to be collected")
