@@ -240,12 +240,15 @@ fn drain_stopped_loop(py: Python<'_>, target: &Shared) {
     }
 }
 
-fn run_submit_job(py: Python<'_>, job: SubmitJob) -> PyResult<()> {
+/// Runs a `submit` job; `ran` is called once the callable has run (or was skipped), just
+/// before the future is settled and its waiter woken.
+fn run_submit_job(py: Python<'_>, job: SubmitJob, ran: impl FnOnce()) -> PyResult<()> {
     let fut = job.fut.bind(py);
     if !fut
         .call_method0(pyo3::intern!(py, "set_running_or_notify_cancel"))?
         .is_truthy()?
     {
+        ran();
         return Ok(());
     }
     let result = interop::call_with_kwargs(
@@ -253,6 +256,7 @@ fn run_submit_job(py: Python<'_>, job: SubmitJob) -> PyResult<()> {
         job.args.bind(py),
         job.kwargs.as_ref().map(|k| k.bind(py)),
     );
+    ran();
     match result {
         Ok(v) => fut.call_method1(pyo3::intern!(py, "set_result"), (v,))?,
         Err(e) => fut.call_method1(
@@ -295,6 +299,7 @@ pub fn worker_main(py: Python<'_>, args: &Bound<'_, WorkerArgs>) -> PyResult<()>
         }
     }
     let mut done: Option<(Arc<Shared>, Posted)> = None;
+    let mut counted_idle = false;
     loop {
         // Post the previous completion and wait for the next job in one GIL release,
         // unless the loop turns out not to be running (then the completion is applied
@@ -307,22 +312,25 @@ pub fn worker_main(py: Python<'_>, args: &Bound<'_, WorkerArgs>) -> PyResult<()>
                     Ok(()) => {}
                 }
             }
-            (Some(pool.next_job()), None, None)
+            (Some(pool.next_job(counted_idle)), None, None)
         });
         drop(refused);
         if let Some(target) = stopped {
             drain_stopped_loop(py, &target);
         }
         let Some(job) = job else { continue };
+        counted_idle = false;
         match job {
             None => return Ok(()),
+            // (Counted idle before whoever awaits the job can run: see Pool::idle_soon.)
             Some(Job::Submit(j)) => {
-                if let Err(e) = run_submit_job(py, j) {
+                if let Err(e) = run_submit_job(py, j, || counted_idle = pool.idle_soon()) {
                     e.write_unraisable(py, None);
                 }
             }
             Some(Job::Loop(j)) => {
                 let outcome = run_loop_job(py, &j);
+                counted_idle = pool.idle_soon();
                 done = Some((j.target, Posted::done(j.fut, outcome)));
             }
         }

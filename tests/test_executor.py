@@ -463,3 +463,17 @@ def test_default_thread_names_share_the_stdlib_pool_numbering():
         finally:
             pool.shutdown()
     assert len(set(names)) == len(names), names
+
+
+def test_sequential_submits_are_served_by_one_worker(pool_cls):
+    # Each job's result wakes the submitter, which submits the next: the worker that ran
+    # it must already count as idle by then (the stdlib's releases its idle semaphore
+    # before letting go of the GIL), or every submit could start another worker (weaveloop
+    # grew such pools towards max_workers, each running the initializer).
+    # (Ten pools: the race this guards against took ~3 pools in 10 to show.)
+    for _ in range(10):
+        started = []
+        with pool_cls(max_workers=8, initializer=started.append, initargs=(None,)) as pool:
+            for i in range(500):
+                assert pool.submit(int, i).result(timeout=SAFETY) == i
+        assert started == [None]

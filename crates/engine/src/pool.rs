@@ -99,19 +99,42 @@ impl<J: Send> Pool<J> {
         self.workers.fetch_sub(1, SeqCst);
     }
 
+    /// Worker side, done with a job and still holding the interpreter lock: counts
+    /// itself idle now if nothing is queued, as the stdlib's worker releases its idle
+    /// semaphore before it lets go of the GIL. Counted later (in `next_job`), a submitter
+    /// that the finished job woke could find no worker idle and start another: sequential
+    /// `submit().result()` calls grew the pool towards `max_workers`. Returns whether it
+    /// counted; pass that to `next_job`.
+    pub fn idle_soon(&self) -> bool {
+        if self.rx.is_empty() {
+            self.idle.fetch_add(1, SeqCst);
+            true
+        } else {
+            false
+        }
+    }
+
     /// Worker side: the next job, blocking while the queue is empty; None means exit.
-    /// Call it without holding any interpreter lock.
-    pub fn next_job(&self) -> Option<J> {
-        let msg = match self.rx.try_recv() {
-            Ok(m) => m,
-            Err(TryRecvError::Empty) => {
-                self.idle.fetch_add(1, SeqCst);
-                match self.rx.recv() {
-                    Ok(m) => m,
-                    Err(_) => return None,
-                }
+    /// Call it without holding any interpreter lock. `counted_idle`: `idle_soon` counted
+    /// this worker idle already.
+    pub fn next_job(&self, counted_idle: bool) -> Option<J> {
+        let msg = if counted_idle {
+            match self.rx.recv() {
+                Ok(m) => m,
+                Err(_) => return None,
             }
-            Err(TryRecvError::Disconnected) => return None,
+        } else {
+            match self.rx.try_recv() {
+                Ok(m) => m,
+                Err(TryRecvError::Empty) => {
+                    self.idle.fetch_add(1, SeqCst);
+                    match self.rx.recv() {
+                        Ok(m) => m,
+                        Err(_) => return None,
+                    }
+                }
+                Err(TryRecvError::Disconnected) => return None,
+            }
         };
         match msg {
             Msg::Job(j) => Some(j),
@@ -181,7 +204,7 @@ mod tests {
                 let pool = pool.clone();
                 std::thread::spawn(move || {
                     let mut got = Vec::new();
-                    while let Some(j) = pool.next_job() {
+                    while let Some(j) = pool.next_job(false) {
                         got.push(j);
                     }
                     got
@@ -208,13 +231,29 @@ mod tests {
         let threads: Vec<_> = (0..1)
             .map(|_| {
                 let pool = pool.clone();
-                std::thread::spawn(move || while pool.next_job().is_some() {})
+                std::thread::spawn(move || while pool.next_job(false).is_some() {})
             })
             .collect();
         drop(pool.shutdown(false));
         for t in threads {
             t.join().unwrap();
         }
+    }
+
+    #[test]
+    fn a_worker_counted_idle_before_waiting_is_claimed_by_the_next_submit() {
+        let pool = Pool::new(4);
+        assert_eq!(pool.submit(1), Ok(Submitted::SpawnWorker));
+        assert_eq!(pool.next_job(false), Some(1));
+        // Done with job 1, not yet waiting: a submit now must not start a second worker.
+        assert!(pool.idle_soon());
+        assert_eq!(pool.submit(2), Ok(Submitted::Queued));
+        assert_eq!(pool.next_job(true), Some(2));
+        assert_eq!(pool.workers(), 1);
+        // With a job queued already, the worker is not counted idle.
+        pool.submit(3).unwrap();
+        pool.submit(4).unwrap();
+        assert!(!pool.idle_soon());
     }
 
     #[test]
@@ -225,6 +264,6 @@ mod tests {
         }
         let cancelled = pool.shutdown(true);
         assert_eq!(cancelled, vec![0, 1, 2, 3, 4]);
-        assert_eq!(pool.next_job(), None, "the worker is told to exit");
+        assert_eq!(pool.next_job(false), None, "the worker is told to exit");
     }
 }
