@@ -432,7 +432,7 @@ impl PoolCore {
 
     /// Refuses new jobs and tells the workers to exit when the queue is done; with
     /// `cancel_futures`, queued jobs are cancelled instead of run. Joining is Python's.
-    fn _shutdown(&self, py: Python<'_>, cancel_futures: bool) -> PyResult<()> {
+    fn _shutdown_pool(&self, py: Python<'_>, cancel_futures: bool) -> PyResult<()> {
         let cancelled = self.state()?.pool().shutdown(cancel_futures);
         for job in cancelled {
             match job {
@@ -505,13 +505,21 @@ impl PoolCore {
         Ok(self.state()?.prefix.clone())
     }
 
+    /// As the stdlib pool's attribute: False, or why the pool broke.
     #[getter]
-    fn _broken(&self) -> PyResult<Option<String>> {
-        Ok(lock(&self.state()?.broken).clone())
+    fn _broken(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(match lock(&self.state()?.broken).clone() {
+            Some(why) => why.into_pyobject(py)?.into_any().unbind(),
+            None => pyo3::types::PyBool::new(py, false)
+                .to_owned()
+                .into_any()
+                .unbind(),
+        })
     }
 
+    /// As the stdlib pool's attribute (code tests `pool._shutdown` before submitting).
     #[getter]
-    fn _is_shut_down(&self) -> PyResult<bool> {
+    fn _shutdown(&self) -> PyResult<bool> {
         Ok(self.state()?.pool().is_shut_down())
     }
 }

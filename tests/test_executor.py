@@ -8,6 +8,7 @@ loop side live in test_run_in_executor.py.
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import os
 import re
 import textwrap
@@ -477,3 +478,74 @@ def test_sequential_submits_are_served_by_one_worker(pool_cls):
             for i in range(500):
                 assert pool.submit(int, i).result(timeout=SAFETY) == i
         assert started == [None]
+
+
+def test_the_stdlib_pools_attributes_that_code_reads(pool_cls):
+    # `if pool._shutdown:` guards many a submit; `_shutdown` was a method (always true).
+    pool = pool_cls(max_workers=2)
+    assert isinstance(pool, concurrent.futures.ThreadPoolExecutor)
+    assert pool._shutdown is False and pool._broken is False
+    assert pool.submit(int, 1).result(timeout=SAFETY) == 1
+    assert {t.name for t in pool._threads} == {f"{pool._thread_name_prefix}_0"}
+    pool.shutdown()
+    assert pool._shutdown is True
+
+
+def test_the_stock_loop_takes_it_as_its_default_executor():
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.set_default_executor(weaveloop.ThreadPoolExecutor(max_workers=2))
+        assert loop.run_until_complete(loop.run_in_executor(None, int, 5)) == 5
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("max_workers", [2.5, 4 / 2])
+def test_a_float_max_workers_as_the_stdlib_reads_it(pool_cls, max_workers):
+    # The stdlib starts a thread while fewer than max_workers run: 2.5 allows 3.
+    gate = threading.Event()
+    with pool_cls(max_workers=max_workers, thread_name_prefix=7) as pool:
+        futures = [pool.submit(gate.wait, SAFETY) for _ in range(4)]
+        names = {t.name for t in pool._threads}
+        gate.set()
+        assert all(f.result(timeout=SAFETY) for f in futures)
+    assert names == {f"7_{i}" for i in range(math.ceil(max_workers))}
+
+
+_DAEMON_CREATED_POOL_AT_EXIT = """
+import gc, sys, threading, time
+import weaveloop
+
+started = threading.Event()
+release = threading.Event()
+
+def job():
+    started.set()
+    release.wait(30)
+    # Work that outlasts the exit (slow on purpose: nothing but the join waits for it).
+    time.sleep(0.2)
+    print("JOB DONE", flush=True)
+
+def daemon():
+    weaveloop.ThreadPoolExecutor(1).submit(job)  # the pool is dropped at once
+
+creator = threading.Thread(target=daemon, daemon=True)
+creator.start()
+creator.join(30)
+started.wait(30)
+gc.collect()
+# Released only once the interpreter is exiting: the job must still be joined.
+threading._register_atexit(release.set)
+"""
+
+
+def test_a_dropped_pool_of_a_daemon_thread_is_joined_at_exit():
+    # Its workers inherit the daemon flag, so threading's shutdown does not join them,
+    # and the pool is gone: the stdlib joins every worker it started, so does weaveloop
+    # (the job was killed at exit before).
+    out = run_python(_DAEMON_CREATED_POOL_AT_EXIT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "JOB DONE", out.stderr

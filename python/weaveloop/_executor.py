@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import concurrent.futures.thread
+import math
 import os
+import sys
 import threading
 import weakref
 
@@ -19,18 +21,39 @@ __all__ = ["ThreadPoolExecutor", "BrokenThreadPool"]
 BrokenThreadPool = concurrent.futures.thread.BrokenThreadPool
 
 _live_pools: weakref.WeakSet[ThreadPoolExecutor] = weakref.WeakSet()
+# Every worker started, as the stdlib's _threads_queues: joined at exit even once its
+# pool is gone (and even if it is a daemon thread, made so by a daemon creator).
+_workers: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 
 
-class ThreadPoolExecutor(_core.PoolCore, concurrent.futures.Executor):
-    """Drop-in for ``concurrent.futures.ThreadPoolExecutor`` (same arguments and errors).
+def _worker_count(max_workers):
+    # As the stdlib pool reads it: it starts a thread while fewer than max_workers run.
+    if isinstance(max_workers, float) and max_workers > 0:
+        return min(math.ceil(max_workers), sys.maxsize) if max_workers < math.inf else sys.maxsize
+    return max_workers
+
+
+class ThreadPoolExecutor(_core.PoolCore, concurrent.futures.ThreadPoolExecutor):
+    """Drop-in for ``concurrent.futures.ThreadPoolExecutor`` (a subclass of it, with the
+    same arguments and errors).
 
     ``run_in_executor`` on a weaveloop loop takes a fast path with it: no
     ``concurrent.futures.Future`` and no self-pipe write per call.
     """
 
     def __init__(self, max_workers=None, thread_name_prefix="", initializer=None, initargs=()):
-        self._configure(max_workers, thread_name_prefix, initializer, initargs)
+        self._configure(
+            _worker_count(max_workers),
+            str(thread_name_prefix) if thread_name_prefix else "",
+            initializer,
+            initargs,
+        )
         _live_pools.add(self)
+
+    @property
+    def _threads(self):
+        """The worker threads started (the stdlib pool's attribute)."""
+        return set(self._started_threads())
 
     def submit(self, fn, /, *args, **kwargs):
         return self._submit(fn, args, kwargs or None)
@@ -38,7 +61,7 @@ class ThreadPoolExecutor(_core.PoolCore, concurrent.futures.Executor):
     submit.__doc__ = concurrent.futures.Executor.submit.__doc__
 
     def shutdown(self, wait=True, *, cancel_futures=False):
-        self._shutdown(cancel_futures)
+        self._shutdown_pool(cancel_futures)
         if wait:
             for t in self._started_threads():
                 if t is not threading.current_thread():
@@ -51,6 +74,7 @@ class ThreadPoolExecutor(_core.PoolCore, concurrent.futures.Executor):
         # shutdown(), the executor is collected and its workers exit.
         t = threading.Thread(name=name, target=_core.worker_main, args=(worker_args,))
         t.start()
+        _workers.add(t)
         return t
 
 
@@ -58,9 +82,13 @@ def _python_exit():
     _core._mark_interpreter_exiting()
     pools = list(_live_pools)
     for p in pools:
-        p._shutdown(False)
+        p._shutdown_pool(False)
     for p in pools:
         for t in p._started_threads():
+            t.join()
+    # Also the workers of pools collected meanwhile: they exit once their queue is done.
+    for t in list(_workers):
+        if t is not threading.current_thread():
             t.join()
 
 
