@@ -796,6 +796,11 @@ impl LoopCore {
         entries.iter().map(|item| item.handle_object(py)).collect()
     }
 
+    /// How many posts and executor completions wait in the lock-free queue (tests).
+    fn _pending_posts(&self) -> usize {
+        self.shared.get().injector.len()
+    }
+
     /// How many times flow control has made a thread posting to this loop wait.
     #[getter]
     fn _flow_control_waits(&self) -> u64 {

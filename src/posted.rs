@@ -63,42 +63,53 @@ impl LoopCore {
         self.drain_posted(slf, self.shared.get())
     }
 
+    /// Applies what waits in the injector: callbacks join the ready queue in posting
+    /// order, then completions settle their futures in posting order (see `settle_all`).
     pub(crate) fn drain_posted(&self, slf: &Bound<'_, LoopCore>, shared: &Shared) -> PyResult<()> {
+        let done = self.queue_posted(shared);
+        self.settle_all(slf, done)
+    }
+
+    /// The first half of `drain_posted`, for an iteration: callbacks join the ready
+    /// queue; the completions are returned, to be settled once the iteration has queued
+    /// its I/O watchers and due timers. On the stock loop a completion is a callback
+    /// (`_call_set_state`) that sets the result when it runs, so the wake-up it schedules
+    /// runs after those: settled at once, an executor result would overtake a timeout
+    /// that was already due (`asyncio.timeout()` would not fire).
+    pub(crate) fn queue_posted(&self, shared: &Shared) -> Vec<Completion> {
+        let mut done = Vec::new();
         if shared.injector.is_empty() || self.applying_posted.load(Relaxed) {
-            return Ok(());
+            return done;
         }
         let mut items = Vec::new(); // drain_into reserves what is queued
         shared.injector.drain_into(&mut items);
-        self.applying_posted.store(true, Relaxed);
-        let fatal = self.apply_posted(slf, items);
-        self.applying_posted.store(false, Relaxed);
-        match fatal {
-            Some(fatal) => Err(fatal),
-            None => Ok(()),
-        }
-    }
-
-    /// Applies drained items: callbacks join the ready queue in posting order, then
-    /// completions settle their futures in posting order, so what settling schedules
-    /// (the awaiting task's wake-up) comes after the batch's callbacks, as on the stock
-    /// loop, where a completion is itself a queued callback. A completion that cannot
-    /// be settled is reported through `sys.unraisablehook` (a KeyboardInterrupt/
-    /// SystemExit is returned instead, to be raised); the rest are still applied.
-    fn apply_posted(&self, slf: &Bound<'_, LoopCore>, items: Vec<Posted>) -> Option<PyErr> {
-        let py = slf.py();
-        let mut fatal = None;
-        let mut done = Vec::new();
         let calls = items.into_iter().filter_map(|item| match item {
             Posted::Call(h) => Some(Ready::Posted(h)),
             Posted::Nudge => None,
             Posted::Done(d) => {
-                done.push(d);
+                done.push(*d);
                 None
             }
         });
         self.extend_ready(calls);
-        for d in done {
-            let Completion { fut, outcome } = *d;
+        done
+    }
+
+    /// Settles drained completions in posting order. One that cannot be settled is
+    /// reported through `sys.unraisablehook` (a KeyboardInterrupt/SystemExit is returned
+    /// instead, to be raised); the rest are still settled.
+    pub(crate) fn settle_all(
+        &self,
+        slf: &Bound<'_, LoopCore>,
+        done: Vec<Completion>,
+    ) -> PyResult<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let py = slf.py();
+        let mut fatal = None;
+        self.applying_posted.store(true, Relaxed);
+        for Completion { fut, outcome } in done {
             if let Err(e) = self.settle(slf, fut, outcome) {
                 if is_fatal(py, &e) {
                     fatal.get_or_insert(e);
@@ -107,7 +118,11 @@ impl LoopCore {
                 }
             }
         }
-        fatal
+        self.applying_posted.store(false, Relaxed);
+        match fatal {
+            Some(fatal) => Err(fatal),
+            None => Ok(()),
+        }
     }
 
     fn settle(&self, slf: &Bound<'_, LoopCore>, fut: Py<PyAny>, outcome: Outcome) -> PyResult<()> {

@@ -369,9 +369,17 @@ impl LoopCore {
         let timeout = self.poll_timeout(slf)?;
         let mut events = Vec::new();
         self.poll(py, shared, timeout, &mut events)?;
-        self.drain_posted(slf, shared)?;
+        // Posted callbacks, then I/O watchers, then due timers, then what completions
+        // schedule (see queue_posted): the stock loop's order.
+        let done = self.queue_posted(shared);
         self.dispatch_io(py, shared, &events);
-        self.collect_due_timers(self.now(slf)?);
+        // (A replaced clock that raises: the completions are still settled.)
+        let now = self.now(slf);
+        if let Ok(now) = now {
+            self.collect_due_timers(now);
+        }
+        self.settle_all(slf, done)?;
+        now?;
         self.run_ready(slf)
     }
 }

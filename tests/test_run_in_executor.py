@@ -498,3 +498,37 @@ def test_a_loop_dropped_with_executor_work_is_collected(loop_factory, how):
             return ref() is None
 
         wait_until(collected, "the dropped loop to be collected")
+
+
+def test_a_due_timeout_beats_an_executor_result_of_the_same_iteration(loop):
+    # Both are ready when the loop next looks: the timeout's deadline has passed (the
+    # replaced clock says so) and the job's completion is queued. The stock loop runs
+    # due timers before what a completion schedules (its completion is a callback that
+    # sets the result when it runs), so asyncio.timeout() fires: TimeoutError. weaveloop
+    # settled the future as it drained it, and the task resumed with the result first.
+    now = [0.0]
+    loop.time = lambda: now[0]
+    gate = threading.Event()
+    pending = (
+        (lambda: loop._pending_posts() == 1)
+        if hasattr(loop, "_pending_posts")
+        else (lambda: len(loop._ready) == 1)
+    )
+
+    def hold():
+        # The deadline passes and the job completes while this callback holds the loop.
+        now[0] = 100.0
+        gate.set()
+        wait_until(pending, "the job's completion to be queued")
+
+    async def main():
+        try:
+            async with asyncio.timeout(10):
+                fut = loop.run_in_executor(None, gate.wait, SAFETY)
+                loop.call_soon(hold)
+                await fut
+            return "completed"
+        except TimeoutError:
+            return "TimeoutError"
+
+    assert loop.run_until_complete(main()) == "TimeoutError"
