@@ -238,6 +238,9 @@ pub struct LoopCore {
     /// `threading.get_ident()` of the thread running the loop; 0 when not running.
     pub(crate) owner: AtomicU64,
     pub(crate) closed: AtomicBool,
+    /// True while `close()` runs what other threads posted, just before the loop is
+    /// marked closed (see `_close_core`).
+    pub(crate) closing: AtomicBool,
     pub(crate) stopping: AtomicBool,
     /// True while the loop thread applies a drained batch (`apply_posted`): settling a
     /// completion runs Python code, whose `call_soon` must not drain again (that would
@@ -321,6 +324,7 @@ impl LoopCore {
         self.owner.load(Relaxed) == 0
             && self.in_run_once.load(Relaxed) == 0
             && !self.closed.load(Relaxed)
+            && !self.closing.load(Relaxed)
     }
 
     pub(crate) fn is_debug(&self) -> bool {
@@ -420,6 +424,7 @@ impl LoopCore {
             flow_control_waits: AtomicU64::new(0),
             owner: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             applying_posted: AtomicBool::new(false),
             in_run_once: AtomicUsize::new(0),

@@ -418,6 +418,9 @@ impl LoopCore {
     fn _run_forever_core(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
         let me = interop::thread_ident();
+        if this.closing.load(Relaxed) {
+            return Err(errors::loop_closed()); // (a callback that close() runs)
+        }
         if this
             .owner
             .compare_exchange(0, me, Relaxed, Relaxed)
@@ -457,7 +460,8 @@ impl LoopCore {
         if this.owner.load(Relaxed) != 0 {
             return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
         }
-        if this.closed.load(Relaxed) {
+        // (Also when a callback that close() runs closes the loop again.)
+        if this.closed.load(Relaxed) || this.closing.load(Relaxed) {
             return Ok(());
         }
         let shared = this.shared();
@@ -470,13 +474,17 @@ impl LoopCore {
             }
         }
         drop(in_flight);
-        this.closed.store(true, Relaxed);
+        // From here on, posts are refused (they raise) and none goes straight to the
+        // ready queue (see `idle`).
+        this.closing.store(true, Relaxed);
         let leftovers = shared.injector.close();
         // Callbacks other threads posted still run (they may have raced this close, and
         // each post runs or raises): those already moved to the ready queue first (they
-        // were posted earlier), then the injector's. The rest of the ready queue is
-        // dropped, as asyncio's close() does, and so are the callbacks this thread
-        // posted itself, before closing (tornado's add_callback, for one, posts so).
+        // were posted earlier), then the injector's. They run before the loop is marked
+        // closed, so what they schedule (a future's done callbacks, say) is dropped with
+        // the rest, silently, instead of failing with "Event loop is closed". The rest of
+        // the ready queue is dropped, as asyncio's close() does, and so are the callbacks
+        // this thread posted itself, before closing (tornado's add_callback posts so).
         let ready: VecDeque<Ready> = std::mem::take(&mut *lock(&this.ready));
         let late = leftovers.into_iter().filter_map(|item| match item {
             Posted::Call(h) => Some(Ready::Posted(h)),
@@ -500,6 +508,11 @@ impl LoopCore {
                 fatal.get_or_insert(e);
             }
         }
+        this.closed.store(true, Relaxed);
+        this.closing.store(false, Relaxed);
+        let scheduled: VecDeque<Ready> = std::mem::take(&mut *lock(&this.ready));
+        scheduled.iter().for_each(|r| r.release(py));
+        drop(scheduled);
         let timers = lock(&this.timers).drain();
         for t in &timers {
             t.get().scheduled.store(false, Relaxed);

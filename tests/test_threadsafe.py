@@ -725,3 +725,24 @@ def test_a_post_from_a_thread_gone_before_close_still_runs(wloop):
     join_or_fail(start_thread(wloop.call_soon_threadsafe, ran.append, "posted"))
     join_or_fail(start_thread(wloop.close))
     assert ran == ["posted"]
+
+
+def test_close_runs_other_threads_posts_before_it_marks_the_loop_closed(wloop, caplog):
+    # A post that raced close() runs (it must run or raise), and runs while the loop is
+    # still open: what it schedules (here the future's done callback) is dropped with the
+    # rest, as the stock loop drops its ready queue. Run after the loop was marked
+    # closed, its call_soon failed and close() logged "Exception in callback ... Event
+    # loop is closed" for nearly every such post.
+    fut = wloop.create_future()
+    ran = []
+    fut.add_done_callback(lambda f: ran.append("done callback"))
+    join_or_fail(start_thread(wloop.call_soon_threadsafe, fut.set_result, 1))
+    join_or_fail(start_thread(wloop.call_soon_threadsafe, wloop.close))  # re-entrant
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        wloop.close()
+    assert wloop.is_closed()
+    assert fut.result() == 1
+    assert ran == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        wloop.call_soon_threadsafe(print)
