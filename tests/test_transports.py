@@ -1,0 +1,101 @@
+"""Socket transports: what protocols receive, differential against the stock loop.
+
+weaveloop's socket transport reads into one buffer per loop and copies each read out
+(the stock one allocates a fresh 256 KiB bytes object per read); protocols must not be
+able to tell: each read arrives as its own bytes object of at most ``max_size`` bytes,
+and nothing a later read does changes what an earlier one delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from _support import run
+
+
+class _Collect(asyncio.Protocol):
+    def __init__(self, max_size: int | None, done: asyncio.Future, expected: int) -> None:
+        self.max_size = max_size
+        self.done = done
+        self.expected = expected
+        self.chunks: list[bytes] = []
+
+    def connection_made(self, transport) -> None:
+        if self.max_size is not None:
+            transport.max_size = self.max_size
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+        if sum(map(len, self.chunks)) >= self.expected and not self.done.done():
+            self.done.set_result(None)
+
+
+@pytest.mark.parametrize("max_size", [None, 1000])
+def test_reads_arrive_as_separate_bytes_within_max_size(loop, max_size):
+    payloads = [os.urandom(300_000), os.urandom(5_000)]
+    total = sum(map(len, payloads))
+
+    async def main():
+        done = loop.create_future()
+        protocols = []
+
+        def factory():
+            protocols.append(_Collect(max_size, done, total))
+            return protocols[-1]
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for p in payloads:
+            writer.write(p)
+            await writer.drain()
+        await done
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return protocols[0].chunks
+
+    chunks = run(loop, main())
+    assert all(type(c) is bytes for c in chunks)
+    assert max(map(len, chunks)) <= (max_size or 256 * 1024)
+    # Joined only now, after every read: an earlier chunk is not a view that a later
+    # read overwrote.
+    assert b"".join(chunks) == b"".join(payloads)
+
+
+def test_connections_read_in_turn_keep_their_own_data(loop):
+    # Several connections of one loop, read in the same iterations (one shared buffer
+    # on weaveloop): each protocol gets exactly its peer's bytes.
+    n, size = 8, 50_000
+    payloads = [bytes([i]) * size for i in range(n)]
+
+    async def main():
+        done = [loop.create_future() for _ in range(n)]
+        protocols = []
+
+        def factory():
+            protocols.append(_Collect(None, done[len(protocols)], size))
+            return protocols[-1]
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        writers = []
+        for _ in range(n):
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            writers.append(w)
+        for i, w in enumerate(writers):
+            # Each connection's first byte tells which connection the server side is.
+            w.write(payloads[i])
+        await asyncio.gather(*(w.drain() for w in writers))
+        await asyncio.gather(*done)
+        for w in writers:
+            w.close()
+        server.close()
+        await server.wait_closed()
+        return [b"".join(p.chunks) for p in protocols]
+
+    received = run(loop, main())
+    assert sorted(received) == sorted(payloads)
