@@ -242,9 +242,9 @@ pub struct LoopCore {
     /// marked closed (see `_close_core`).
     pub(crate) closing: AtomicBool,
     pub(crate) stopping: AtomicBool,
-    /// True while the loop thread applies a drained batch (`apply_posted`): settling a
-    /// completion runs Python code, whose `call_soon` must not drain again (that would
-    /// queue later posts ahead of the batch's own).
+    /// True while drained completions are settled (`settle_all`): settling runs Python
+    /// code, whose `call_soon` must not drain again (that would queue later posts ahead
+    /// of the batch's own).
     pub(crate) applying_posted: AtomicBool,
     /// How many `run_once` calls are under way (more than one only if a callback calls
     /// `_run_once` itself). One may park without the loop running (`_run_once` called

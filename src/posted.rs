@@ -45,11 +45,6 @@ impl Posted {
 }
 
 impl LoopCore {
-    /// Loop thread: drains the injector, settling completions and queueing callbacks.
-    /// A KeyboardInterrupt/SystemExit met while settling is raised once all are applied.
-    /// Does nothing when called from inside another drain's `apply_posted` (settling a
-    /// completion runs Python code, which may call `call_soon`): the new items wait for
-    /// the next drain, behind the batch being applied.
     /// Applies what waits in the injector if the loop is idle (see `idle`): for a poster
     /// that found the loop not running (`Shared::drained_by_poster`), and for
     /// `run_forever` as it ends. What is applied is where the GC sees it (futures
@@ -64,7 +59,8 @@ impl LoopCore {
     }
 
     /// Applies what waits in the injector: callbacks join the ready queue in posting
-    /// order, then completions settle their futures in posting order (see `settle_all`).
+    /// order, then completions settle their futures in posting order (see `settle_all`;
+    /// a KeyboardInterrupt/SystemExit met while settling is raised once all are applied).
     pub(crate) fn drain_posted(&self, slf: &Bound<'_, LoopCore>, shared: &Shared) -> PyResult<()> {
         let done = self.queue_posted(shared);
         self.settle_all(slf, done)
@@ -75,7 +71,9 @@ impl LoopCore {
     /// its I/O watchers and due timers. On the stock loop a completion is a callback
     /// (`_call_set_state`) that sets the result when it runs, so the wake-up it schedules
     /// runs after those: settled at once, an executor result would overtake a timeout
-    /// that was already due (`asyncio.timeout()` would not fire).
+    /// that was already due (`asyncio.timeout()` would not fire). Does nothing while
+    /// `settle_all` runs (settling runs Python code, which may call `call_soon`): the new
+    /// items wait for the next drain, behind the batch being settled.
     pub(crate) fn queue_posted(&self, shared: &Shared) -> Vec<Completion> {
         let mut done = Vec::new();
         if shared.injector.is_empty() || self.applying_posted.load(Relaxed) {
