@@ -510,10 +510,7 @@ impl PoolCore {
     fn _broken(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         Ok(match lock(&self.state()?.broken).clone() {
             Some(why) => why.into_pyobject(py)?.into_any().unbind(),
-            None => pyo3::types::PyBool::new(py, false)
-                .to_owned()
-                .into_any()
-                .unbind(),
+            None => interop::py_bool(py, false),
         })
     }
 

@@ -334,13 +334,6 @@ pub fn untrack<T>(obj: &Py<T>) {
     unsafe { pyo3::ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) }
 }
 
-fn py_bool(py: Python<'_>, value: bool) -> Py<PyAny> {
-    pyo3::types::PyBool::new(py, value)
-        .to_owned()
-        .into_any()
-        .unbind()
-}
-
 /// The part of asyncio's handle interface that both handle types share.
 macro_rules! callback_accessors {
     ($ty:ty) => {
@@ -500,8 +493,8 @@ impl Handle {
     fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> Py<PyAny> {
         let py = other.py();
         match (other.cast::<Handle>(), op) {
-            (Ok(o), CompareOp::Eq) => py_bool(py, self.identity() == o.get().identity()),
-            (Ok(o), CompareOp::Ne) => py_bool(py, self.identity() != o.get().identity()),
+            (Ok(o), CompareOp::Eq) => interop::py_bool(py, self.identity() == o.get().identity()),
+            (Ok(o), CompareOp::Ne) => interop::py_bool(py, self.identity() != o.get().identity()),
             _ => py.NotImplemented(),
         }
     }
@@ -628,7 +621,7 @@ impl TimerHandle {
             CompareOp::Eq => same()?,
             CompareOp::Ne => !same()?,
         };
-        Ok(py_bool(py, result))
+        Ok(interop::py_bool(py, result))
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {

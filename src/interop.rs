@@ -88,6 +88,14 @@ pub fn submit_is_the_pools(executor: &Bound<'_, PyAny>) -> PyResult<bool> {
     Ok(cls.getattr(submit)?.is(tpe.getattr(submit)?))
 }
 
+/// `True`/`False` as an owned object.
+pub fn py_bool(py: Python<'_>, value: bool) -> Py<PyAny> {
+    pyo3::types::PyBool::new(py, value)
+        .to_owned()
+        .into_any()
+        .unbind()
+}
+
 /// Interned keyword-name tuples for `call_kw`.
 pub fn kwnames<'py>(
     py: Python<'py>,
