@@ -53,23 +53,21 @@ class _SelectorView:
         if loop is not None:
             try:
                 fd = selectors._fileobj_to_fd(fileobj)
+                info = loop._io_key(fd)
             except ValueError:
                 # A file object closed since it was registered: found by identity, as
                 # the selectors module finds it.
-                fd = next((f for f in loop._io_fds() if self._registered(loop, f) is fileobj), None)
-                if fd is None:
+                for fd in loop._io_fds():
+                    info = loop._io_key(fd)
+                    if info is not None and info[3] is fileobj:
+                        break
+                else:
                     raise
-            info = loop._io_key(fd)
         if info is None:
             raise KeyError(f"{fileobj!r} is not registered")
         events_mask, reader, writer, registered = info
         fileobj = registered if registered is not None else fd
         return selectors.SelectorKey(fileobj, fd, events_mask, (reader, writer))
-
-    @staticmethod
-    def _registered(loop, fd):
-        info = loop._io_key(fd)
-        return info[3] if info is not None else None
 
     def get_map(self):
         return _KeyMap(self)
