@@ -1,9 +1,11 @@
 //! The I/O poller: mio (epoll) underneath, asyncio's level-triggered semantics on top.
 //!
-//! mio registrations are edge-triggered, but `add_reader` callbacks may leave data
-//! unread and expect to be called again. Invariant: every fd that fired is re-armed
-//! (EPOLL_CTL_MOD, which re-reports a still-ready fd) before the next poll, so readiness
-//! is reported for as long as it lasts, as with select() or level-triggered epoll.
+//! `add_reader` callbacks may leave data unread and expect to be called again, as with
+//! select() or the selectors module's level-triggered epoll. mio registers every source
+//! edge-triggered, so the watched fds are registered on mio's epoll instance directly,
+//! level-triggered (`epoll_ctl`): readiness is reported for as long as it lasts, with no
+//! re-arming per event. mio still polls, decodes the events and owns the wake-up
+//! eventfd and the timer, which are its own edge-triggered registrations.
 //! A timed poll ends at its exact deadline through a timerfd, not epoll's milliseconds.
 
 use std::collections::HashMap;
@@ -35,26 +37,30 @@ struct Wanted {
 }
 
 impl Wanted {
-    fn interest(self) -> Option<Interest> {
-        match (self.read, self.write) {
-            (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
-            (true, false) => Some(Interest::READABLE),
-            (false, true) => Some(Interest::WRITABLE),
-            (false, false) => None,
+    /// The level-triggered epoll events for this interest (None: not watched). Errors
+    /// and hang-ups are always reported.
+    fn epoll_events(self) -> Option<u32> {
+        let mut events = 0;
+        if self.read {
+            events |= libc::EPOLLIN | libc::EPOLLRDHUP;
         }
+        if self.write {
+            events |= libc::EPOLLOUT;
+        }
+        (events != 0).then_some(events as u32)
     }
 }
 
 struct PollState {
     poll: Poll,
     events: Events,
-    fired: Vec<RawFd>,
     /// Ends a timed poll at its exact deadline (epoll_wait rounds up to milliseconds).
     timer: TimerFd,
     timer_armed: bool,
 }
 
-/// The fds watched, and the registry to change the epoll set with (None once closed).
+/// The fds watched, and the registry (its epoll fd) to change the epoll set with (None
+/// once closed).
 struct Interests {
     wanted: HashMap<RawFd, Wanted>,
     registry: Option<Registry>,
@@ -105,7 +111,6 @@ impl Poller {
             state: Mutex::new(Some(PollState {
                 poll,
                 events: Events::with_capacity(1024),
-                fired: Vec::new(),
                 timer,
                 timer_armed: false,
             })),
@@ -170,23 +175,24 @@ impl Poller {
         if old == new {
             return Ok(());
         }
-        match (old.interest(), new.interest()) {
-            (None, Some(i)) => add(registry, fd, i)?,
-            (Some(_), Some(i)) => {
-                if let Err(e) = registry.reregister(&mut SourceFd(&fd), Token(fd as usize), i) {
+        let epfd = registry.as_raw_fd();
+        match (old.epoll_events(), new.epoll_events()) {
+            (None, Some(events)) => add(epfd, fd, events)?,
+            (Some(_), Some(events)) => {
+                if let Err(e) = epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, events) {
                     // (What epoll may still hold under this number is not ours: drop it.)
-                    let _ = registry.deregister(&mut SourceFd(&fd));
+                    let _ = epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0);
                     wanted.remove(&fd);
                     return Err(e);
                 }
             }
             (Some(_), None) => {
                 // ENOENT/EBADF here only mean epoll already forgot a closed fd.
-                let _ = registry.deregister(&mut SourceFd(&fd));
+                let _ = epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0);
             }
             (None, None) => {}
         }
-        if new.interest().is_some() {
+        if new.epoll_events().is_some() {
             wanted.insert(fd, new);
         } else {
             wanted.remove(&fd);
@@ -209,7 +215,6 @@ impl Poller {
     pub fn poll(&self, timeout: Option<Duration>, out: &mut Vec<Readiness>) -> io::Result<()> {
         let mut st = lock(&self.state);
         let st = st.as_mut().ok_or_else(closed)?;
-        self.rearm(&mut st.fired);
         match timeout {
             Some(t) if !t.is_zero() => {
                 // epoll's own timeout (rounded up to ms) stays as a safety net.
@@ -252,34 +257,35 @@ impl Poller {
                     writable,
                 });
             }
-            st.fired.push(fd);
         }
         Ok(())
     }
-
-    fn rearm(&self, fired: &mut Vec<RawFd>) {
-        if fired.is_empty() {
-            return;
-        }
-        let interests = lock(&self.interests);
-        let Some(registry) = &interests.registry else {
-            return;
-        };
-        for fd in fired.drain(..) {
-            if let Some(i) = interests.wanted.get(&fd).and_then(|w| w.interest()) {
-                let _ = registry.reregister(&mut SourceFd(&fd), Token(fd as usize), i);
-            }
-        }
-    }
 }
 
-fn add(registry: &Registry, fd: RawFd, interest: Interest) -> io::Result<()> {
-    match registry.register(&mut SourceFd(&fd), Token(fd as usize), interest) {
+/// Starts watching `fd` (an epoll entry left under its number by a file since closed
+/// is taken over).
+fn add(epfd: RawFd, fd: RawFd, events: u32) -> io::Result<()> {
+    match epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, events) {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-            registry.reregister(&mut SourceFd(&fd), Token(fd as usize), interest)
+            epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, events)
         }
         other => other,
     }
+}
+
+/// `epoll_ctl(2)` for a watched fd, level-triggered, its token the fd itself (as mio
+/// decodes it: `Token(fd)`).
+fn epoll_ctl(epfd: RawFd, op: libc::c_int, fd: RawFd, events: u32) -> io::Result<()> {
+    let mut event = libc::epoll_event {
+        events,
+        u64: fd as u64,
+    };
+    // SAFETY: epoll_ctl only reads `event` (ignored for EPOLL_CTL_DEL), a live local;
+    // bad or stale fds are reported through errno, which is returned.
+    if unsafe { libc::epoll_ctl(epfd, op, fd, &mut event) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
