@@ -11,7 +11,7 @@ use std::time::Duration;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use weaveloop_engine::{clock, Readiness};
+use weaveloop_engine::{clock, Readiness, Wait};
 
 use crate::errors;
 use crate::handles::{Callback, CallbackError, EmptyContext, Handle};
@@ -78,16 +78,22 @@ impl LoopCore {
         drop(dead);
     }
 
-    /// How long the poll may block: zero when work is ready, until the next timer, or
-    /// forever (None).
-    fn poll_timeout(&self, slf: &Bound<'_, LoopCore>) -> PyResult<Option<Duration>> {
+    /// How long the poll may block: not at all when work is ready, until the next
+    /// timer, or forever. On the loop's own clock the wait ends at the timer's
+    /// deadline itself (`Wait::Until`, which the poller arms once for all the polls
+    /// that wait on that timer); a replaced clock's deadline is turned into a duration.
+    fn poll_timeout(&self, slf: &Bound<'_, LoopCore>) -> PyResult<Wait> {
         if self.stopping.load(Relaxed) || !lock(&self.ready).is_empty() {
-            return Ok(Some(Duration::ZERO));
+            return Ok(Wait::For(Duration::ZERO));
         }
         let Some(when) = lock(&self.timers).peek().map(|(when, _)| when) else {
-            return Ok(None);
+            return Ok(Wait::Forever);
         };
-        let secs = when - self.now(slf)?;
+        let now = self.now(slf)?;
+        let secs = when - now;
+        if !self.custom_clock.load(Relaxed) && (0.0..=MAX_POLL).contains(&secs) {
+            return Ok(Wait::Until(when));
+        }
         // NaN (an infinite `when` by a replaced clock at infinity): at once, as stock's
         // max(0, nan).
         let secs = if secs.is_nan() {
@@ -95,46 +101,50 @@ impl LoopCore {
         } else {
             secs.clamp(0.0, MAX_POLL)
         };
-        Ok(Some(Duration::from_secs_f64(secs)))
+        Ok(Wait::For(Duration::from_secs_f64(secs)))
     }
 
     fn poll(
         &self,
         py: Python<'_>,
         shared: &Shared,
-        mut timeout: Option<Duration>,
+        mut wait: Wait,
         events: &mut Vec<Readiness>,
     ) -> PyResult<()> {
-        let idle = timeout != Some(Duration::ZERO);
+        const NOW: Wait = Wait::For(Duration::ZERO);
+        let idle = wait != NOW;
         let idle_since = if idle { clock::monotonic() } else { 0.0 };
         if idle && self.spin_worthy.load(Relaxed) {
-            let budget = timeout.map_or(SPIN, |t| t.min(SPIN));
+            let budget = match wait {
+                Wait::Forever => SPIN,
+                Wait::For(t) => t.min(SPIN),
+                Wait::Until(deadline) => Duration::try_from_secs_f64(deadline - idle_since)
+                    .map_or(Duration::ZERO, |t| t.min(SPIN)),
+            };
             let offer = self.last_batch.load(Relaxed) <= HAND_OVER_BATCH;
             let arrived = py.detach(|| shared.injector.spin_wait(budget, offer));
             shared.injector.resumed();
             if arrived {
-                timeout = Some(Duration::ZERO);
+                wait = NOW;
             } else {
                 self.spin_worthy.store(false, Relaxed);
                 // The spin took its part of the wait: park only for the rest, or a timer
-                // due meanwhile fires up to a spin late.
-                let spent = Duration::from_secs_f64((clock::monotonic() - idle_since).max(0.0));
-                timeout = timeout.map(|t| t.saturating_sub(spent));
+                // due meanwhile fires up to a spin late. (A deadline needs no change.)
+                if let Wait::For(t) = wait {
+                    let spent = (clock::monotonic() - idle_since).max(0.0);
+                    wait = Wait::For(t.saturating_sub(Duration::from_secs_f64(spent)));
+                }
             }
         }
-        let result = if timeout == Some(Duration::ZERO) {
+        let result = if wait == NOW {
             // Without the GIL, as the stock loop's select(0): a thread waiting for the
             // GIL (back from blocking I/O, rule 1) gets it now, not at the next forced
             // switch 5 ms away, even while the loop always has work ready.
-            py.detach(|| shared.poller.poll(timeout, events))
+            py.detach(|| shared.poller.poll(wait, events))
         } else {
             // The handshake of wake.rs: announce the park, then look at the queue.
             let park = shared.injector.park();
-            let t = if park.may_block() {
-                timeout
-            } else {
-                Some(Duration::ZERO)
-            };
+            let t = if park.may_block() { wait } else { NOW };
             let r = py.detach(|| {
                 shared.injector.released();
                 shared.poller.poll(t, events)
@@ -366,9 +376,9 @@ impl LoopCore {
         let py = slf.py();
         let shared = self.shared.get();
         self.housekeep_timers();
-        let timeout = self.poll_timeout(slf)?;
+        let wait = self.poll_timeout(slf)?;
         let mut events = Vec::new();
-        self.poll(py, shared, timeout, &mut events)?;
+        self.poll(py, shared, wait, &mut events)?;
         // Posted callbacks, then I/O watchers, then due timers, then what completions
         // schedule (see queue_posted): the stock loop's order.
         let done = self.queue_posted(shared);

@@ -12,7 +12,7 @@ pub mod timers;
 pub mod wake;
 
 pub use injector::{Injector, Throttle};
-pub use poller::{Poller, Readiness};
+pub use poller::{Poller, Readiness, Wait};
 pub use pool::{Pool, Submitted};
 pub use timers::TimerHeap;
 pub use wake::WakeState;

@@ -22,6 +22,19 @@ use crate::timerfd::TimerFd;
 const WAKER: Token = Token(usize::MAX);
 const TIMER: Token = Token(usize::MAX - 1);
 
+/// How long a poll may block.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Wait {
+    /// Until an fd is ready or a wake-up.
+    Forever,
+    /// At most this long (zero: do not block).
+    For(Duration),
+    /// Until this CLOCK_MONOTONIC time, in seconds (as `clock::monotonic()`): the next
+    /// timer's deadline. The timerfd stays armed for it across polls, so the polls of
+    /// a busy loop waiting on the same timer set it once, not every iteration.
+    Until(f64),
+}
+
 /// One fd's readiness as reported by a poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Readiness {
@@ -56,7 +69,17 @@ struct PollState {
     events: Events,
     /// Ends a timed poll at its exact deadline (epoll_wait rounds up to milliseconds).
     timer: TimerFd,
-    timer_armed: bool,
+    timer_armed: Armed,
+}
+
+/// What the timerfd is set to.
+#[derive(Clone, Copy, PartialEq)]
+enum Armed {
+    No,
+    /// For a relative wait (its deadline is not kept).
+    Relative,
+    /// For this `Wait::Until` deadline.
+    At(f64),
 }
 
 /// The fds watched, and the registry (its epoll fd) to change the epoll set with (None
@@ -112,7 +135,7 @@ impl Poller {
                 poll,
                 events: Events::with_capacity(1024),
                 timer,
-                timer_armed: false,
+                timer_armed: Armed::No,
             })),
             interests: Mutex::new(Interests {
                 wanted: HashMap::new(),
@@ -209,24 +232,36 @@ impl Poller {
         self.len() == 0
     }
 
-    /// Blocks up to `timeout` (None: forever) and appends ready fds to `out`. Wake-ups
-    /// through the waker return with nothing appended. EINTR is returned as an error of
-    /// kind `Interrupted` so that the caller can run signal handlers.
-    pub fn poll(&self, timeout: Option<Duration>, out: &mut Vec<Readiness>) -> io::Result<()> {
+    /// Blocks as `wait` allows and appends ready fds to `out`. Wake-ups through the
+    /// waker return with nothing appended. EINTR is returned as an error of kind
+    /// `Interrupted` so that the caller can run signal handlers.
+    pub fn poll(&self, wait: Wait, out: &mut Vec<Readiness>) -> io::Result<()> {
         let mut st = lock(&self.state);
         let st = st.as_mut().ok_or_else(closed)?;
-        match timeout {
-            Some(t) if !t.is_zero() => {
-                // epoll's own timeout (rounded up to ms) stays as a safety net.
+        // epoll's own timeout (rounded up to ms) stays as a safety net.
+        let timeout = match wait {
+            Wait::Forever => {
+                if st.timer_armed != Armed::No {
+                    st.timer.disarm()?;
+                    st.timer_armed = Armed::No;
+                }
+                None
+            }
+            Wait::For(t) if t.is_zero() => Some(t),
+            Wait::For(t) => {
                 st.timer.arm(t)?;
-                st.timer_armed = true;
+                st.timer_armed = Armed::Relative;
+                Some(t)
             }
-            None if st.timer_armed => {
-                st.timer.disarm()?;
-                st.timer_armed = false;
+            Wait::Until(deadline) => {
+                if st.timer_armed != Armed::At(deadline) {
+                    st.timer.arm_at(deadline)?;
+                    st.timer_armed = Armed::At(deadline);
+                }
+                let left = deadline - crate::clock::monotonic();
+                Some(Duration::try_from_secs_f64(left).unwrap_or(Duration::ZERO))
             }
-            _ => {}
-        }
+        };
         // Room for every watched fd (and the waker and the timer), as the selectors
         // module sizes epoll's result: each ready fd is served in this iteration.
         let room = self.len() + 2;
@@ -242,7 +277,7 @@ impl Poller {
             }
             if ev.token() == TIMER {
                 st.timer.clear();
-                st.timer_armed = false;
+                st.timer_armed = Armed::No;
                 continue;
             }
             let fd = ev.token().0 as RawFd;
@@ -303,7 +338,7 @@ mod tests {
         p.close();
         assert!(p.is_empty());
         let mut out = Vec::new();
-        let err = p.poll(Some(Duration::ZERO), &mut out).unwrap_err();
+        let err = p.poll(Wait::For(Duration::ZERO), &mut out).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EBADF));
         let err = p.set_interest(b.as_raw_fd(), true, false).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EBADF));
@@ -337,7 +372,7 @@ mod tests {
             p.set_interest(b.as_raw_fd(), true, false).unwrap();
         }
         let mut out = Vec::new();
-        p.poll(Some(Duration::ZERO), &mut out).unwrap();
+        p.poll(Wait::For(Duration::ZERO), &mut out).unwrap();
         assert_eq!(out.len(), pairs.len());
     }
 
@@ -352,7 +387,7 @@ mod tests {
         );
         drop(held);
         let mut out = Vec::new();
-        assert!(p.poll(Some(Duration::ZERO), &mut out).is_ok());
+        assert!(p.poll(Wait::For(Duration::ZERO), &mut out).is_ok());
         let (_a, b) = UnixStream::pair().unwrap();
         let err = p.set_interest(b.as_raw_fd(), true, false).unwrap_err();
         assert_eq!(
@@ -370,14 +405,15 @@ mod tests {
         a.write_all(b"xy").unwrap();
         for _ in 0..3 {
             let mut out = Vec::new();
-            p.poll(Some(Duration::from_secs(5)), &mut out).unwrap();
+            p.poll(Wait::For(Duration::from_secs(5)), &mut out).unwrap();
             assert_eq!(out.len(), 1, "unread data is reported on every poll");
             assert!(out[0].readable && !out[0].writable);
         }
         let mut buf = [0u8; 2];
         (&b).read_exact(&mut buf).unwrap();
         let mut out = Vec::new();
-        p.poll(Some(Duration::from_millis(0)), &mut out).unwrap();
+        p.poll(Wait::For(Duration::from_millis(0)), &mut out)
+            .unwrap();
         assert!(out.is_empty(), "drained fd is quiet");
     }
 
@@ -387,14 +423,46 @@ mod tests {
         let mut out = Vec::new();
         for micros in [1, 200, 1500] {
             let t0 = std::time::Instant::now();
-            p.poll(Some(Duration::from_micros(micros)), &mut out)
+            p.poll(Wait::For(Duration::from_micros(micros)), &mut out)
                 .unwrap();
             assert!(t0.elapsed() >= Duration::from_micros(micros));
             assert!(out.is_empty(), "the timer's own wake-up is not an fd event");
         }
         // The timer fired and was consumed: a zero-timeout poll finds nothing.
-        p.poll(Some(Duration::ZERO), &mut out).unwrap();
+        p.poll(Wait::For(Duration::ZERO), &mut out).unwrap();
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_poll_until_a_deadline_ends_there_and_not_before() {
+        let p = Poller::new().unwrap();
+        let mut out = Vec::new();
+        let deadline = crate::clock::monotonic() + 0.002;
+        // While an fd is ready, polls until the deadline return at once.
+        let (a, b) = UnixStream::pair().unwrap();
+        (&a).write_all(b"x").unwrap();
+        p.set_interest(b.as_raw_fd(), true, false).unwrap();
+        for _ in 0..3 {
+            out.clear();
+            p.poll(Wait::Until(deadline), &mut out).unwrap();
+            assert_eq!(out.len(), 1);
+        }
+        // Then the deadline, set once for all of them, still ends the wait.
+        p.set_interest(b.as_raw_fd(), false, false).unwrap();
+        out.clear();
+        p.poll(Wait::Until(deadline), &mut out).unwrap();
+        assert!(crate::clock::monotonic() >= deadline, "ended early");
+        assert!(out.is_empty());
+        // A relative wait in between, then the same deadline again (now past): no
+        // stale setting makes it block.
+        p.poll(Wait::For(Duration::from_micros(100)), &mut out)
+            .unwrap();
+        p.poll(Wait::Until(deadline), &mut out).unwrap();
+        // A later deadline replaces the earlier one.
+        let later = crate::clock::monotonic() + 0.001;
+        p.poll(Wait::Until(later), &mut out).unwrap();
+        assert!(crate::clock::monotonic() >= later, "ended early");
+        assert!(out.is_empty(), "the timer's own wake-up is not an fd event");
     }
 
     #[test]
@@ -403,14 +471,14 @@ mod tests {
         let (a, _b) = UnixStream::pair().unwrap();
         p.set_interest(a.as_raw_fd(), false, true).unwrap();
         let mut out = Vec::new();
-        p.poll(Some(Duration::from_secs(5)), &mut out).unwrap();
+        p.poll(Wait::For(Duration::from_secs(5)), &mut out).unwrap();
         assert!(out[0].writable);
         p.set_interest(a.as_raw_fd(), false, false).unwrap();
         assert!(p.is_empty());
         let waker = p.waker();
         let t = std::thread::spawn(move || waker.wake().unwrap());
         out.clear();
-        p.poll(None, &mut out).unwrap();
+        p.poll(Wait::Forever, &mut out).unwrap();
         assert!(out.is_empty());
         t.join().unwrap();
     }

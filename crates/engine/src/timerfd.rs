@@ -37,6 +37,28 @@ impl TimerFd {
         })
     }
 
+    /// Fires once at `deadline`, CLOCK_MONOTONIC seconds (as `clock::monotonic()`),
+    /// rounded up to the next nanosecond: never before it. A deadline already past
+    /// fires at once.
+    pub fn arm_at(&self, deadline: f64) -> io::Result<()> {
+        // (Not below 1 ns: a zero value would disarm it.)
+        let deadline = deadline.max(1e-9);
+        let secs = deadline.floor();
+        let nanos = ((deadline - secs) * 1e9).ceil();
+        let (secs, nanos) = if nanos >= 1e9 {
+            (secs + 1.0, 0.0)
+        } else {
+            (secs, nanos)
+        };
+        self.set_with(
+            libc::TFD_TIMER_ABSTIME,
+            libc::timespec {
+                tv_sec: secs as libc::time_t,
+                tv_nsec: nanos as libc::c_long,
+            },
+        )
+    }
+
     pub fn disarm(&self) -> io::Result<()> {
         self.set(libc::timespec {
             tv_sec: 0,
@@ -45,6 +67,10 @@ impl TimerFd {
     }
 
     fn set(&self, value: libc::timespec) -> io::Result<()> {
+        self.set_with(0, value)
+    }
+
+    fn set_with(&self, flags: libc::c_int, value: libc::timespec) -> io::Result<()> {
         let spec = libc::itimerspec {
             it_interval: libc::timespec {
                 tv_sec: 0,
@@ -54,8 +80,9 @@ impl TimerFd {
         };
         // SAFETY: `self.fd` is a live timerfd; `spec` is a valid itimerspec and the old
         // value is not asked for (NULL is allowed).
-        let r =
-            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        let r = unsafe {
+            libc::timerfd_settime(self.fd.as_raw_fd(), flags, &spec, std::ptr::null_mut())
+        };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
