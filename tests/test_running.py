@@ -318,6 +318,49 @@ def test_weaveloop_run_shuts_down_asyncgens_and_default_executor():
         main.executor.submit(lambda: None)
 
 
+_CURRENT_LOOP_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, subprocess, sys, warnings
+    import weaveloop
+
+    warnings.simplefilter("error")
+    if hasattr(asyncio, "SafeChildWatcher"):  # 3.11: a watcher that needs a loop
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_child_watcher(asyncio.SafeChildWatcher())
+    run = weaveloop.run if sys.argv[1] == "weaveloop" else asyncio.run
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        current = asyncio.get_event_loop_policy().get_event_loop()
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+        return current is loop, await proc.wait(), loop
+
+    is_current, code, loop = run(main())
+    print("current inside:", is_current, "subprocess exit:", code)
+    print("closed after:", loop.is_closed())
+    try:
+        asyncio.get_event_loop()
+    except RuntimeError as exc:
+        print("after:", type(exc).__name__)
+    """
+)
+
+
+@pytest.mark.parametrize("runner", ["asyncio", "weaveloop"])
+def test_run_makes_its_loop_the_current_loop_while_it_runs(runner):
+    # As asyncio.run: the policy's get_event_loop() inside main is the running loop (not a
+    # second stock loop), a child watcher that needs a loop gets it, and no loop is left
+    # current afterwards.
+    out = run_python(_CURRENT_LOOP_SCRIPT, runner)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:3] == [
+        "current inside: True subprocess exit: 0",
+        "closed after: True",
+        "after: RuntimeError",
+    ]
+
+
 def test_event_loop_policy_makes_weaveloop_loops():
     policy = weaveloop.EventLoopPolicy()
     lp = policy.new_event_loop()

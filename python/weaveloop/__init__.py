@@ -36,6 +36,11 @@ def run(main, *, debug=None, **loop_options):
         # Like asyncio.run: refused before a second loop is created.
         raise RuntimeError("weaveloop.run() cannot be called from a running event loop")
     with asyncio.Runner(debug=debug, loop_factory=lambda: new_event_loop(**loop_options)) as r:
+        # As asyncio.run (a Runner with no loop factory): the loop is the thread's current
+        # event loop while it exists, which the policy's get_event_loop() returns and a
+        # child watcher is attached to; the Runner unsets it just before closing the loop.
+        asyncio.set_event_loop(r.get_loop())
+        r._set_event_loop = True
         return r.run(main)
 
 
