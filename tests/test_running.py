@@ -36,6 +36,31 @@ def test_weaveloop_loop_class(wloop):
     assert issubclass(weaveloop.Loop, asyncio.AbstractEventLoop)
 
 
+def test_a_subclass_takes_constructor_arguments_of_its_own():
+    # As subclasses of the stock loop (and uvloop's) do; the options it passes on are
+    # still checked.
+    class Tagged(weaveloop.Loop):
+        def __init__(self, tag, *, strict=True):
+            super().__init__(strict_threads=strict)
+            self.tag = tag
+
+    for lp in (Tagged("a"), Tagged(tag="b", strict=False)):
+        try:
+            assert lp.run_until_complete(asyncio.sleep(0, lp.tag)) == lp.tag
+        finally:
+            lp.close()
+    with asyncio.Runner(loop_factory=lambda: Tagged("c")) as runner:
+        assert runner.run(asyncio.sleep(0, "done")) == "done"
+        assert runner.get_loop().tag == "c"
+    with pytest.raises(TypeError, match="strict_threads must be a bool"):
+        Tagged("d", strict=1)
+
+
+def test_loop_options_stay_keyword_only():
+    with pytest.raises(TypeError, match="keyword-only"):
+        weaveloop.Loop(True)
+
+
 def test_run_until_complete_returns_the_result(loop):
     async def main():
         await asyncio.sleep(0)

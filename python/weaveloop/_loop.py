@@ -159,14 +159,24 @@ def _validate_options(options: dict) -> dict:
 class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
     """An ``asyncio.AbstractEventLoop`` whose scheduler, timers, poller and executor are Rust."""
 
-    def __new__(cls, **options):
+    def __new__(cls, *args, **options):
         # Refuse bad options before an object exists (a half-built loop would be
-        # finalised as an unclosed one).
-        _validate_options(options)
+        # finalised as an unclosed one). A subclass with an __init__ of its own takes
+        # arguments of its own: what it passes on is checked by Loop.__init__.
+        if cls.__init__ is Loop.__init__:
+            if args:
+                raise TypeError(f"{cls.__name__}() takes keyword-only loop options")
+            _validate_options(options)
         return super().__new__(cls)
 
     def __init__(self, **options) -> None:
-        opts = _validate_options(options)
+        try:
+            opts = _validate_options(options)
+        except BaseException:
+            # (Reached with bad options from a subclass's __init__: the half-built
+            # loop is closed at once, not finalised as an unclosed one.)
+            self._close_core(False)
+            raise
         # The Python-side bookkeeping of BaseEventLoop.__init__, minus what the Rust core
         # owns (ready queue, timers, closed/stopping flags, running thread, clock).
         self._internal_fds = 0
