@@ -12,6 +12,7 @@ import contextvars
 import gc
 import logging
 import random
+import sys
 import threading
 import time
 import weakref
@@ -746,3 +747,19 @@ def test_close_runs_other_threads_posts_before_it_marks_the_loop_closed(wloop, c
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     with pytest.raises(RuntimeError, match="Event loop is closed"):
         wloop.call_soon_threadsafe(print)
+
+
+def test_close_finishes_when_a_post_it_runs_raises_system_exit(wloop):
+    # The SystemExit of a posted callback that close() runs comes out of close(), but
+    # only once the loop is closed all the same: its default executor shut down (its
+    # threads let go) and the closed state final.
+    wloop.run_until_complete(wloop.run_in_executor(None, int))
+    executor = wloop._default_executor
+    join_or_fail(start_thread(wloop.call_soon_threadsafe, sys.exit, 3))
+    with pytest.raises(SystemExit):
+        wloop.close()
+    assert wloop.is_closed()
+    assert wloop._default_executor is None
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        executor.submit(int)
+    wloop.close()  # idempotent

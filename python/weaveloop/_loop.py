@@ -412,14 +412,18 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             for sig in list(self._signal_handlers):
                 self.remove_signal_handler(sig)
         self._close_self_pipe()
-        self._close_core(not self._abandoned)
-        self._selector = None
-        self._executor_shutdown_called = True
-        executor = self._default_executor
-        if executor is not None:
-            self._default_executor = None
-            executor.shutdown(wait=False)
-        _live_loops.discard(self)
+        try:
+            # (A KeyboardInterrupt/SystemExit from a posted callback that this runs is
+            # raised once the loop is closed: the rest of the close still happens.)
+            self._close_core(not self._abandoned)
+        finally:
+            self._selector = None
+            self._executor_shutdown_called = True
+            executor = self._default_executor
+            if executor is not None:
+                self._default_executor = None
+                executor.shutdown(wait=False)
+            _live_loops.discard(self)
 
     # As the stock loop's finalizer, except that what other threads posted to the
     # abandoned loop is dropped, as the stock loop drops its ready queue, rather than run
