@@ -51,6 +51,16 @@ def test_loop_group_runs_each_loop_and_records_every_metric(tmp_path):
     assert run["extra"]["loop_type"] == "weaveloop._loop.Loop"
 
 
+def test_socket_group_runs_each_api_on_each_loop(tmp_path):
+    workloads = "tcp_proto_1k,tcp_streams_1k,tcp_sock_1k,udp_echo_1k"
+    result = _bench(tmp_path, "--only", workloads, "--loops", "asyncio,weaveloop")
+    for workload in workloads.split(","):
+        for loop in ("asyncio", "weaveloop"):
+            (run,) = _runs(result, "sockets", workload, loop)
+            assert run["ok"], run
+            assert run["metrics"]["throughput"] > 0
+
+
 def test_lock_lag_runs_the_no_lock_control_beside_the_lock(tmp_path):
     result = _bench(tmp_path, "--only", "lock_lag", "--libs", "weaveloop,no-lock")
     for lib in ("weaveloop", "no-lock"):

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from .loop_workloads import GROUP as LOOPS
 from .registry import Group, Workload
+from .socket_workloads import GROUP as SOCKETS
 from .sync_workloads import GROUP as SYNC
 
-GROUPS: tuple[Group, ...] = (LOOPS, SYNC)
+GROUPS: tuple[Group, ...] = (LOOPS, SOCKETS, SYNC)
 
 
 def get(name: str) -> Group:

@@ -16,7 +16,6 @@ threadsafe_4          call_soon_threadsafe from 4 threads          200k / 20k po
 rcts                  run_coroutine_threadsafe round trips         10k / 1k
 loop_lag              1 ms timer, 8 executor threads burn CPU      1.5 s / 0.4 s
 flood                 10 ms timer, 4 threads flood threadsafe      1.5 s / 0.4 s
-tcp_echo              1 KiB round trips, 50 clients, loopback TCP  1 s / 0.2 s
 ====================  ==========================================  ===============
 
 Executor workloads use the loop's default executor (``run_in_executor(None, ...)``),
@@ -269,46 +268,6 @@ async def flood(duration: float, threads: int, period: float, backlog_cap: int) 
     return {"p99": summary["p99"], "extra": summary}
 
 
-class _Echo(asyncio.Protocol):
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.transport.write(data)
-
-
-async def tcp_echo(duration: float, clients: int, size: int) -> dict:
-    """Round trips of ``size``-byte messages between ``clients`` stream clients and a
-    protocol echo server, all on the loop, over loopback TCP, for ``duration``."""
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(_Echo, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    message = b"x" * size
-    stop = False
-    counts: list[int] = []
-
-    async def client() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        n = 0
-        while not stop:
-            writer.write(message)
-            await reader.readexactly(size)
-            n += 1
-        counts.append(n)
-        writer.close()
-        await writer.wait_closed()
-
-    runners = [asyncio.ensure_future(client()) for _ in range(clients)]
-    t0 = perf_counter()
-    await asyncio.sleep(duration)
-    stop = True
-    await asyncio.gather(*runners)
-    elapsed = perf_counter() - t0
-    server.close()
-    await server.wait_closed()
-    return {"throughput": sum(counts) / elapsed}
-
-
 def _run_job(workload: Workload, contender: str, params: dict, settings: dict) -> dict:
     make = loops.factory(contender, **workload.loop_options)
     with asyncio.Runner(loop_factory=make) as runner:
@@ -352,9 +311,6 @@ WORKLOADS = (
        [latency("p99", "lateness")], flood,
        {"duration": 1.5, "threads": 4, "period": 0.01, "backlog_cap": 1_000_000},
        {"duration": 0.4, "threads": 4, "period": 0.01, "backlog_cap": 1_000_000}),
-    _w("tcp_echo", "1 KiB round trips, 50 clients, loopback TCP, 1 s",
-       [throughput("round trips/s")], tcp_echo, {"duration": 1.0, "clients": 50, "size": 1024},
-       {"duration": 0.2, "clients": 50, "size": 1024}),
 )  # fmt: skip
 
 GROUP = Group(
