@@ -99,3 +99,47 @@ def test_connections_read_in_turn_keep_their_own_data(loop):
 
     received = run(loop, main())
     assert sorted(received) == sorted(payloads)
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, done: asyncio.Future, expected: int) -> None:
+        self.done = done
+        self.expected = expected
+        self.received: list[tuple[bytes, object]] = []
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.received.append((data, addr))
+        if len(self.received) == self.expected and not self.done.done():
+            self.done.set_result(None)
+
+
+@pytest.mark.parametrize("max_size", [None, 1000])
+def test_datagrams_arrive_as_separate_bytes_with_their_sender(loop, max_size):
+    # weaveloop's datagram transport also receives into the loop's buffer: each datagram
+    # is its own bytes object, cut at max_size as recvfrom(max_size) cuts it, and a later
+    # datagram changes nothing delivered earlier.
+    datagrams = [os.urandom(n) for n in (1, 1500, 3000, 40_000, 7)]
+
+    async def main():
+        done = loop.create_future()
+        server, protocol = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(done, len(datagrams)), local_addr=("127.0.0.1", 0)
+        )
+        if max_size is not None:
+            server.max_size = max_size
+        client, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=server.get_extra_info("sockname")
+        )
+        for d in datagrams:
+            client.sendto(d)
+        await done
+        sender = client.get_extra_info("sockname")
+        client.close()
+        server.close()
+        return protocol.received, sender
+
+    received, sender = run(loop, main())
+    assert all(type(data) is bytes for data, _ in received)
+    assert [addr for _, addr in received] == [sender] * len(datagrams)
+    limit = max_size or 256 * 1024
+    assert [data for data, _ in received] == [d[:limit] for d in datagrams]

@@ -99,23 +99,29 @@ class _KeyMap(collections.abc.Mapping):
             raise KeyError(f"{fileobj!r} is not registered") from None
 
 
-class _SocketTransport(selector_events._SelectorSocketTransport):
-    """The stock socket transport, reading into one reusable buffer.
+def _recv_buffer(loop, size: int) -> memoryview:
+    """The loop's receive buffer, at least ``size`` bytes: one per loop, for its socket
+    and datagram transports, which read one at a time on the loop's thread.
 
-    The stock transport receives each read into a fresh ``max_size`` (256 KiB) bytes
+    The stock transports receive each read into a fresh ``max_size`` (256 KiB) bytes
     object, which glibc serves with an mmap, a shrinking mremap and a munmap: with small
     messages most of the time goes to the kernel's memory management. Here a read lands
-    in one buffer per loop (its transports read one at a time, on the loop's thread)
-    and what arrived is copied out before the protocol sees it (a small allocation);
-    ``data_received`` gets the same bytes, as before.
+    in this buffer and what arrived is copied out before the protocol sees it (a small
+    allocation): the protocol gets the same bytes as before.
     """
+    buf = loop._recv_buffer
+    if len(buf) < size:
+        buf = loop._recv_buffer = memoryview(bytearray(size))
+    return buf
+
+
+class _SocketTransport(selector_events._SelectorSocketTransport):
+    """The stock socket transport, reading into the loop's receive buffer."""
 
     def _read_ready__data_received(self):
         if self._conn_lost:
             return
-        buf = self._loop._recv_buffer
-        if len(buf) < self.max_size:
-            buf = self._loop._recv_buffer = memoryview(bytearray(self.max_size))
+        buf = _recv_buffer(self._loop, self.max_size)
         try:
             n = self._sock.recv_into(buf, self.max_size)
         except (BlockingIOError, InterruptedError):
@@ -137,6 +143,27 @@ class _SocketTransport(selector_events._SelectorSocketTransport):
             raise
         except BaseException as exc:
             self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+
+
+class _DatagramTransport(selector_events._SelectorDatagramTransport):
+    """The stock datagram transport, receiving into the loop's receive buffer."""
+
+    def _read_ready(self):
+        if self._conn_lost:
+            return
+        buf = _recv_buffer(self._loop, self.max_size)
+        try:
+            n, addr = self._sock.recvfrom_into(buf, self.max_size)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            self._protocol.error_received(exc)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal read error on datagram transport")
+        else:
+            self._protocol.datagram_received(bytes(buf[:n]), addr)
 
 
 def _validate_options(options: dict) -> dict:
@@ -198,7 +225,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         self._ssock = self._csock = None
         self._wakeup_fd_to_restore = None
         self._abandoned = False
-        # Shared by the loop's socket transports (see _SocketTransport).
+        # Shared by the loop's socket and datagram transports (see _recv_buffer).
         self._recv_buffer = memoryview(b"")
         self._make_self_pipe()
         _live_loops.add(self)
@@ -314,6 +341,9 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         return _SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        return _DatagramTransport(self, sock, protocol, address, waiter, extra)
 
     def _write_to_self(self) -> None:
         self._wakeup()
