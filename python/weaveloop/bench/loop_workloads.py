@@ -313,13 +313,19 @@ WORKLOADS = (
        {"duration": 0.4, "threads": 4, "period": 0.01, "backlog_cap": 1_000_000}),
 )  # fmt: skip
 
-GROUP = Group(
-    name="loops",
-    title="Event loops (issue 2)",
-    axis="loop",
-    baseline=loops.BASELINE,
-    contenders=loops.LOOPS,
-    workloads=WORKLOADS,
-    available=loops.unavailable,
-    run_job=_run_job,
-)
+
+def loop_group(name: str, title: str, workloads: tuple[Workload, ...]) -> Group:
+    """A group that compares the event loops (``loops.LOOPS``) on ``workloads``."""
+    return Group(
+        name=name,
+        title=title,
+        axis="loop",
+        baseline=loops.BASELINE,
+        contenders=loops.LOOPS,
+        workloads=workloads,
+        available=loops.unavailable,
+        run_job=_run_job,
+    )
+
+
+GROUP = loop_group("loops", "Event loops (issue 2)", WORKLOADS)

@@ -23,9 +23,8 @@ import asyncio
 import socket
 from time import perf_counter
 
-from . import loops
-from .loop_workloads import _run_job
-from .registry import Group, Workload, throughput
+from .loop_workloads import loop_group
+from .registry import Workload, throughput
 
 _CLIENTS = 20
 _READ = 256 * 1024
@@ -242,13 +241,6 @@ WORKLOADS = tuple(
     for kib in (1, 10, 100)
 ) + (_echo("udp_echo_1k", udp_echo, 1024, "UDP echo, datagram endpoints"),)
 
-GROUP = Group(
-    name="sockets",
-    title="Sockets: loopback echo (transports are the stock selector ones for now)",
-    axis="loop",
-    baseline=loops.BASELINE,
-    contenders=loops.LOOPS,
-    workloads=WORKLOADS,
-    available=loops.unavailable,
-    run_job=_run_job,
+GROUP = loop_group(
+    "sockets", "Sockets: loopback echo (transports are the stock selector ones for now)", WORKLOADS
 )
