@@ -338,6 +338,12 @@ impl LoopCore {
         let r = self.run_item(slf, item, false, Some(handle), empty);
         let dt = clock::monotonic() - t0;
         slf.setattr(current, py.None())?;
+        if r.is_err() {
+            // A KeyboardInterrupt/SystemExit: as on the stock loop, it leaves before the
+            // duration is looked at (no "took" warning for it).
+            item.release(py);
+            return r;
+        }
         // As the stock loop's `dt >= self.slow_callback_duration`: a duration that is not
         // a number is an error (raised after the callback's own outcome).
         let limit = slf

@@ -110,6 +110,24 @@ def test_fast_callbacks_are_not_logged(loop, caplog):
     assert not [r for r in caplog.records if r.getMessage().startswith("Executing")]
 
 
+@pytest.mark.parametrize("fatal", [KeyboardInterrupt, SystemExit])
+def test_a_callback_that_raises_keyboardinterrupt_is_not_timed(loop, caplog, fatal):
+    # As the stock loop: the exception leaves before the duration is compared, so no
+    # "Executing ... took" warning, even with every callback counted slow.
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.0
+
+    def interrupt():
+        raise fatal
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        loop.call_soon(interrupt)
+        with pytest.raises(fatal):
+            loop.run_forever()
+    assert not [r for r in caplog.records if r.getMessage().startswith("Executing")]
+    assert loop._current_handle is None
+
+
 def test_slow_callbacks_are_not_logged_without_debug(loop, caplog):
     loop.set_debug(False)
     loop.slow_callback_duration = 0.0
