@@ -623,16 +623,17 @@ impl LoopCore {
         let context = context.unwrap_or(&none);
         let factory = slf.getattr(pyo3::intern!(py, "_task_factory"))?;
         if factory.is_none() {
-            let names = interop::kwnames(py, &["loop", "name", "context"])?;
             // (The stock loop drops the last frame of the task's source traceback: its
             // own create_task. This one has no Python frame, so the last frame is already
-            // the caller's.)
-            return interop::call_kw(
-                interop::asyncio_task(py)?,
-                &[coro],
-                names,
-                &[slf.as_any(), name, context],
-            );
+            // the caller's.) A name or context of None is Task's default: left out, the
+            // call builds a smaller keyword dict (Task takes no vectorcall).
+            let task = interop::asyncio_task(py)?;
+            if name.is_none() && context.is_none() {
+                let names = interop::kwnames(py, &["loop"])?;
+                return interop::call_kw(task, &[coro], names, &[slf.as_any()]);
+            }
+            let names = interop::kwnames(py, &["loop", "name", "context"])?;
+            return interop::call_kw(task, &[coro], names, &[slf.as_any(), name, context]);
         }
         let task = if context.is_none() {
             factory.call1((slf, coro))?
