@@ -531,6 +531,23 @@ def test_the_selector_keys_hold_the_registered_object(loop, pair):
         loop._selector.get_key(fd)
 
 
+def test_selector_lookups_of_what_cannot_be_registered(loop):
+    # As the selectors module's: a closed file object never registered is a ValueError
+    # (also out of get() and `in`); an fd beyond a C int is just not registered.
+    import socket
+
+    closed = socket.socket()
+    closed.close()
+    selector = loop._selector
+    mapping = selector.get_map()
+    for lookup in (selector.get_key, mapping.__getitem__, mapping.get, mapping.__contains__):
+        with pytest.raises(ValueError):
+            lookup(closed)
+    with pytest.raises(KeyError):
+        selector.get_key(2**40)
+    assert mapping.get(2**40) is None
+
+
 _FORK_WITH_A_STALE_WATCHER = """
 import os, socket, sys
 import weaveloop

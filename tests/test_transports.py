@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 
 import pytest
 from _support import run
@@ -143,3 +144,93 @@ def test_datagrams_arrive_as_separate_bytes_with_their_sender(loop, max_size):
     assert [addr for _, addr in received] == [sender] * len(datagrams)
     limit = max_size or 256 * 1024
     assert [data for data, _ in received] == [d[:limit] for d in datagrams]
+
+
+class _Rewriting(socket.socket):
+    """A socket whose reads an instrumenting subclass rewrites."""
+
+    def recv(self, n, *flags):
+        return super().recv(n, *flags).upper()
+
+    def recvfrom(self, n, *flags):
+        data, addr = super().recvfrom(n, *flags)
+        return data.upper(), addr
+
+
+def _stream_read(loop, max_size: int | None, sock_class=socket.socket):
+    """What the protocol of a stream transport on ``sock_class`` gets (chunks) and
+    whether it saw EOF, for one b"hello" + close from the peer."""
+
+    async def main():
+        done = loop.create_future()
+        chunks, eofs = [], []
+
+        class P(asyncio.Protocol):
+            def connection_made(self, transport):
+                if max_size is not None:
+                    transport.max_size = max_size
+
+            def data_received(self, data):
+                chunks.append(data)
+
+            def eof_received(self):
+                eofs.append(True)
+
+            def connection_lost(self, exc):
+                done.set_result(exc)
+
+        a, b = socket.socketpair()
+        mine = sock_class(fileno=a.detach())
+        mine.setblocking(False)
+        transport, _ = await loop.create_connection(P, sock=mine)
+        b.sendall(b"hello")
+        b.close()
+        exc = await done
+        return chunks, eofs, exc
+
+    return run(loop, main())
+
+
+def test_a_socket_subclass_reads_through_its_own_recv(loop):
+    chunks, eofs, exc = _stream_read(loop, None, _Rewriting)
+    assert b"".join(chunks) == b"HELLO" and eofs == [True] and exc is None
+
+
+def test_max_size_zero_reads_as_eof(loop):
+    # recv(0) returns b"": the stock transport takes it for EOF.
+    chunks, eofs, exc = _stream_read(loop, 0)
+    assert chunks == [] and eofs == [True] and exc is None
+
+
+def test_a_max_size_beyond_the_default_reads_all_and_keeps_the_buffer_small(loop):
+    chunks, eofs, exc = _stream_read(loop, 64 * 1024 * 1024)
+    assert b"".join(chunks) == b"hello" and eofs == [True] and exc is None
+    # (weaveloop: reads above 256 KiB do not grow the loop's receive buffer for good.)
+    assert len(getattr(loop, "_recv_buffer", b"")) <= 256 * 1024
+
+
+def test_a_datagram_socket_subclass_and_max_size_zero(loop):
+    async def main():
+        got = []
+        arrived = [loop.create_future(), loop.create_future()]
+
+        class P(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                arrived[len(got)].set_result(None)
+                got.append(data)
+
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        mine = _Rewriting(fileno=a.detach())
+        mine.setblocking(False)
+        transport, _ = await loop.create_datagram_endpoint(P, sock=mine)
+        b.send(b"abc")
+        await arrived[0]
+        transport.max_size = 0
+        b.send(b"def")
+        await arrived[1]
+        transport.close()
+        b.close()
+        return got
+
+    # Through the subclass's recvfrom; then recvfrom(0): an empty datagram.
+    assert run(loop, main()) == [b"ABC", b""]

@@ -14,6 +14,7 @@ import concurrent.futures
 import os
 import selectors
 import signal
+import socket
 import sys
 import threading
 import warnings
@@ -35,6 +36,15 @@ LOOP_OPTIONS = {
 
 _live_loops: weakref.WeakSet[Loop] = weakref.WeakSet()
 
+#: The largest fd number (a C int): what the poller can watch.
+_FD_MAX = 2**31 - 1
+#: Reads of up to this many bytes (the transports' default max_size) go through the
+#: loop's receive buffer; a larger max_size reads as the stock transport does, so the
+#: buffer, kept for the loop's life, stays this small.
+_RECV_BUFFER_MAX = 256 * 1024
+_SOCKET_RECV = socket.socket.recv
+_SOCKET_RECVFROM = socket.socket.recvfrom
+
 
 class _SelectorView:
     """Read-only stand-in for ``loop._selector``: what the Rust poller watches.
@@ -53,7 +63,9 @@ class _SelectorView:
         if loop is not None:
             try:
                 fd = selectors._fileobj_to_fd(fileobj)
-                info = loop._io_key(fd)
+                # (An fd beyond a C int cannot be watched: not registered, as for the
+                # selectors module's dict.)
+                info = loop._io_key(fd) if fd <= _FD_MAX else None
             except ValueError:
                 # A file object closed since it was registered: found by identity, as
                 # the selectors module finds it.
@@ -93,10 +105,9 @@ class _KeyMap(collections.abc.Mapping):
         return iter(self._fds())
 
     def __getitem__(self, fileobj):
-        try:
-            return self._view.get_key(fileobj)
-        except ValueError:
-            raise KeyError(f"{fileobj!r} is not registered") from None
+        # (A closed file object never registered: ValueError, as the selectors module's
+        # mapping raises, also out of get() and `in`.)
+        return self._view.get_key(fileobj)
 
 
 def _recv_buffer(loop, size: int) -> memoryview:
@@ -116,9 +127,13 @@ def _recv_buffer(loop, size: int) -> memoryview:
 
 
 class _SocketTransport(selector_events._SelectorSocketTransport):
-    """The stock socket transport, reading into the loop's receive buffer."""
+    """The stock socket transport, reading into the loop's receive buffer (up to
+    ``_RECV_BUFFER_MAX`` bytes a read, from a socket whose ``recv`` is the stdlib's:
+    otherwise, as the stock transport reads)."""
 
     def _read_ready__data_received(self):
+        if not (0 < self.max_size <= _RECV_BUFFER_MAX and type(self._sock).recv is _SOCKET_RECV):
+            return super()._read_ready__data_received()
         if self._conn_lost:
             return
         buf = _recv_buffer(self._loop, self.max_size)
@@ -146,9 +161,14 @@ class _SocketTransport(selector_events._SelectorSocketTransport):
 
 
 class _DatagramTransport(selector_events._SelectorDatagramTransport):
-    """The stock datagram transport, receiving into the loop's receive buffer."""
+    """The stock datagram transport, receiving into the loop's receive buffer (on the
+    same terms as ``_SocketTransport``, with ``recvfrom``)."""
 
     def _read_ready(self):
+        if not (
+            0 < self.max_size <= _RECV_BUFFER_MAX and type(self._sock).recvfrom is _SOCKET_RECVFROM
+        ):
+            return super()._read_ready()
         if self._conn_lost:
             return
         buf = _recv_buffer(self._loop, self.max_size)
