@@ -578,6 +578,80 @@ def test_a_loop_running_in_another_thread_is_not_running_in_a_forked_child(loop_
     assert_fork_script_passes(RUNNING_IN_ANOTHER_THREAD_AT_FORK, loop_kind, quiet=True)
 
 
+FORKED_INSIDE_A_TASK_STEP = textwrap.dedent(
+    """
+    import asyncio, os, threading
+    import weaveloop
+    loop = weaveloop.new_event_loop()
+    inside, release = threading.Event(), threading.Event()
+    async def stuck():
+        inside.set()
+        release.wait()  # the loop's thread is inside this task's step at the fork
+    t = threading.Thread(target=loop.run_until_complete, args=(stuck(),))
+    t.start()
+    inside.wait()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            async def child():
+                await asyncio.sleep(0)
+                return "ran"
+            loop.call_later(30, loop.stop)  # safety net: a task that cannot enter
+            code = 0 if loop.run_until_complete(child()) == "ran" else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    release.set()
+    t.join()
+    loop.close()
+    print("child exit", os.waitstatus_to_exitcode(status))
+    """
+)
+
+
+def test_a_child_forked_while_a_task_step_ran_in_another_thread_runs_tasks():
+    # asyncio still named the parent's task, stepped by a thread the child does not
+    # have, as the loop's current task: every task then failed to enter in the child.
+    assert_fork_script_passes(FORKED_INSIDE_A_TASK_STEP, "weaveloop", quiet=True)
+
+
+FORKED_FROM_A_CALLBACK = textwrap.dedent(
+    """
+    import os, signal
+    import weaveloop
+    loop = weaveloop.new_event_loop()
+    inherited = os.fstat(loop._ssock.fileno()).st_ino
+    child = {}
+    def fork():
+        pid = os.fork()
+        if pid == 0:  # the loop goes on running in the child, in this same thread
+            child["fresh"] = os.fstat(loop._ssock.fileno()).st_ino != inherited
+            child["wakeup"] = signal.set_wakeup_fd(-1) == loop._csock.fileno()
+            signal.set_wakeup_fd(loop._csock.fileno())
+            loop.add_signal_handler(signal.SIGUSR1, lambda: (child.update(ran=True), loop.stop()))
+            loop.call_later(30, loop.stop)  # safety net
+            signal.raise_signal(signal.SIGUSR1)
+            return
+        _, status = os.waitpid(pid, 0)
+        print("child exit", os.waitstatus_to_exitcode(status))
+        loop.stop()
+    loop.call_soon(fork)
+    loop.run_forever()
+    if child:
+        os._exit(0 if child == {"fresh": True, "wakeup": True, "ran": True} else 1)
+    loop.close()
+    """
+)
+
+
+def test_a_forked_child_gets_a_self_pipe_of_its_own():
+    # The inherited socket pair is shared with the parent, whose loop read the child's
+    # signal bytes (and the parent's handlers ran for the child's signals); the signal
+    # wake-up fd moves to the child's new pair.
+    assert_fork_script_passes(FORKED_FROM_A_CALLBACK, "weaveloop", quiet=True)
+
+
 def test_a_busy_loop_lets_threads_back_from_blocking_io_have_the_gil(loop):
     # Rule 1: a loop that always has work ready still gives the GIL up at every
     # iteration, as the stock loop's select(0) does, so threads doing blocking I/O

@@ -503,7 +503,35 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             self.call_soon_threadsafe(self._set_coroutine_origin_tracking, enabled)
 
     def _after_fork_in_child(self) -> None:
-        self._after_fork()
+        # A thread of the parent that ran the loop does not exist here, nor does the
+        # task it was stepping, which asyncio still records as the loop's current one
+        # (every task would then fail to enter).
+        if self._thread_id not in (None, threading.get_ident()):
+            current = getattr(asyncio.tasks, "_current_tasks", None)
+            if isinstance(current, dict):
+                current.pop(self, None)
+        try:
+            self._after_fork()
+        finally:
+            self._renew_self_pipe()
+
+    def _renew_self_pipe(self) -> None:
+        """A fresh self-pipe in a forked child: the inherited one is shared with the
+        parent, which would read the child's signal bytes (and the child the parent's)."""
+        if self._ssock is None:
+            return
+        old = self._csock.fileno()
+        self._close_self_pipe()
+        self._make_self_pipe()
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            # The signal wake-up fd, if it was the loop's, follows it.
+            previous = signal.set_wakeup_fd(self._csock.fileno(), warn_on_full_buffer=False)
+            if previous != old:
+                signal.set_wakeup_fd(previous)
+        except (ValueError, OSError):
+            pass
 
 
 def _set_result_unless_done(future, result) -> None:
