@@ -49,6 +49,16 @@ async def _measure(tally: _Tally, duration: float) -> float:
     return done / elapsed
 
 
+async def _measure_then_close(tally: _Tally, duration: float, clients: list, server) -> dict:
+    """The window's rate, once the clients (awaitables) have finished and the server
+    has closed."""
+    rate = await _measure(tally, duration)
+    await asyncio.gather(*clients)
+    server.close()
+    await server.wait_closed()
+    return {"throughput": rate}
+
+
 class _EchoServer(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -98,11 +108,7 @@ async def tcp_proto(duration: float, size: int) -> dict:
     for done in closed:
         client = _EchoClient(message, tally, done)
         await loop.create_connection(lambda c=client: c, "127.0.0.1", port)
-    rate = await _measure(tally, duration)
-    await asyncio.gather(*closed)
-    server.close()
-    await server.wait_closed()
-    return {"throughput": rate}
+    return await _measure_then_close(tally, duration, closed, server)
 
 
 async def tcp_streams(duration: float, size: int) -> dict:
@@ -127,11 +133,7 @@ async def tcp_streams(duration: float, size: int) -> dict:
         await writer.wait_closed()
 
     clients = [asyncio.ensure_future(client()) for _ in range(_CLIENTS)]
-    rate = await _measure(tally, duration)
-    await asyncio.gather(*clients)
-    server.close()
-    await server.wait_closed()
-    return {"throughput": rate}
+    return await _measure_then_close(tally, duration, clients, server)
 
 
 async def tcp_sock(duration: float, size: int) -> dict:
