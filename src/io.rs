@@ -11,7 +11,7 @@ use pyo3::types::{PyInt, PyTuple};
 use crate::errors;
 use crate::handles::{check_callback, Callback, Handle};
 use crate::interop;
-use crate::loop_core::{lock, LoopCore, Watchers};
+use crate::loop_core::{lock, LoopCore};
 
 const EVENT_READ: u8 = 1;
 const EVENT_WRITE: u8 = 2;
@@ -205,20 +205,28 @@ impl LoopCore {
     }
 
     /// `(events mask, reader handle, writer handle, file object registered)` for a
-    /// watched fd, else None.
+    /// watched fd, else None (also for an fd too large for a C int, which no watched fd
+    /// can be).
     #[allow(clippy::type_complexity)]
     fn _io_key(
         &self,
         py: Python<'_>,
-        fd: RawFd,
-    ) -> Option<(
-        u8,
-        Option<Py<Handle>>,
-        Option<Py<Handle>>,
-        Option<Py<PyAny>>,
-    )> {
+        fd: &Bound<'_, PyAny>,
+    ) -> PyResult<
+        Option<(
+            u8,
+            Option<Py<Handle>>,
+            Option<Py<Handle>>,
+            Option<Py<PyAny>>,
+        )>,
+    > {
+        let Some(fd) = fileobj_to_fd(fd)? else {
+            return Ok(None);
+        };
         let watchers = lock(&self.watchers);
-        let w: &Watchers = watchers.get(&fd)?;
+        let Some(w) = watchers.get(&fd) else {
+            return Ok(None);
+        };
         let mut mask = 0;
         if w.reader.is_some() {
             mask |= EVENT_READ;
@@ -226,12 +234,12 @@ impl LoopCore {
         if w.writer.is_some() {
             mask |= EVENT_WRITE;
         }
-        Some((
+        Ok(Some((
             mask,
             w.reader.as_ref().map(|h| h.clone_ref(py)),
             w.writer.as_ref().map(|h| h.clone_ref(py)),
             w.fileobj.as_ref().map(|o| o.clone_ref(py)),
-        ))
+        )))
     }
 
     /// Every watched fd.

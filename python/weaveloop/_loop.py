@@ -36,8 +36,6 @@ LOOP_OPTIONS = {
 
 _live_loops: weakref.WeakSet[Loop] = weakref.WeakSet()
 
-#: The largest fd number (a C int): what the poller can watch.
-_FD_MAX = 2**31 - 1
 #: Reads of up to this many bytes (the transports' default max_size) go through the
 #: loop's receive buffer; a larger max_size reads as the stock transport does, so the
 #: buffer, kept for the loop's life, stays this small.
@@ -63,9 +61,7 @@ class _SelectorView:
         if loop is not None:
             try:
                 fd = selectors._fileobj_to_fd(fileobj)
-                # (An fd beyond a C int cannot be watched: not registered, as for the
-                # selectors module's dict.)
-                info = loop._io_key(fd) if fd <= _FD_MAX else None
+                info = loop._io_key(fd)
             except ValueError:
                 # A file object closed since it was registered: found by identity, as
                 # the selectors module finds it.
