@@ -106,9 +106,12 @@ class _KeyMap(collections.abc.Mapping):
         return self._view.get_key(fileobj)
 
 
-def _recv_buffer(loop, size: int) -> memoryview:
-    """The loop's receive buffer, at least ``size`` bytes: one per loop, for its socket
-    and datagram transports, which read one at a time on the loop's thread.
+def _recv_buffer(transport, stock_read) -> memoryview | None:
+    """The loop's receive buffer, for a read of ``transport.max_size`` bytes: one per
+    loop, for its socket and datagram transports, which read one at a time on the loop's
+    thread. None where the transport must read as the stock one does: a ``max_size``
+    beyond ``_RECV_BUFFER_MAX`` or not above 0, or a socket whose ``stock_read``
+    (``socket.socket.recv``/``recvfrom``) its class overrides.
 
     The stock transports receive each read into a fresh ``max_size`` (256 KiB) bytes
     object, which glibc serves with an mmap, a shrinking mremap and a munmap: with small
@@ -116,6 +119,12 @@ def _recv_buffer(loop, size: int) -> memoryview:
     in this buffer and what arrived is copied out before the protocol sees it (a small
     allocation): the protocol gets the same bytes as before.
     """
+    size = transport.max_size
+    if not 0 < size <= _RECV_BUFFER_MAX:
+        return None
+    if getattr(type(transport._sock), stock_read.__name__) is not stock_read:
+        return None
+    loop = transport._loop
     buf = loop._recv_buffer
     if len(buf) < size:
         buf = loop._recv_buffer = memoryview(bytearray(size))
@@ -123,16 +132,15 @@ def _recv_buffer(loop, size: int) -> memoryview:
 
 
 class _SocketTransport(selector_events._SelectorSocketTransport):
-    """The stock socket transport, reading into the loop's receive buffer (up to
-    ``_RECV_BUFFER_MAX`` bytes a read, from a socket whose ``recv`` is the stdlib's:
-    otherwise, as the stock transport reads)."""
+    """The stock socket transport, reading into the loop's receive buffer (see
+    ``_recv_buffer``)."""
 
     def _read_ready__data_received(self):
-        if not (0 < self.max_size <= _RECV_BUFFER_MAX and type(self._sock).recv is _SOCKET_RECV):
-            return super()._read_ready__data_received()
         if self._conn_lost:
             return
-        buf = _recv_buffer(self._loop, self.max_size)
+        buf = _recv_buffer(self, _SOCKET_RECV)
+        if buf is None:
+            return super()._read_ready__data_received()
         try:
             n = self._sock.recv_into(buf, self.max_size)
         except (BlockingIOError, InterruptedError):
@@ -157,17 +165,15 @@ class _SocketTransport(selector_events._SelectorSocketTransport):
 
 
 class _DatagramTransport(selector_events._SelectorDatagramTransport):
-    """The stock datagram transport, receiving into the loop's receive buffer (on the
-    same terms as ``_SocketTransport``, with ``recvfrom``)."""
+    """The stock datagram transport, receiving into the loop's receive buffer (see
+    ``_recv_buffer``)."""
 
     def _read_ready(self):
-        if not (
-            0 < self.max_size <= _RECV_BUFFER_MAX and type(self._sock).recvfrom is _SOCKET_RECVFROM
-        ):
-            return super()._read_ready()
         if self._conn_lost:
             return
-        buf = _recv_buffer(self._loop, self.max_size)
+        buf = _recv_buffer(self, _SOCKET_RECVFROM)
+        if buf is None:
+            return super()._read_ready()
         try:
             n, addr = self._sock.recvfrom_into(buf, self.max_size)
         except (BlockingIOError, InterruptedError):
