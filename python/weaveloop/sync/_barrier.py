@@ -109,9 +109,11 @@ class Barrier:
         with self._held():
             self._reset()
 
-    def _reset(self) -> None:
+    def _reset(self, draining_too: bool = False) -> None:
+        # `draining_too`: asyncio.Barrier's rule, where a draining barrier resets too (its
+        # parties not yet out get BrokenBarrierError); threading's leaves it to finish.
         if self._count > 0:
-            if self._state in (_FILLING, _BROKEN):
+            if draining_too or self._state in (_FILLING, _BROKEN):
                 self._state = _RESETTING
         else:
             self._state = _FILLING
@@ -201,15 +203,8 @@ class _AioBarrier:
             raise BrokenBarrierError
 
     async def reset(self) -> None:
-        b = self._b
-        async with b._cond:
-            # asyncio.Barrier's rule: a draining barrier resets too (its parties not yet
-            # out get BrokenBarrierError), where threading's leaves it to finish.
-            if b._count > 0:
-                b._state = _RESETTING
-            else:
-                b._state = _FILLING
-            b._cond.notify_all()
+        async with self._b._cond:
+            self._b._reset(draining_too=True)
 
     async def abort(self) -> None:
         async with self._b._cond:

@@ -17,13 +17,7 @@ from typing import Any
 
 from .._core import NotifierCore
 from ._locks import Lock, RLock
-from ._waiting import (
-    exit_releases,
-    forbid_blocking,
-    not_retaken,
-    release_paired,
-    wait_granted,
-)
+from ._waiting import forbid_blocking, not_retaken, release_at_exit, wait_granted
 
 __all__ = ["Condition"]
 
@@ -75,8 +69,7 @@ class Condition:
         await self.aio.__aenter__()
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        if exit_releases(self._lock):
-            release_paired(self._lock)
+        release_at_exit(self._lock)
 
     @property
     def aio(self) -> _AioCondition:
@@ -163,8 +156,7 @@ class _AioCondition:
         await self._c._lock.__aenter__()
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        if exit_releases(self._c._lock):
-            release_paired(self._c._lock)
+        release_at_exit(self._c._lock)
 
     def _holder(self) -> tuple[bool, int | None]:
         """Whether the lock is held as this face requires it, and, for an RLock held by

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._core import LockCore, RLockCore, SemaphoreCore
-from ._waiting import exit_releases, release_paired, wait_granted
+from ._waiting import exit_releases, release_at_exit, wait_granted
 
 __all__ = ["BoundedSemaphore", "Lock", "RLock", "Semaphore"]
 
@@ -43,11 +43,10 @@ class _AioPermit:
         await self.acquire()
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        if exit_releases(self._p):
-            if isinstance(self._p, RLock):
-                release_paired(self._p)
-            else:
-                self.release()
+        if isinstance(self._p, RLock):
+            release_at_exit(self._p)
+        elif exit_releases(self._p):
+            self.release()
 
     def __repr__(self) -> str:
         return f"<asyncio face of {self._p!r}>"
@@ -96,8 +95,7 @@ class _Faced:
             self._granted()
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        if exit_releases(self):
-            release_paired(self)
+        release_at_exit(self)
 
 
 class Lock(_Faced, LockCore):

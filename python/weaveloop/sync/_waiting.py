@@ -84,3 +84,10 @@ def release_paired(lock: Any) -> None:
         if not owner:
             raise
         lock._release_as(owner)
+
+
+def release_at_exit(lock: Any) -> None:
+    """The release of an ``async with lock`` exit: ``release_paired``, unless
+    ``exit_releases`` says this exit releases nothing."""
+    if exit_releases(lock):
+        release_paired(lock)
