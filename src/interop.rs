@@ -69,6 +69,21 @@ cached_import!(heappop, "heapq", "heappop");
 cached_import!(heapify, "heapq", "heapify");
 cached_import!(set_task_name, "asyncio.tasks", "_set_task_name");
 
+/// Drops `loop_obj`'s entry from asyncio's table of each loop's running task (the C
+/// accelerator's `_current_tasks` dict), if this Python has one.
+pub fn forget_current_task(loop_obj: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = loop_obj.py();
+    let Ok(tasks) = py.import("asyncio.tasks")?.getattr("_current_tasks") else {
+        return Ok(());
+    };
+    if let Ok(tasks) = tasks.cast::<pyo3::types::PyDict>() {
+        if tasks.contains(loop_obj)? {
+            tasks.del_item(loop_obj)?;
+        }
+    }
+    Ok(())
+}
+
 /// `asyncio._get_running_loop()` (the C accelerator): the loop running in this thread,
 /// or None.
 pub fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {

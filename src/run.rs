@@ -554,6 +554,12 @@ impl LoopCore {
         // A loop that ran in another thread of the parent is not running here: that
         // thread does not exist in the child. (One run by the thread that forked goes on.)
         if this.owner.load(Relaxed) != interop::thread_ident() {
+            // Nor does the task it was stepping, which asyncio still records as the
+            // loop's current one (every task would then fail to enter).
+            // (Reported, not raised: the rest of the reset must happen.)
+            if let Err(e) = interop::forget_current_task(slf.as_any()) {
+                e.write_unraisable(py, None);
+            }
             this.owner.store(0, Relaxed);
             this.stopping.store(false, Relaxed);
             // Nor is it applying a drained batch or inside an iteration (it may have

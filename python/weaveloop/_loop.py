@@ -505,13 +505,6 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             self.call_soon_threadsafe(self._set_coroutine_origin_tracking, enabled)
 
     def _after_fork_in_child(self) -> None:
-        # A thread of the parent that ran the loop does not exist here, nor does the
-        # task it was stepping, which asyncio still records as the loop's current one
-        # (every task would then fail to enter).
-        if self._thread_id not in (None, threading.get_ident()):
-            current = getattr(asyncio.tasks, "_current_tasks", None)
-            if isinstance(current, dict):
-                current.pop(self, None)
         try:
             self._after_fork()
         finally:
