@@ -13,6 +13,7 @@ mod loop_core;
 mod posted;
 mod run;
 mod sync;
+mod transport;
 
 #[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -23,6 +24,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(executor::worker_main, m)?)?;
     m.add_function(wrap_pyfunction!(executor::_mark_interpreter_exiting, m)?)?;
     m.add_class::<executor::WorkerArgs>()?;
+    m.add_class::<transport::SocketReader>()?;
     sync::register(m)?;
     Ok(())
 }

@@ -9,10 +9,14 @@ and nothing a later read does changes what an earlier one delivered.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
+import struct
+import traceback
 
 import pytest
+import weaveloop
 from _support import run
 
 
@@ -234,3 +238,167 @@ def test_a_datagram_socket_subclass_and_max_size_zero(loop):
 
     # Through the subclass's recvfrom; then recvfrom(0): an empty datagram.
     assert run(loop, main()) == [b"ABC", b""]
+
+
+# The read path of weaveloop's socket transport is Rust (``_core.SocketReader``); what
+# follows pins its outcomes other than data to the stock transport's.
+
+
+def _connected_pair(loop, protocol_factory):
+    """A transport on one end of a TCP connection (so a peer can reset it) and the
+    plain socket at the other end."""
+
+    async def main():
+        listener = socket.create_server(("127.0.0.1", 0))
+        peer = socket.create_connection(listener.getsockname())
+        mine, _ = listener.accept()
+        listener.close()
+        mine.setblocking(False)
+        transport, protocol = await loop.create_connection(protocol_factory, sock=mine)
+        if isinstance(loop, weaveloop.Loop):
+            # (What these tests are about: the Rust reader is the one registered.)
+            assert type(transport._read_ready) is weaveloop._core.SocketReader
+        return transport, protocol, peer
+
+    return run(loop, main())
+
+
+class _Lost(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.lost = asyncio.get_running_loop().create_future()
+        self.arrived = asyncio.get_running_loop().create_future()
+        self.chunks: list[bytes] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+        if not self.arrived.done():
+            self.arrived.set_result(None)
+
+    def connection_lost(self, exc) -> None:
+        self.lost.set_result(exc)
+
+
+def test_a_reset_connection_is_lost_with_the_os_error(loop, caplog):
+    # In debug mode the stock transport logs an OSError from a read (and does not call
+    # the exception handler).
+    loop.set_debug(True)
+    transport, protocol, peer = _connected_pair(loop, _Lost)
+    # SO_LINGER 0: closing sends a reset, and the next read fails with ECONNRESET.
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        exc = run(loop, asyncio.wait_for(protocol.lost, 10))
+    assert type(exc) is ConnectionResetError
+    [record] = [r for r in caplog.records if r.exc_info and r.exc_info[1] is exc]
+    assert record.getMessage().endswith(": Fatal read error on socket transport")
+    assert exc.errno == 104 and exc.strerror == os.strerror(104)
+    assert transport.is_closing()
+
+
+def test_a_raising_data_received_is_reported_and_closes_the_transport(loop):
+    class Raising(_Lost):
+        def data_received(self, data):
+            raise ZeroDivisionError("protocol bug")
+
+    contexts = []
+    loop.set_exception_handler(lambda _loop, context: contexts.append(context))
+    transport, protocol, peer = _connected_pair(loop, Raising)
+    peer.sendall(b"x")
+    exc = run(loop, asyncio.wait_for(protocol.lost, 10))
+    peer.close()
+    assert type(exc) is ZeroDivisionError
+    [context] = contexts
+    assert context["message"] == "Fatal error: protocol.data_received() call failed."
+    assert context["exception"] is exc and context["transport"] is transport
+    assert context["protocol"] is protocol
+    # Reported with the traceback of where it was raised.
+    assert exc.__traceback__ is not None
+    assert any(f.name == "data_received" for f in traceback.extract_tb(exc.__traceback__))
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_keyboard_interrupt_from_data_received_propagates(loop, exc_type):
+    class Interrupted(_Lost):
+        def data_received(self, data):
+            raise exc_type()
+
+    transport, protocol, peer = _connected_pair(loop, Interrupted)
+    peer.sendall(b"x")
+    with pytest.raises(exc_type):
+        run(loop, asyncio.wait_for(protocol.lost, 10))
+    # The loop is usable afterwards and the connection still open.
+    assert not transport.is_closing()
+    transport.close()
+    peer.close()
+    assert run(loop, asyncio.wait_for(protocol.lost, 10)) is None
+
+
+def test_an_invalid_max_size_fails_as_on_the_stock_transport(loop):
+    class Sized(_Lost):
+        def connection_made(self, transport):
+            transport.max_size = "large"
+
+    contexts = []
+    loop.set_exception_handler(lambda _loop, context: contexts.append(context))
+    transport, protocol, peer = _connected_pair(loop, Sized)
+    peer.sendall(b"x")
+    exc = run(loop, asyncio.wait_for(protocol.lost, 10))
+    peer.close()
+    assert type(exc) is TypeError
+    assert [c["message"] for c in contexts] == ["Fatal read error on socket transport"]
+
+
+class _Buffered(asyncio.BufferedProtocol):
+    def __init__(self) -> None:
+        self.buf = bytearray(64)
+        self.received = bytearray()
+        self.arrived = asyncio.get_running_loop().create_future()
+
+    def get_buffer(self, sizehint):
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.received += self.buf[:nbytes]
+        if not self.arrived.done():
+            self.arrived.set_result(None)
+
+
+def test_set_protocol_switches_between_plain_and_buffered_reads(loop):
+    transport, plain, peer = _connected_pair(loop, _Lost)
+
+    async def send_and_wait(data, arrived):
+        peer.sendall(data)
+        await asyncio.wait_for(arrived, 10)
+
+    async def main():
+        await send_and_wait(b"one", plain.arrived)
+        buffered = _Buffered()
+        transport.set_protocol(buffered)
+        await send_and_wait(b"two", buffered.arrived)
+        back = _Lost()
+        transport.set_protocol(back)
+        await send_and_wait(b"three", back.arrived)
+        transport.close()
+        return plain.chunks, bytes(buffered.received), back.chunks
+
+    assert run(loop, main()) == ([b"one"], b"two", [b"three"])
+    peer.close()
+
+
+def test_reading_resumes_after_pause(loop):
+    transport, protocol, peer = _connected_pair(loop, _Lost)
+
+    async def main():
+        transport.pause_reading()
+        peer.sendall(b"held")
+        # Not read while paused: a zero-delay round of the loop leaves it in the socket.
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert protocol.chunks == []
+        transport.resume_reading()
+        await asyncio.wait_for(protocol.arrived, 10)
+        transport.close()
+        return protocol.chunks
+
+    assert run(loop, main()) == [b"held"]
+    peer.close()

@@ -161,6 +161,15 @@ def worker_main(args: WorkerArgs) -> None:
 def _mark_interpreter_exiting() -> None:
     """From then on every pool refuses new jobs (called at interpreter exit)."""
 
+@final
+class SocketReader:
+    """A socket transport's reader: the stock ``_read_ready`` path in Rust for protocols
+    read through ``data_received``; buffered protocols go to ``_read_ready_cb``."""
+
+    direct: bool
+    def __new__(cls, transport: object, fd: int) -> SocketReader: ...
+    def __call__(self) -> None: ...
+
 # ---- weaveloop.sync cores (src/sync/): thread face in Rust, hooks for the async face ----
 
 class SyncWaiter:

@@ -36,9 +36,9 @@ LOOP_OPTIONS = {
 
 _live_loops: weakref.WeakSet[Loop] = weakref.WeakSet()
 
-#: Reads of up to this many bytes (the transports' default max_size) go through the
-#: loop's receive buffer; a larger max_size reads as the stock transport does, so the
-#: buffer, kept for the loop's life, stays this small.
+#: Datagram reads of up to this many bytes (the transports' default max_size) go
+#: through the loop's receive buffer; a larger max_size reads as the stock transport
+#: does, so the buffer, kept for the loop's life, stays this small.
 _RECV_BUFFER_MAX = 256 * 1024
 _SOCKET_RECV = socket.socket.recv
 _SOCKET_RECVFROM = socket.socket.recvfrom
@@ -106,12 +106,13 @@ class _KeyMap(collections.abc.Mapping):
         return self._view.get_key(fileobj)
 
 
-def _recv_buffer(transport, stock_read) -> memoryview | None:
-    """The loop's receive buffer, for a read of ``transport.max_size`` bytes: one per
-    loop, for its socket and datagram transports, which read one at a time on the loop's
+def _recv_buffer(transport) -> memoryview | None:
+    """The loop's receive buffer, for a datagram read of ``transport.max_size`` bytes:
+    one per loop, for its datagram transports, which read one at a time on the loop's
     thread. None where the transport must read as the stock one does: a ``max_size``
-    beyond ``_RECV_BUFFER_MAX`` or not above 0, or a socket whose ``stock_read``
-    (``socket.socket.recv``/``recvfrom``) its class overrides.
+    beyond ``_RECV_BUFFER_MAX`` or not above 0, or a socket whose class overrides
+    ``recvfrom``. (Socket transports read through ``_core.SocketReader``, which has a
+    buffer of its own for the same reason.)
 
     The stock transports receive each read into a fresh ``max_size`` (256 KiB) bytes
     object, which glibc serves with an mmap, a shrinking mremap and a munmap: with small
@@ -122,7 +123,7 @@ def _recv_buffer(transport, stock_read) -> memoryview | None:
     size = transport.max_size
     if not 0 < size <= _RECV_BUFFER_MAX:
         return None
-    if getattr(type(transport._sock), stock_read.__name__) is not stock_read:
+    if getattr(type(transport._sock), "recvfrom", None) is not _SOCKET_RECVFROM:
         return None
     loop = transport._loop
     buf = loop._recv_buffer
@@ -132,36 +133,23 @@ def _recv_buffer(transport, stock_read) -> memoryview | None:
 
 
 class _SocketTransport(selector_events._SelectorSocketTransport):
-    """The stock socket transport, reading into the loop's receive buffer (see
-    ``_recv_buffer``)."""
+    """The stock socket transport, whose reader is ``_core.SocketReader``: for a
+    protocol read through ``data_received``, the stock read path in Rust (one ``recv``
+    into a buffer the process shares, what arrived copied out; EOF and errors to the
+    stock methods). A socket whose class overrides ``recv`` reads as the stock one does.
+    """
 
-    def _read_ready__data_received(self):
-        if self._conn_lost:
-            return
-        buf = _recv_buffer(self, _SOCKET_RECV)
-        if buf is None:
-            return super()._read_ready__data_received()
-        try:
-            n = self._sock.recv_into(buf, self.max_size)
-        except (BlockingIOError, InterruptedError):
-            return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal read error on socket transport")
-            return
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        if getattr(type(sock), "recv", None) is _SOCKET_RECV:
+            # Before the stock __init__, which registers self._read_ready.
+            self._read_ready = _core.SocketReader(self, sock.fileno())
+        super().__init__(loop, sock, protocol, waiter, extra, server)
 
-        if not n:
-            self._read_ready__on_eof()
-            return
-
-        data = bytes(buf[:n])
-        try:
-            self._protocol.data_received(data)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+    def set_protocol(self, protocol):
+        super().set_protocol(protocol)
+        reader = self.__dict__.get("_read_ready")
+        if reader is not None:
+            reader.direct = not isinstance(protocol, asyncio.BufferedProtocol)
 
 
 class _DatagramTransport(selector_events._SelectorDatagramTransport):
@@ -171,7 +159,7 @@ class _DatagramTransport(selector_events._SelectorDatagramTransport):
     def _read_ready(self):
         if self._conn_lost:
             return
-        buf = _recv_buffer(self, _SOCKET_RECVFROM)
+        buf = _recv_buffer(self)
         if buf is None:
             return super()._read_ready()
         try:
@@ -247,7 +235,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         self._ssock = self._csock = None
         self._wakeup_fd_to_restore = None
         self._abandoned = False
-        # Shared by the loop's socket and datagram transports (see _recv_buffer).
+        # Shared by the loop's datagram transports (see _recv_buffer).
         self._recv_buffer = memoryview(b"")
         self._make_self_pipe()
         _live_loops.add(self)

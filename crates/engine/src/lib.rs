@@ -4,6 +4,7 @@
 
 pub mod clock;
 pub mod injector;
+pub mod net;
 pub mod poller;
 pub mod pool;
 pub mod sync;

@@ -1,0 +1,162 @@
+//! The socket transport's read path in Rust: `SocketReader` is what a weaveloop socket
+//! transport registers as its reader instead of the bound `_read_ready` method. For a
+//! protocol read through `data_received` it does what the stock
+//! `_read_ready__data_received` does — skip a transport whose connection is lost, one
+//! `recv(max_size)`, EOF to `_read_ready__on_eof()`, a failure or a raising protocol to
+//! `_fatal_error()` with the stock messages — without a Python frame, reading into one
+//! process-wide buffer and copying out only what arrived. Everything else (buffered
+//! protocols, an unusual `max_size`) goes through the transport's own Python methods.
+
+use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::gc::PyVisit;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use pyo3::PyTraverseError;
+use weaveloop_engine::net::{self, Received};
+
+use crate::errors;
+use crate::gil::GilCell;
+use crate::interop;
+
+/// The largest `max_size` read through the shared buffer (the stock transports' own
+/// `max_size` is 256 KiB); a larger one reads as the stock transport does.
+const RECV_MAX: usize = 256 * 1024;
+
+/// The receive buffer every reader of the process shares: it is only used between a
+/// `recv` and the copy of what arrived, with the GIL held and no Python code run.
+static RECV_BUFFER: GilCell<Vec<u8>> = GilCell::new(Vec::new());
+
+/// What one read came to, once out of the shared buffer.
+enum Outcome<'py> {
+    Data(Bound<'py, PyBytes>),
+    Eof,
+    NotNow,
+    Failed(std::io::Error),
+}
+
+#[pyclass(module = "weaveloop._core", frozen)]
+pub struct SocketReader {
+    transport: Py<PyAny>,
+    fd: RawFd,
+    /// The protocol is read through `data_received` (not a `BufferedProtocol`); set by
+    /// the transport's `set_protocol`.
+    direct: AtomicBool,
+}
+
+impl SocketReader {
+    /// One `recv` of up to `max_size` bytes into the shared buffer.
+    fn receive<'py>(&self, py: Python<'py>, max_size: usize) -> Outcome<'py> {
+        // SAFETY: `fd` is the transport's socket, which stays open while this reader
+        // is registered: the transport removes its reader before it closes the socket,
+        // and the loop calls a reader only while it is registered.
+        let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        RECV_BUFFER.with(py, |buf| {
+            if buf.len() < RECV_MAX {
+                buf.resize(RECV_MAX, 0);
+            }
+            match net::recv(socket, &mut buf[..max_size]) {
+                // A bytes object is not tracked by the GC: allocating it runs no Python.
+                Ok(Received::Data(n)) => Outcome::Data(PyBytes::new(py, &buf[..n])),
+                Ok(Received::Eof) => Outcome::Eof,
+                Ok(Received::NotNow) => Outcome::NotNow,
+                Err(e) => Outcome::Failed(e),
+            }
+        })
+    }
+
+    /// `_fatal_error(exc, message)`, as the stock transport reports a failed read: from
+    /// its `except` clause, where `exc` is the exception being handled (what the
+    /// debug-mode log of an OSError shows with `exc_info=True`).
+    fn fatal(&self, transport: &Bound<'_, PyAny>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = transport.py();
+        let exc = err.into_value(py).into_bound(py);
+        interop::while_handling(exc.as_any(), || {
+            transport.call_method1(intern!(py, "_fatal_error"), (&exc, message))
+        })?;
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl SocketReader {
+    #[new]
+    fn new(transport: Py<PyAny>, fd: RawFd) -> Self {
+        SocketReader {
+            transport,
+            fd,
+            direct: AtomicBool::new(true),
+        }
+    }
+
+    #[getter]
+    fn direct(&self) -> bool {
+        self.direct.load(Relaxed)
+    }
+
+    #[setter]
+    fn set_direct(&self, direct: bool) {
+        self.direct.store(direct, Relaxed);
+    }
+
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let transport = self.transport.bind(py);
+        if !self.direct.load(Relaxed) {
+            transport.getattr(intern!(py, "_read_ready_cb"))?.call0()?;
+            return Ok(());
+        }
+        if transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
+            return Ok(());
+        }
+        let max_size = transport
+            .getattr(intern!(py, "max_size"))?
+            .extract::<usize>()
+            .ok()
+            .filter(|n| (1..=RECV_MAX).contains(n));
+        let Some(max_size) = max_size else {
+            transport.call_method0(intern!(py, "_read_ready__data_received"))?;
+            return Ok(());
+        };
+        match self.receive(py, max_size) {
+            Outcome::NotNow => Ok(()),
+            Outcome::Eof => {
+                transport.call_method0(intern!(py, "_read_ready__on_eof"))?;
+                Ok(())
+            }
+            Outcome::Failed(e) => self.fatal(
+                transport,
+                errors::os_error(e),
+                "Fatal read error on socket transport",
+            ),
+            Outcome::Data(data) => {
+                let protocol = transport.getattr(intern!(py, "_protocol"))?;
+                match protocol.call_method1(intern!(py, "data_received"), (data,)) {
+                    Ok(_) => Ok(()),
+                    Err(e)
+                        if e.is_instance_of::<PySystemExit>(py)
+                            || e.is_instance_of::<PyKeyboardInterrupt>(py) =>
+                    {
+                        Err(e)
+                    }
+                    Err(e) => self.fatal(
+                        transport,
+                        e,
+                        "Fatal error: protocol.data_received() call failed.",
+                    ),
+                }
+            }
+        }
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let transport = self.transport.bind(py).repr()?;
+        Ok(format!("<SocketReader of {transport}>"))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.transport)
+    }
+}
