@@ -546,6 +546,12 @@ impl LoopCore {
         }
     }
 
+    /// Just before a fork, in the parent: notes the watched fds that were closed without
+    /// being removed, for `_after_fork`.
+    fn _before_fork(&self) {
+        self.shared().poller.note_stale_before_fork();
+    }
+
     /// In a forked child: a fresh epoll fd, eventfd and injector; fds re-registered;
     /// executor jobs of the parent (whose threads do not exist here) are cancelled.
     fn _after_fork(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -578,19 +584,25 @@ impl LoopCore {
             }
         }
         let fresh = Shared::new()?;
-        // A watched fd that was closed without being removed (maybe its number now taken
-        // by the fresh poller itself) cannot be registered: its watchers are dropped, the
-        // reset goes on, and the first such error is raised once it is complete.
+        // A watched fd that was closed without being removed cannot be registered: its
+        // watchers are dropped, the reset goes on, and the first such error is raised
+        // once it is complete. Its number may be another file's by now, one the parent
+        // opened since or one of the fresh poller's own: what the parent's epoll set
+        // said of it just before the fork tells (`_before_fork`).
+        let old = &this.shared().poller;
         let mut refused = None;
         let stale: Vec<Watchers> = {
             let mut watchers = lock(&this.watchers);
             let mut stale_fds = Vec::new();
             for (fd, w) in watchers.iter() {
-                if let Err(e) =
+                let registered = if old.stale_at_fork(*fd) {
+                    Err(std::io::Error::from_raw_os_error(libc::EBADF))
+                } else {
                     fresh
                         .poller
                         .set_interest(*fd, w.reader.is_some(), w.writer.is_some())
-                {
+                };
+                if let Err(e) = registered {
                     stale_fds.push(*fd);
                     refused.get_or_insert(e);
                 }

@@ -12,7 +12,13 @@ import os
 import socket
 
 import pytest
-from _support import SAFETY, run, run_python
+from _support import (
+    SAFETY,
+    assert_fork_script_passes,
+    needs_parked_detection,
+    run,
+    run_python,
+)
 
 
 @pytest.fixture
@@ -588,3 +594,110 @@ def test_a_stale_watcher_does_not_stop_the_reset_after_fork():
     out = run_python(_FORK_WITH_A_STALE_WATCHER, timeout=90)
     assert out.stdout.strip() == "child exit 0", out.stderr
     assert "OSError" in out.stderr
+
+
+# Watchers left on fds closed without remove_reader, then a fork. The child's loop must
+# not attach them to whatever file has their number by then: one the parent opened
+# since, or one of the child's own fresh poller (its wake-up fd, its timer). On the
+# stock loop the child's epoll set is the parent's, which forgot the closed files.
+_FORK_AFTER_STALE_NUMBERS_ARE_REUSED = """
+import os, socket, sys, threading, traceback
+from _support import FACTORIES, wait_until_parked
+loop = FACTORIES[sys.argv[1]]()
+fired = []
+stale = []
+for _ in range(3):
+    a, b = socket.socketpair()
+    for s in (a, b):
+        loop.add_reader(s.fileno(), fired.append, s.fileno())
+        stale.append(s.fileno())
+    a.close()
+    b.close()
+# In the parent, a pipe takes the lowest stale number, with data waiting.
+r, w = os.pipe()
+assert r in stale
+os.write(w, b"x")
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        # Some iterations with data ready on the pipe (a watcher on it would run in the
+        # first), ended by a callback chain, not by time.
+        def chain(n):
+            if n:
+                loop.call_soon(chain, n - 1)
+            else:
+                loop.stop()
+        loop.call_soon(chain, 5)
+        loop.run_forever()
+        assert fired == [], fired
+        # Cross-thread wake-ups of a parked loop, before and after the stale watchers
+        # are removed (removing them must not take the poller's own wake-up away).
+        for clean_up in (False, True):
+            if clean_up:
+                for fd in stale:
+                    loop.remove_reader(fd)
+            woken = loop.create_future()
+            me = threading.get_native_id()
+            def post():
+                wait_until_parked(me)
+                loop.call_soon_threadsafe(woken.set_result, "woken")
+            t = threading.Thread(target=post)
+            t.start()
+            safety = loop.call_later(30, woken.set_result, "timed out")
+            assert loop.run_until_complete(woken) == "woken"
+            safety.cancel()
+            t.join()
+        assert fired == [], fired
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+_, status = os.waitpid(pid, 0)
+print("child exit", os.waitstatus_to_exitcode(status))
+"""
+
+
+@needs_parked_detection
+def test_a_fork_child_does_not_attach_stale_watchers_to_reused_numbers(loop_kind):
+    assert_fork_script_passes(_FORK_AFTER_STALE_NUMBERS_ARE_REUSED, loop_kind)
+
+
+def _own_fds() -> dict[int, str]:
+    found = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            pass
+    return found
+
+
+def test_the_loops_own_fds_cannot_be_watched():
+    # The poller's wake-up and timer fds are in its epoll set already: watching one of
+    # their numbers is refused (FileExistsError, as epoll says), instead of taking the
+    # loop's own wake-ups over. (The stock loop's self-pipe is watched by design.)
+    import threading
+
+    import weaveloop
+
+    before = _own_fds()
+    loop = weaveloop.new_event_loop()
+    try:
+        own = [
+            fd
+            for fd, target in _own_fds().items()
+            if fd not in before and target in ("anon_inode:[eventfd]", "anon_inode:[timerfd]")
+        ]
+        assert len(own) == 2
+        for fd in own:
+            with pytest.raises(FileExistsError):
+                loop.add_reader(fd, lambda: None)
+            assert not loop.remove_reader(fd)
+        # The loop is still woken from another thread.
+        fut = loop.create_future()
+        threading.Thread(target=loop.call_soon_threadsafe, args=(fut.set_result, 1)).start()
+        assert run(loop, fut) == 1
+    finally:
+        loop.close()

@@ -527,6 +527,12 @@ def new_event_loop(**options) -> Loop:
     return Loop(**options)
 
 
+def _before_fork() -> None:
+    for loop in list(_live_loops):
+        if not loop.is_closed():
+            loop._before_fork()
+
+
 def _after_fork_in_child() -> None:
     # Every live loop is reset even if one of them fails; the first failure is raised.
     failure = None
@@ -540,4 +546,4 @@ def _after_fork_in_child() -> None:
         raise failure
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

@@ -87,6 +87,8 @@ enum Armed {
 struct Interests {
     wanted: HashMap<RawFd, Wanted>,
     registry: Option<Registry>,
+    /// See `note_stale_before_fork`.
+    stale_at_fork: Vec<RawFd>,
 }
 
 /// The eventfd that interrupts a blocking poll from any thread. Closed with the
@@ -140,6 +142,7 @@ impl Poller {
             interests: Mutex::new(Interests {
                 wanted: HashMap::new(),
                 registry: Some(registry),
+                stale_at_fork: Vec::new(),
             }),
             waker,
         })
@@ -182,6 +185,38 @@ impl Poller {
     }
 
     /// The eventfd waker that interrupts `poll` from any thread.
+    /// Before a fork, in the parent: notes the watched fds whose file the epoll set no
+    /// longer holds — closed without being unwatched (epoll forgets a file when it is
+    /// closed), their numbers maybe another file's by now — asked by re-stating each
+    /// fd's interest unchanged. The child reads the note with `stale_at_fork`.
+    pub fn note_stale_before_fork(&self) {
+        let mut interests = lock(&self.interests);
+        let Interests {
+            wanted,
+            registry,
+            stale_at_fork,
+        } = &mut *interests;
+        stale_at_fork.clear();
+        let Some(registry) = registry else { return };
+        for (fd, w) in wanted.iter() {
+            if let Some(events) = w.epoll_events() {
+                if epoll_ctl(registry.as_raw_fd(), libc::EPOLL_CTL_MOD, *fd, events).is_err() {
+                    stale_at_fork.push(*fd);
+                }
+            }
+        }
+    }
+
+    /// In a forked child: whether `fd` was noted stale before the fork (false when that
+    /// is not known: a thread of the parent held the interests at the fork).
+    pub fn stale_at_fork(&self, fd: RawFd) -> bool {
+        match self.interests.try_lock() {
+            Ok(g) => g.stale_at_fork.contains(&fd),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().stale_at_fork.contains(&fd),
+            Err(TryLockError::WouldBlock) => false,
+        }
+    }
+
     pub fn waker(&self) -> Arc<Wakeup> {
         self.waker.clone()
     }
@@ -191,7 +226,9 @@ impl Poller {
     /// fd is forgotten and the error returned, as the selectors module drops the key.
     pub fn set_interest(&self, fd: RawFd, read: bool, write: bool) -> io::Result<()> {
         let mut interests = lock(&self.interests);
-        let Interests { wanted, registry } = &mut *interests;
+        let Interests {
+            wanted, registry, ..
+        } = &mut *interests;
         let registry = registry.as_ref().ok_or_else(closed)?;
         let old = wanted.get(&fd).copied().unwrap_or_default();
         let new = Wanted { read, write };
@@ -297,15 +334,12 @@ impl Poller {
     }
 }
 
-/// Starts watching `fd` (an epoll entry left under its number by a file since closed
-/// is taken over).
+/// Starts watching `fd`. EEXIST (what epoll says of a number that is one of the poller's
+/// own fds, the waker's or the timer's: its file is already in the set) is an error, as
+/// the selectors module's epoll registration raises it: taking that entry over would
+/// take the poller's own wake-ups away.
 fn add(epfd: RawFd, fd: RawFd, events: u32) -> io::Result<()> {
-    match epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, events) {
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-            epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, events)
-        }
-        other => other,
-    }
+    epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, events)
 }
 
 /// `epoll_ctl(2)` for a watched fd, level-triggered, its token the fd itself (as mio
@@ -329,6 +363,27 @@ mod tests {
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn fds_closed_while_watched_are_noted_before_a_fork() {
+        let p = Poller::new().unwrap();
+        let (live, _peer) = UnixStream::pair().unwrap();
+        let (gone, gone_peer) = UnixStream::pair().unwrap();
+        p.set_interest(live.as_raw_fd(), true, false).unwrap();
+        let number = gone.as_raw_fd();
+        p.set_interest(number, true, true).unwrap();
+        drop((gone, gone_peer));
+        // Another file takes the closed one's number: epoll does not watch it.
+        let (reused, _other) = UnixStream::pair().unwrap();
+        assert!(reused.as_raw_fd() == number || _other.as_raw_fd() == number);
+        p.note_stale_before_fork();
+        assert!(p.stale_at_fork(number));
+        assert!(!p.stale_at_fork(live.as_raw_fd()));
+        // Noting again starts afresh.
+        p.set_interest(number, false, false).unwrap();
+        p.note_stale_before_fork();
+        assert!(!p.stale_at_fork(number));
+    }
 
     #[test]
     fn after_close_polls_and_interest_changes_fail_cleanly() {
