@@ -368,14 +368,15 @@ mod tests {
     fn fds_closed_while_watched_are_noted_before_a_fork() {
         let p = Poller::new().unwrap();
         let (live, _peer) = UnixStream::pair().unwrap();
-        let (gone, gone_peer) = UnixStream::pair().unwrap();
-        p.set_interest(live.as_raw_fd(), true, false).unwrap();
-        let number = gone.as_raw_fd();
+        let (watched, _watched_peer) = UnixStream::pair().unwrap();
+        let number = watched.as_raw_fd();
         p.set_interest(number, true, true).unwrap();
-        drop((gone, gone_peer));
-        // Another file takes the closed one's number: epoll does not watch it.
-        let (reused, _other) = UnixStream::pair().unwrap();
-        assert!(reused.as_raw_fd() == number || _other.as_raw_fd() == number);
+        // Another file takes the number, closing the watched file in the same step (so
+        // no other test thread can take the number meanwhile); epoll forgets the file.
+        let (other, _other_peer) = UnixStream::pair().unwrap();
+        // SAFETY: both fds are open and owned by this test; `watched` keeps owning the
+        // number, now a duplicate of `other`, and closes it when dropped.
+        assert_eq!(unsafe { libc::dup2(other.as_raw_fd(), number) }, number);
         p.note_stale_before_fork();
         assert!(p.stale_at_fork(number));
         assert!(!p.stale_at_fork(live.as_raw_fd()));
