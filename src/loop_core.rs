@@ -246,6 +246,12 @@ pub struct LoopCore {
     /// code, whose `call_soon` must not drain again (that would queue later posts ahead
     /// of the batch's own).
     pub(crate) applying_posted: AtomicBool,
+    /// `threading.get_ident()` of a thread other than the loop's applying what waits in
+    /// the injector on behalf of the idle loop (`drain_while_idle`); 0 when none. The
+    /// loop does not start running meanwhile (see `wait_for_foreign_drain`).
+    pub(crate) drainer: AtomicU64,
+    /// How many times the loop, about to run, waited for such a thread.
+    pub(crate) foreign_drain_waits: AtomicU64,
     /// How many `run_once` calls are under way (more than one only if a callback calls
     /// `_run_once` itself). One may park without the loop running (`_run_once` called
     /// directly, as some libraries do), so a post must then take the injector, whose
@@ -427,6 +433,8 @@ impl LoopCore {
             closing: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             applying_posted: AtomicBool::new(false),
+            drainer: AtomicU64::new(0),
+            foreign_drain_waits: AtomicU64::new(0),
             in_run_once: AtomicUsize::new(0),
             debug: AtomicBool::new(false),
             strict: AtomicBool::new(true),
@@ -517,7 +525,7 @@ impl LoopCore {
             // joins the ready queue first (that runs Python code: settling executor
             // results), then the loop must still be idle.
             let shared = this.shared.get();
-            this.drain_posted(slf, shared)?;
+            this.drain_while_idle(slf)?;
             // Queued straight into the ready queue, where the GC sees it: a post that
             // refers back to the loop (`loop.stop`, say) must not keep an abandoned loop
             // alive, and the GC cannot look into the injector. Looked at after the
@@ -811,6 +819,13 @@ impl LoopCore {
     #[getter]
     fn _flow_control_waits(&self) -> u64 {
         self.flow_control_waits.load(Relaxed)
+    }
+
+    /// How many times the loop, about to run, waited for another thread that was
+    /// applying posted items on its behalf (introspection for tests).
+    #[getter]
+    fn _foreign_drain_waits(&self) -> u64 {
+        self.foreign_drain_waits.load(Relaxed)
     }
 
     /// A snapshot of the scheduled timers (stock asyncio's `_scheduled`, read-only here).

@@ -2,7 +2,7 @@
 //! applies it: thread-safe callbacks join the ready queue; executor completions settle
 //! their asyncio future (unless it was cancelled meanwhile).
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use pyo3::prelude::*;
 
@@ -51,11 +51,51 @@ impl LoopCore {
     /// settled, callbacks in the ready queue), so a loop dropped without `close()` is
     /// collected rather than kept alive by a completion or a callback that refers back
     /// to it from the injector.
+    ///
+    /// Settling runs Python code, which may let go of the GIL; a thread starting the
+    /// loop meanwhile would refuse the `call_soon`s that settling makes from this thread
+    /// (the thread check), and a future would drop the done callbacks left, its waiter
+    /// never woken. So the loop does not start while another thread drains for it
+    /// (`drainer`, see `wait_for_foreign_drain`); a second thread finding one draining
+    /// leaves it to that one, which drains until nothing is left.
     pub(crate) fn drain_while_idle(&self, slf: &Bound<'_, LoopCore>) -> PyResult<()> {
-        if !self.idle() {
+        let me = interop::thread_ident();
+        // (No Python code runs between the idle check and the claim, nor in the loop's
+        // own check before it starts: the GIL orders them.)
+        if !self.idle()
+            || self
+                .drainer
+                .compare_exchange(0, me, Relaxed, Relaxed)
+                .is_err()
+        {
             return Ok(());
         }
-        self.drain_posted(slf, self.shared.get())
+        let shared = self.shared.get();
+        let mut result = Ok(());
+        while result.is_ok() && self.idle() && !shared.injector.is_empty() {
+            result = self.drain_posted(slf, shared);
+        }
+        self.drainer.store(0, Release);
+        result
+    }
+
+    /// Before the loop starts running (or runs an iteration) on this thread: waits,
+    /// without the GIL, until no other thread is applying posted items on the idle
+    /// loop's behalf (see `drain_while_idle`).
+    pub(crate) fn wait_for_foreign_drain(&self, py: Python<'_>) {
+        let me = interop::thread_ident();
+        let mut counted = false;
+        loop {
+            let drainer = self.drainer.load(Acquire);
+            if drainer == 0 || drainer == me {
+                return;
+            }
+            if !counted {
+                self.foreign_drain_waits.fetch_add(1, Relaxed);
+                counted = true;
+            }
+            py.detach(std::thread::yield_now);
+        }
     }
 
     /// Applies what waits in the injector: callbacks join the ready queue in posting

@@ -32,6 +32,11 @@ const SPIN: Duration = Duration::from_micros(50);
 /// thread in ping-pong with the loop (`run_coroutine_threadsafe().result()`, paced
 /// posts), not a flood, whose posts are best run in large batches.
 const HAND_OVER_BATCH: usize = 16;
+/// How many posted callbacks the loop runs between two reports of its backlog to flow
+/// control (`Injector::report_backlog`): often enough for a throttled poster to see the
+/// backlog shrink within its wait, seldom enough that posters rarely see the report's
+/// cache line change.
+const BACKLOG_REPORT_STEP: usize = 256;
 /// Timer heap compaction thresholds (asyncio's).
 const MIN_SCHEDULED_FOR_COMPACTION: usize = 100;
 
@@ -240,13 +245,30 @@ impl LoopCore {
         let debug = self.is_debug();
         let mut empty = std::mem::take(&mut *lock(&self.empty_context));
         let mut result = Ok(());
+        // Flow control counts the posted callbacks of this batch as not run yet until
+        // they are (see Injector::report_backlog), told every BACKLOG_REPORT_STEP of them.
+        let injector = &self.shared.get().injector;
+        let mut posted_left = batch
+            .iter()
+            .filter(|item| matches!(item, Ready::Posted(_)))
+            .count();
+        if posted_left > 0 {
+            injector.report_backlog(posted_left);
+        }
         while let Some(item) = batch.pop_front() {
+            let posted = matches!(item, Ready::Posted(_));
             let r = if debug {
                 self.run_item_timed(slf, &item, &mut empty)
             } else {
                 self.run_item(slf, &item, true, None, &mut empty)
             };
             drop(item);
+            if posted {
+                posted_left -= 1;
+                if posted_left % BACKLOG_REPORT_STEP == 0 {
+                    injector.report_backlog(posted_left);
+                }
+            }
             if let Err(e) = r {
                 result = Err(e);
                 break;
@@ -426,6 +448,7 @@ fn report_callback_error(
 #[pymethods]
 impl LoopCore {
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slf.get().wait_for_foreign_drain(slf.py());
         slf.get().run_once(slf)
     }
 
@@ -437,6 +460,7 @@ impl LoopCore {
         if this.closing.load(Relaxed) {
             return Err(errors::loop_closed()); // (a callback that close() runs)
         }
+        this.wait_for_foreign_drain(slf.py());
         if this
             .owner
             .compare_exchange(0, me, Relaxed, Relaxed)

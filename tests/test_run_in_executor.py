@@ -532,3 +532,60 @@ def test_a_due_timeout_beats_an_executor_result_of_the_same_iteration(loop):
             return "TimeoutError"
 
     assert loop.run_until_complete(main()) == "TimeoutError"
+
+
+def test_a_loop_started_while_a_worker_settles_for_it_still_wakes_the_waiter(wloop):
+    # A job that finishes while its loop is stopped is settled by the worker, on the
+    # loop's behalf. Settling runs Python code that may let go of the GIL (here: in debug
+    # mode the loop asks the first done callback whether it is a coroutine function,
+    # and its __getattr__ waits). If the loop's thread started running meanwhile, the
+    # worker's next call_soon (the task's wake-up) was refused by the thread check and
+    # the future dropped it: the task never woke. The loop now waits for the worker.
+    loop = wloop
+    loop.set_debug(True)
+    in_settle, resume, job_go = threading.Event(), threading.Event(), threading.Event()
+
+    class Callback:
+        def __call__(self, fut):
+            pass
+
+        def __getattr__(self, name):
+            if threading.current_thread() is not threading.main_thread():
+                in_settle.set()
+                resume.wait(SAFETY)
+            raise AttributeError(name)
+
+    def job():
+        job_go.wait(SAFETY)
+        return 42
+
+    async def waiter(fut):
+        return await fut
+
+    fut = loop.run_in_executor(None, job)
+    fut.add_done_callback(Callback())
+    task = loop.create_task(waiter(fut))
+    run(loop, asyncio.sleep(0))  # the task now awaits fut; the loop stops
+    job_go.set()
+    wait_or_fail(in_settle, "the worker to settle the future")
+
+    def let_the_worker_go():
+        # Once the loop's thread has either started running (before: the race) or is
+        # waiting for the worker (now).
+        wait_until(
+            lambda: loop.is_running() or loop._foreign_drain_waits,
+            "the loop's thread to run or to wait for the worker",
+        )
+        resume.set()
+
+    helper = threading.Thread(target=let_the_worker_go)
+    helper.start()
+    try:
+        # (asyncio.wait, not wait_for: a task that cannot be woken cannot be cancelled.)
+        done, _ = run(loop, asyncio.wait([task], timeout=SAFETY))
+        assert task in done, "the task awaiting the settled future was never woken"
+        assert task.result() == 42
+    finally:
+        resume.set()
+        join_or_fail(helper)
+    assert loop._foreign_drain_waits == 1

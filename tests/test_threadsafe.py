@@ -24,6 +24,7 @@ from _support import (
     LoopThread,
     assert_fork_script_passes,
     join_or_fail,
+    run,
     start_thread,
     wait_or_fail,
     weaveloop_factory,
@@ -143,6 +144,47 @@ def test_flow_control_waits_once_for_a_loop_that_does_not_drain(wloop):
     finally:
         release.set()
         lt.stop()
+
+
+def test_a_flood_from_several_threads_does_not_grow_each_iteration(loop):
+    # Four threads post as fast as they can while a coroutine awaits executor round
+    # trips, each of which waits for an iteration or two behind the flood. Posters that
+    # outrun the loop (they share the GIL with it) must not make each iteration longer
+    # than the last: counted in callbacks run per round trip, not in time. (Before, a
+    # drained backlog was not counted by flow control, and the callbacks per round trip
+    # grew several-fold each time: ~0.3M, 0.8M, 2.5M, ...)
+    ran = [0]
+    stop = threading.Event()
+    limit = 1_000_000
+
+    def count():
+        ran[0] += 1
+
+    def poster():
+        while not stop.is_set():
+            try:
+                loop.call_soon_threadsafe(count)
+            except RuntimeError:  # closed
+                return
+
+    async def main():
+        per_trip = []
+        for _ in range(12):
+            before = ran[0]
+            await loop.run_in_executor(None, int)
+            per_trip.append(ran[0] - before)
+            if per_trip[-1] > limit:
+                break
+        return per_trip
+
+    threads = [start_thread(poster) for _ in range(4)]
+    try:
+        per_trip = run(loop, main())
+    finally:
+        stop.set()
+        for t in threads:
+            join_or_fail(t)
+    assert max(per_trip) < limit, per_trip
 
 
 def test_flow_control_never_stalls_a_thread_running_a_loop_of_its_own(wloop):

@@ -6,7 +6,9 @@
 //! parked wakes it, and only the first such post per park pays for it. Both rest on the
 //! one word of `wake.rs`.
 
-use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use std::sync::atomic::{
+    AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
@@ -38,11 +40,15 @@ pub struct Injector<T, U: Unpark = std::sync::Arc<crate::poller::Wakeup>> {
     queue: SegQueue<T>,
     wake: WakeState,
     unpark: U,
-    /// How many times the loop has drained the queue (flow control watches it).
-    drains: AtomicU64,
-    /// `drains + 1` as it was when a throttled poster last waited in vain: the loop is
-    /// not draining (a long callback, a blocked loop thread), and posters stop waiting
-    /// for it until it drains again. 0: not stalled.
+    /// Posted items the loop has taken out of the queue but not run yet, as it last
+    /// reported (see `report_backlog`): with what is queued, the backlog flow control
+    /// bounds.
+    backlog: AtomicUsize,
+    /// Counts the loop's drains and backlog reports: how flow control sees it progress.
+    progress: AtomicU64,
+    /// `progress + 1` as it was when a throttled poster last waited in vain: the loop
+    /// made no progress (a long callback, a blocked loop thread), and posters stop
+    /// waiting for it until it does. 0: not stalled.
     stalled_at: AtomicU64,
     /// While the loop thread spins and takes hand-overs (see `hand_over`): when it began
     /// (`clock::monotonic()` as f64 bits); 0 otherwise.
@@ -103,7 +109,8 @@ impl<T, U: Unpark> Injector<T, U> {
             queue: SegQueue::new(),
             wake: WakeState::new(),
             unpark,
-            drains: AtomicU64::new(0),
+            backlog: AtomicUsize::new(0),
+            progress: AtomicU64::new(0),
             stalled_at: AtomicU64::new(0),
             offer_since: AtomicU64::new(0),
             resumes: AtomicU64::new(0),
@@ -135,32 +142,47 @@ impl<T, U: Unpark> Injector<T, U> {
         while let Some(item) = self.queue.pop() {
             out.push(item);
         }
-        self.drains.fetch_add(1, Relaxed);
+        self.progress.fetch_add(1, Relaxed);
+    }
+
+    /// Loop thread: how many posted items it has taken out of the queue and not run yet
+    /// (reported as it works through them, and 0 once done; a report is progress).
+    /// Without it a drain would look to posters like a caught-up loop while the loop
+    /// still had the whole drained backlog to run, and posters faster than the loop
+    /// (several of them, sharing the GIL with it) would grow each batch without bound.
+    pub fn report_backlog(&self, left: usize) {
+        self.backlog.store(left, Relaxed);
+        self.progress.fetch_add(1, Relaxed);
+    }
+
+    /// Posted items not run yet: queued, or taken by the loop and still to run.
+    fn behind(&self) -> usize {
+        self.queue.len() + self.backlog.load(Relaxed)
     }
 
     /// Whether `throttle` would wait: a cheap check to make before giving up the GIL.
     pub fn flooded(&self, t: Throttle) -> bool {
-        self.queue.len() >= t.high && self.stalled_at.load(Relaxed) != self.drains.load(Relaxed) + 1
+        self.behind() >= t.high && self.stalled_at.load(Relaxed) != self.progress.load(Relaxed) + 1
     }
 
-    /// Poster, after a post, without the GIL: flow control. While `t.high` or more items
-    /// are queued, the poster sleeps in short steps until fewer than `t.low` are, so a
-    /// flood of posts cannot keep the loop's own callbacks and timers waiting behind an
-    /// ever longer backlog (posters otherwise outrun a loop that shares the GIL with
-    /// them). Bounded: after `t.max_wait` it returns, and if the loop did not drain at
-    /// all meanwhile, later posts do not wait again until it does, so a loop that is
-    /// blocked or not running costs a poster one wait, not one per post. Returns true if
-    /// it waited.
+    /// Poster, after a post, without the GIL: flow control. While `t.high` or more posted
+    /// items are not run yet (queued, or taken by the loop and still to run), the poster
+    /// sleeps in short steps until fewer than `t.low` are, so a flood of posts cannot
+    /// keep the loop's own callbacks and timers waiting behind an ever longer backlog
+    /// (posters otherwise outrun a loop that shares the GIL with them). Bounded: after
+    /// `t.max_wait` it returns, and if the loop made no progress at all meanwhile, later
+    /// posts do not wait again until it does, so a loop that is blocked or not running
+    /// costs a poster one wait, not one per post. Returns true if it waited.
     pub fn throttle(&self, t: Throttle) -> bool {
         if !self.flooded(t) {
             return false;
         }
-        let drains = self.drains.load(Relaxed);
+        let progress = self.progress.load(Relaxed);
         let deadline = Instant::now() + t.max_wait;
-        while self.queue.len() >= t.low {
+        while self.behind() >= t.low {
             if Instant::now() >= deadline {
-                if self.drains.load(Relaxed) == drains {
-                    self.stalled_at.store(drains + 1, Relaxed);
+                if self.progress.load(Relaxed) == progress {
+                    self.stalled_at.store(progress + 1, Relaxed);
                 }
                 break;
             }
@@ -429,6 +451,21 @@ mod tests {
             "let go while the backlog was still there"
         );
         assert_eq!(drainer.join().unwrap(), vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn the_backlog_the_loop_has_taken_but_not_run_counts() {
+        let inj = Injector::new(Arc::new(CountingUnpark::default()));
+        for i in 0..4 {
+            inj.post(i).unwrap();
+        }
+        let mut out = Vec::new();
+        inj.drain_into(&mut out);
+        assert!(!inj.flooded(QUICK), "drained and not reported: nothing behind");
+        inj.report_backlog(out.len());
+        assert!(inj.flooded(QUICK), "taken but not run yet: still behind");
+        inj.report_backlog(0);
+        assert!(!inj.flooded(QUICK));
     }
 
     #[test]
