@@ -461,7 +461,10 @@ mod tests {
         }
         let mut out = Vec::new();
         inj.drain_into(&mut out);
-        assert!(!inj.flooded(QUICK), "drained and not reported: nothing behind");
+        assert!(
+            !inj.flooded(QUICK),
+            "drained and not reported: nothing behind"
+        );
         inj.report_backlog(out.len());
         assert!(inj.flooded(QUICK), "taken but not run yet: still behind");
         inj.report_backlog(0);
