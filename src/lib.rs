@@ -25,6 +25,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(executor::_mark_interpreter_exiting, m)?)?;
     m.add_class::<executor::WorkerArgs>()?;
     m.add_class::<transport::SocketReader>()?;
+    m.add_class::<transport::SocketWriter>()?;
     sync::register(m)?;
     Ok(())
 }

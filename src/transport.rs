@@ -1,11 +1,20 @@
-//! The socket transport's read path in Rust: `SocketReader` is what a weaveloop socket
-//! transport registers as its reader instead of the bound `_read_ready` method. For a
+//! The socket transport's hot paths in Rust.
+//!
+//! `SocketReader` is what a weaveloop socket transport registers as its reader instead
+//! of the bound `_read_ready` method. For a
 //! protocol read through `data_received` it does what the stock
 //! `_read_ready__data_received` does — skip a transport whose connection is lost, one
 //! `recv(max_size)`, EOF to `_read_ready__on_eof()`, a failure or a raising protocol to
 //! `_fatal_error()` with the stock messages — without a Python frame, reading into one
 //! process-wide buffer and copying out only what arrived. Everything else (buffered
 //! protocols, an unusual `max_size`) goes through the transport's own Python methods.
+//!
+//! `SocketWriter` is the transport's `write` (an instance attribute, in front of the
+//! class's method): for `bytes` written while nothing is buffered, the stock `write`'s
+//! checks and its attempt to send at once, and what is left buffered and the writer
+//! registered as the stock one does; anything else (other bytes-like types, a write
+//! behind buffered data, after `write_eof()`, during `sendfile`, on a lost connection)
+//! goes to the class's `write`.
 
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -154,6 +163,92 @@ impl SocketReader {
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let transport = self.transport.bind(py).repr()?;
         Ok(format!("<SocketReader of {transport}>"))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.transport)
+    }
+}
+
+#[pyclass(module = "weaveloop._core", frozen)]
+pub struct SocketWriter {
+    transport: Py<PyAny>,
+    fd: RawFd,
+}
+
+impl SocketWriter {
+    /// The class's `write` (the stock one), for what this one does not do itself.
+    fn stock(&self, transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = transport.py();
+        let write = transport.get_type().getattr(intern!(py, "write"))?;
+        write.call1((transport, data))?;
+        Ok(())
+    }
+
+    /// Whether the stock `write` would try to send at once, with nothing to say first:
+    /// not after `write_eof()`, not during `sendfile`, connection not lost, nothing
+    /// buffered.
+    fn may_send_now(transport: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let py = transport.py();
+        Ok(!transport.getattr(intern!(py, "_eof"))?.is_truthy()?
+            && transport.getattr(intern!(py, "_empty_waiter"))?.is_none()
+            && !transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()?
+            && !transport.getattr(intern!(py, "_buffer"))?.is_truthy()?)
+    }
+}
+
+#[pymethods]
+impl SocketWriter {
+    #[new]
+    fn new(transport: Py<PyAny>, fd: RawFd) -> Self {
+        SocketWriter { transport, fd }
+    }
+
+    fn __call__(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = data.py();
+        let transport = self.transport.bind(py);
+        let Ok(bytes) = data.cast_exact::<PyBytes>() else {
+            return self.stock(transport, data);
+        };
+        let buf = bytes.as_bytes();
+        if buf.is_empty() || !Self::may_send_now(transport)? {
+            return self.stock(transport, data);
+        }
+        // SAFETY: `fd` is the transport's socket, open until the transport has lost its
+        // connection (`_call_connection_lost` closes it), and `may_send_now` has just
+        // seen the connection not lost; nothing since ran Python code.
+        let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let sent = match net::send(socket, buf) {
+            Ok(Some(n)) if n == buf.len() => return Ok(()),
+            Ok(Some(n)) => n,
+            Ok(None) => 0,
+            Err(e) => {
+                let exc = errors::os_error(e).into_value(py).into_bound(py);
+                interop::while_handling(exc.as_any(), || {
+                    transport.call_method1(
+                        intern!(py, "_fatal_error"),
+                        (&exc, "Fatal write error on socket transport"),
+                    )
+                })?;
+                return Ok(());
+            }
+        };
+        // Not all was written: register the write handler and buffer the rest.
+        let write_ready = transport.getattr(intern!(py, "_write_ready"))?;
+        transport
+            .getattr(intern!(py, "_loop"))?
+            .call_method1(intern!(py, "_add_writer"), (self.fd, write_ready))?;
+        let rest = PyBytes::new(py, &buf[sent..]);
+        transport
+            .getattr(intern!(py, "_buffer"))?
+            .call_method1(intern!(py, "extend"), (rest,))?;
+        transport.call_method0(intern!(py, "_maybe_pause_protocol"))?;
+        Ok(())
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let transport = self.transport.bind(py).repr()?;
+        Ok(format!("<SocketWriter of {transport}>"))
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

@@ -402,3 +402,125 @@ def test_reading_resumes_after_pause(loop):
 
     assert run(loop, main()) == [b"held"]
     peer.close()
+
+
+# The write path: ``_core.SocketWriter`` is a weaveloop socket transport's ``write``.
+
+
+def test_the_rust_writer_is_the_transports_write(loop):
+    transport, protocol, peer = _connected_pair(loop, _Lost)
+    if isinstance(loop, weaveloop.Loop):
+        assert type(transport.write) is weaveloop._core.SocketWriter
+    transport.close()
+    peer.close()
+    run(loop, asyncio.wait_for(protocol.lost, 10))
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = sock.recv(min(1 << 20, n - got))
+        assert chunk, "the peer closed early"
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+class _Flow(_Lost):
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+        self.resumed = asyncio.get_running_loop().create_future()
+
+    def pause_writing(self) -> None:
+        self.events.append("pause")
+
+    def resume_writing(self) -> None:
+        self.events.append("resume")
+        if not self.resumed.done():
+            self.resumed.set_result(None)
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_writes_beyond_what_the_socket_takes_are_buffered_in_order(loop, kind):
+    # The first write fills the socket and the rest is buffered (a partial send), the
+    # second goes behind it; flow control pauses and resumes the protocol; the peer gets
+    # every byte in order.
+    transport, protocol, peer = _connected_pair(loop, _Flow)
+    first, second = os.urandom(8 << 20), os.urandom(100_000)
+
+    async def main():
+        transport.write(kind(first))
+        assert transport.get_write_buffer_size() > 0
+        assert protocol.events == ["pause"]  # over the high-water mark at once
+        transport.write(kind(second))
+        assert protocol.events == ["pause"]
+        reader = loop.run_in_executor(None, _read_exactly, peer, len(first) + len(second))
+        await asyncio.wait_for(protocol.resumed, 10)
+        return await asyncio.wait_for(reader, 10)
+
+    assert run(loop, main()) == first + second
+    assert protocol.events == ["pause", "resume"]
+    assert transport.get_write_buffer_size() == 0
+    transport.close()
+    peer.close()
+
+
+def test_writing_to_a_reset_connection_loses_it_with_the_os_error(loop, caplog):
+    loop.set_debug(True)
+    transport, protocol, peer = _connected_pair(loop, _Lost)
+    transport.pause_reading()  # the reset is then met by a write, not by a read
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()
+
+    async def main():
+        # Until the reset has arrived a write may still be taken by the kernel.
+        while not protocol.lost.done():
+            transport.write(b"x" * 1000)
+            await asyncio.sleep(0)
+        return protocol.lost.result()
+
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        exc = run(loop, main())
+    assert isinstance(exc, (ConnectionResetError, BrokenPipeError)), exc
+    messages = [r.getMessage() for r in caplog.records if r.exc_info and r.exc_info[1] is exc]
+    assert len(messages) == 1
+    assert messages[0].endswith(": Fatal write error on socket transport")
+
+
+def test_writes_after_the_connection_is_lost_are_counted_then_warned(loop, caplog):
+    transport, protocol, peer = _connected_pair(loop, _Lost)
+    transport.abort()
+    peer.close()
+    assert run(loop, asyncio.wait_for(protocol.lost, 10)) is None
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        for _ in range(7):
+            transport.write(b"late")
+    warned = [r for r in caplog.records if r.getMessage() == "socket.send() raised exception."]
+    assert len(warned) == 3  # from the 5th lost write on, as the stock transport does
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (
+            lambda t: t.write("text"),
+            TypeError,
+            "data argument must be a bytes-like object, not 'str'",
+        ),
+        (
+            lambda t: (t.write_eof(), t.write(b"x")),
+            RuntimeError,
+            "Cannot call write() after write_eof()",
+        ),
+    ],
+    ids=["str", "after-write_eof"],
+)
+def test_write_refuses_as_the_stock_transport_does(loop, call, error, message):
+    transport, protocol, peer = _connected_pair(loop, _Lost)
+    with pytest.raises(error) as info:
+        call(transport)
+    assert str(info.value) == message
+    transport.close()
+    peer.close()
+    run(loop, asyncio.wait_for(protocol.lost, 10))

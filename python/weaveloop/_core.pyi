@@ -173,6 +173,14 @@ class SocketReader:
     def __new__(cls, transport: object, fd: int) -> SocketReader: ...
     def __call__(self) -> None: ...
 
+@final
+class SocketWriter:
+    """A socket transport's ``write``: the stock one in Rust for ``bytes`` written while
+    nothing is buffered; anything else goes to the class's ``write``."""
+
+    def __new__(cls, transport: object, fd: int) -> SocketWriter: ...
+    def __call__(self, data: bytes | bytearray | memoryview) -> None: ...
+
 # ---- weaveloop.sync cores (src/sync/): thread face in Rust, hooks for the async face ----
 
 class SyncWaiter:

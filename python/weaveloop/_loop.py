@@ -41,6 +41,7 @@ _live_loops: weakref.WeakSet[Loop] = weakref.WeakSet()
 #: does, so the buffer, kept for the loop's life, stays this small.
 _RECV_BUFFER_MAX = 256 * 1024
 _SOCKET_RECV = socket.socket.recv
+_SOCKET_SEND = socket.socket.send
 _SOCKET_RECVFROM = socket.socket.recvfrom
 
 
@@ -133,16 +134,21 @@ def _recv_buffer(transport) -> memoryview | None:
 
 
 class _SocketTransport(selector_events._SelectorSocketTransport):
-    """The stock socket transport, whose reader is ``_core.SocketReader``: for a
-    protocol read through ``data_received``, the stock read path in Rust (one ``recv``
+    """The stock socket transport, with its hot paths in Rust: its reader is
+    ``_core.SocketReader`` (for a protocol read through ``data_received``, one ``recv``
     into a buffer the process shares, what arrived copied out; EOF and errors to the
-    stock methods). A socket whose class overrides ``recv`` reads as the stock one does.
+    stock methods) and its ``write`` a ``_core.SocketWriter`` (``bytes`` sent at once
+    when nothing is buffered; everything else to the stock ``write``). A socket whose
+    class overrides ``recv`` or ``send`` reads or writes as the stock one does.
     """
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         if getattr(type(sock), "recv", None) is _SOCKET_RECV:
             # Before the stock __init__, which registers self._read_ready.
             self._read_ready = _core.SocketReader(self, sock.fileno())
+        if getattr(type(sock), "send", None) is _SOCKET_SEND:
+            # (An instance attribute: found before the class's write.)
+            self.write = _core.SocketWriter(self, sock.fileno())
         super().__init__(loop, sock, protocol, waiter, extra, server)
 
     def set_protocol(self, protocol):

@@ -1,7 +1,8 @@
-//! One non-blocking read from a connected socket, for the socket transports' read path.
-//! socket2 makes the call; this module only says what the outcome means to a transport.
+//! One non-blocking read from, or write to, a connected socket, for the socket
+//! transports' hot paths. socket2 makes the calls; this module only says what the
+//! outcome means to a transport.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::BorrowedFd;
 
 use socket2::SockRef;
@@ -38,10 +39,29 @@ pub fn recv(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
     }
 }
 
+/// Sends what the socket takes now of `data`: Some(bytes sent), None if it would block
+/// (or the call was interrupted) before sending any. (socket2 sends with MSG_NOSIGNAL: a
+/// closed peer is EPIPE, never SIGPIPE.)
+pub fn send(socket: BorrowedFd<'_>, data: &[u8]) -> io::Result<Option<usize>> {
+    let socket = SockRef::from(&socket);
+    match (&*socket).write(data) {
+        Ok(n) => Ok(Some(n)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use std::io::Read;
     use std::net::Shutdown;
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
@@ -59,6 +79,26 @@ mod tests {
         assert_eq!(&buf[..3], b"rld");
         a.shutdown(Shutdown::Write).unwrap();
         assert_eq!(recv(b.as_fd(), &mut buf).unwrap(), Received::Eof);
+    }
+
+    #[test]
+    fn sends_until_the_socket_is_full_then_would_block() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        assert_eq!(send(a.as_fd(), b"hello").unwrap(), Some(5));
+        let mut buf = [0u8; 5];
+        b.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hello");
+        let chunk = vec![7u8; 1 << 16];
+        let mut sent = 0;
+        while let Some(n) = send(a.as_fd(), &chunk).unwrap() {
+            sent += n;
+            assert!(sent < 1 << 30, "never filled");
+        }
+        assert!(sent > 0);
+        drop(b);
+        let err = send(a.as_fd(), b"x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
     }
 
     #[test]
