@@ -26,6 +26,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<executor::WorkerArgs>()?;
     m.add_class::<transport::SocketReader>()?;
     m.add_class::<transport::SocketWriter>()?;
+    m.add_class::<transport::DatagramReader>()?;
     sync::register(m)?;
     Ok(())
 }

@@ -16,6 +16,7 @@
 //! behind buffered data, after `write_eof()`, during `sendfile`, on a lost connection)
 //! goes to the class's `write`.
 
+use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
@@ -38,6 +39,16 @@ const RECV_MAX: usize = 256 * 1024;
 /// The receive buffer every reader of the process shares: it is only used between a
 /// `recv` and the copy of what arrived, with the GIL held and no Python code run.
 static RECV_BUFFER: GilCell<Vec<u8>> = GilCell::new(Vec::new());
+
+/// The transport's `max_size`, if a read of that many bytes goes through the shared
+/// buffer (an int within 1..=RECV_MAX); None: the transport reads as the stock one does.
+fn read_size(transport: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
+    let size = transport.getattr(intern!(transport.py(), "max_size"))?;
+    Ok(size
+        .extract::<usize>()
+        .ok()
+        .filter(|n| (1..=RECV_MAX).contains(n)))
+}
 
 /// What one read came to, once out of the shared buffer.
 enum Outcome<'py> {
@@ -120,12 +131,7 @@ impl SocketReader {
         if transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
             return Ok(());
         }
-        let max_size = transport
-            .getattr(intern!(py, "max_size"))?
-            .extract::<usize>()
-            .ok()
-            .filter(|n| (1..=RECV_MAX).contains(n));
-        let Some(max_size) = max_size else {
+        let Some(max_size) = read_size(transport)? else {
             transport.call_method0(intern!(py, "_read_ready__data_received"))?;
             return Ok(());
         };
@@ -163,6 +169,83 @@ impl SocketReader {
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let transport = self.transport.bind(py).repr()?;
         Ok(format!("<SocketReader of {transport}>"))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.transport)
+    }
+}
+
+/// An internet address as the socket module gives it: `(host, port)` for IPv4,
+/// `(host, port, flowinfo, scope_id)` for IPv6.
+fn address_tuple<'py>(py: Python<'py>, addr: Option<SocketAddr>) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match addr {
+        Some(SocketAddr::V4(a)) => (a.ip().to_string(), a.port()).into_pyobject(py)?.into_any(),
+        Some(SocketAddr::V6(a)) => (a.ip().to_string(), a.port(), a.flowinfo(), a.scope_id())
+            .into_pyobject(py)?
+            .into_any(),
+        None => py.None().into_bound(py),
+    })
+}
+
+/// The datagram transport's reader, for IPv4 sockets (whose sender addresses read the
+/// same from Rust as from the socket module): the stock `_read_ready` — skip a transport
+/// whose connection is lost, one `recvfrom(max_size)`, an OSError to the protocol's
+/// `error_received`, the datagram and its sender to `datagram_received` — reading into
+/// the shared buffer. An unusual `max_size` reads through the class's `_read_ready`.
+#[pyclass(module = "weaveloop._core", frozen)]
+pub struct DatagramReader {
+    transport: Py<PyAny>,
+    fd: RawFd,
+}
+
+#[pymethods]
+impl DatagramReader {
+    #[new]
+    fn new(transport: Py<PyAny>, fd: RawFd) -> Self {
+        DatagramReader { transport, fd }
+    }
+
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let transport = self.transport.bind(py);
+        if transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
+            return Ok(());
+        }
+        let Some(max_size) = read_size(transport)? else {
+            let stock = transport.get_type().getattr(intern!(py, "_read_ready"))?;
+            stock.call1((transport,))?;
+            return Ok(());
+        };
+        // SAFETY: as for SocketReader: the transport's socket stays open while its
+        // reader is registered.
+        let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let received = RECV_BUFFER.with(py, |buf| {
+            if buf.len() < RECV_MAX {
+                buf.resize(RECV_MAX, 0);
+            }
+            net::recv_from(socket, &mut buf[..max_size])
+                .map(|r| r.map(|(n, from)| (PyBytes::new(py, &buf[..n]), from)))
+        });
+        let protocol = transport.getattr(intern!(py, "_protocol"))?;
+        match received {
+            Ok(None) => {}
+            Ok(Some((data, from))) => {
+                let from = address_tuple(py, from)?;
+                protocol.call_method1(intern!(py, "datagram_received"), (data, from))?;
+            }
+            Err(e) => {
+                let exc = errors::os_error(e).into_value(py).into_bound(py);
+                interop::while_handling(exc.as_any(), || {
+                    protocol.call_method1(intern!(py, "error_received"), (&exc,))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let transport = self.transport.bind(py).repr()?;
+        Ok(format!("<DatagramReader of {transport}>"))
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

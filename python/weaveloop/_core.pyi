@@ -174,6 +174,13 @@ class SocketReader:
     def __call__(self) -> None: ...
 
 @final
+class DatagramReader:
+    """An IPv4 datagram transport's reader: the stock ``_read_ready`` in Rust."""
+
+    def __new__(cls, transport: object, fd: int) -> DatagramReader: ...
+    def __call__(self) -> None: ...
+
+@final
 class SocketWriter:
     """A socket transport's ``write``: the stock one in Rust for ``bytes`` written while
     nothing is buffered; anything else goes to the class's ``write``."""

@@ -111,7 +111,7 @@ def _recv_buffer(transport) -> memoryview | None:
     """The loop's receive buffer, for a datagram read of ``transport.max_size`` bytes:
     one per loop, for its datagram transports, which read one at a time on the loop's
     thread. None where the transport must read as the stock one does: a ``max_size``
-    beyond ``_RECV_BUFFER_MAX`` or not above 0, or a socket whose class overrides
+    that is not an int within 1..``_RECV_BUFFER_MAX``, or a socket whose class overrides
     ``recvfrom``. (Socket transports read through ``_core.SocketReader``, which has a
     buffer of its own for the same reason.)
 
@@ -122,7 +122,7 @@ def _recv_buffer(transport) -> memoryview | None:
     allocation): the protocol gets the same bytes as before.
     """
     size = transport.max_size
-    if not 0 < size <= _RECV_BUFFER_MAX:
+    if not (isinstance(size, int) and 0 < size <= _RECV_BUFFER_MAX):
         return None
     if getattr(type(transport._sock), "recvfrom", None) is not _SOCKET_RECVFROM:
         return None
@@ -159,8 +159,19 @@ class _SocketTransport(selector_events._SelectorSocketTransport):
 
 
 class _DatagramTransport(selector_events._SelectorDatagramTransport):
-    """The stock datagram transport, receiving into the loop's receive buffer (see
+    """The stock datagram transport, whose reader for an IPv4 socket is
+    ``_core.DatagramReader`` (the stock read path in Rust, into a buffer the process
+    shares); other sockets receive into the loop's receive buffer (see
     ``_recv_buffer``)."""
+
+    def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
+        if (
+            sock.family == socket.AF_INET
+            and getattr(type(sock), "recvfrom", None) is _SOCKET_RECVFROM
+        ):
+            # Before the stock __init__, which registers self._read_ready.
+            self._read_ready = _core.DatagramReader(self, sock.fileno())
+        super().__init__(loop, sock, protocol, address, waiter, extra)
 
     def _read_ready(self):
         if self._conn_lost:

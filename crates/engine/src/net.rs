@@ -3,6 +3,8 @@
 //! outcome means to a transport.
 
 use std::io::{self, Read, Write};
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 
 use socket2::SockRef;
@@ -34,6 +36,31 @@ pub fn recv(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
             ) =>
         {
             Ok(Received::NotNow)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Receives one datagram, cut to `buf.len()` bytes, and who sent it: None if none is
+/// waiting (or the call was interrupted). The sender is None for an address that is not
+/// an internet one (a datagram socket of another family).
+pub fn recv_from(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, Option<SocketAddr>)>> {
+    let socket = SockRef::from(&socket);
+    // SAFETY: u8 and MaybeUninit<u8> have the same layout, and recvfrom only ever writes
+    // initialised bytes into the buffer, so it stays a valid [u8] afterwards.
+    let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+    match socket.recv_from(uninit) {
+        Ok((n, from)) => Ok(Some((n, from.as_socket()))),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(None)
         }
         Err(e) => Err(e),
     }
@@ -99,6 +126,31 @@ mod tests {
         drop(b);
         let err = send(a.as_fd(), b"x").unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
+    }
+
+    #[test]
+    fn receives_datagrams_with_their_sender_cut_to_the_buffer() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        server.set_nonblocking(true).unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(recv_from(server.as_fd(), &mut buf).unwrap(), None);
+        client
+            .send_to(b"datagram", server.local_addr().unwrap())
+            .unwrap();
+        client.send_to(b"ok", server.local_addr().unwrap()).unwrap();
+        let from = Some(client.local_addr().unwrap());
+        let mut got = None;
+        while got.is_none() {
+            got = recv_from(server.as_fd(), &mut buf).unwrap();
+        }
+        assert_eq!(got, Some((4, from)));
+        assert_eq!(&buf, b"data");
+        assert_eq!(
+            recv_from(server.as_fd(), &mut buf).unwrap(),
+            Some((2, from))
+        );
+        assert_eq!(&buf[..2], b"ok");
     }
 
     #[test]
