@@ -40,6 +40,25 @@ const RECV_MAX: usize = 256 * 1024;
 /// `recv` and the copy of what arrived, with the GIL held and no Python code run.
 static RECV_BUFFER: GilCell<Vec<u8>> = GilCell::new(Vec::new());
 
+/// What the transport's Rust parts share besides their work: a repr naming the
+/// transport, and the reference to it shown to the GC (the transport holds its part in
+/// its `__dict__`: a cycle).
+macro_rules! of_transport {
+    ($ty:ident) => {
+        #[pymethods]
+        impl $ty {
+            fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+                let transport = self.transport.bind(py).repr()?;
+                Ok(format!(concat!("<", stringify!($ty), " of {}>"), transport))
+            }
+
+            fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+                visit.call(&self.transport)
+            }
+        }
+    };
+}
+
 /// The transport's `max_size`, if a read of that many bytes goes through the shared
 /// buffer (an int within 1..=RECV_MAX); None: the transport reads as the stock one does.
 fn read_size(transport: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
@@ -165,16 +184,9 @@ impl SocketReader {
             }
         }
     }
-
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        let transport = self.transport.bind(py).repr()?;
-        Ok(format!("<SocketReader of {transport}>"))
-    }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.transport)
-    }
 }
+
+of_transport!(SocketReader);
 
 /// An internet address as the socket module gives it: `(host, port)` for IPv4,
 /// `(host, port, flowinfo, scope_id)` for IPv6.
@@ -242,16 +254,9 @@ impl DatagramReader {
         }
         Ok(())
     }
-
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        let transport = self.transport.bind(py).repr()?;
-        Ok(format!("<DatagramReader of {transport}>"))
-    }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.transport)
-    }
 }
+
+of_transport!(DatagramReader);
 
 #[pyclass(module = "weaveloop._core", frozen)]
 pub struct SocketWriter {
@@ -328,13 +333,6 @@ impl SocketWriter {
         transport.call_method0(intern!(py, "_maybe_pause_protocol"))?;
         Ok(())
     }
-
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        let transport = self.transport.bind(py).repr()?;
-        Ok(format!("<SocketWriter of {transport}>"))
-    }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.transport)
-    }
 }
+
+of_transport!(SocketWriter);

@@ -300,17 +300,30 @@ def test_a_reset_connection_is_lost_with_the_os_error(loop, caplog):
     assert transport.is_closing()
 
 
+def _reported(loop) -> list[dict]:
+    """What the loop's exception handler will be given, from now on."""
+    contexts: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: contexts.append(context))
+    return contexts
+
+
+def _lost_after_a_byte(loop, protocol_factory):
+    """A connected transport whose peer sends one byte: the exception its connection is
+    lost with, the transport, its protocol and what the exception handler was given."""
+    contexts = _reported(loop)
+    transport, protocol, peer = _connected_pair(loop, protocol_factory)
+    peer.sendall(b"x")
+    exc = run(loop, asyncio.wait_for(protocol.lost, 10))
+    peer.close()
+    return exc, transport, protocol, contexts
+
+
 def test_a_raising_data_received_is_reported_and_closes_the_transport(loop):
     class Raising(_Lost):
         def data_received(self, data):
             raise ZeroDivisionError("protocol bug")
 
-    contexts = []
-    loop.set_exception_handler(lambda _loop, context: contexts.append(context))
-    transport, protocol, peer = _connected_pair(loop, Raising)
-    peer.sendall(b"x")
-    exc = run(loop, asyncio.wait_for(protocol.lost, 10))
-    peer.close()
+    exc, transport, protocol, contexts = _lost_after_a_byte(loop, Raising)
     assert type(exc) is ZeroDivisionError
     [context] = contexts
     assert context["message"] == "Fatal error: protocol.data_received() call failed."
@@ -343,12 +356,7 @@ def test_an_invalid_max_size_fails_as_on_the_stock_transport(loop):
         def connection_made(self, transport):
             transport.max_size = "large"
 
-    contexts = []
-    loop.set_exception_handler(lambda _loop, context: contexts.append(context))
-    transport, protocol, peer = _connected_pair(loop, Sized)
-    peer.sendall(b"x")
-    exc = run(loop, asyncio.wait_for(protocol.lost, 10))
-    peer.close()
+    exc, _, _, contexts = _lost_after_a_byte(loop, Sized)
     assert type(exc) is TypeError
     assert [c["message"] for c in contexts] == ["Fatal read error on socket transport"]
 
@@ -575,8 +583,7 @@ def test_a_raising_datagram_received_goes_to_the_exception_handler(loop):
             if data == b"boom":
                 raise ZeroDivisionError("protocol bug")
 
-    contexts = []
-    loop.set_exception_handler(lambda _loop, context: contexts.append(context))
+    contexts = _reported(loop)
 
     async def main():
         server, protocol = await loop.create_datagram_endpoint(Raising, local_addr=("127.0.0.1", 0))
@@ -600,8 +607,7 @@ def test_a_raising_datagram_received_goes_to_the_exception_handler(loop):
 
 
 def test_an_invalid_datagram_max_size_fails_as_on_the_stock_transport(loop):
-    contexts = []
-    loop.set_exception_handler(lambda _loop, context: contexts.append(context))
+    contexts = _reported(loop)
 
     async def main():
         server, protocol = await loop.create_datagram_endpoint(_Errors, local_addr=("127.0.0.1", 0))

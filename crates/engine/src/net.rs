@@ -21,24 +21,33 @@ pub enum Received {
     NotNow,
 }
 
-/// Reads what the socket has, up to `buf.len()` bytes (which must not be 0: a read of
-/// nothing would look like end of file).
-pub fn recv(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
-    debug_assert!(!buf.is_empty());
-    let socket = SockRef::from(&socket);
-    match (&*socket).read(buf) {
-        Ok(0) => Ok(Received::Eof),
-        Ok(n) => Ok(Received::Data(n)),
+/// Ok(None) for a call that would block or was interrupted: nothing happened, and a
+/// level-triggered watcher calls again while the socket is ready.
+fn unless_not_now<T>(result: io::Result<T>) -> io::Result<Option<T>> {
+    match result {
+        Ok(v) => Ok(Some(v)),
         Err(e)
             if matches!(
                 e.kind(),
                 io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
             ) =>
         {
-            Ok(Received::NotNow)
+            Ok(None)
         }
         Err(e) => Err(e),
     }
+}
+
+/// Reads what the socket has, up to `buf.len()` bytes (which must not be 0: a read of
+/// nothing would look like end of file).
+pub fn recv(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+    debug_assert!(!buf.is_empty());
+    let socket = SockRef::from(&socket);
+    Ok(match unless_not_now((&*socket).read(buf))? {
+        None => Received::NotNow,
+        Some(0) => Received::Eof,
+        Some(n) => Received::Data(n),
+    })
 }
 
 /// Receives one datagram, cut to `buf.len()` bytes, and who sent it: None if none is
@@ -52,18 +61,7 @@ pub fn recv_from(
     // SAFETY: u8 and MaybeUninit<u8> have the same layout, and recvfrom only ever writes
     // initialised bytes into the buffer, so it stays a valid [u8] afterwards.
     let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
-    match socket.recv_from(uninit) {
-        Ok((n, from)) => Ok(Some((n, from.as_socket()))),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
+    Ok(unless_not_now(socket.recv_from(uninit))?.map(|(n, from)| (n, from.as_socket())))
 }
 
 /// Sends what the socket takes now of `data`: Some(bytes sent), None if it would block
@@ -71,18 +69,7 @@ pub fn recv_from(
 /// closed peer is EPIPE, never SIGPIPE.)
 pub fn send(socket: BorrowedFd<'_>, data: &[u8]) -> io::Result<Option<usize>> {
     let socket = SockRef::from(&socket);
-    match (&*socket).write(data) {
-        Ok(n) => Ok(Some(n)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
+    unless_not_now((&*socket).write(data))
 }
 
 #[cfg(test)]
