@@ -2,6 +2,7 @@
 //! applies it: thread-safe callbacks join the ready queue; executor completions settle
 //! their asyncio future (unless it was cancelled meanwhile).
 
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use pyo3::prelude::*;
@@ -70,12 +71,20 @@ impl LoopCore {
         {
             return Ok(());
         }
+        // (Given up however the drain ends: a loop must never wait for a drain that is
+        // over.)
+        struct Claim<'a>(&'a AtomicU64);
+        impl Drop for Claim<'_> {
+            fn drop(&mut self) {
+                self.0.store(0, Release);
+            }
+        }
+        let _claim = Claim(&self.drainer);
         let shared = self.shared.get();
         let mut result = Ok(());
         while result.is_ok() && self.idle() && !shared.injector.is_empty() {
             result = self.drain_posted(slf, shared);
         }
-        self.drainer.store(0, Release);
         result
     }
 

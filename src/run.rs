@@ -597,6 +597,11 @@ impl LoopCore {
             this.applying_posted.store(false, Relaxed);
             this.in_run_once.store(0, Relaxed);
         }
+        // A thread of the parent that was settling completions for the idle loop (see
+        // drain_while_idle) does not exist here either: the loop must not wait for it.
+        if this.drainer.load(Relaxed) != interop::thread_ident() {
+            this.drainer.store(0, Relaxed);
+        }
         // Callbacks posted before the fork still run in the child, as with the stock
         // loop (its ready deque is copied); the parent's executor completions do not
         // apply here (their futures are cancelled below).

@@ -275,13 +275,16 @@ impl SocketWriter {
 
     /// Whether the stock `write` would try to send at once, with nothing to say first:
     /// not after `write_eof()`, not during `sendfile`, connection not lost, nothing
-    /// buffered.
+    /// buffered, and the socket still the transport's. (A transport closed once its
+    /// buffer drained has let its socket go — `_sock` is None, the fd closed and its
+    /// number maybe another socket's — with `_conn_lost` still 0.)
     fn may_send_now(transport: &Bound<'_, PyAny>) -> PyResult<bool> {
         let py = transport.py();
         Ok(!transport.getattr(intern!(py, "_eof"))?.is_truthy()?
             && transport.getattr(intern!(py, "_empty_waiter"))?.is_none()
             && !transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()?
-            && !transport.getattr(intern!(py, "_buffer"))?.is_truthy()?)
+            && !transport.getattr(intern!(py, "_buffer"))?.is_truthy()?
+            && !transport.getattr(intern!(py, "_sock"))?.is_none())
     }
 }
 
@@ -302,9 +305,9 @@ impl SocketWriter {
         if buf.is_empty() || !Self::may_send_now(transport)? {
             return self.stock(transport, data);
         }
-        // SAFETY: `fd` is the transport's socket, open until the transport has lost its
-        // connection (`_call_connection_lost` closes it), and `may_send_now` has just
-        // seen the connection not lost; nothing since ran Python code.
+        // SAFETY: `fd` is the transport's socket, open until `_call_connection_lost`
+        // closes it and lets it go (`_sock` None), and `may_send_now` has just seen the
+        // transport still holding it; nothing since ran Python code.
         let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
         let sent = match net::send(socket, buf) {
             Ok(Some(n)) if n == buf.len() => return Ok(()),

@@ -25,6 +25,7 @@ from _support import (
     assert_fork_script_passes,
     join_or_fail,
     run,
+    run_python,
     wait_or_fail,
 )
 from _sync_support import wait_until
@@ -589,3 +590,50 @@ def test_a_loop_started_while_a_worker_settles_for_it_still_wakes_the_waiter(wlo
         resume.set()
         join_or_fail(helper)
     assert loop._foreign_drain_waits == 1
+
+
+_FORK_WHILE_A_WORKER_SETTLES = """
+import asyncio, faulthandler, os, threading, traceback
+import weaveloop
+
+loop = weaveloop.new_event_loop()
+loop.set_debug(True)
+in_settle, resume = threading.Event(), threading.Event()
+
+class Callback:
+    def __call__(self, fut):
+        pass
+    def __getattr__(self, name):
+        if threading.current_thread() is not threading.main_thread():
+            in_settle.set()
+            resume.wait(30)
+        raise AttributeError(name)
+
+job_go = threading.Event()
+fut = loop.run_in_executor(None, lambda: job_go.wait(30) and 42)
+fut.add_done_callback(Callback())
+job_go.set()
+assert in_settle.wait(30), "the worker never settled the future"
+pid = os.fork()
+if pid == 0:
+    code = 1
+    faulthandler.dump_traceback_later(20, exit=True)  # (a hang ends the child)
+    try:
+        # The settling thread does not exist here: the loop must not wait for it.
+        loop.run_until_complete(asyncio.sleep(0))
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+resume.set()
+assert loop.run_until_complete(fut) == 42
+_, status = os.waitpid(pid, 0)
+loop.close()
+print("child exit", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_fork_while_a_worker_settles_for_the_idle_loop():
+    out = run_python(_FORK_WHILE_A_WORKER_SETTLES, timeout=60)
+    assert out.stdout.strip() == "child exit 0", out.stderr

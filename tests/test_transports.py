@@ -623,3 +623,36 @@ def test_an_invalid_datagram_max_size_fails_as_on_the_stock_transport(loop):
     run(loop, main())
     assert [c["message"] for c in contexts] == ["Fatal read error on datagram transport"]
     assert type(contexts[0]["exception"]) is TypeError
+
+
+def test_a_write_after_a_drained_close_never_reaches_the_fds_next_owner(loop):
+    # close() with data buffered: once the peer has read it all, the transport lets its
+    # socket go (closed, _sock None) with its lost-connection count still 0. A later
+    # write must not send on the fd it had: the number may be another socket's by then.
+    # (The stock write then fails on the missing socket; so does weaveloop's.)
+    transport, protocol, peer = _connected_pair(loop, _Lost)
+    fd = transport.get_extra_info("socket").fileno()
+    payload = b"x" * 8_000_000  # more than the kernel takes at once: some is buffered
+
+    async def main():
+        transport.write(payload)
+        assert transport.get_write_buffer_size() > 0
+        transport.close()
+        got = await loop.run_in_executor(None, _read_exactly, peer, len(payload))
+        await asyncio.wait_for(protocol.lost, 10)
+        return got
+
+    assert run(loop, main()) == payload
+    c, d = socket.socketpair()
+    try:
+        assert fd in (c.fileno(), d.fileno())  # the number is taken again
+        with pytest.raises(AttributeError):
+            transport.write(b"LEAKED")
+        for s in (c, d):
+            s.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                s.recv(100)
+    finally:
+        c.close()
+        d.close()
+        peer.close()
