@@ -244,5 +244,5 @@ WORKLOADS = tuple(
 ) + (_echo("udp_echo_1k", udp_echo, 1024, "UDP echo, datagram endpoints"),)
 
 GROUP = loop_group(
-    "sockets", "Sockets: loopback echo (transports are the stock selector ones for now)", WORKLOADS
+    "sockets", "Sockets: loopback echo (stock transports, Rust read/write paths)", WORKLOADS
 )
