@@ -104,6 +104,25 @@ class Blocker:
         return result
 
 
+class SettlingPause:
+    """A done callback that holds the worker thread settling its future on an idle
+    weaveloop loop's behalf: in debug mode the loop asks a scheduled callback whether it
+    is a coroutine function (an attribute lookup), which, on a thread other than the
+    main one, sets ``in_settle`` and waits (the GIL released) for ``resume``."""
+
+    def __init__(self) -> None:
+        self.in_settle, self.resume = threading.Event(), threading.Event()
+
+    def __call__(self, fut) -> None:
+        pass
+
+    def __getattr__(self, name):
+        if threading.current_thread() is not threading.main_thread():
+            self.in_settle.set()
+            self.resume.wait(SAFETY)
+        raise AttributeError(name)
+
+
 class InlineExecutor(concurrent.futures.Executor):
     """A foreign Executor: runs jobs inline, to exercise the generic path."""
 

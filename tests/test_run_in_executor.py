@@ -22,10 +22,10 @@ from _support import (
     SAFETY,
     Blocker,
     InlineExecutor,
+    SettlingPause,
     assert_fork_script_passes,
     join_or_fail,
     run,
-    run_python,
     wait_or_fail,
 )
 from _sync_support import wait_until
@@ -544,17 +544,8 @@ def test_a_loop_started_while_a_worker_settles_for_it_still_wakes_the_waiter(wlo
     # the future dropped it: the task never woke. The loop now waits for the worker.
     loop = wloop
     loop.set_debug(True)
-    in_settle, resume, job_go = threading.Event(), threading.Event(), threading.Event()
-
-    class Callback:
-        def __call__(self, fut):
-            pass
-
-        def __getattr__(self, name):
-            if threading.current_thread() is not threading.main_thread():
-                in_settle.set()
-                resume.wait(SAFETY)
-            raise AttributeError(name)
+    pause, job_go = SettlingPause(), threading.Event()
+    in_settle, resume = pause.in_settle, pause.resume
 
     def job():
         job_go.wait(SAFETY)
@@ -564,7 +555,7 @@ def test_a_loop_started_while_a_worker_settles_for_it_still_wakes_the_waiter(wlo
         return await fut
 
     fut = loop.run_in_executor(None, job)
-    fut.add_done_callback(Callback())
+    fut.add_done_callback(pause)
     task = loop.create_task(waiter(fut))
     run(loop, asyncio.sleep(0))  # the task now awaits fut; the loop stops
     job_go.set()
@@ -595,25 +586,15 @@ def test_a_loop_started_while_a_worker_settles_for_it_still_wakes_the_waiter(wlo
 _FORK_WHILE_A_WORKER_SETTLES = """
 import asyncio, faulthandler, os, threading, traceback
 import weaveloop
+from _support import SettlingPause
 
 loop = weaveloop.new_event_loop()
 loop.set_debug(True)
-in_settle, resume = threading.Event(), threading.Event()
-
-class Callback:
-    def __call__(self, fut):
-        pass
-    def __getattr__(self, name):
-        if threading.current_thread() is not threading.main_thread():
-            in_settle.set()
-            resume.wait(30)
-        raise AttributeError(name)
-
-job_go = threading.Event()
+pause, job_go = SettlingPause(), threading.Event()
 fut = loop.run_in_executor(None, lambda: job_go.wait(30) and 42)
-fut.add_done_callback(Callback())
+fut.add_done_callback(pause)
 job_go.set()
-assert in_settle.wait(30), "the worker never settled the future"
+assert pause.in_settle.wait(30), "the worker never settled the future"
 pid = os.fork()
 if pid == 0:
     code = 1
@@ -626,7 +607,7 @@ if pid == 0:
         traceback.print_exc()
     finally:
         os._exit(code)
-resume.set()
+pause.resume.set()
 assert loop.run_until_complete(fut) == 42
 _, status = os.waitpid(pid, 0)
 loop.close()
@@ -635,5 +616,4 @@ print("child exit", os.waitstatus_to_exitcode(status))
 
 
 def test_a_fork_while_a_worker_settles_for_the_idle_loop():
-    out = run_python(_FORK_WHILE_A_WORKER_SETTLES, timeout=60)
-    assert out.stdout.strip() == "child exit 0", out.stderr
+    assert_fork_script_passes(_FORK_WHILE_A_WORKER_SETTLES, "weaveloop")
