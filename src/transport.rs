@@ -1,13 +1,13 @@
 //! The socket transport's hot paths in Rust.
 //!
 //! `SocketReader` is what a weaveloop socket transport registers as its reader instead
-//! of the bound `_read_ready` method. For a
-//! protocol read through `data_received` it does what the stock
-//! `_read_ready__data_received` does — skip a transport whose connection is lost, one
-//! `recv(max_size)`, EOF to `_read_ready__on_eof()`, a failure or a raising protocol to
-//! `_fatal_error()` with the stock messages — without a Python frame, reading into one
-//! process-wide buffer and copying out only what arrived. Everything else (buffered
-//! protocols, an unusual `max_size`) goes through the transport's own Python methods.
+//! of the bound `_read_ready` method. For a protocol read through `data_received` it
+//! does what the stock `_read_ready__data_received` does — skip a transport whose
+//! connection is lost, one `recv(max_size)`, EOF to `_read_ready__on_eof()`, a failure
+//! or a raising protocol to `_fatal_error()` with the stock messages — without a Python
+//! frame, reading into one process-wide buffer and copying out only what arrived.
+//! Everything else (buffered protocols, an unusual `max_size`) goes through the
+//! transport's own Python methods.
 //!
 //! `SocketWriter` is the transport's `write` (an instance attribute, in front of the
 //! class's method): for `bytes` written while nothing is buffered, the stock `write`'s
@@ -15,6 +15,8 @@
 //! registered as the stock one does; anything else (other bytes-like types, a write
 //! behind buffered data, after `write_eof()`, during `sendfile`, on a lost connection)
 //! goes to the class's `write`.
+//!
+//! `DatagramReader` is an IPv4 datagram transport's reader: the stock `_read_ready`.
 
 use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -39,6 +41,18 @@ const RECV_MAX: usize = 256 * 1024;
 /// The receive buffer every reader of the process shares: it is only used between a
 /// `recv` and the copy of what arrived, with the GIL held and no Python code run.
 static RECV_BUFFER: GilCell<Vec<u8>> = GilCell::new(Vec::new());
+
+/// Runs `read` on the first `max_size` (at most RECV_MAX) bytes of the shared receive
+/// buffer. `read` may make the bytes object of what arrived (a bytes object is not
+/// tracked by the GC: allocating it runs no Python code) but must not run Python code.
+fn with_recv_buffer<R>(py: Python<'_>, max_size: usize, read: impl FnOnce(&mut [u8]) -> R) -> R {
+    RECV_BUFFER.with(py, |buf| {
+        if buf.len() < RECV_MAX {
+            buf.resize(RECV_MAX, 0);
+        }
+        read(&mut buf[..max_size])
+    })
+}
 
 /// What the transport's Rust parts share besides their work: a repr naming the
 /// transport, and the reference to it shown to the GC (the transport holds its part in
@@ -93,17 +107,11 @@ impl SocketReader {
         // is registered: the transport removes its reader before it closes the socket,
         // and the loop calls a reader only while it is registered.
         let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
-        RECV_BUFFER.with(py, |buf| {
-            if buf.len() < RECV_MAX {
-                buf.resize(RECV_MAX, 0);
-            }
-            match net::recv(socket, &mut buf[..max_size]) {
-                // A bytes object is not tracked by the GC: allocating it runs no Python.
-                Ok(Received::Data(n)) => Outcome::Data(PyBytes::new(py, &buf[..n])),
-                Ok(Received::Eof) => Outcome::Eof,
-                Ok(Received::NotNow) => Outcome::NotNow,
-                Err(e) => Outcome::Failed(e),
-            }
+        with_recv_buffer(py, max_size, |buf| match net::recv(socket, buf) {
+            Ok(Received::Data(n)) => Outcome::Data(PyBytes::new(py, &buf[..n])),
+            Ok(Received::Eof) => Outcome::Eof,
+            Ok(Received::NotNow) => Outcome::NotNow,
+            Err(e) => Outcome::Failed(e),
         })
     }
 
@@ -231,11 +239,8 @@ impl DatagramReader {
         // SAFETY: as for SocketReader: the transport's socket stays open while its
         // reader is registered.
         let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
-        let received = RECV_BUFFER.with(py, |buf| {
-            if buf.len() < RECV_MAX {
-                buf.resize(RECV_MAX, 0);
-            }
-            net::recv_from(socket, &mut buf[..max_size])
+        let received = with_recv_buffer(py, max_size, |buf| {
+            net::recv_from(socket, buf)
                 .map(|r| r.map(|(n, from)| (PyBytes::new(py, &buf[..n]), from)))
         });
         let protocol = transport.getattr(intern!(py, "_protocol"))?;
