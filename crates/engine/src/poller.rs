@@ -122,6 +122,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `lock` for a forked child, where a lock may be held by a thread of the parent that
+/// the child does not have: None instead of waiting for it forever.
+fn lock_if_free<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
 impl Poller {
     pub fn new() -> io::Result<Poller> {
         let poll = Poll::new()?;
@@ -169,11 +179,7 @@ impl Poller {
             if wait {
                 return f(&mut lock(m));
             }
-            match m.try_lock() {
-                Ok(mut g) => f(&mut g),
-                Err(TryLockError::Poisoned(p)) => f(&mut p.into_inner()),
-                Err(TryLockError::WouldBlock) => R::default(),
-            }
+            lock_if_free(m).map_or_else(R::default, |mut g| f(&mut g))
         }
         let state = take(&self.state, wait, Option::take);
         let registry = take(&self.interests, wait, |i| {
@@ -184,7 +190,6 @@ impl Poller {
         drop((state, registry, waker));
     }
 
-    /// The eventfd waker that interrupts `poll` from any thread.
     /// Before a fork, in the parent: notes the watched fds whose file the epoll set no
     /// longer holds — closed without being unwatched (epoll forgets a file when it is
     /// closed), their numbers maybe another file's by now — asked by re-stating each
@@ -210,13 +215,10 @@ impl Poller {
     /// In a forked child: whether `fd` was noted stale before the fork (false when that
     /// is not known: a thread of the parent held the interests at the fork).
     pub fn stale_at_fork(&self, fd: RawFd) -> bool {
-        match self.interests.try_lock() {
-            Ok(g) => g.stale_at_fork.contains(&fd),
-            Err(TryLockError::Poisoned(p)) => p.into_inner().stale_at_fork.contains(&fd),
-            Err(TryLockError::WouldBlock) => false,
-        }
+        lock_if_free(&self.interests).is_some_and(|i| i.stale_at_fork.contains(&fd))
     }
 
+    /// The eventfd waker that interrupts `poll` from any thread.
     pub fn waker(&self) -> Arc<Wakeup> {
         self.waker.clone()
     }
@@ -237,7 +239,11 @@ impl Poller {
         }
         let epfd = registry.as_raw_fd();
         match (old.epoll_events(), new.epoll_events()) {
-            (None, Some(events)) => add(epfd, fd, events)?,
+            // EEXIST (a number that is one of the poller's own fds, the waker's or the
+            // timer's: its file is already in the set) is an error, as the selectors
+            // module's epoll registration raises it: taking that entry over would take
+            // the poller's own wake-ups away.
+            (None, Some(events)) => epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, events)?,
             (Some(_), Some(events)) => {
                 if let Err(e) = epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, events) {
                     // (What epoll may still hold under this number is not ours: drop it.)
@@ -332,14 +338,6 @@ impl Poller {
         }
         Ok(())
     }
-}
-
-/// Starts watching `fd`. EEXIST (what epoll says of a number that is one of the poller's
-/// own fds, the waker's or the timer's: its file is already in the set) is an error, as
-/// the selectors module's epoll registration raises it: taking that entry over would
-/// take the poller's own wake-ups away.
-fn add(epfd: RawFd, fd: RawFd, events: u32) -> io::Result<()> {
-    epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, events)
 }
 
 /// `epoll_ctl(2)` for a watched fd, level-triggered, its token the fd itself (as mio
