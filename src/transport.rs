@@ -22,7 +22,6 @@ use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -33,6 +32,7 @@ use weaveloop_engine::net::{self, Received};
 use crate::errors;
 use crate::gil::GilCell;
 use crate::interop;
+use crate::run::is_fatal;
 
 /// The largest `max_size` read through the shared buffer (the stock transports' own
 /// `max_size` is 256 KiB); a larger one reads as the stock transport does.
@@ -83,6 +83,18 @@ fn read_size(transport: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
         .filter(|n| (1..=RECV_MAX).contains(n)))
 }
 
+/// `transport._fatal_error(exc, message)`, as the stock transport reports a failed read
+/// or write: from its `except` clause, where `exc` is the exception being handled (what
+/// the debug-mode log of an OSError shows with `exc_info=True`).
+fn fatal(transport: &Bound<'_, PyAny>, err: PyErr, message: &str) -> PyResult<()> {
+    let py = transport.py();
+    let exc = err.into_value(py).into_bound(py);
+    interop::while_handling(exc.as_any(), || {
+        transport.call_method1(intern!(py, "_fatal_error"), (&exc, message))
+    })?;
+    Ok(())
+}
+
 /// What one read came to, once out of the shared buffer.
 enum Outcome<'py> {
     Data(Bound<'py, PyBytes>),
@@ -113,18 +125,6 @@ impl SocketReader {
             Ok(Received::NotNow) => Outcome::NotNow,
             Err(e) => Outcome::Failed(e),
         })
-    }
-
-    /// `_fatal_error(exc, message)`, as the stock transport reports a failed read: from
-    /// its `except` clause, where `exc` is the exception being handled (what the
-    /// debug-mode log of an OSError shows with `exc_info=True`).
-    fn fatal(&self, transport: &Bound<'_, PyAny>, err: PyErr, message: &str) -> PyResult<()> {
-        let py = transport.py();
-        let exc = err.into_value(py).into_bound(py);
-        interop::while_handling(exc.as_any(), || {
-            transport.call_method1(intern!(py, "_fatal_error"), (&exc, message))
-        })?;
-        Ok(())
     }
 }
 
@@ -168,7 +168,7 @@ impl SocketReader {
                 transport.call_method0(intern!(py, "_read_ready__on_eof"))?;
                 Ok(())
             }
-            Outcome::Failed(e) => self.fatal(
+            Outcome::Failed(e) => fatal(
                 transport,
                 errors::os_error(e),
                 "Fatal read error on socket transport",
@@ -177,13 +177,8 @@ impl SocketReader {
                 let protocol = transport.getattr(intern!(py, "_protocol"))?;
                 match protocol.call_method1(intern!(py, "data_received"), (data,)) {
                     Ok(_) => Ok(()),
-                    Err(e)
-                        if e.is_instance_of::<PySystemExit>(py)
-                            || e.is_instance_of::<PyKeyboardInterrupt>(py) =>
-                    {
-                        Err(e)
-                    }
-                    Err(e) => self.fatal(
+                    Err(e) if is_fatal(py, &e) => Err(e),
+                    Err(e) => fatal(
                         transport,
                         e,
                         "Fatal error: protocol.data_received() call failed.",
@@ -319,14 +314,11 @@ impl SocketWriter {
             Ok(Some(n)) => n,
             Ok(None) => 0,
             Err(e) => {
-                let exc = errors::os_error(e).into_value(py).into_bound(py);
-                interop::while_handling(exc.as_any(), || {
-                    transport.call_method1(
-                        intern!(py, "_fatal_error"),
-                        (&exc, "Fatal write error on socket transport"),
-                    )
-                })?;
-                return Ok(());
+                return fatal(
+                    transport,
+                    errors::os_error(e),
+                    "Fatal write error on socket transport",
+                );
             }
         };
         // Not all was written: register the write handler and buffer the rest.

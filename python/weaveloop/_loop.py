@@ -143,12 +143,13 @@ class _SocketTransport(selector_events._SelectorSocketTransport):
     """
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        fd = sock.fileno()
         if getattr(type(sock), "recv", None) is _SOCKET_RECV:
             # Before the stock __init__, which registers self._read_ready.
-            self._read_ready = _core.SocketReader(self, sock.fileno())
+            self._read_ready = _core.SocketReader(self, fd)
         if getattr(type(sock), "send", None) is _SOCKET_SEND:
             # (An instance attribute: found before the class's write.)
-            self.write = _core.SocketWriter(self, sock.fileno())
+            self.write = _core.SocketWriter(self, fd)
         super().__init__(loop, sock, protocol, waiter, extra, server)
 
     def set_protocol(self, protocol):
