@@ -46,7 +46,7 @@ impl EmptyContext {
 }
 
 fn call(py: Python<'_>, t: &Target) -> PyResult<()> {
-    interop::call_with_tuple(t.callback.bind(py), t.args.bind(py)).map(drop)
+    t.args.call(t.callback.bind(py)).map(drop)
 }
 
 /// The callable and its arguments; dropped once a one-shot handle has run or any
@@ -54,7 +54,70 @@ fn call(py: Python<'_>, t: &Target) -> PyResult<()> {
 /// not tracked by the cyclic GC, so nothing else would).
 struct Target {
     callback: Py<PyAny>,
-    args: Py<PyTuple>,
+    args: Args,
+}
+
+/// A callback's positional arguments. None or one (the shape of nearly every callback:
+/// a future passes itself to its done callbacks) are kept as they are, and the `*args`
+/// tuple made for the scheduling call dies when the call returns. Kept, that tuple would
+/// be a live allocation for the cyclic GC while the callback waits (tracked, as it holds
+/// the future), and a burst of them sets off collections that walk them all.
+pub enum Args {
+    Empty,
+    One(Py<PyAny>),
+    Many(Py<PyTuple>),
+}
+
+impl Args {
+    fn new(args: &Bound<'_, PyTuple>) -> Self {
+        let mut items = args.iter();
+        match (items.next(), items.next()) {
+            (None, _) => Args::Empty,
+            (Some(one), None) => Args::One(one.unbind()),
+            _ => Args::Many(args.clone().unbind()),
+        }
+    }
+
+    fn call<'py>(&self, callback: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        match self {
+            Args::Empty => interop::call_with_slice(callback, &[]),
+            Args::One(a) => interop::call_with_slice(callback, &[a.as_ptr()]),
+            Args::Many(t) => interop::call_with_tuple(callback, t.bind(callback.py())),
+        }
+    }
+
+    fn clone_ref(&self, py: Python<'_>) -> Self {
+        match self {
+            Args::Empty => Args::Empty,
+            Args::One(a) => Args::One(a.clone_ref(py)),
+            Args::Many(t) => Args::Many(t.clone_ref(py)),
+        }
+    }
+
+    /// As asyncio's `handle._args`: a tuple (a new one each time for one argument).
+    pub fn to_tuple(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(match self {
+            Args::Empty => PyTuple::empty(py).into_any().unbind(),
+            Args::One(a) => PyTuple::new(py, [a])?.into_any().unbind(),
+            Args::Many(t) => t.clone_ref(py).into_any(),
+        })
+    }
+
+    fn release(self, py: Python<'_>) {
+        match self {
+            Args::Empty => {}
+            Args::One(a) => interop::release(py, a),
+            Args::Many(t) => interop::release(py, t),
+        }
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Args::Empty => Ok(()),
+            Args::One(a) => visit.call(a),
+            Args::Many(t) => visit.call(t),
+        }
+    }
 }
 
 impl Target {
@@ -62,7 +125,7 @@ impl Target {
     /// one of them may be deallocated here, its `__del__` letting go of the GIL.
     fn release(self, py: Python<'_>) {
         interop::release(py, self.callback);
-        interop::release(py, self.args);
+        self.args.release(py);
     }
 }
 
@@ -70,7 +133,7 @@ impl Target {
 pub struct CallbackError {
     pub err: PyErr,
     pub callback: Py<PyAny>,
-    pub args: Py<PyAny>,
+    pub args: Args,
     pub source_traceback: Option<Py<PyAny>>,
 }
 
@@ -128,7 +191,7 @@ impl Callback {
         Ok(Callback {
             target: GilCell::new(Some(Target {
                 callback: callback.clone().unbind(),
-                args: args.clone().unbind(),
+                args: Args::new(args),
             })),
             context,
             cancelled: AtomicBool::new(false),
@@ -176,7 +239,7 @@ impl Callback {
                 let error = CallbackError {
                     err,
                     callback: t.callback.clone_ref(py),
-                    args: t.args.clone_ref(py).into_any(),
+                    args: t.args.clone_ref(py),
                     source_traceback: self.source_traceback(py),
                 };
                 if once {
@@ -195,7 +258,7 @@ impl Callback {
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(t) = self.target.peek_in_gc() {
             visit.call(&t.callback)?;
-            visit.call(&t.args)?;
+            t.args.traverse(visit)?;
         }
         visit.call(&self.context)?;
         match &self.debug {
@@ -218,11 +281,15 @@ impl Callback {
     }
 
     /// `(callback, args)` while the handle still holds them.
-    pub fn parts(&self, py: Python<'_>) -> (Py<PyAny>, Py<PyAny>) {
-        self.target.with(py, |t| match t {
-            Some(t) => (t.callback.clone_ref(py), t.args.clone_ref(py).into_any()),
-            None => (py.None(), py.None()),
-        })
+    pub fn parts(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        let held = self.target.with(py, |t| {
+            t.as_ref()
+                .map(|t| (t.callback.clone_ref(py), t.args.clone_ref(py)))
+        });
+        match held {
+            Some((callback, args)) => Ok((callback, args.to_tuple(py)?)),
+            None => Ok((py.None(), py.None())),
+        }
     }
 
     /// The context the callback runs in (a new empty one if it was scheduled from an
@@ -291,7 +358,7 @@ impl Callback {
         if let Some(w) = when {
             info.push(format!("when={}", w.str()?));
         }
-        let (callback, args) = self.parts(py);
+        let (callback, args) = self.parts(py)?;
         if !callback.is_none(py) {
             let src = interop::format_callback_source(py)?.call1((callback, args))?;
             info.push(src.to_string());
@@ -348,13 +415,13 @@ macro_rules! callback_accessors {
             }
 
             #[getter]
-            fn _callback(&self, py: Python<'_>) -> Py<PyAny> {
-                self.cb().parts(py).0
+            fn _callback(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+                Ok(self.cb().parts(py)?.0)
             }
 
             #[getter]
-            fn _args(&self, py: Python<'_>) -> Py<PyAny> {
-                self.cb().parts(py).1
+            fn _args(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+                Ok(self.cb().parts(py)?.1)
             }
 
             #[getter]
@@ -607,7 +674,7 @@ impl TimerHandle {
                 .is_truthy()
         };
         let same = || -> PyResult<bool> {
-            let (mine, theirs) = (self.cb.parts(py), o.cb.parts(py));
+            let (mine, theirs) = (self.cb.parts(py)?, o.cb.parts(py)?);
             Ok(when_cmp(CompareOp::Eq)?
                 && mine.0.bind(py).eq(theirs.0.bind(py))?
                 && mine.1.bind(py).eq(theirs.1.bind(py))?

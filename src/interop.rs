@@ -297,14 +297,27 @@ pub fn call_with_tuple<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let tuple = args.as_ptr().cast::<ffi::PyTupleObject>();
     // SAFETY: `args` is a live tuple (a Bound<PyTuple>), so `ob_item` holds `len` valid
-    // borrowed pointers that stay alive for the call (the tuple is immutable and we hold
-    // it); the GIL is held; vectorcall returns a new reference or NULL with an exception.
+    // borrowed pointers, which stay alive while the caller holds the (immutable) tuple.
+    let items = unsafe {
+        let first = std::ptr::addr_of!((*tuple).ob_item).cast::<*mut ffi::PyObject>();
+        std::slice::from_raw_parts(first, args.len())
+    };
+    call_with_slice(callable, items)
+}
+
+/// `callable(*items)` through vectorcall; `items` are borrowed references the caller
+/// keeps alive for the call. Safe at interpreter exit (`HangOnExit`).
+pub fn call_with_slice<'py>(
+    callable: &Bound<'py, PyAny>,
+    items: &[*mut ffi::PyObject],
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: the GIL is held (`callable` is a Bound); `items` are live objects the caller
+    // holds for the call; vectorcall returns a new reference or NULL with an exception.
     let result = unsafe {
-        let items = std::ptr::addr_of!((*tuple).ob_item).cast::<*mut ffi::PyObject>();
-        let (f, n, none) = (callable.as_ptr(), args.len(), std::ptr::null_mut());
+        let (f, n, none) = (callable.as_ptr(), items.len(), std::ptr::null_mut());
         guarded(|may_exit| match may_exit {
-            Some(may_exit) => (may_exit.vectorcall)(f, items, n, none),
-            None => ffi::PyObject_Vectorcall(f, items, n, none),
+            Some(may_exit) => (may_exit.vectorcall)(f, items.as_ptr(), n, none),
+            None => ffi::PyObject_Vectorcall(f, items.as_ptr(), n, none),
         })
     };
     // SAFETY: the GIL is held; `result` is a new reference or NULL with an exception set.

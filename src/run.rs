@@ -430,7 +430,7 @@ fn report_callback_error(
 ) -> PyResult<()> {
     let py = slf.py();
     let (err, callback, args, source_traceback) = (e.err, e.callback, e.args, e.source_traceback);
-    let src = interop::format_callback_source(py)?.call1((callback, args))?;
+    let src = interop::format_callback_source(py)?.call1((callback, args.to_tuple(py)?))?;
     let context = PyDict::new(py);
     context.set_item("message", format!("Exception in callback {src}"))?;
     let exc = errors::exception(py, &err);

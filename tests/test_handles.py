@@ -175,6 +175,15 @@ def test_repr_after_the_callback_ran(loop, loop_kind):
         assert h._callback is None and h._args is None
 
 
+@pytest.mark.parametrize("args", [(), ("a",), ("a", "b", "c")])
+def test_a_pending_handle_shows_its_callback_and_arguments(loop, args):
+    h = loop.call_soon(named_callback, *args)
+    assert h._callback is named_callback
+    assert h._args == args and type(h._args) is tuple
+    assert all(repr(a) in repr(h) for a in args)
+    h.cancel()
+
+
 def test_cancel_releases_callback_and_arguments(loop):
     class Payload:
         def __call__(self):

@@ -158,6 +158,23 @@ def test_unclosed_loop_is_garbage_collected(loop_factory):
     assert ref() is None
 
 
+@pytest.mark.parametrize("args", ["one", "two"])
+def test_unclosed_loop_held_by_a_pending_callbacks_argument_is_collected(loop_factory, args):
+    # The callback's argument is the only way back to the loop: the argument has to be
+    # seen by the cyclic GC however the handle keeps it.
+    lp = loop_factory()
+    if args == "one":
+        lp.call_soon(id, lp)
+    else:
+        lp.call_soon(max, lp, lp)
+    ref = weakref.ref(lp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        del lp
+        gc.collect()
+    assert ref() is None
+
+
 def test_closed_loop_is_garbage_collected(loop_factory):
     lp = loop_factory()
     run(lp, lp.run_in_executor(None, int))
