@@ -3,7 +3,7 @@
 //! Invariant: handles are immutable but for atomic flags and the callable of a callback,
 //! which is only touched with the GIL held (`GilCell`); so they need no lock or borrow.
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use pyo3::basic::CompareOp;
@@ -148,9 +148,6 @@ pub struct Callback {
     target: GilCell<Option<Target>>,
     context: Option<Py<PyAny>>,
     cancelled: AtomicBool,
-    /// `call_soon_threadsafe` through the injector: the posting thread's
-    /// `interop::thread_serial` (else 0).
-    posted_by: AtomicU64,
     /// For a callback the queue holds apart from its handle (`Held::Shared`): the handle
     /// object the scheduling call returned, while it is alive (not owned: that object's
     /// drop clears it). Error reports name that very object.
@@ -195,7 +192,6 @@ impl Callback {
             })),
             context,
             cancelled: AtomicBool::new(false),
-            posted_by: AtomicU64::new(0),
             face: AtomicPtr::new(std::ptr::null_mut()),
             debug,
         })
@@ -299,16 +295,6 @@ impl Callback {
             Some(c) => Ok(c.clone_ref(py)),
             None => interop::new_context(py),
         }
-    }
-
-    /// Marks a callback posted through the injector by the calling thread.
-    pub fn mark_posted(&self) {
-        self.posted_by.store(interop::thread_serial(), Relaxed);
-    }
-
-    /// True if the calling thread posted it through the injector.
-    pub fn posted_here(&self) -> bool {
-        self.posted_by.load(Relaxed) == interop::thread_serial()
     }
 
     pub fn is_cancelled(&self) -> bool {
@@ -460,6 +446,10 @@ pub struct Handle {
     /// `Held::Shared` only: the object the scheduling call returned
     /// (`Callback::face` points at it).
     first: bool,
+    /// `call_soon_threadsafe` through the injector: the posting thread's
+    /// `interop::thread_serial` (else 0). Kept here, not in `Callback`, which the ready
+    /// queue holds by the hundred thousand: every byte there is memory a burst touches.
+    posted_by: u64,
 }
 
 enum Held {
@@ -492,6 +482,7 @@ impl Handle {
             Handle {
                 held: Held::Own(cb),
                 first: false,
+                posted_by: 0,
             },
         )
     }
@@ -500,9 +491,19 @@ impl Handle {
     /// is what is queued. Shaped as a watcher's, but untracked, as the one-shot handles
     /// below.
     pub fn posted(py: Python<'_>, cb: Callback) -> PyResult<Py<Handle>> {
-        let handle = Handle::watcher(py, cb)?;
+        let handle = Handle {
+            held: Held::Own(cb),
+            first: false,
+            posted_by: interop::thread_serial(),
+        };
+        let handle = Py::new(py, handle)?;
         untrack(&handle);
         Ok(handle)
+    }
+
+    /// True if the calling thread posted it through the injector.
+    pub fn posted_here(&self) -> bool {
+        self.posted_by == interop::thread_serial()
     }
 
     /// A one-shot handle: the object for the caller and the callback for the queue.
@@ -534,6 +535,7 @@ impl Handle {
         let handle = Handle {
             held: Held::Shared(Arc::clone(cb)),
             first,
+            posted_by: 0,
         };
         let handle = Py::new(py, handle)?;
         untrack(&handle);

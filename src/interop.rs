@@ -307,6 +307,7 @@ pub fn call_with_tuple<'py>(
 
 /// `callable(*items)` through vectorcall; `items` are borrowed references the caller
 /// keeps alive for the call. Safe at interpreter exit (`HangOnExit`).
+#[inline]
 pub fn call_with_slice<'py>(
     callable: &Bound<'py, PyAny>,
     items: &[*mut ffi::PyObject],

@@ -518,7 +518,6 @@ impl LoopCore {
             this.push_soon(slf, cb)?;
             return Ok(handle);
         }
-        cb.mark_posted();
         let handle = Handle::posted(py, cb)?;
         if this.idle() {
             // Nothing posted earlier may be left behind it: what waits in the injector

@@ -535,10 +535,10 @@ impl LoopCore {
             }
             Posted::Nudge => None,
         });
-        let (posted, dropped): (Vec<Ready>, Vec<Ready>) =
-            ready.into_iter().chain(late).partition(|r| {
-                run_posted && matches!(r, Ready::Posted(h) if !h.get().cb().posted_here())
-            });
+        let (posted, dropped): (Vec<Ready>, Vec<Ready>) = ready
+            .into_iter()
+            .chain(late)
+            .partition(|r| run_posted && matches!(r, Ready::Posted(h) if !h.get().posted_here()));
         dropped.iter().for_each(|r| r.release(py));
         drop(dropped);
         let mut fatal = None;
