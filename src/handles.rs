@@ -443,23 +443,23 @@ callback_accessors!(TimerHandle);
 #[pyclass(module = "weaveloop._core", frozen, weakref)]
 pub struct Handle {
     held: Held,
-    /// `Held::Shared` only: the object the scheduling call returned
-    /// (`Callback::face` points at it).
-    first: bool,
-    /// `call_soon_threadsafe` through the injector: the posting thread's
-    /// `interop::thread_serial` (else 0). Kept here, not in `Callback`, which the ready
-    /// queue holds by the hundred thousand: every byte there is memory a burst touches.
-    posted_by: u64,
 }
 
+/// Where a handle's callback lives, with what only that kind of handle keeps.
 enum Held {
-    Own(Callback),
-    Shared(Arc<Callback>),
+    /// An fd watcher's.
+    Watcher(Callback),
+    /// A `call_soon_threadsafe` through the injector's, with the posting thread's
+    /// `interop::thread_serial`.
+    Posted(Callback, u64),
+    /// A one-shot callback the loop queues apart; true for the object the scheduling
+    /// call returned (`Callback::face` points at it).
+    Shared(Arc<Callback>, bool),
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        if let (true, Held::Shared(cb)) = (self.first, &self.held) {
+        if let Held::Shared(cb, true) = &self.held {
             cb.face.store(std::ptr::null_mut(), Relaxed);
         }
     }
@@ -468,8 +468,8 @@ impl Drop for Handle {
 impl Handle {
     pub fn cb(&self) -> &Callback {
         match &self.held {
-            Held::Own(cb) => cb,
-            Held::Shared(cb) => cb,
+            Held::Watcher(cb) | Held::Posted(cb, _) => cb,
+            Held::Shared(cb, _) => cb,
         }
     }
 
@@ -480,9 +480,7 @@ impl Handle {
         Py::new(
             py,
             Handle {
-                held: Held::Own(cb),
-                first: false,
-                posted_by: 0,
+                held: Held::Watcher(cb),
             },
         )
     }
@@ -491,19 +489,15 @@ impl Handle {
     /// is what is queued. Shaped as a watcher's, but untracked, as the one-shot handles
     /// below.
     pub fn posted(py: Python<'_>, cb: Callback) -> PyResult<Py<Handle>> {
-        let handle = Handle {
-            held: Held::Own(cb),
-            first: false,
-            posted_by: interop::thread_serial(),
-        };
-        let handle = Py::new(py, handle)?;
+        let held = Held::Posted(cb, interop::thread_serial());
+        let handle = Py::new(py, Handle { held })?;
         untrack(&handle);
         Ok(handle)
     }
 
     /// True if the calling thread posted it through the injector.
     pub fn posted_here(&self) -> bool {
-        self.posted_by == interop::thread_serial()
+        matches!(self.held, Held::Posted(_, by) if by == interop::thread_serial())
     }
 
     /// A one-shot handle: the object for the caller and the callback for the queue.
@@ -533,9 +527,7 @@ impl Handle {
     /// pymalloc here, and reused objects would come back untracked.)
     fn untracked(py: Python<'_>, cb: &Arc<Callback>, first: bool) -> PyResult<Py<Handle>> {
         let handle = Handle {
-            held: Held::Shared(Arc::clone(cb)),
-            first,
-            posted_by: 0,
+            held: Held::Shared(Arc::clone(cb), first),
         };
         let handle = Py::new(py, handle)?;
         untrack(&handle);
