@@ -147,26 +147,17 @@ def test_unclosed_loop_warns_when_collected(loop_factory):
         gc.collect()
 
 
-def test_unclosed_loop_is_garbage_collected(loop_factory):
+@pytest.mark.parametrize("refers_back", ["callback", "argument", "one of two arguments"])
+def test_unclosed_loop_is_garbage_collected(loop_factory, refers_back):
+    # A pending callback is the only way back to the loop, through its callable or its
+    # arguments: each has to be seen by the cyclic GC however the handle keeps it.
     lp = loop_factory()
-    lp.call_soon(lp.stop)  # a pending callback that refers back to the loop
-    ref = weakref.ref(lp)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        del lp
-        gc.collect()
-    assert ref() is None
-
-
-@pytest.mark.parametrize("args", ["one", "two"])
-def test_unclosed_loop_held_by_a_pending_callbacks_argument_is_collected(loop_factory, args):
-    # The callback's argument is the only way back to the loop: the argument has to be
-    # seen by the cyclic GC however the handle keeps it.
-    lp = loop_factory()
-    if args == "one":
+    if refers_back == "callback":
+        lp.call_soon(lp.stop)
+    elif refers_back == "argument":
         lp.call_soon(id, lp)
     else:
-        lp.call_soon(max, lp, lp)
+        lp.call_soon(getattr, lp, "stop")
     ref = weakref.ref(lp)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
