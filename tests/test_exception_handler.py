@@ -105,6 +105,22 @@ def test_default_handler_logs_message_and_traceback(loop, caplog):
     assert rec.exc_info and rec.exc_info[0] is ZeroDivisionError
 
 
+@pytest.mark.parametrize("args", [(), (1,), (1, "a", None)])
+def test_the_message_names_the_callbacks_arguments(loop, args):
+    contexts = []
+    loop.set_exception_handler(_collecting_handler(contexts))
+
+    def failing_with(*args):
+        raise ZeroDivisionError
+
+    loop.call_soon(failing_with, *args)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    [(_, ctx)] = contexts
+    shown = ", ".join(map(repr, args))
+    assert ctx["message"].startswith(f"Exception in callback {failing_with.__qualname__}({shown})")
+
+
 def test_call_exception_handler_uses_custom_handler(loop):
     contexts = []
     loop.set_exception_handler(_collecting_handler(contexts))
