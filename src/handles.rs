@@ -278,6 +278,7 @@ impl Callback {
 
     /// `(callback, args)` while the handle still holds them.
     pub fn parts(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        // The tuple is made outside the cell: allocating it may run the cyclic GC.
         let held = self.target.with(py, |t| {
             t.as_ref()
                 .map(|t| (t.callback.clone_ref(py), t.args.clone_ref(py)))
