@@ -27,6 +27,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transport::SocketReader>()?;
     m.add_class::<transport::SocketWriter>()?;
     m.add_class::<transport::DatagramReader>()?;
+    m.add_class::<transport::DatagramWriter>()?;
     sync::register(m)?;
     Ok(())
 }

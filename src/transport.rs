@@ -17,15 +17,19 @@
 //! goes to the class's `write`.
 //!
 //! `DatagramReader` is an IPv4 datagram transport's reader: the stock `_read_ready`.
+//! `DatagramWriter` is its `sendto` (an instance attribute, as `SocketWriter` is): for
+//! `bytes` sent while nothing is buffered, to the connected peer or to a numeric IPv4
+//! address, the stock `sendto`'s attempt to send at once, and an OSError to the
+//! protocol's `error_received`; anything else goes to the class's `sendto`.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyInt, PyString, PyTuple};
 use pyo3::PyTraverseError;
 use weaveloop_engine::net::{self, Received};
 
@@ -245,18 +249,145 @@ impl DatagramReader {
                 let from = address_tuple(py, from)?;
                 protocol.call_method1(intern!(py, "datagram_received"), (data, from))?;
             }
-            Err(e) => {
-                let exc = errors::os_error(e).into_value(py).into_bound(py);
-                interop::while_handling(exc.as_any(), || {
-                    protocol.call_method1(intern!(py, "error_received"), (&exc,))
-                })?;
-            }
+            Err(e) => error_received(&protocol, e)?,
         }
         Ok(())
     }
 }
 
 of_transport!(DatagramReader);
+
+/// `protocol.error_received(exc)` for a failed datagram read or send, called as the
+/// stock transport calls it: from the `except` clause that caught `exc`.
+fn error_received(protocol: &Bound<'_, PyAny>, e: std::io::Error) -> PyResult<()> {
+    let py = protocol.py();
+    let exc = errors::os_error(e).into_value(py).into_bound(py);
+    interop::while_handling(exc.as_any(), || {
+        protocol.call_method1(intern!(py, "error_received"), (&exc,))
+    })?;
+    Ok(())
+}
+
+/// A numeric IPv4 `(host, port)` as the socket module reads it without looking a name
+/// up (`inet_pton` accepts every host Rust's parser does, as the same address); None for
+/// anything else, which the stock `sendto` reads, looks up or refuses itself.
+fn ipv4_address(addr: &Bound<'_, PyAny>) -> Option<SocketAddrV4> {
+    let pair = addr.cast_exact::<PyTuple>().ok()?;
+    if pair.len() != 2 {
+        return None;
+    }
+    let host = pair.get_item(0).ok()?;
+    let ip: Ipv4Addr = host
+        .cast_exact::<PyString>()
+        .ok()?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    let port = pair.get_item(1).ok()?;
+    let port: u16 = port.cast_exact::<PyInt>().ok()?.extract().ok()?;
+    Some(SocketAddrV4::new(ip, port))
+}
+
+/// The `sendto` of an IPv4 datagram transport (see the module's doc).
+#[pyclass(module = "weaveloop._core", frozen)]
+pub struct DatagramWriter {
+    transport: Py<PyAny>,
+    fd: RawFd,
+    /// The socket has a peer (the transport's `_extra['peername']`, read once when it was
+    /// made): the stock `sendto` then sends with `send`, to that peer.
+    connected: bool,
+}
+
+impl DatagramWriter {
+    /// The class's `sendto` (the stock one), for what this one does not do itself.
+    fn stock(
+        &self,
+        transport: &Bound<'_, PyAny>,
+        data: &Bound<'_, PyAny>,
+        addr: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = transport.py();
+        let sendto = transport.get_type().getattr(intern!(py, "sendto"))?;
+        sendto.call1((transport, data, addr))?;
+        Ok(())
+    }
+
+    /// Where the stock `sendto` would send `addr`'s datagram at once, with nothing to
+    /// check or say first: Some(None) to the connected peer (no address given), Some(to)
+    /// to a numeric IPv4 address (no address fixed at creation to check it against);
+    /// None: ask the stock `sendto`. Also None when the connection is lost, something is
+    /// buffered or the transport has let its socket go (see `SocketWriter::may_send_now`).
+    fn destination(
+        &self,
+        transport: &Bound<'_, PyAny>,
+        addr: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<Option<SocketAddrV4>>> {
+        let py = transport.py();
+        let to = match addr {
+            None if self.connected => None,
+            Some(addr) if !self.connected => {
+                if transport.getattr(intern!(py, "_address"))?.is_truthy()? {
+                    return Ok(None);
+                }
+                match ipv4_address(addr) {
+                    Some(to) => Some(to),
+                    None => return Ok(None),
+                }
+            }
+            _ => return Ok(None),
+        };
+        let ready = !transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()?
+            && !transport.getattr(intern!(py, "_buffer"))?.is_truthy()?
+            && !transport.getattr(intern!(py, "_sock"))?.is_none();
+        Ok(ready.then_some(to))
+    }
+}
+
+#[pymethods]
+impl DatagramWriter {
+    #[new]
+    fn new(transport: Py<PyAny>, fd: RawFd, connected: bool) -> Self {
+        DatagramWriter {
+            transport,
+            fd,
+            connected,
+        }
+    }
+
+    #[pyo3(signature = (data, addr=None))]
+    fn __call__(&self, data: &Bound<'_, PyAny>, addr: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = data.py();
+        let transport = self.transport.bind(py);
+        let Ok(bytes) = data.cast_exact::<PyBytes>() else {
+            return self.stock(transport, data, addr);
+        };
+        let buf = bytes.as_bytes();
+        if buf.is_empty() {
+            return self.stock(transport, data, addr);
+        }
+        let Some(to) = self.destination(transport, addr)? else {
+            return self.stock(transport, data, addr);
+        };
+        // SAFETY: `fd` is the transport's socket, open until `_call_connection_lost`
+        // closes it and lets it go (`_sock` None), and `destination` has just seen the
+        // transport still holding it; nothing since ran Python code.
+        let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let sent = match to {
+            None => net::send(socket, buf),
+            Some(to) => net::send_to(socket, buf, to),
+        };
+        match sent {
+            Ok(Some(_)) => Ok(()),
+            // Would block: nothing was sent. The stock `sendto` tries again, and on
+            // blocking again registers its writer and buffers the datagram.
+            Ok(None) => self.stock(transport, data, addr),
+            Err(e) => error_received(&transport.getattr(intern!(py, "_protocol"))?, e),
+        }
+    }
+}
+
+of_transport!(DatagramWriter);
 
 #[pyclass(module = "weaveloop._core", frozen)]
 pub struct SocketWriter {

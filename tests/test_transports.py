@@ -660,3 +660,236 @@ def test_a_write_after_a_drained_close_never_reaches_the_fds_next_owner(loop):
             for s in pair:
                 s.close()
         peer.close()
+
+
+# The datagram send path: ``_core.DatagramWriter`` is an IPv4 datagram transport's
+# ``sendto``; what it does not do itself goes to the stock ``sendto``.
+
+
+class _Inbox(asyncio.DatagramProtocol):
+    """Collects datagrams; ``wait(n)`` waits until n have arrived in all."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, object]] = []
+        self._want: tuple[int, asyncio.Future] | None = None
+        self.errors: list[tuple[BaseException, BaseException | None]] = []
+        self.error = asyncio.get_running_loop().create_future()
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc) -> None:
+        self.lost.set_result(exc)
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.received.append((data, addr))
+        if self._want and len(self.received) >= self._want[0] and not self._want[1].done():
+            self._want[1].set_result(None)
+
+    def error_received(self, exc) -> None:
+        self.errors.append((exc, sys.exc_info()[1]))
+        if not self.error.done():
+            self.error.set_result(exc)
+
+    async def wait(self, n: int) -> list[tuple[bytes, object]]:
+        if len(self.received) < n:
+            self._want = (n, asyncio.get_running_loop().create_future())
+            await asyncio.wait_for(self._want[1], 10)
+        return self.received
+
+
+async def _endpoints(loop):
+    """An unconnected server and a client connected to it, both collecting."""
+    server, inbox = await loop.create_datagram_endpoint(_Inbox, local_addr=("127.0.0.1", 0))
+    client, replies = await loop.create_datagram_endpoint(
+        _Inbox, remote_addr=server.get_extra_info("sockname")
+    )
+    if isinstance(loop, weaveloop.Loop):
+        for transport in (server, client):
+            assert type(transport.sendto) is weaveloop._core.DatagramWriter
+    return server, inbox, client, replies
+
+
+def test_datagrams_sent_every_way_arrive_in_order(loop):
+    # To the connected peer (bytes, bytearray, memoryview; an empty datagram is not
+    # sent), to a numeric address given positionally or by keyword, to a name that is
+    # looked up, and from an unconnected socket: what arrives, and from whom.
+    async def main():
+        server, inbox, client, replies = await _endpoints(loop)
+        for data in (b"one", bytearray(b"two"), memoryview(b"three"), b"", b"four"):
+            client.sendto(data)
+        received = list(await inbox.wait(4))
+        client_addr = received[0][1]
+        port = client_addr[1]
+        server.sendto(b"numeric", client_addr)
+        server.sendto(b"keyword", addr=client_addr)
+        server.sendto(b"looked up", ("localhost", port))
+        server.sendto(bytearray(b"bytearray"), client_addr)
+        got = list(await replies.wait(4))
+        loose, loose_inbox = await loop.create_datagram_endpoint(
+            _Inbox, local_addr=("127.0.0.1", 0)
+        )
+        loose.sendto(b"unconnected", server.get_extra_info("sockname"))
+        late = (await inbox.wait(5))[4]
+        for t in (server, client, loose):
+            t.close()
+        return received, got, late, client_addr, loose.get_extra_info("sockname")
+
+    received, got, late, client_addr, loose_addr = run(loop, main())
+    assert received == [(d, client_addr) for d in (b"one", b"two", b"three", b"four")]
+    assert [data for data, _ in got] == [b"numeric", b"keyword", b"looked up", b"bytearray"]
+    assert late == (b"unconnected", loose_addr)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (
+            lambda t, peer: t.sendto("text"),
+            TypeError,
+            "data argument must be a bytes-like object, not 'str'",
+        ),
+        (
+            lambda t, peer: t.sendto(b"x", ("127.0.0.1", 9)),
+            ValueError,
+            "Invalid address: must be None or {peer}",
+        ),
+    ],
+    ids=["str", "other-address"],
+)
+def test_sendto_refuses_as_the_stock_transport_does(loop, call, error, message):
+    async def main():
+        server, inbox, client, replies = await _endpoints(loop)
+        peer = client.get_extra_info("peername")
+        try:
+            with pytest.raises(error) as info:
+                call(client, peer)
+            return str(info.value), peer
+        finally:
+            server.close()
+            client.close()
+
+    text, peer = run(loop, main())
+    assert text == message.format(peer=peer)
+
+
+@pytest.mark.parametrize(
+    ("address", "error", "message"),
+    [
+        (None, TypeError, "sendto(): AF_INET address must be tuple, not NoneType"),
+        (["127.0.0.1", 9], TypeError, "sendto(): AF_INET address must be tuple, not list"),
+        (("127.0.0.1", 70000), OverflowError, "sendto(): port must be 0-65535."),
+    ],
+    ids=["none", "list", "port-range"],
+)
+def test_an_address_the_socket_refuses_is_fatal_as_on_the_stock_transport(
+    loop, address, error, message
+):
+    # The stock sendto passes the address to the socket and treats what it raises
+    # (other than an OSError) as a fatal write error: reported, transport closed.
+    contexts = _reported(loop)
+
+    async def main():
+        server, inbox, client, replies = await _endpoints(loop)
+        server.sendto(b"x", address)
+        await asyncio.wait_for(inbox.lost, 10)
+        client.close()
+
+    run(loop, main())
+    [context] = contexts
+    assert context["message"] == "Fatal write error on datagram transport"
+    assert type(context["exception"]) is error
+    assert str(context["exception"]) == message
+
+
+@pytest.mark.parametrize("connected", [True, False], ids=["connected", "unconnected"])
+def test_a_datagram_the_os_refuses_is_an_error_received(loop, connected):
+    # Too large for any datagram: EMSGSIZE from the send, handed to error_received
+    # inside the except clause that caught it; the transport sends on afterwards.
+    async def main():
+        server, inbox, client, replies = await _endpoints(loop)
+        if connected:
+            sender, protocol, to = client, replies, ()
+        else:
+            sender, protocol, to = server, inbox, (client.get_extra_info("sockname"),)
+        sender.sendto(b"x" * 70_000, *to)
+        exc = await asyncio.wait_for(protocol.error, 10)
+        sender.sendto(b"after", *to)
+        (data, _), *_ = await (inbox if connected else replies).wait(1)
+        server.close()
+        client.close()
+        return exc, protocol.errors, data
+
+    exc, errors, data = run(loop, main())
+    assert type(exc) is OSError and exc.errno == errno.EMSGSIZE
+    assert errors == [(exc, exc)]
+    assert data == b"after"
+
+
+def test_sendto_goes_behind_datagrams_already_buffered(loop):
+    # A datagram the socket would not take is buffered and the transport's writer
+    # registered (the stock sendto's way); the next sendto must queue behind it, not
+    # overtake it. The buffered state is made as the stock transport makes it.
+    async def main():
+        server, inbox, client, replies = await _endpoints(loop)
+        client._buffer.append((b"buffered", None))
+        client._buffer_size += len(b"buffered")
+        loop._add_writer(client.get_extra_info("socket").fileno(), client._sendto_ready)
+        client.sendto(b"next")
+        assert client.get_write_buffer_size() == len(b"buffered") + len(b"next")
+        received = await inbox.wait(2)
+        assert client.get_write_buffer_size() == 0
+        server.close()
+        client.close()
+        return [data for data, _ in received]
+
+    assert run(loop, main()) == [b"buffered", b"next"]
+
+
+def test_sendto_after_close_sends_nothing_as_the_stock_transport_does(loop, caplog):
+    # Connected: late datagrams are counted, then warned about, as for a lost stream.
+    # Unconnected: the stock sendto fails on the socket it has let go; so does this one,
+    # without ever sending on the fd number it had.
+    async def main():
+        server, inbox, client, replies = await _endpoints(loop)
+        client.close()
+        server.close()
+        await asyncio.wait_for(asyncio.gather(inbox.lost, replies.lost), 10)
+        return server, client
+
+    server, client = run(loop, main())
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        for _ in range(7):
+            client.sendto(b"late")
+    warned = [r for r in caplog.records if r.getMessage() == "socket.send() raised exception."]
+    assert len(warned) == 3
+    with pytest.raises(AttributeError):
+        server.sendto(b"late", ("127.0.0.1", 9))
+
+
+def test_a_datagram_socket_class_that_overrides_sendto_is_sent_through(loop):
+    # The socket class's own send/sendto are called, as by the stock transport.
+    class Shouting(socket.socket):
+        def sendto(self, data, *args):
+            return super().sendto(bytes(data).upper(), *args)
+
+        def send(self, data, *args):
+            return super().send(bytes(data).upper(), *args)
+
+    async def main():
+        server, inbox = await loop.create_datagram_endpoint(_Inbox, local_addr=("127.0.0.1", 0))
+        mine = Shouting(socket.AF_INET, socket.SOCK_DGRAM)
+        mine.setblocking(False)
+        mine.bind(("127.0.0.1", 0))
+        loose, _ = await loop.create_datagram_endpoint(_Inbox, sock=mine)
+        assert "sendto" not in vars(loose)
+        loose.sendto(b"to", server.get_extra_info("sockname"))
+        peer = Shouting(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.setblocking(False)
+        peer.connect(server.get_extra_info("sockname"))
+        connected, _ = await loop.create_datagram_endpoint(_Inbox, sock=peer)
+        connected.sendto(b"connected")
+        received = await inbox.wait(2)
+        for t in (server, loose, connected):
+            t.close()
+        return sorted(data for data, _ in received)
+
+    assert run(loop, main()) == [b"CONNECTED", b"TO"]

@@ -181,6 +181,15 @@ class DatagramReader:
     def __call__(self) -> None: ...
 
 @final
+class DatagramWriter:
+    """An IPv4 datagram transport's ``sendto``: the stock one in Rust for ``bytes`` sent
+    while nothing is buffered, to the connected peer or a numeric IPv4 address; anything
+    else goes to the class's ``sendto``."""
+
+    def __new__(cls, transport: object, fd: int, connected: bool) -> DatagramWriter: ...
+    def __call__(self, data: bytes | bytearray | memoryview, addr: object = None) -> None: ...
+
+@final
 class SocketWriter:
     """A socket transport's ``write``: the stock one in Rust for ``bytes`` written while
     nothing is buffered; anything else goes to the class's ``write``."""

@@ -43,6 +43,7 @@ _RECV_BUFFER_MAX = 256 * 1024
 _SOCKET_RECV = socket.socket.recv
 _SOCKET_SEND = socket.socket.send
 _SOCKET_RECVFROM = socket.socket.recvfrom
+_SOCKET_SENDTO = socket.socket.sendto
 
 
 class _SelectorView:
@@ -160,19 +161,27 @@ class _SocketTransport(selector_events._SelectorSocketTransport):
 
 
 class _DatagramTransport(selector_events._SelectorDatagramTransport):
-    """The stock datagram transport, whose reader for an IPv4 socket is
+    """The stock datagram transport, whose reader and ``sendto`` for an IPv4 socket are
     ``_core.DatagramReader`` (the stock read path in Rust, into a buffer the process
-    shares); other sockets receive into the loop's receive buffer (see
-    ``_recv_buffer``)."""
+    shares) and ``_core.DatagramWriter`` (the stock attempt to send at once, in Rust);
+    other sockets receive into the loop's receive buffer (see ``_recv_buffer``)."""
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
-        if (
-            sock.family == socket.AF_INET
-            and getattr(type(sock), "recvfrom", None) is _SOCKET_RECVFROM
-        ):
+        ipv4 = sock.family == socket.AF_INET
+        if ipv4 and getattr(type(sock), "recvfrom", None) is _SOCKET_RECVFROM:
             # Before the stock __init__, which registers self._read_ready.
             self._read_ready = _core.DatagramReader(self, sock.fileno())
         super().__init__(loop, sock, protocol, address, waiter, extra)
+        if (
+            ipv4
+            and getattr(type(sock), "sendto", None) is _SOCKET_SENDTO
+            and getattr(type(sock), "send", None) is _SOCKET_SEND
+        ):
+            # (An instance attribute: found before the class's sendto. The protocol's
+            # connection_made, which may send, runs later: call_soon'd by the stock
+            # __init__.)
+            connected = bool(self._extra["peername"])
+            self.sendto = _core.DatagramWriter(self, sock.fileno(), connected)
 
     def _read_ready(self):
         if self._conn_lost:

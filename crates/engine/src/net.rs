@@ -4,7 +4,7 @@
 
 use std::io::{self, Read, Write};
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::BorrowedFd;
 
 use socket2::SockRef;
@@ -70,6 +70,13 @@ pub fn recv_from(
 pub fn send(socket: BorrowedFd<'_>, data: &[u8]) -> io::Result<Option<usize>> {
     let socket = SockRef::from(&socket);
     unless_not_now((&*socket).write(data))
+}
+
+/// Sends one datagram to `to`: Some(bytes sent), None if it would block (or the call
+/// was interrupted) before sending it.
+pub fn send_to(socket: BorrowedFd<'_>, data: &[u8], to: SocketAddrV4) -> io::Result<Option<usize>> {
+    let socket = SockRef::from(&socket);
+    unless_not_now(socket.send_to(data, &SocketAddr::V4(to).into()))
 }
 
 #[cfg(test)]
@@ -138,6 +145,27 @@ mod tests {
             Some((2, from))
         );
         assert_eq!(&buf[..2], b"ok");
+    }
+
+    #[test]
+    fn sends_a_datagram_to_an_address() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_nonblocking(true).unwrap();
+        let SocketAddr::V4(to) = server.local_addr().unwrap() else {
+            unreachable!("bound to an IPv4 address")
+        };
+        assert_eq!(send_to(client.as_fd(), b"hello", to).unwrap(), Some(5));
+        let mut buf = [0u8; 16];
+        let (n, from) = server.recv_from(&mut buf).unwrap();
+        assert_eq!(
+            (&buf[..n], from),
+            (&b"hello"[..], client.local_addr().unwrap())
+        );
+        // Too large for any datagram: the OS error, not a partial send.
+        let huge = vec![0u8; 70_000];
+        let err = send_to(client.as_fd(), &huge, to).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EMSGSIZE));
     }
 
     #[test]
