@@ -5,7 +5,9 @@
 //! does what the stock `_read_ready__data_received` does — skip a transport whose
 //! connection is lost, one `recv(max_size)`, EOF to `_read_ready__on_eof()`, a failure
 //! or a raising protocol to `_fatal_error()` with the stock messages — without a Python
-//! frame, reading into one process-wide buffer and copying out only what arrived.
+//! frame, reading into one process-wide buffer and copying out only what arrived (or,
+//! while reads are large, straight into the bytes object handed over: see
+//! `DIRECT_READ_MIN`).
 //! Everything else (buffered protocols, an unusual `max_size`) goes through the
 //! transport's own Python methods.
 //!
@@ -22,6 +24,7 @@
 //! address, the stock `sendto`'s attempt to send at once, and an OSError to the
 //! protocol's `error_received`; anything else goes to the class's `sendto`.
 
+use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -107,6 +110,12 @@ enum Outcome<'py> {
     Failed(std::io::Error),
 }
 
+/// After a read of at least this many bytes, a reader asks how much is waiting before
+/// its next read, and when that is this much or more, receives it straight into the
+/// bytes object it hands over instead of copying it out of the shared buffer: one more
+/// syscall per read, worth it only when it saves a copy this large.
+const DIRECT_READ_MIN: usize = 64 * 1024;
+
 #[pyclass(module = "weaveloop._core", frozen)]
 pub struct SocketReader {
     transport: Py<PyAny>,
@@ -114,22 +123,72 @@ pub struct SocketReader {
     /// The protocol is read through `data_received` (not a `BufferedProtocol`); set by
     /// the transport's `set_protocol`.
     direct: AtomicBool,
+    /// The last read was DIRECT_READ_MIN bytes or more.
+    large: AtomicBool,
 }
 
 impl SocketReader {
-    /// One `recv` of up to `max_size` bytes into the shared buffer.
-    fn receive<'py>(&self, py: Python<'py>, max_size: usize) -> Outcome<'py> {
+    /// One `recv` of up to `max_size` bytes: into the shared buffer, or after a large
+    /// read, when a large read is waiting, into a bytes object of its size.
+    fn receive<'py>(&self, py: Python<'py>, max_size: usize) -> PyResult<Outcome<'py>> {
         // SAFETY: `fd` is the transport's socket, which stays open while this reader
         // is registered: the transport removes its reader before it closes the socket,
         // and the loop calls a reader only while it is registered.
         let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
-        with_recv_buffer(py, max_size, |buf| match net::recv(socket, buf) {
+        if self.large.load(Relaxed) {
+            // (An fd FIONREAD does not apply to reads through the shared buffer.)
+            let waiting = net::pending(socket).unwrap_or(0).min(max_size);
+            if waiting >= DIRECT_READ_MIN {
+                return receive_into_bytes(py, socket, waiting);
+            }
+        }
+        let outcome = with_recv_buffer(py, max_size, |buf| match net::recv(socket, buf) {
             Ok(Received::Data(n)) => Outcome::Data(PyBytes::new(py, &buf[..n])),
             Ok(Received::Eof) => Outcome::Eof,
             Ok(Received::NotNow) => Outcome::NotNow,
             Err(e) => Outcome::Failed(e),
-        })
+        });
+        let large =
+            matches!(&outcome, Outcome::Data(data) if data.as_bytes().len() >= DIRECT_READ_MIN);
+        self.large.store(large, Relaxed);
+        Ok(outcome)
     }
+}
+
+/// One `recv` of up to `size` bytes straight into a new bytes object of that size (cut
+/// down, by a copy, in the unusual case that fewer arrive).
+fn receive_into_bytes<'py>(
+    py: Python<'py>,
+    socket: BorrowedFd<'_>,
+    size: usize,
+) -> PyResult<Outcome<'py>> {
+    debug_assert!(size <= RECV_MAX);
+    let len = size as pyo3::ffi::Py_ssize_t; // at most RECV_MAX
+                                             // SAFETY: with a null pointer, PyBytes_FromStringAndSize makes a new bytes object of
+                                             // `len` bytes whose contents are not initialised yet; the GIL is held.
+    let raw = unsafe { pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), len) };
+    if raw.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: `raw` is a new, owned reference to a bytes object.
+    let bytes = unsafe { Bound::from_owned_ptr(py, raw).cast_into_unchecked::<PyBytes>() };
+    // SAFETY: the object's buffer holds `size` bytes (plus its trailing NUL), nothing else
+    // has seen the object yet, and MaybeUninit<u8> has u8's layout; only recv writes it.
+    let buf = unsafe {
+        let start = pyo3::ffi::PyBytes_AsString(raw).cast::<MaybeUninit<u8>>();
+        std::slice::from_raw_parts_mut(start, size)
+    };
+    Ok(match net::recv_uninit(socket, buf) {
+        Ok(Received::Data(n)) if n == size => Outcome::Data(bytes),
+        Ok(Received::Data(n)) => {
+            // SAFETY: recv initialised the first n bytes.
+            let got = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
+            Outcome::Data(PyBytes::new(py, got))
+        }
+        Ok(Received::Eof) => Outcome::Eof,
+        Ok(Received::NotNow) => Outcome::NotNow,
+        Err(e) => Outcome::Failed(e),
+    })
 }
 
 #[pymethods]
@@ -140,6 +199,7 @@ impl SocketReader {
             transport,
             fd,
             direct: AtomicBool::new(true),
+            large: AtomicBool::new(false),
         }
     }
 
@@ -166,7 +226,7 @@ impl SocketReader {
             transport.call_method0(intern!(py, "_read_ready__data_received"))?;
             return Ok(());
         };
-        match self.receive(py, max_size) {
+        match self.receive(py, max_size)? {
             Outcome::NotNow => Ok(()),
             Outcome::Eof => {
                 transport.call_method0(intern!(py, "_read_ready__on_eof"))?;

@@ -5,7 +5,7 @@
 use std::io::{self, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, SocketAddrV4};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use socket2::SockRef;
 
@@ -48,6 +48,29 @@ pub fn recv(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
         Some(0) => Received::Eof,
         Some(n) => Received::Data(n),
     })
+}
+
+/// As `recv`, into memory not yet initialised; on Data(n) its first n bytes are.
+pub fn recv_uninit(socket: BorrowedFd<'_>, buf: &mut [MaybeUninit<u8>]) -> io::Result<Received> {
+    debug_assert!(!buf.is_empty());
+    let socket = SockRef::from(&socket);
+    Ok(match unless_not_now(socket.recv(buf))? {
+        None => Received::NotNow,
+        Some(0) => Received::Eof,
+        Some(n) => Received::Data(n),
+    })
+}
+
+/// How many bytes a stream socket has waiting to be read (FIONREAD).
+pub fn pending(socket: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points at `n`;
+    // `socket` is an open fd for the duration of the call.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
 }
 
 /// Receives one datagram, cut to `buf.len()` bytes, and who sent it: None if none is
@@ -100,6 +123,31 @@ mod tests {
         assert_eq!(&buf[..3], b"rld");
         a.shutdown(Shutdown::Write).unwrap();
         assert_eq!(recv(b.as_fd(), &mut buf).unwrap(), Received::Eof);
+    }
+
+    #[test]
+    fn counts_what_waits_then_reads_it_into_uninitialised_memory() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        assert_eq!(pending(b.as_fd()).unwrap(), 0);
+        a.write_all(b"hello world").unwrap();
+        assert_eq!(pending(b.as_fd()).unwrap(), 11);
+        let mut buf = [MaybeUninit::<u8>::uninit(); 16];
+        assert_eq!(
+            recv_uninit(b.as_fd(), &mut buf).unwrap(),
+            Received::Data(11)
+        );
+        // SAFETY: recv initialised the first 11 bytes.
+        let got = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), 11) };
+        assert_eq!(got, b"hello world");
+        assert_eq!(recv_uninit(b.as_fd(), &mut buf).unwrap(), Received::NotNow);
+        a.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(recv_uninit(b.as_fd(), &mut buf).unwrap(), Received::Eof);
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert_eq!(
+            pending(file.as_fd()).unwrap_err().raw_os_error(),
+            Some(libc::ENOTTY)
+        );
     }
 
     #[test]
