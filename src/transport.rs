@@ -8,8 +8,9 @@
 //! frame, reading into one process-wide buffer and copying out only what arrived (or,
 //! while reads are large, straight into the bytes object handed over: see
 //! `DIRECT_READ_MIN`).
-//! Everything else (buffered protocols, an unusual `max_size`) goes through the
-//! transport's own Python methods.
+//! For a buffered protocol it does what `_read_ready__get_buffer` does, receiving into
+//! the protocol's buffer from Rust. An unusual `max_size` goes through the transport's
+//! own Python method.
 //!
 //! `SocketWriter` is the transport's `write` (an instance attribute, in front of the
 //! class's method): for `bytes` written while nothing is buffered, the stock `write`'s
@@ -155,6 +156,140 @@ impl SocketReader {
     }
 }
 
+impl SocketReader {
+    /// For a `BufferedProtocol`: the stock `_read_ready__get_buffer` — skip a transport
+    /// whose connection is lost, `get_buffer(-1)` (an empty one is an error), one `recv`
+    /// into it, EOF to `_read_ready__on_eof()`, `buffer_updated(n)`, failures to
+    /// `_fatal_error()` with the stock messages — with the `recv` made from Rust.
+    fn read_buffered(&self, transport: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = transport.py();
+        if transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
+            return Ok(());
+        }
+        let protocol = transport.getattr(intern!(py, "_protocol"))?;
+        let buf = match get_buffer(&protocol) {
+            Ok(buf) => buf,
+            Err(e) if is_fatal(py, &e) => return Err(e),
+            Err(e) => {
+                return fatal(
+                    transport,
+                    e,
+                    "Fatal error: protocol.get_buffer() call failed.",
+                )
+            }
+        };
+        let received = match self.recv_into(transport, &buf) {
+            Ok(received) => received,
+            Err(e) if is_fatal(py, &e) => return Err(e),
+            Err(e) => return fatal(transport, e, "Fatal read error on socket transport"),
+        };
+        match received {
+            Received::NotNow => Ok(()),
+            Received::Eof => {
+                transport.call_method0(intern!(py, "_read_ready__on_eof"))?;
+                Ok(())
+            }
+            Received::Data(n) => match protocol.call_method1(intern!(py, "buffer_updated"), (n,)) {
+                Ok(_) => Ok(()),
+                Err(e) if is_fatal(py, &e) => Err(e),
+                Err(e) => fatal(
+                    transport,
+                    e,
+                    "Fatal error: protocol.buffer_updated() call failed.",
+                ),
+            },
+        }
+    }
+
+    /// One `recv` into `buf`, a writable contiguous buffer; anything else is read as the
+    /// stock transport reads it, with `sock.recv_into(buf)` (which raises what it raises).
+    fn recv_into(
+        &self,
+        transport: &Bound<'_, PyAny>,
+        buf: &Bound<'_, PyAny>,
+    ) -> PyResult<Received> {
+        let py = transport.py();
+        let Some(mut view) = WritableBuffer::get(buf) else {
+            let sock = transport.getattr(intern!(py, "_sock"))?;
+            return match sock.call_method1(intern!(py, "recv_into"), (buf,)) {
+                Ok(n) => Ok(match n.extract::<usize>()? {
+                    0 => Received::Eof,
+                    n => Received::Data(n),
+                }),
+                Err(e)
+                    if e.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
+                        || e.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py) =>
+                {
+                    Ok(Received::NotNow)
+                }
+                Err(e) => Err(e),
+            };
+        };
+        // SAFETY: as in `receive`: the transport's socket, open while this reader is
+        // registered.
+        let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        // (get_buffer() returned a buffer whose len() is not 0, so it has memory: a
+        // read of nothing cannot be taken for end of file.)
+        net::recv_uninit(socket, view.memory()).map_err(errors::os_error)
+    }
+}
+
+/// `protocol.get_buffer(-1)`, refused as the stock transport refuses an empty one.
+fn get_buffer<'py>(protocol: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let buf = protocol.call_method1(intern!(protocol.py(), "get_buffer"), (-1,))?;
+    if buf.len()? == 0 {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "get_buffer() returned an empty buffer",
+        ));
+    }
+    Ok(buf)
+}
+
+/// The memory of an object that exports a writable contiguous buffer (what `recv_into`
+/// asks for), held until dropped.
+struct WritableBuffer(pyo3::ffi::Py_buffer);
+
+impl WritableBuffer {
+    /// None if the object exports no such buffer (its error is discarded).
+    fn get(obj: &Bound<'_, PyAny>) -> Option<Self> {
+        let mut view = MaybeUninit::<pyo3::ffi::Py_buffer>::uninit();
+        // SAFETY: the GIL is held (a Bound), and `view` is memory for one Py_buffer,
+        // which PyObject_GetBuffer fills on success.
+        let rc = unsafe {
+            pyo3::ffi::PyObject_GetBuffer(
+                obj.as_ptr(),
+                view.as_mut_ptr(),
+                pyo3::ffi::PyBUF_WRITABLE,
+            )
+        };
+        if rc < 0 {
+            drop(PyErr::fetch(obj.py()));
+            return None;
+        }
+        // SAFETY: PyObject_GetBuffer succeeded, so `view` is filled in.
+        Some(WritableBuffer(unsafe { view.assume_init() }))
+    }
+
+    fn memory(&mut self) -> &mut [MaybeUninit<u8>] {
+        let len = usize::try_from(self.0.len).unwrap_or(0);
+        if len == 0 {
+            return &mut [];
+        }
+        // SAFETY: a PyBUF_WRITABLE request without PyBUF_ND/STRIDES gives one contiguous
+        // writable block of `len` bytes at `buf`, exported until PyBuffer_Release; the
+        // GIL is held while the reader uses it and nothing else writes it meanwhile.
+        unsafe { std::slice::from_raw_parts_mut(self.0.buf.cast::<MaybeUninit<u8>>(), len) }
+    }
+}
+
+impl Drop for WritableBuffer {
+    fn drop(&mut self) {
+        // SAFETY: the buffer was exported by PyObject_GetBuffer and not released yet;
+        // the GIL is held (a WritableBuffer lives within a reader's call).
+        unsafe { pyo3::ffi::PyBuffer_Release(&mut self.0) }
+    }
+}
+
 /// One `recv` of up to `size` bytes straight into a new bytes object of that size (cut
 /// down, by a copy, in the unusual case that fewer arrive).
 fn receive_into_bytes<'py>(
@@ -216,8 +351,7 @@ impl SocketReader {
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
         let transport = self.transport.bind(py);
         if !self.direct.load(Relaxed) {
-            transport.getattr(intern!(py, "_read_ready_cb"))?.call0()?;
-            return Ok(());
+            return self.read_buffered(transport);
         }
         if transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
             return Ok(());

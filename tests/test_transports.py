@@ -8,6 +8,7 @@ and nothing a later read does changes what an earlier one delivered.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import errno
 import logging
@@ -418,6 +419,147 @@ def test_reading_resumes_after_pause(loop):
 
     assert run(loop, main()) == [b"held"]
     peer.close()
+
+
+# Buffered protocols: weaveloop's reader receives into the protocol's buffer from Rust
+# (the stock ``_read_ready__get_buffer``); buffers it cannot write into directly are
+# handed to ``sock.recv_into`` as the stock transport does.
+
+
+class _Into(asyncio.BufferedProtocol):
+    """Hands out a buffer from ``make()`` per read; collects what each read put in it."""
+
+    def __init__(self, make, expected: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.make = make
+        self.expected = expected
+        self.received = bytearray()
+        self.sizes: list[int] = []
+        self.done = loop.create_future()
+        self.lost = loop.create_future()
+        self.eof = False
+
+    def get_buffer(self, sizehint):
+        self.buf = self.make()
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.sizes.append(nbytes)
+        self.received += memoryview(self.buf).cast("B")[:nbytes]
+        if len(self.received) >= self.expected and not self.done.done():
+            self.done.set_result(None)
+
+    def eof_received(self):
+        self.eof = True
+
+    def connection_lost(self, exc) -> None:
+        self.lost.set_result(exc)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: bytearray(65536),
+        lambda: memoryview(bytearray(100_000))[1000:70_000],
+        lambda: array.array("i", bytes(4 * 5000)),
+        lambda: memoryview(bytearray(4096)).cast("I"),
+    ],
+    ids=["bytearray", "memoryview-slice", "array-of-int", "memoryview-of-int"],
+)
+def test_a_buffered_protocol_receives_every_byte_into_its_buffers(loop, make):
+    payload = os.urandom(1_000_000)
+    transport, protocol, peer = _connected_pair(loop, lambda: _Into(make, len(payload)))
+
+    def send():
+        peer.sendall(payload)
+        peer.shutdown(socket.SHUT_WR)
+
+    async def main():
+        await loop.run_in_executor(None, send)
+        await asyncio.wait_for(protocol.done, 10)
+        return await asyncio.wait_for(protocol.lost, 10)
+
+    assert run(loop, main()) is None
+    peer.close()
+    assert bytes(protocol.received) == payload
+    assert max(protocol.sizes) <= memoryview(make()).nbytes
+    assert protocol.eof
+
+
+def _refusal(buf) -> BaseException:
+    """What the socket module's recv_into raises for ``buf`` (the oracle)."""
+    a, b = socket.socketpair()
+    try:
+        b.send(b"x")
+        with pytest.raises(BaseException) as info:
+            a.recv_into(buf)
+        return info.value
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: bytes(100), lambda: memoryview(bytearray(100))[::2]],
+    ids=["read-only", "not-contiguous"],
+)
+def test_a_buffer_the_socket_cannot_write_is_a_fatal_read_error(loop, make):
+    expected = _refusal(make())
+    exc, transport, protocol, contexts = _lost_after_a_byte(loop, lambda: _Into(make, 1))
+    assert type(exc) is type(expected) and str(exc) == str(expected)
+    [context] = contexts
+    assert context["message"] == "Fatal read error on socket transport"
+    assert context["exception"] is exc
+
+
+class _BadBuffers(_Into):
+    def __init__(self, fault: str) -> None:
+        super().__init__(lambda: bytearray(0 if fault == "empty" else 16), 1)
+        self.fault = fault
+
+    def get_buffer(self, sizehint):
+        if self.fault == "get_buffer":
+            raise ValueError("no buffer today")
+        return super().get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes):
+        if self.fault == "buffer_updated":
+            raise ValueError("cannot take it")
+        super().buffer_updated(nbytes)
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "text", "message"),
+    [
+        (
+            "empty",
+            RuntimeError,
+            "get_buffer() returned an empty buffer",
+            "Fatal error: protocol.get_buffer() call failed.",
+        ),
+        (
+            "get_buffer",
+            ValueError,
+            "no buffer today",
+            "Fatal error: protocol.get_buffer() call failed.",
+        ),
+        (
+            "buffer_updated",
+            ValueError,
+            "cannot take it",
+            "Fatal error: protocol.buffer_updated() call failed.",
+        ),
+    ],
+)
+def test_a_failing_buffered_protocol_is_reported_as_on_the_stock_transport(
+    loop, fault, error, text, message
+):
+    exc, transport, protocol, contexts = _lost_after_a_byte(loop, lambda: _BadBuffers(fault))
+    assert type(exc) is error and str(exc) == text
+    [context] = contexts
+    assert context["message"] == message
+    assert context["exception"] is exc and context["protocol"] is protocol
 
 
 # The write path: ``_core.SocketWriter`` is a weaveloop socket transport's ``write``.
