@@ -52,7 +52,7 @@ def test_loop_group_runs_each_loop_and_records_every_metric(tmp_path):
 
 
 def test_socket_group_runs_each_api_on_each_loop(tmp_path):
-    workloads = "tcp_proto_1k,tcp_streams_1k,tcp_sock_1k,udp_echo_1k"
+    workloads = "tcp_proto_1k,tcp_streams_1k,tcp_sock_1k,tls_streams_1k,udp_echo_1k"
     result = _bench(tmp_path, "--only", workloads, "--loops", "asyncio,weaveloop")
     for workload in workloads.split(","):
         for loop in ("asyncio", "weaveloop"):

@@ -11,8 +11,13 @@ workload                what
 tcp_proto_{1,10,100}k   ``create_server`` / ``create_connection`` protocols
 tcp_streams_{1,10,100}k ``start_server`` / ``open_connection`` streams
 tcp_sock_{1,10,100}k    ``sock_accept`` / ``sock_connect``, ``sock_recv``/``sock_sendall``
+tls_streams_{1,100}k    the streams echo over TLS (``ssl=``: asyncio's TLS protocol)
 udp_echo_1k             ``create_datagram_endpoint`` on both sides, 1 KiB datagrams
 ======================  ==========================================================
+
+TLS uses ``tls_bench.pem`` next to this file: a self-signed P-256 certificate for
+``localhost`` and ``127.0.0.1`` with its key, made for this benchmark only; clients
+verify it.
 
 20 clients each, for 1 s (``--quick``: 0.2 s).
 """
@@ -21,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
+from pathlib import Path
 from time import perf_counter
 
 from .loop_workloads import loop_group
@@ -112,18 +119,36 @@ async def tcp_proto(duration: float, size: int) -> dict:
 
 
 async def tcp_streams(duration: float, size: int) -> dict:
+    return await _streams(duration, size, None, None)
+
+
+def _tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """Server and client contexts for loopback TLS with the benchmark's certificate."""
+    pem = str(Path(__file__).with_name("tls_bench.pem"))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(pem)
+    return server, ssl.create_default_context(cafile=pem)
+
+
+async def tls_streams(duration: float, size: int) -> dict:
+    return await _streams(duration, size, *_tls_contexts())
+
+
+async def _streams(
+    duration: float, size: int, server_ssl: ssl.SSLContext | None, client_ssl: ssl.SSLContext | None
+) -> dict:
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while data := await reader.read(_READ):
             writer.write(data)
             await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=server_ssl)
     port = server.sockets[0].getsockname()[1]
     tally, message = _Tally(), b"x" * size
 
     async def client() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ssl)
         while not tally.stop:
             writer.write(message)
             await writer.drain()
@@ -233,15 +258,22 @@ def _echo(name: str, func, size: int, doc: str) -> Workload:
     )
 
 
-WORKLOADS = tuple(
-    _echo(f"tcp_{api}_{kib}k", func, kib * 1024, doc)
-    for api, func, doc in (
-        ("proto", tcp_proto, "TCP echo, protocols"),
-        ("streams", tcp_streams, "TCP echo, streams"),
-        ("sock", tcp_sock, "TCP echo, sock_* methods"),
+WORKLOADS = (
+    tuple(
+        _echo(f"tcp_{api}_{kib}k", func, kib * 1024, doc)
+        for api, func, doc in (
+            ("proto", tcp_proto, "TCP echo, protocols"),
+            ("streams", tcp_streams, "TCP echo, streams"),
+            ("sock", tcp_sock, "TCP echo, sock_* methods"),
+        )
+        for kib in (1, 10, 100)
     )
-    for kib in (1, 10, 100)
-) + (_echo("udp_echo_1k", udp_echo, 1024, "UDP echo, datagram endpoints"),)
+    + tuple(
+        _echo(f"tls_streams_{kib}k", tls_streams, kib * 1024, "TLS echo, streams")
+        for kib in (1, 100)
+    )
+    + (_echo("udp_echo_1k", udp_echo, 1024, "UDP echo, datagram endpoints"),)
+)
 
 GROUP = loop_group(
     "sockets", "Sockets: loopback echo (stock transports, Rust read/write paths)", WORKLOADS
