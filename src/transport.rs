@@ -137,7 +137,7 @@ impl SocketReader {
         // and the loop calls a reader only while it is registered.
         let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
         if self.large.load(Relaxed) {
-            // (An fd FIONREAD does not apply to reads through the shared buffer.)
+            // (Where FIONREAD fails, the read goes through the shared buffer.)
             let waiting = net::pending(socket).unwrap_or(0).min(max_size);
             if waiting >= DIRECT_READ_MIN {
                 return receive_into_bytes(py, socket, waiting);
@@ -154,9 +154,7 @@ impl SocketReader {
         self.large.store(large, Relaxed);
         Ok(outcome)
     }
-}
 
-impl SocketReader {
     /// For a `BufferedProtocol`: the stock `_read_ready__get_buffer` — skip a transport
     /// whose connection is lost, `get_buffer(-1)` (an empty one is an error), one `recv`
     /// into it, EOF to `_read_ready__on_eof()`, `buffer_updated(n)`, failures to
@@ -298,9 +296,10 @@ fn receive_into_bytes<'py>(
     size: usize,
 ) -> PyResult<Outcome<'py>> {
     debug_assert!(size <= RECV_MAX);
-    let len = size as pyo3::ffi::Py_ssize_t; // at most RECV_MAX
-                                             // SAFETY: with a null pointer, PyBytes_FromStringAndSize makes a new bytes object of
-                                             // `len` bytes whose contents are not initialised yet; the GIL is held.
+    // (At most RECV_MAX: no overflow.)
+    let len = size as pyo3::ffi::Py_ssize_t;
+    // SAFETY: with a null pointer, PyBytes_FromStringAndSize makes a new bytes object of
+    // `len` bytes whose contents are not initialised yet; the GIL is held.
     let raw = unsafe { pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), len) };
     if raw.is_null() {
         return Err(PyErr::fetch(py));
