@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import socket
+import ssl
 import struct
 import sys
 import traceback
@@ -1038,3 +1039,43 @@ def test_a_datagram_socket_class_that_overrides_sendto_is_sent_through(loop):
         return sorted(data for data, _ in received)
 
     assert run(loop, main()) == [b"CONNECTED", b"TO"]
+
+
+# TLS (``ssl=``): asyncio's TLS protocol over weaveloop's socket transport, so its Rust
+# read path (a buffered protocol) and write path serve the encrypted bytes.
+
+_TLS_PEM = os.path.join(os.path.dirname(weaveloop.__file__), "bench", "tls_bench.pem")
+
+
+def test_tls_connections_run_over_the_loops_socket_transport(loop):
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(_TLS_PEM)
+    client_ctx = ssl.create_default_context(cafile=_TLS_PEM)
+    payloads = [b"x", os.urandom(1000), os.urandom(3_000_000), b"last"]
+
+    async def main():
+        async def echo(reader, writer):
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx)
+        raw = writer.transport._ssl_protocol._transport
+        if isinstance(loop, weaveloop.Loop):
+            assert type(raw._read_ready) is weaveloop._core.SocketReader
+            assert not raw._read_ready.direct  # the TLS protocol is a buffered one
+            assert type(raw.write) is weaveloop._core.SocketWriter
+        back = []
+        for p in payloads:
+            writer.write(p)
+            back.append(await reader.readexactly(len(p)))
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return back
+
+    assert run(loop, main()) == payloads

@@ -19,7 +19,15 @@ import sys
 import threading
 import warnings
 import weakref
-from asyncio import base_events, coroutines, events, selector_events, unix_events
+from asyncio import (
+    base_events,
+    constants,
+    coroutines,
+    events,
+    selector_events,
+    sslproto,
+    unix_events,
+)
 
 from . import _core
 from ._executor import ThreadPoolExecutor
@@ -378,6 +386,35 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         return _SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(
+        self,
+        rawsock,
+        protocol,
+        sslcontext,
+        waiter=None,
+        *,
+        server_side=False,
+        server_hostname=None,
+        extra=None,
+        server=None,
+        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+    ):
+        # The stock one, over this loop's socket transport (its Rust read and write
+        # paths serve the TLS protocol, a buffered protocol writing bytes).
+        ssl_protocol = sslproto.SSLProtocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        _SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
         return _DatagramTransport(self, sock, protocol, address, waiter, extra)
