@@ -175,7 +175,7 @@ def test_repr_after_the_callback_ran(loop, loop_kind):
         assert h._callback is None and h._args is None
 
 
-@pytest.mark.parametrize("args", [(), ("a",), ("a", "b", "c")])
+@pytest.mark.parametrize("args", [(), ("a",), ("a", "b"), ("a", "b", "c")])
 def test_a_pending_handle_shows_its_callback_and_arguments(loop, args):
     h = loop.call_soon(named_callback, *args)
     assert h._callback is named_callback

@@ -147,17 +147,34 @@ def test_unclosed_loop_warns_when_collected(loop_factory):
         gc.collect()
 
 
-@pytest.mark.parametrize("refers_back", ["callback", "argument", "one of two arguments"])
+@pytest.mark.parametrize(
+    "refers_back",
+    [
+        "callback",
+        "argument",
+        "first of two arguments",
+        "second of two arguments",
+        "second of two timer arguments",
+        "one of three arguments",
+    ],
+)
 def test_unclosed_loop_is_garbage_collected(loop_factory, refers_back):
     # A pending callback is the only way back to the loop, through its callable or its
-    # arguments: each has to be seen by the cyclic GC however the handle keeps it.
+    # arguments: each has to be seen by the cyclic GC however the handle keeps it (none,
+    # one and two arguments apart from their tuple, more in it). Never run.
     lp = loop_factory()
     if refers_back == "callback":
         lp.call_soon(lp.stop)
     elif refers_back == "argument":
         lp.call_soon(id, lp)
-    else:
+    elif refers_back == "first of two arguments":
         lp.call_soon(getattr, lp, "stop")
+    elif refers_back == "second of two arguments":
+        lp.call_soon(print, "x", lp)
+    elif refers_back == "second of two timer arguments":
+        lp.call_later(3600, print, "x", lp)
+    else:
+        lp.call_soon(print, "x", lp, "z")
     ref = weakref.ref(lp)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
