@@ -145,10 +145,12 @@ def _recv_buffer(transport) -> memoryview | None:
 class _SocketTransport(selector_events._SelectorSocketTransport):
     """The stock socket transport, with its hot paths in Rust: its reader is
     ``_core.SocketReader`` (for a protocol read through ``data_received``, one ``recv``
-    into a buffer the process shares, what arrived copied out; EOF and errors to the
-    stock methods) and its ``write`` a ``_core.SocketWriter`` (``bytes`` sent at once
-    when nothing is buffered; everything else to the stock ``write``). A socket whose
-    class overrides ``recv`` or ``send`` reads or writes as the stock one does.
+    into a buffer the process shares, what arrived copied out, or while reads are large
+    straight into the bytes handed over; for a buffered protocol, such as asyncio's TLS,
+    one ``recv`` into its buffer; EOF and errors to the stock methods) and its ``write``
+    a ``_core.SocketWriter`` (``bytes`` sent at once when nothing is buffered; everything
+    else to the stock ``write``). A socket whose class overrides ``recv`` or ``send``
+    reads or writes as the stock one does.
     """
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
