@@ -2,7 +2,7 @@
 //! transports' hot paths. socket2 makes the calls; this module only says what the
 //! outcome means to a transport.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -41,16 +41,14 @@ fn unless_not_now<T>(result: io::Result<T>) -> io::Result<Option<T>> {
 /// Reads what the socket has, up to `buf.len()` bytes (which must not be 0: a read of
 /// nothing would look like end of file).
 pub fn recv(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
-    debug_assert!(!buf.is_empty());
-    let socket = SockRef::from(&socket);
-    Ok(match unless_not_now((&*socket).read(buf))? {
-        None => Received::NotNow,
-        Some(0) => Received::Eof,
-        Some(n) => Received::Data(n),
-    })
+    // SAFETY: u8 and MaybeUninit<u8> have the same layout, and recv only ever writes
+    // initialised bytes into the buffer, so it stays a valid [u8] afterwards.
+    let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+    recv_uninit(socket, uninit)
 }
 
 /// As `recv`, into memory not yet initialised; on Data(n) its first n bytes are.
+/// (Not empty either.)
 pub fn recv_uninit(socket: BorrowedFd<'_>, buf: &mut [MaybeUninit<u8>]) -> io::Result<Received> {
     debug_assert!(!buf.is_empty());
     let socket = SockRef::from(&socket);
