@@ -509,8 +509,7 @@ impl DatagramWriter {
     /// Where the stock `sendto` would send `addr`'s datagram at once, with nothing to
     /// check or say first: Some(None) to the connected peer (no address given), Some(to)
     /// to a numeric IPv4 address (no address fixed at creation to check it against);
-    /// None: ask the stock `sendto`. Also None when the connection is lost, something is
-    /// buffered or the transport has let its socket go (see `SocketWriter::may_send_now`).
+    /// None: ask the stock `sendto`. Also None unless `holds_its_socket_idle`.
     fn destination(
         &self,
         transport: &Bound<'_, PyAny>,
@@ -530,10 +529,7 @@ impl DatagramWriter {
             }
             _ => return Ok(None),
         };
-        let ready = !transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()?
-            && !transport.getattr(intern!(py, "_buffer"))?.is_truthy()?
-            && !transport.getattr(intern!(py, "_sock"))?.is_none();
-        Ok(ready.then_some(to))
+        Ok(holds_its_socket_idle(transport)?.then_some(to))
     }
 }
 
@@ -598,18 +594,24 @@ impl SocketWriter {
     }
 
     /// Whether the stock `write` would try to send at once, with nothing to say first:
-    /// not after `write_eof()`, not during `sendfile`, connection not lost, nothing
-    /// buffered, and the socket still the transport's. (A transport closed once its
-    /// buffer drained has let its socket go — `_sock` is None, the fd closed and its
-    /// number maybe another socket's — with `_conn_lost` still 0.)
+    /// not after `write_eof()`, not during `sendfile`, and `holds_its_socket_idle`.
     fn may_send_now(transport: &Bound<'_, PyAny>) -> PyResult<bool> {
         let py = transport.py();
         Ok(!transport.getattr(intern!(py, "_eof"))?.is_truthy()?
             && transport.getattr(intern!(py, "_empty_waiter"))?.is_none()
-            && !transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()?
-            && !transport.getattr(intern!(py, "_buffer"))?.is_truthy()?
-            && !transport.getattr(intern!(py, "_sock"))?.is_none())
+            && holds_its_socket_idle(transport)?)
     }
+}
+
+/// What both writers ask before sending at once: the transport's connection is not
+/// lost, nothing is buffered, and the socket is still the transport's (one closed once
+/// its buffer drained has let it go — `_sock` None, the fd closed and its number maybe
+/// another socket's — with `_conn_lost` still 0).
+fn holds_its_socket_idle(transport: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = transport.py();
+    Ok(!transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()?
+        && !transport.getattr(intern!(py, "_buffer"))?.is_truthy()?
+        && !transport.getattr(intern!(py, "_sock"))?.is_none())
 }
 
 #[pymethods]
