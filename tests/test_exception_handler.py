@@ -105,7 +105,7 @@ def test_default_handler_logs_message_and_traceback(loop, caplog):
     assert rec.exc_info and rec.exc_info[0] is ZeroDivisionError
 
 
-@pytest.mark.parametrize("args", [(), (1,), (1, "a", None)])
+@pytest.mark.parametrize("args", [(), (1,), (1, "a"), (1, "a", None)])
 def test_the_message_names_the_callbacks_arguments(loop, args):
     contexts = []
     loop.set_exception_handler(_collecting_handler(contexts))
