@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 use pyo3::PyTraverseError;
 use weaveloop_engine::injector::Unpark;
 use weaveloop_engine::{clock, Injector, Poller, Throttle, TimerHeap};
@@ -477,10 +477,22 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
+        const NONE: &str = "delay must not be None";
         let this = slf.get();
-        let delay = time_arg(delay, "delay", "delay must not be None")?;
-        let when = this.now(slf)? + delay;
-        this.schedule_at(when, None, callback, args, context, "call_later")
+        if delay.is_exact_instance_of::<PyFloat>() || delay.is_exact_instance_of::<PyInt>() {
+            let when = this.now(slf)? + time_arg(delay, "delay", NONE)?;
+            return this.schedule_at(when, None, callback, args, context, "call_later");
+        }
+        if delay.is_none() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(NONE));
+        }
+        // Any other type: `loop.time() + delay` in Python's arithmetic, as the stock loop
+        // computes it, so a delay that does not add to a float (a Decimal, a str) is the
+        // same TypeError, and one that does (a Fraction) gives the same deadline.
+        let when = PyFloat::new(slf.py(), this.now(slf)?).add(delay)?;
+        let given = (!when.is_exact_instance_of::<PyFloat>()).then(|| when.clone().unbind());
+        let secs = time_arg(&when, "delay", NONE)?;
+        this.schedule_at(secs, given, callback, args, context, "call_later")
     }
 
     #[pyo3(signature = (when, callback, *args, context = None))]

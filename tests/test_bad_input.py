@@ -12,7 +12,10 @@ Differential where the stock loop shares the behaviour; weaveloop-only tests say
 from __future__ import annotations
 
 import asyncio
+import decimal
+import fractions
 import math
+import re
 import socket
 
 import pytest
@@ -156,10 +159,38 @@ def test_call_at_in_the_past_means_now(loop):
     assert ran == ["past"]
 
 
-@pytest.mark.parametrize("delay", [None, "1"])
-def test_bad_delay_types(loop, delay):
-    with pytest.raises(TypeError):
-        loop.call_later(delay, lambda: None)
+BAD_DELAYS = {
+    "none": None,
+    "str": "1",
+    "decimal": decimal.Decimal("0.1"),  # has __float__, but does not add to a float
+    "list": [1],
+    "huge_int": 10**400,
+}
+
+
+@pytest.mark.parametrize("delay", BAD_DELAYS.values(), ids=BAD_DELAYS)
+def test_bad_delay_types_fail_as_on_the_stock_loop(wloop, delay):
+    # The stock loop computes `self.time() + delay`: whatever that raises, with its text.
+    stock = asyncio.new_event_loop()
+    try:
+        with pytest.raises(Exception) as expected:
+            stock.call_later(delay, print)
+    finally:
+        stock.close()
+    with pytest.raises(type(expected.value), match=f"^{re.escape(str(expected.value))}$"):
+        wloop.call_later(delay, print)
+
+
+@pytest.mark.parametrize(
+    "delay", [fractions.Fraction(1, 10), True, 7], ids=["fraction", "bool", "int"]
+)
+def test_other_numbers_are_delays_as_on_the_stock_loop(loop, delay):
+    before = loop.time()
+    handle = loop.call_later(delay, print)
+    after = loop.time()
+    assert type(handle.when()) is float
+    assert before + float(delay) <= handle.when() <= after + float(delay)
+    handle.cancel()
 
 
 # -- row: any method on a closed loop -------------------------------------------------------
