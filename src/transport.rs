@@ -24,6 +24,11 @@
 //! `bytes` sent while nothing is buffered, to the connected peer or to a numeric IPv4
 //! address, the stock `sendto`'s attempt to send at once, and an OSError to the
 //! protocol's `error_received`; anything else goes to the class's `sendto`.
+//!
+//! They read and write the socket's number, not the socket object, so each looks first
+//! at the object (`holds_its_socket`): its owner may have closed it (a socket passed in
+//! with `sock=`) and the number may be another file's by now. The writers also check
+//! rule 5 before sending anything.
 
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -40,6 +45,7 @@ use weaveloop_engine::net::{self, Received};
 use crate::errors;
 use crate::gil::GilCell;
 use crate::interop;
+use crate::loop_core::LoopCore;
 use crate::run::is_fatal;
 
 /// The largest `max_size` read through the shared buffer (the stock transports' own
@@ -66,7 +72,7 @@ fn with_recv_buffer<R>(py: Python<'_>, max_size: usize, read: impl FnOnce(&mut [
 /// transport, and the reference to it shown to the GC (the transport holds its part in
 /// its `__dict__`: a cycle).
 macro_rules! of_transport {
-    ($ty:ident) => {
+    ($ty:ident $(, $also:ident)*) => {
         #[pymethods]
         impl $ty {
             fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
@@ -75,7 +81,9 @@ macro_rules! of_transport {
             }
 
             fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-                visit.call(&self.transport)
+                visit.call(&self.transport)?;
+                $(visit.call(&self.$also)?;)*
+                Ok(())
             }
         }
     };
@@ -132,9 +140,9 @@ impl SocketReader {
     /// One `recv` of up to `max_size` bytes: into the shared buffer, or after a large
     /// read, when a large read is waiting, into a bytes object of its size.
     fn receive<'py>(&self, py: Python<'py>, max_size: usize) -> PyResult<Outcome<'py>> {
-        // SAFETY: `fd` is the transport's socket, which stays open while this reader
-        // is registered: the transport removes its reader before it closes the socket,
-        // and the loop calls a reader only while it is registered.
+        // SAFETY: `fd` is the transport's socket: the reader's call began by seeing its
+        // socket object open on it (`holds_its_socket`), and nothing since ran Python
+        // code that could close it.
         let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
         if self.large.load(Relaxed) {
             // (Where FIONREAD fails, the read goes through the shared buffer.)
@@ -207,7 +215,13 @@ impl SocketReader {
         buf: &Bound<'_, PyAny>,
     ) -> PyResult<Received> {
         let py = transport.py();
-        let Some(mut view) = WritableBuffer::get(buf) else {
+        // (A second look at the socket: `get_buffer()` ran Python code since the first.)
+        let view = if holds_its_socket(transport, self.fd)? {
+            WritableBuffer::get(buf)
+        } else {
+            None
+        };
+        let Some(mut view) = view else {
             let sock = transport.getattr(intern!(py, "_sock"))?;
             return match sock.call_method1(intern!(py, "recv_into"), (buf,)) {
                 Ok(n) => Ok(match n.extract::<usize>()? {
@@ -223,8 +237,8 @@ impl SocketReader {
                 Err(e) => Err(e),
             };
         };
-        // SAFETY: as in `receive`: the transport's socket, open while this reader is
-        // registered.
+        // SAFETY: `fd` is the transport's socket: `holds_its_socket` has just seen its
+        // socket object open on it, and nothing since ran Python code.
         let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
         // (get_buffer() returned a buffer whose len() is not 0, so it has memory: a
         // read of nothing cannot be taken for end of file.)
@@ -355,6 +369,9 @@ impl SocketReader {
         if transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
             return Ok(());
         }
+        if !holds_its_socket(transport, self.fd)? {
+            return stock_read_ready(transport);
+        }
         let Some(max_size) = read_size(transport)? else {
             transport.call_method0(intern!(py, "_read_ready__data_received"))?;
             return Ok(());
@@ -423,13 +440,12 @@ impl DatagramReader {
         if transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
             return Ok(());
         }
-        let Some(max_size) = read_size(transport)? else {
-            let stock = transport.get_type().getattr(intern!(py, "_read_ready"))?;
-            stock.call1((transport,))?;
-            return Ok(());
+        let max_size = match read_size(transport)? {
+            Some(n) if holds_its_socket(transport, self.fd)? => n,
+            _ => return stock_read_ready(transport),
         };
-        // SAFETY: as for SocketReader: the transport's socket stays open while its
-        // reader is registered.
+        // SAFETY: `fd` is the transport's socket: `holds_its_socket` has just seen its
+        // socket object open on it, and nothing since ran Python code.
         let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
         let received = with_recv_buffer(py, max_size, |buf| {
             net::recv_from(socket, buf)
@@ -487,6 +503,8 @@ fn ipv4_address(addr: &Bound<'_, PyAny>) -> Option<SocketAddrV4> {
 pub struct DatagramWriter {
     transport: Py<PyAny>,
     fd: RawFd,
+    /// The transport's loop: rule 5 is checked before anything is sent.
+    event_loop: Py<LoopCore>,
     /// The socket has a peer (the transport's `_extra['peername']`, read once when it was
     /// made): the stock `sendto` then sends with `send`, to that peer.
     connected: bool,
@@ -529,17 +547,18 @@ impl DatagramWriter {
             }
             _ => return Ok(None),
         };
-        Ok(holds_its_socket_idle(transport)?.then_some(to))
+        Ok(holds_its_socket_idle(transport, self.fd)?.then_some(to))
     }
 }
 
 #[pymethods]
 impl DatagramWriter {
     #[new]
-    fn new(transport: Py<PyAny>, fd: RawFd, connected: bool) -> Self {
+    fn new(transport: Py<PyAny>, fd: RawFd, event_loop: Py<LoopCore>, connected: bool) -> Self {
         DatagramWriter {
             transport,
             fd,
+            event_loop,
             connected,
         }
     }
@@ -547,6 +566,9 @@ impl DatagramWriter {
     #[pyo3(signature = (data, addr=None))]
     fn __call__(&self, data: &Bound<'_, PyAny>, addr: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let py = data.py();
+        // Before anything is sent (a send that blocks ends in registering the writer,
+        // which checks too, but the stock `sendto` would have tried a send by then).
+        self.event_loop.get().check_thread_strict()?;
         let transport = self.transport.bind(py);
         let Ok(bytes) = data.cast_exact::<PyBytes>() else {
             return self.stock(transport, data, addr);
@@ -558,9 +580,8 @@ impl DatagramWriter {
         let Some(to) = self.destination(transport, addr)? else {
             return self.stock(transport, data, addr);
         };
-        // SAFETY: `fd` is the transport's socket, open until `_call_connection_lost`
-        // closes it and lets it go (`_sock` None), and `destination` has just seen the
-        // transport still holding it; nothing since ran Python code.
+        // SAFETY: `fd` is the transport's socket: `destination` has just seen its socket
+        // object open on it (`holds_its_socket`), and nothing since ran Python code.
         let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
         let sent = match to {
             None => net::send(socket, buf),
@@ -576,12 +597,14 @@ impl DatagramWriter {
     }
 }
 
-of_transport!(DatagramWriter);
+of_transport!(DatagramWriter, event_loop);
 
 #[pyclass(module = "weaveloop._core", frozen)]
 pub struct SocketWriter {
     transport: Py<PyAny>,
     fd: RawFd,
+    /// The transport's loop: rule 5 is checked before anything is sent.
+    event_loop: Py<LoopCore>,
 }
 
 impl SocketWriter {
@@ -595,45 +618,74 @@ impl SocketWriter {
 
     /// Whether the stock `write` would try to send at once, with nothing to say first:
     /// not after `write_eof()`, not during `sendfile`, and `holds_its_socket_idle`.
-    fn may_send_now(transport: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn may_send_now(transport: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<bool> {
         let py = transport.py();
         Ok(!transport.getattr(intern!(py, "_eof"))?.is_truthy()?
             && transport.getattr(intern!(py, "_empty_waiter"))?.is_none()
-            && holds_its_socket_idle(transport)?)
+            && holds_its_socket_idle(transport, fd)?)
     }
 }
 
 /// What both writers ask before sending at once: the transport's connection is not
-/// lost, nothing is buffered, and the socket is still the transport's (one closed once
-/// its buffer drained has let it go — `_sock` None, the fd closed and its number maybe
-/// another socket's — with `_conn_lost` still 0).
-fn holds_its_socket_idle(transport: &Bound<'_, PyAny>) -> PyResult<bool> {
+/// lost, nothing is buffered, and `holds_its_socket`.
+fn holds_its_socket_idle(transport: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<bool> {
     let py = transport.py();
     Ok(!transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()?
         && !transport.getattr(intern!(py, "_buffer"))?.is_truthy()?
-        && !transport.getattr(intern!(py, "_sock"))?.is_none())
+        && holds_its_socket(transport, fd)?)
+}
+
+/// Whether the transport's socket object is still open on `fd`, the number its Rust
+/// parts read and write; the check that makes their `BorrowedFd`s sound. A transport
+/// closed once its buffer drained has let its socket go (`_sock` None, the fd closed)
+/// with `_conn_lost` still 0, and a socket passed in with `sock=` may have been closed
+/// by its owner meanwhile (`fileno()` -1): either way the number may be another file's
+/// by now, and the stock path, through the socket object, fails as it should (EBADF).
+fn holds_its_socket(transport: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<bool> {
+    let py = transport.py();
+    let sock = transport.getattr(intern!(py, "_sock"))?;
+    if sock.is_none() {
+        return Ok(false);
+    }
+    let fileno: i64 = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+    Ok(fileno == i64::from(fd))
+}
+
+/// The transport class's own `_read_ready` (the stock one, or the datagram transport's
+/// Python one), for a read the Rust reader does not make itself.
+fn stock_read_ready(transport: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = transport.py();
+    let read_ready = transport.get_type().getattr(intern!(py, "_read_ready"))?;
+    read_ready.call1((transport,))?;
+    Ok(())
 }
 
 #[pymethods]
 impl SocketWriter {
     #[new]
-    fn new(transport: Py<PyAny>, fd: RawFd) -> Self {
-        SocketWriter { transport, fd }
+    fn new(transport: Py<PyAny>, fd: RawFd, event_loop: Py<LoopCore>) -> Self {
+        SocketWriter {
+            transport,
+            fd,
+            event_loop,
+        }
     }
 
     fn __call__(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = data.py();
+        // Before anything is sent: a write that does not all go out at once ends in
+        // registering the writer, which checks too, but after sending part of it.
+        self.event_loop.get().check_thread_strict()?;
         let transport = self.transport.bind(py);
         let Ok(bytes) = data.cast_exact::<PyBytes>() else {
             return self.stock(transport, data);
         };
         let buf = bytes.as_bytes();
-        if buf.is_empty() || !Self::may_send_now(transport)? {
+        if buf.is_empty() || !Self::may_send_now(transport, self.fd)? {
             return self.stock(transport, data);
         }
-        // SAFETY: `fd` is the transport's socket, open until `_call_connection_lost`
-        // closes it and lets it go (`_sock` None), and `may_send_now` has just seen the
-        // transport still holding it; nothing since ran Python code.
+        // SAFETY: `fd` is the transport's socket: `may_send_now` has just seen its socket
+        // object open on it (`holds_its_socket`), and nothing since ran Python code.
         let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
         let sent = match net::send(socket, buf) {
             Ok(Some(n)) if n == buf.len() => return Ok(()),
@@ -661,4 +713,4 @@ impl SocketWriter {
     }
 }
 
-of_transport!(SocketWriter);
+of_transport!(SocketWriter, event_loop);

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import errno
+import gc
 import logging
 import os
 import socket
@@ -18,10 +20,11 @@ import ssl
 import struct
 import sys
 import traceback
+import weakref
 
 import pytest
 import weaveloop
-from _support import run
+from _support import LoopThread, run
 
 
 class _Collect(asyncio.Protocol):
@@ -1079,3 +1082,272 @@ def test_tls_connections_run_over_the_loops_socket_transport(loop):
         return back
 
     assert run(loop, main()) == payloads
+
+
+# A socket passed in with ``sock=`` stays its owner's, who may close it while the
+# transport lives; its number may then be another file's. The transport must fail as
+# the closed socket does (EBADF), never read or write that other file: the Rust paths,
+# which use the number, check the socket object first.
+
+
+class _Ended(asyncio.DatagramProtocol):
+    """Records how the connection ended, and any error_received."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.lost = loop.create_future()
+        self.error = loop.create_future()
+        self.received: list[bytes] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def error_received(self, exc) -> None:
+        if not self.error.done():
+            self.error.set_result(exc)
+
+    def connection_lost(self, exc) -> None:
+        self.lost.set_result(exc)
+
+
+@contextlib.contextmanager
+def _number_reused(sock: socket.socket, kind: int):
+    """Closes ``sock`` as its owner may, and gives its number to the first socket of a
+    new connected pair (as a duplicate); yields the pair."""
+    fd = sock.fileno()
+    mine, theirs = socket.socketpair(socket.AF_UNIX, kind)  # first: neither takes fd
+    sock.close()
+    os.dup2(mine.fileno(), fd)
+    try:
+        yield mine, theirs
+    finally:
+        os.close(fd)
+        mine.close()
+        theirs.close()
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        ours = socket.create_connection(listener.getsockname())
+        peer, _ = listener.accept()
+    return ours, peer
+
+
+def _assert_nothing_waits(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        sock.recv(100)
+
+
+def test_a_write_after_the_owner_closed_the_socket_is_ebadf(loop):
+    async def main():
+        ours, peer = _tcp_pair()
+        transport, protocol = await loop.create_connection(_Ended, sock=ours)
+        try:
+            with _number_reused(ours, socket.SOCK_STREAM) as (_, theirs):
+                transport.write(b"not for the other connection")
+                exc = await asyncio.wait_for(protocol.lost, 10)
+                _assert_nothing_waits(theirs)
+        finally:
+            peer.close()
+        return exc
+
+    exc = run(loop, main())
+    assert isinstance(exc, OSError) and exc.errno == errno.EBADF
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["protocol", "buffered"])
+def test_a_read_after_the_owner_closed_the_socket_is_ebadf(loop, buffered):
+    class Buffered(_Ended, asyncio.BufferedProtocol):
+        def get_buffer(self, sizehint):
+            self.buf = bytearray(100)
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            self.received.append(bytes(self.buf[:nbytes]))
+
+    async def main():
+        ours, peer = _tcp_pair()
+        transport, protocol = await loop.create_connection(
+            Buffered if buffered else _Ended, sock=ours
+        )
+        transport.pause_reading()
+        try:
+            with _number_reused(ours, socket.SOCK_STREAM) as (mine, theirs):
+                theirs.sendall(b"the other connection's")
+                transport.resume_reading()  # watches the number again: it is readable
+                exc = await asyncio.wait_for(protocol.lost, 10)
+                mine.setblocking(False)
+                left = mine.recv(100)
+        finally:
+            peer.close()
+        return exc, protocol.received, left
+
+    exc, received, left = run(loop, main())
+    assert isinstance(exc, OSError) and exc.errno == errno.EBADF
+    assert received == []
+    assert left == b"the other connection's"
+
+
+def test_a_datagram_after_the_owner_closed_the_socket_is_ebadf(loop):
+    async def main():
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        ours = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        ours.connect(peer.getsockname())
+        transport, protocol = await loop.create_datagram_endpoint(_Ended, sock=ours)
+        try:
+            with _number_reused(ours, socket.SOCK_DGRAM) as (_, theirs):
+                transport.sendto(b"not for the other socket")
+                exc = await asyncio.wait_for(protocol.error, 10)
+                _assert_nothing_waits(theirs)
+        finally:
+            transport.abort()
+            peer.close()
+        return exc
+
+    exc = run(loop, main())
+    assert isinstance(exc, OSError) and exc.errno == errno.EBADF
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_write_from_another_thread_is_refused_before_sending(strict):
+    # Rule 5 (weaveloop only): a transport is not thread-safe. In strict mode (the
+    # default) a write from a thread other than the loop's raises before anything is
+    # sent, whatever its size (one that does not all go out at once would otherwise
+    # fail after sending part of it, when it registers its writer). Opting out keeps the
+    # stock behaviour: the write goes out.
+    loop = weaveloop.new_event_loop(strict_threads=strict)
+    lt = LoopThread(loop).start()
+    ours, peer = _tcp_pair()
+    try:
+        connected = asyncio.run_coroutine_threadsafe(
+            loop.create_connection(asyncio.Protocol, sock=ours), loop
+        )
+        transport, _ = connected.result(10)
+        dgram_peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        dgram_peer.bind(("127.0.0.1", 0))
+        dgram = asyncio.run_coroutine_threadsafe(
+            loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, remote_addr=dgram_peer.getsockname()
+            ),
+            loop,
+        ).result(10)[0]
+        outcomes = []
+        for send in (lambda: transport.write(b"small"), lambda: dgram.sendto(b"datagram")):
+            try:
+                send()
+                outcomes.append("sent")
+            except RuntimeError as e:
+                outcomes.append(str(e))
+        if strict:
+            message = (
+                "Non-thread-safe operation invoked on an event loop other than the current one"
+            )
+            assert outcomes == [message, message]
+            _assert_nothing_waits(peer)
+            _assert_nothing_waits(dgram_peer)
+        else:
+            assert outcomes == ["sent", "sent"]
+            peer.settimeout(10)
+            dgram_peer.settimeout(10)
+            assert peer.recv(100) == b"small"
+            assert dgram_peer.recv(100) == b"datagram"
+        loop.call_soon_threadsafe(transport.close)
+        loop.call_soon_threadsafe(dgram.close)
+    finally:
+        lt.stop()
+        loop.close()
+        peer.close()
+
+
+class _Recording(socket.socket):
+    """A socket whose class overrides the receive methods a Rust reader might use
+    instead of the one the stock transport calls: records what is called."""
+
+    def recv_into(self, buf, *args):
+        self.calls.append("recv_into")
+        return super().recv_into(buf, *args)
+
+    def recvfrom_into(self, buf, *args):
+        self.calls.append("recvfrom_into")
+        return super().recvfrom_into(buf, *args)
+
+
+def test_a_socket_class_overriding_recv_into_reads_a_buffered_protocol_through_it(loop):
+    class Buffered(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.buf = bytearray(100)
+            self.received = b""
+            self.done = loop.create_future()
+
+        def get_buffer(self, sizehint):
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            self.received += self.buf[:nbytes]
+
+        def eof_received(self):
+            self.done.set_result(self.received)
+
+    async def main():
+        a, b = socket.socketpair()
+        mine = _Recording(fileno=a.detach())
+        mine.calls = []
+        mine.setblocking(False)
+        transport, protocol = await loop.create_connection(Buffered, sock=mine)
+        b.sendall(b"hello")
+        b.close()
+        received = await asyncio.wait_for(protocol.done, 10)
+        transport.close()
+        return received, mine.calls
+
+    received, calls = run(loop, main())
+    assert received == b"hello"
+    assert calls and set(calls) == {"recv_into"}
+
+
+def test_a_datagram_socket_class_overriding_recvfrom_into_is_not_read_through_it(loop):
+    # The stock datagram transport reads with recvfrom, so an override of recvfrom_into
+    # is never called (weaveloop reads other than IPv4 datagrams into a buffer with
+    # recvfrom_into only where the class has the socket module's own).
+    async def main():
+        arrived = loop.create_future()
+
+        class P(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                arrived.set_result(data)
+
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        mine = _Recording(fileno=a.detach())
+        mine.calls = []
+        mine.setblocking(False)
+        transport, _ = await loop.create_datagram_endpoint(P, sock=mine)
+        b.send(b"abc")
+        data = await asyncio.wait_for(arrived, 10)
+        transport.close()
+        b.close()
+        return data, mine.calls
+
+    assert run(loop, main()) == (b"abc", [])
+
+
+def test_a_closed_datagram_transport_is_freed_without_the_cyclic_gc(loop):
+    # As the stock one is: once its connection is lost, nothing it holds holds it back.
+    async def main():
+        transport, protocol = await loop.create_datagram_endpoint(
+            _Inbox, local_addr=("127.0.0.1", 0)
+        )
+        transport.sendto(b"to myself", transport.get_extra_info("sockname"))
+        await protocol.wait(1)
+        transport.close()
+        await asyncio.wait_for(protocol.lost, 10)
+        return weakref.ref(transport)
+
+    gc.collect()
+    gc.disable()
+    try:
+        ref = run(loop, main())
+        assert ref() is None
+    finally:
+        gc.enable()

@@ -186,7 +186,9 @@ class DatagramWriter:
     while nothing is buffered, to the connected peer or a numeric IPv4 address; anything
     else goes to the class's ``sendto``."""
 
-    def __new__(cls, transport: object, fd: int, connected: bool) -> DatagramWriter: ...
+    def __new__(
+        cls, transport: object, fd: int, event_loop: LoopCore, connected: bool
+    ) -> DatagramWriter: ...
     def __call__(self, data: bytes | bytearray | memoryview, addr: object = None) -> None: ...
 
 @final
@@ -194,7 +196,7 @@ class SocketWriter:
     """A socket transport's ``write``: the stock one in Rust for ``bytes`` written while
     nothing is buffered; anything else goes to the class's ``write``."""
 
-    def __new__(cls, transport: object, fd: int) -> SocketWriter: ...
+    def __new__(cls, transport: object, fd: int, event_loop: LoopCore) -> SocketWriter: ...
     def __call__(self, data: bytes | bytearray | memoryview) -> None: ...
 
 # ---- weaveloop.sync cores (src/sync/): thread face in Rust, hooks for the async face ----

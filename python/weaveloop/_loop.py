@@ -49,9 +49,17 @@ _live_loops: weakref.WeakSet[Loop] = weakref.WeakSet()
 #: does, so the buffer, kept for the loop's life, stays this small.
 _RECV_BUFFER_MAX = 256 * 1024
 _SOCKET_RECV = socket.socket.recv
+_SOCKET_RECV_INTO = socket.socket.recv_into
 _SOCKET_SEND = socket.socket.send
 _SOCKET_RECVFROM = socket.socket.recvfrom
+_SOCKET_RECVFROM_INTO = socket.socket.recvfrom_into
 _SOCKET_SENDTO = socket.socket.sendto
+
+
+def _stock_socket_methods(sock, **methods) -> bool:
+    """Whether ``sock``'s class has the socket module's own methods by these names (a
+    subclass may override one, and a transport then calls it as the stock one does)."""
+    return all(getattr(type(sock), name, None) is m for name, m in methods.items())
 
 
 class _SelectorView:
@@ -133,7 +141,10 @@ def _recv_buffer(transport) -> memoryview | None:
     size = transport.max_size
     if not (isinstance(size, int) and 0 < size <= _RECV_BUFFER_MAX):
         return None
-    if getattr(type(transport._sock), "recvfrom", None) is not _SOCKET_RECVFROM:
+    # (The stock transport reads with recvfrom; this read, with recvfrom_into.)
+    if not _stock_socket_methods(
+        transport._sock, recvfrom=_SOCKET_RECVFROM, recvfrom_into=_SOCKET_RECVFROM_INTO
+    ):
         return None
     loop = transport._loop
     buf = loop._recv_buffer
@@ -150,17 +161,18 @@ class _SocketTransport(selector_events._SelectorSocketTransport):
     one ``recv`` into its buffer; EOF and errors to the stock methods) and its ``write``
     a ``_core.SocketWriter`` (``bytes`` sent at once when nothing is buffered; everything
     else to the stock ``write``). A socket whose class overrides ``recv`` or ``send``
-    reads or writes as the stock one does.
+    reads or writes as the stock one does (a reader reads with ``recv`` or, for a
+    buffered protocol, ``recv_into``).
     """
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         fd = sock.fileno()
-        if getattr(type(sock), "recv", None) is _SOCKET_RECV:
+        if _stock_socket_methods(sock, recv=_SOCKET_RECV, recv_into=_SOCKET_RECV_INTO):
             # Before the stock __init__, which registers self._read_ready.
             self._read_ready = _core.SocketReader(self, fd)
-        if getattr(type(sock), "send", None) is _SOCKET_SEND:
+        if _stock_socket_methods(sock, send=_SOCKET_SEND):
             # (An instance attribute: found before the class's write.)
-            self.write = _core.SocketWriter(self, fd)
+            self.write = _core.SocketWriter(self, fd, loop)
         super().__init__(loop, sock, protocol, waiter, extra, server)
 
     def set_protocol(self, protocol):
@@ -178,20 +190,27 @@ class _DatagramTransport(selector_events._SelectorDatagramTransport):
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
         ipv4 = sock.family == socket.AF_INET
-        if ipv4 and getattr(type(sock), "recvfrom", None) is _SOCKET_RECVFROM:
+        if ipv4 and _stock_socket_methods(sock, recvfrom=_SOCKET_RECVFROM):
             # Before the stock __init__, which registers self._read_ready.
             self._read_ready = _core.DatagramReader(self, sock.fileno())
         super().__init__(loop, sock, protocol, address, waiter, extra)
-        if (
-            ipv4
-            and getattr(type(sock), "sendto", None) is _SOCKET_SENDTO
-            and getattr(type(sock), "send", None) is _SOCKET_SEND
-        ):
+        if ipv4 and _stock_socket_methods(sock, sendto=_SOCKET_SENDTO, send=_SOCKET_SEND):
             # (An instance attribute: found before the class's sendto. The protocol's
             # connection_made, which may send, runs later: call_soon'd by the stock
             # __init__.)
             connected = bool(self._extra["peername"])
-            self.sendto = _core.DatagramWriter(self, sock.fileno(), connected)
+            self.sendto = _core.DatagramWriter(self, sock.fileno(), loop, connected)
+
+    def _call_connection_lost(self, exc):
+        try:
+            super()._call_connection_lost(exc)
+        finally:
+            # The Rust reader and sendto hold the transport (a cycle the stock datagram
+            # transport does not have): let them go with the socket, so that a closed
+            # transport is freed without the cyclic GC. The class's methods take over,
+            # and they do what those would have done on a lost connection.
+            self.__dict__.pop("_read_ready", None)
+            self.__dict__.pop("sendto", None)
 
     def _read_ready(self):
         if self._conn_lost:
