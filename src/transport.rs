@@ -138,11 +138,11 @@ pub struct SocketReader {
 
 impl SocketReader {
     /// One `recv` of up to `max_size` bytes: into the shared buffer, or after a large
-    /// read, when a large read is waiting, into a bytes object of its size.
+    /// read, when a large read is waiting, into a bytes object of its size. Called right
+    /// after `holds_its_socket`.
     fn receive<'py>(&self, py: Python<'py>, max_size: usize) -> PyResult<Outcome<'py>> {
-        // SAFETY: `fd` is the transport's socket: the reader's call began by seeing its
-        // socket object open on it (`holds_its_socket`), and nothing since ran Python
-        // code that could close it.
+        // SAFETY: `fd` is the transport's socket: the caller has just seen its socket
+        // object open on it (`holds_its_socket`), and nothing since ran Python code.
         let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
         if self.large.load(Relaxed) {
             // (Where FIONREAD fails, the read goes through the shared buffer.)
@@ -369,13 +369,13 @@ impl SocketReader {
         if transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
             return Ok(());
         }
-        if !holds_its_socket(transport, self.fd)? {
-            return stock_read_ready(transport);
-        }
         let Some(max_size) = read_size(transport)? else {
             transport.call_method0(intern!(py, "_read_ready__data_received"))?;
             return Ok(());
         };
+        if !holds_its_socket(transport, self.fd)? {
+            return stock_read_ready(transport);
+        }
         match self.receive(py, max_size)? {
             Outcome::NotNow => Ok(()),
             Outcome::Eof => {
