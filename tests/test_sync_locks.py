@@ -742,3 +742,45 @@ def test_with_cond_in_a_coroutine_names_the_condition(factory):
         return True
 
     assert run(factory, main)
+
+
+def test_a_wait_in_a_child_forked_by_another_thread_runs_signal_handlers():
+    # The thread that forks is the child's main thread, where signal handlers run (and
+    # Ctrl+C arrives): a blocking wait there must run them, also when that thread had
+    # waited before the fork as a non-main thread (a cached answer once said otherwise,
+    # and the child's wait never woke).
+    import os
+    import signal
+
+    outcome = {}
+
+    def forker():
+        ws.Event().wait(0.001)  # this thread has waited once, as a non-main thread
+        pid = os.fork()
+        if pid == 0:
+            # (No faulthandler timer here: cancelling one armed before the fork waits
+            # for its thread, which the child does not have. The parent kills a child
+            # that hangs.)
+            class Alarm(Exception):
+                pass
+
+            def on_alarm(*_):
+                raise Alarm
+
+            signal.signal(signal.SIGALRM, on_alarm)
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            try:
+                ws.Event().wait()  # never set: only the handler ends it
+            except Alarm:
+                os._exit(0)
+            os._exit(1)
+        safety_net = threading.Timer(SAFETY, os.kill, (pid, signal.SIGKILL))
+        safety_net.start()
+        try:
+            outcome["status"] = os.waitpid(pid, 0)[1]
+        finally:
+            safety_net.cancel()
+
+    t = start_thread(forker)
+    join_or_fail(t)
+    assert os.waitstatus_to_exitcode(outcome["status"]) == 0

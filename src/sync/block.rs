@@ -108,13 +108,11 @@ pub fn forbid_on_loop(py: Python<'_>, call: &str, async_form: &str) -> PyResult<
     )))
 }
 
+/// Asked at each park, not cached per thread: a thread that forks is the main thread of
+/// the child (as CPython's `threading.main_thread()` says there too).
 fn is_main_thread() -> bool {
-    thread_local! {
-        // SAFETY (of the unsafe calls inside): both only read process/thread ids; they
-        // need no GIL and cannot fail.
-        static MAIN: bool = unsafe { libc::getpid() == libc::gettid() };
-    }
-    MAIN.with(|m| *m)
+    // SAFETY: both only read process/thread ids; they need no GIL and cannot fail.
+    unsafe { libc::getpid() == libc::gettid() }
 }
 
 /// Parks a queued thread waiter without the GIL until it is granted (true) or `wait`
