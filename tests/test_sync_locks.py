@@ -784,3 +784,35 @@ def test_a_wait_in_a_child_forked_by_another_thread_runs_signal_handlers():
     t = start_thread(forker)
     join_or_fail(t)
     assert os.waitstatus_to_exitcode(outcome["status"]) == 0
+
+
+def test_a_signal_during_a_blocking_acquire_wins_over_a_grant_that_follows_it():
+    # As threading.Lock's acquire, interrupted: the handler's exception comes out of
+    # acquire() and the lock is not taken. (The handler used to run only after acquire()
+    # had returned True, up to 50 ms later: the exception left the lock held.)
+    import signal
+
+    class Boom(Exception):
+        pass
+
+    def handler(*_):
+        raise Boom
+
+    lock = ws.Lock()
+    lock.acquire()
+    main = threading.get_ident()
+
+    def interrupter():
+        wait_until(lambda: lock._waiting() == 1, "the main thread to wait")
+        signal.pthread_kill(main, signal.SIGUSR1)
+        lock.release()  # granted to the main thread right after the signal
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    try:
+        t = start_thread(interrupter)
+        with pytest.raises(Boom):
+            lock.acquire(timeout=SAFETY)
+        join_or_fail(t)
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert not lock.locked()

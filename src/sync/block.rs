@@ -116,8 +116,10 @@ fn is_main_thread() -> bool {
 }
 
 /// Parks a queued thread waiter without the GIL until it is granted (true) or `wait`
-/// runs out (false). On the main thread, runs signal handlers every 50 ms; a handler's
-/// exception (KeyboardInterrupt) is returned, the waiter still queued (or granted).
+/// runs out (false). On the main thread, runs signal handlers every 50 ms, and once more
+/// when granted (a signal that came while it waited runs first, as it interrupts
+/// threading's acquire); a handler's exception (KeyboardInterrupt) is returned, the
+/// waiter still queued or granted, and the caller passes a grant on.
 pub fn park(py: Python<'_>, w: &Arc<W>, wait: Wait) -> PyResult<bool> {
     let deadline = match wait {
         Wait::Now => return Ok(!w.is_waiting()),
@@ -132,6 +134,7 @@ pub fn park(py: Python<'_>, w: &Arc<W>, wait: Wait) -> PyResult<bool> {
         let slice_end = Instant::now() + SLICE;
         let end = deadline.map_or(slice_end, |d| d.min(slice_end));
         if py.detach(|| w.park_until(Some(end))) {
+            py.check_signals()?;
             return Ok(true);
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
