@@ -691,6 +691,25 @@ def test_aio_barrier_reset_while_draining_matches_asyncio(factory, impl):
     assert run(factory, main) == (["broken", "broken", "broken", "passed"], False, 0)
 
 
+@pytest.mark.parametrize("impl", sorted(ASYNC_BARRIERS))
+def test_aio_barrier_errors_say_what_asyncio_says(factory, impl):
+    async def main():
+        barrier = ASYNC_BARRIERS[impl](2)
+        waiting = asyncio.ensure_future(barrier.wait())
+        while barrier.n_waiting < 1:
+            await asyncio.sleep(0)
+        await barrier.abort()
+        messages = []
+        for waiter in (waiting, barrier.wait()):  # woken by the abort; arriving after it
+            try:
+                await waiter
+            except asyncio.BrokenBarrierError as e:
+                messages.append(str(e))
+        return messages
+
+    assert run(factory, main) == ["Abort or reset of barrier", "Barrier aborted"]
+
+
 def test_an_rlock_condition_takes_its_lock_back_before_a_signal_handler_runs():
     # As threading's RLock._acquire_restore: not interruptible. A handler's exception
     # surfaces once the lock is back, and `with cond` exits cleanly; before, it cut the

@@ -173,7 +173,7 @@ class _AioBarrier:
             while b._state in (_RESETTING, _DRAINING):
                 await cond.aio.wait()
             if b._state < 0:
-                raise BrokenBarrierError
+                raise BrokenBarrierError("Barrier aborted")  # asyncio.Barrier's words
             index = b._count
             b._count += 1
             try:
@@ -200,7 +200,7 @@ class _AioBarrier:
         # A cancelled party just leaves (wait()'s `finally`), as with asyncio.Barrier: the
         # others keep waiting for a full count.
         if b._state < 0:
-            raise BrokenBarrierError
+            raise BrokenBarrierError("Abort or reset of barrier")  # asyncio.Barrier's words
 
     async def reset(self) -> None:
         async with self._b._cond:
