@@ -1139,16 +1139,29 @@ def _assert_nothing_waits(sock: socket.socket) -> None:
         sock.recv(100)
 
 
-def test_a_write_after_the_owner_closed_the_socket_is_ebadf(loop):
+@pytest.mark.parametrize("kind", ["stream", "datagram"])
+def test_a_send_after_the_owner_closed_the_socket_is_ebadf(loop, kind):
+    # A stream transport's connection is lost with it; a datagram transport's protocol
+    # gets it in error_received.
     async def main():
-        ours, peer = _tcp_pair()
-        transport, protocol = await loop.create_connection(_Ended, sock=ours)
+        if kind == "stream":
+            ours, peer = _tcp_pair()
+            transport, protocol = await loop.create_connection(_Ended, sock=ours)
+            send, outcome = transport.write, protocol.lost
+        else:
+            peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            peer.bind(("127.0.0.1", 0))
+            ours = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            ours.connect(peer.getsockname())
+            transport, protocol = await loop.create_datagram_endpoint(_Ended, sock=ours)
+            send, outcome = transport.sendto, protocol.error
         try:
-            with _number_reused(ours, socket.SOCK_STREAM) as (_, theirs):
-                transport.write(b"not for the other connection")
-                exc = await asyncio.wait_for(protocol.lost, 10)
+            with _number_reused(ours, ours.type) as (_, theirs):
+                send(b"not for the other socket")
+                exc = await asyncio.wait_for(outcome, 10)
                 _assert_nothing_waits(theirs)
         finally:
+            transport.abort()
             peer.close()
         return exc
 
@@ -1187,27 +1200,6 @@ def test_a_read_after_the_owner_closed_the_socket_is_ebadf(loop, buffered):
     assert isinstance(exc, OSError) and exc.errno == errno.EBADF
     assert received == []
     assert left == b"the other connection's"
-
-
-def test_a_datagram_after_the_owner_closed_the_socket_is_ebadf(loop):
-    async def main():
-        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        peer.bind(("127.0.0.1", 0))
-        ours = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        ours.connect(peer.getsockname())
-        transport, protocol = await loop.create_datagram_endpoint(_Ended, sock=ours)
-        try:
-            with _number_reused(ours, socket.SOCK_DGRAM) as (_, theirs):
-                transport.sendto(b"not for the other socket")
-                exc = await asyncio.wait_for(protocol.error, 10)
-                _assert_nothing_waits(theirs)
-        finally:
-            transport.abort()
-            peer.close()
-        return exc
-
-    exc = run(loop, main())
-    assert isinstance(exc, OSError) and exc.errno == errno.EBADF
 
 
 @pytest.mark.parametrize("strict", [True, False])
