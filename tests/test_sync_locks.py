@@ -835,3 +835,18 @@ def test_a_signal_during_a_blocking_acquire_wins_over_a_grant_that_follows_it():
     finally:
         signal.signal(signal.SIGUSR1, old)
     assert not lock.locked()
+
+
+@pytest.mark.parametrize("kind", ["Lock", "RLock"])
+@pytest.mark.parametrize("blocking", [None, 1.5, "1", 0, 2, True], ids=repr)
+def test_lock_acquire_reads_blocking_as_an_int_as_threading_does(kind, blocking):
+    # _thread's locks parse `blocking` as an int: None or a float is a TypeError there,
+    # not a truth value (a weaveloop lock took acquire(None) for a blocking acquire).
+    def outcome(lock):
+        try:
+            return lock.acquire(blocking)
+        except TypeError as e:
+            return str(e)
+
+    expected = outcome(getattr(threading, kind)())
+    assert outcome(getattr(ws, kind)()) == expected

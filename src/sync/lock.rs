@@ -5,7 +5,7 @@
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
-use super::block::{lock_wait, truthy, Wait};
+use super::block::{lock_wait, Wait};
 use super::semaphore::{
     acquire_parked, acquire_thread, coroutine_permit_hooks, new_sem, wake_released, Sem,
 };
@@ -40,15 +40,11 @@ impl LockCore {
     }
 
     /// threading.Lock.acquire: True once taken; False if not blocking or timed out.
-    #[pyo3(signature = (blocking = None, timeout = -1.0))]
-    fn acquire(
-        &self,
-        py: Python<'_>,
-        blocking: Option<&Bound<'_, PyAny>>,
-        timeout: f64,
-    ) -> PyResult<bool> {
-        let blocking = truthy(blocking)?;
-        let wait = lock_wait(blocking, timeout)?;
+    /// `blocking` is an int, as `_thread`'s locks parse it (None or a float is a
+    /// TypeError there, not a truth value).
+    #[pyo3(signature = (blocking = 1, timeout = -1.0))]
+    fn acquire(&self, py: Python<'_>, blocking: i32, timeout: f64) -> PyResult<bool> {
+        let wait = lock_wait(blocking != 0, timeout)?;
         acquire_thread(py, &self.sem, wait, CALL, ASYNC_FORM)
     }
 
