@@ -412,6 +412,18 @@ fn time_arg(value: &Bound<'_, PyAny>, what: &str, none_message: &str) -> PyResul
     Ok(secs)
 }
 
+/// A deadline as `call_at` takes it: its seconds (`time_arg`), and the object itself
+/// when it is not exactly a float, for `TimerHandle.when()` to give back.
+fn deadline_arg(
+    when: &Bound<'_, PyAny>,
+    what: &str,
+    none_message: &str,
+) -> PyResult<(f64, Option<Py<PyAny>>)> {
+    let secs = time_arg(when, what, none_message)?;
+    let given = (!when.is_exact_instance_of::<PyFloat>()).then(|| when.clone().unbind());
+    Ok((secs, given))
+}
+
 #[pymethods]
 impl LoopCore {
     #[new]
@@ -490,8 +502,7 @@ impl LoopCore {
         // computes it, so a delay that does not add to a float (a Decimal, a str) is the
         // same TypeError, and one that does (a Fraction) gives the same deadline.
         let when = PyFloat::new(slf.py(), this.now(slf)?).add(delay)?;
-        let given = (!when.is_exact_instance_of::<PyFloat>()).then(|| when.clone().unbind());
-        let secs = time_arg(&when, "delay", NONE)?;
+        let (secs, given) = deadline_arg(&when, "delay", NONE)?;
         this.schedule_at(secs, given, callback, args, context, "call_later")
     }
 
@@ -503,8 +514,7 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        let given = (!when.is_exact_instance_of::<PyFloat>()).then(|| when.clone().unbind());
-        let when = time_arg(when, "when", "when cannot be None")?;
+        let (when, given) = deadline_arg(when, "when", "when cannot be None")?;
         self.schedule_at(when, given, callback, args, context, "call_at")
     }
 
