@@ -1090,26 +1090,6 @@ def test_tls_connections_run_over_the_loops_socket_transport(loop):
 # which use the number, check the socket object first.
 
 
-class _Ended(asyncio.DatagramProtocol):
-    """Records how the connection ended, and any error_received."""
-
-    def __init__(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.lost = loop.create_future()
-        self.error = loop.create_future()
-        self.received: list[bytes] = []
-
-    def data_received(self, data: bytes) -> None:
-        self.received.append(data)
-
-    def error_received(self, exc) -> None:
-        if not self.error.done():
-            self.error.set_result(exc)
-
-    def connection_lost(self, exc) -> None:
-        self.lost.set_result(exc)
-
-
 @contextlib.contextmanager
 def _number_reused(sock: socket.socket, kind: int):
     """Closes ``sock`` as its owner may, and gives its number to the first socket of a
@@ -1146,14 +1126,14 @@ def test_a_send_after_the_owner_closed_the_socket_is_ebadf(loop, kind):
     async def main():
         if kind == "stream":
             ours, peer = _tcp_pair()
-            transport, protocol = await loop.create_connection(_Ended, sock=ours)
+            transport, protocol = await loop.create_connection(_Lost, sock=ours)
             send, outcome = transport.write, protocol.lost
         else:
             peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             peer.bind(("127.0.0.1", 0))
             ours = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             ours.connect(peer.getsockname())
-            transport, protocol = await loop.create_datagram_endpoint(_Ended, sock=ours)
+            transport, protocol = await loop.create_datagram_endpoint(_Inbox, sock=ours)
             send, outcome = transport.sendto, protocol.error
         try:
             with _number_reused(ours, ours.type) as (_, theirs):
@@ -1171,18 +1151,18 @@ def test_a_send_after_the_owner_closed_the_socket_is_ebadf(loop, kind):
 
 @pytest.mark.parametrize("buffered", [False, True], ids=["protocol", "buffered"])
 def test_a_read_after_the_owner_closed_the_socket_is_ebadf(loop, buffered):
-    class Buffered(_Ended, asyncio.BufferedProtocol):
+    class Buffered(_Lost, asyncio.BufferedProtocol):
         def get_buffer(self, sizehint):
             self.buf = bytearray(100)
             return self.buf
 
         def buffer_updated(self, nbytes):
-            self.received.append(bytes(self.buf[:nbytes]))
+            self.chunks.append(bytes(self.buf[:nbytes]))
 
     async def main():
         ours, peer = _tcp_pair()
         transport, protocol = await loop.create_connection(
-            Buffered if buffered else _Ended, sock=ours
+            Buffered if buffered else _Lost, sock=ours
         )
         transport.pause_reading()
         try:
@@ -1194,7 +1174,7 @@ def test_a_read_after_the_owner_closed_the_socket_is_ebadf(loop, buffered):
                 left = mine.recv(100)
         finally:
             peer.close()
-        return exc, protocol.received, left
+        return exc, protocol.chunks, left
 
     exc, received, left = run(loop, main())
     assert isinstance(exc, OSError) and exc.errno == errno.EBADF
