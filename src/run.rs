@@ -355,10 +355,19 @@ impl LoopCore {
         // handle was created.
         let current = pyo3::intern!(py, "_current_handle");
         slf.setattr(current, handle)?;
-        let t0 = clock::monotonic();
+        // Timed on the scheduler's clock, as the stock loop times it with `self.time()`:
+        // a replaced `time()` (a virtual clock) decides what is slow.
+        let t0 = match self.now(slf) {
+            Ok(t0) => t0,
+            Err(e) => {
+                slf.setattr(current, py.None())?;
+                item.release(py);
+                return Err(e);
+            }
+        };
         // Keep the callable until the slow-callback message has named it.
         let r = self.run_item(slf, item, false, Some(handle), empty);
-        let dt = clock::monotonic() - t0;
+        let t1 = self.now(slf);
         slf.setattr(current, py.None())?;
         if r.is_err() {
             // A KeyboardInterrupt/SystemExit: as on the stock loop, it leaves before the
@@ -366,6 +375,13 @@ impl LoopCore {
             item.release(py);
             return r;
         }
+        let dt = match t1 {
+            Ok(t1) => t1 - t0,
+            Err(e) => {
+                item.release(py);
+                return Err(e);
+            }
+        };
         // As the stock loop's `dt >= self.slow_callback_duration`: a duration that is not
         // a number is an error (raised after the callback's own outcome).
         let limit = slf

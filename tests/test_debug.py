@@ -87,6 +87,64 @@ def test_slow_callback_is_logged_in_debug_mode(loop, caplog):
     assert " took " in slow[0] and slow[0].endswith(" seconds")
 
 
+def test_slow_callbacks_are_timed_on_a_replaced_clock(loop, caplog):
+    # The stock loop times each callback with self.time(): under a virtual clock (as
+    # test tools install), a callback that moves that clock by 5 s took 5 s, and one
+    # that does real work without moving it took 0 s.
+    virtual = [1000.0]
+    loop.time = lambda: virtual[0]
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.05
+
+    def advances_the_clock():
+        virtual[0] += 5.0
+
+    def works_without_moving_the_clock():
+        end = time.monotonic() + 0.1
+        while time.monotonic() < end:
+            pass
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        loop.call_soon(advances_the_clock)
+        loop.call_soon(works_without_moving_the_clock)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    slow = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Executing")]
+    assert len(slow) == 1, slow
+    assert "advances_the_clock" in slow[0] and slow[0].endswith(" took 5.000 seconds")
+
+
+def test_a_replaced_clock_that_fails_fails_the_iteration_in_debug_mode(loop):
+    # The stock loop calls self.time() around each callback in debug mode: its error
+    # leaves run_forever, and the loop can run again once the clock works.
+    broken = [False]
+    real_time = loop.time
+
+    def clock():
+        if broken[0]:
+            raise ZeroDivisionError("clock broke")
+        return real_time()
+
+    loop.time = clock
+    loop.set_debug(True)
+    ran = []
+
+    def breaks_the_clock():
+        ran.append("first")
+        broken[0] = True
+
+    loop.call_soon(breaks_the_clock)
+    loop.call_soon(ran.append, "second")
+    loop.call_soon(loop.stop)
+    with pytest.raises(ZeroDivisionError, match="clock broke"):
+        loop.run_forever()
+    assert ran == ["first"]
+    assert loop._current_handle is None
+    broken[0] = False
+    loop.run_forever()
+    assert ran == ["first", "second"]
+
+
 def test_slow_callback_warning_goes_through_base_events_logger(loop):
     # The stock loop logs through the module global asyncio.base_events.logger, which
     # code (CPython's own tests among it) patches; the loop must look it up each time.
