@@ -244,12 +244,14 @@ fn drain_stopped_loop(py: Python<'_>, target: &Shared) {
 /// before the future is settled and its waiter woken.
 fn run_submit_job(py: Python<'_>, job: SubmitJob, ran: impl FnOnce()) -> PyResult<()> {
     let fut = job.fut.bind(py);
-    if !fut
-        .call_method0(pyo3::intern!(py, "set_running_or_notify_cancel"))?
-        .is_truthy()?
-    {
+    let start = fut
+        .call_method0(pyo3::intern!(py, "set_running_or_notify_cancel"))
+        .and_then(|r| r.is_truthy());
+    if !matches!(start, Ok(true)) {
+        // Cancelled before it started, or the future was in a state it cannot start
+        // from (its error is the caller's to report): the job does not run.
         ran();
-        return Ok(());
+        return start.map(drop);
     }
     let result = interop::call_with_kwargs(
         job.func.bind(py),
@@ -284,6 +286,15 @@ fn run_loop_job(py: Python<'_>, job: &LoopJob) -> Outcome {
     }
 }
 
+/// `concurrent.futures`' logger, as the stdlib pool reports what goes wrong in a worker.
+fn log_critical(py: Python<'_>, msg: &str, e: &PyErr) -> PyResult<()> {
+    let logger = py.import("concurrent.futures._base")?.getattr("LOGGER")?;
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("exc_info", errors::exception(py, e))?;
+    logger.call_method("critical", (msg,), Some(&kwargs))?;
+    Ok(())
+}
+
 /// The body of every worker thread: runs the initializer, then jobs until told to exit.
 #[pyfunction]
 pub fn worker_main(py: Python<'_>, args: &Bound<'_, WorkerArgs>) -> PyResult<()> {
@@ -291,10 +302,7 @@ pub fn worker_main(py: Python<'_>, args: &Bound<'_, WorkerArgs>) -> PyResult<()>
     let pool = this.pool();
     if let Some(init) = &this.initializer {
         if let Err(e) = interop::call_with_tuple(init.bind(py), this.initargs.bind(py)) {
-            let logger = py.import("concurrent.futures._base")?.getattr("LOGGER")?;
-            let kwargs = PyDict::new(py);
-            kwargs.set_item("exc_info", errors::exception(py, &e))?;
-            logger.call_method("critical", ("Exception in initializer:",), Some(&kwargs))?;
+            log_critical(py, "Exception in initializer:", &e)?;
             return this.break_pool(py);
         }
     }
@@ -324,8 +332,15 @@ pub fn worker_main(py: Python<'_>, args: &Bound<'_, WorkerArgs>) -> PyResult<()>
             None => return Ok(()),
             // (Counted idle before whoever awaits the job can run: see Pool::idle_soon.)
             Some(Job::Submit(j)) => {
+                // Settling the future failed: a done callback raised a BaseException
+                // (they run here, as in the stdlib pool), or the future was put in a
+                // wrong state by hand. Logged as the stdlib worker logs it, whose thread
+                // then dies (a one-worker pool is then stuck); this worker goes on.
                 if let Err(e) = run_submit_job(py, j, || counted_idle = pool.idle_soon()) {
-                    e.write_unraisable(py, None);
+                    if let Err(log_failed) = log_critical(py, "Exception in worker", &e) {
+                        e.write_unraisable(py, None);
+                        log_failed.write_unraisable(py, None);
+                    }
                 }
             }
             Some(Job::Loop(j)) => {

@@ -8,9 +8,11 @@ loop side live in test_run_in_executor.py.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import math
 import os
 import re
+import sys
 import textwrap
 import threading
 import traceback
@@ -138,6 +140,33 @@ def test_shutdown_wait_waits_for_running_jobs_and_joins_workers(make_pool):
     assert not blocker.thread.is_alive()
 
 
+def test_a_job_that_shuts_its_own_pool_down_waiting_gets_the_join_error(make_pool):
+    pool = make_pool(max_workers=1)
+    f = pool.submit(pool.shutdown)
+    with pytest.raises(RuntimeError, match="^cannot join current thread$"):
+        f.result(SAFETY)
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        pool.submit(int)
+
+
+def test_two_jobs_that_shut_their_pool_down_do_not_wait_on_each_other(make_pool):
+    # Each joins the workers before its own, then fails on its own: neither waits for
+    # the other forever.
+    pool = make_pool(max_workers=2)
+    both_running = threading.Barrier(2, timeout=SAFETY)
+
+    def job():
+        both_running.wait()
+        pool.shutdown(wait=True)
+
+    futures = [pool.submit(job), pool.submit(job)]
+    done, not_done = concurrent.futures.wait(futures, timeout=SAFETY)
+    assert not not_done, "a job waiting on the other hung"
+    for f in futures:
+        assert isinstance(f.exception(), RuntimeError)
+        assert str(f.exception()) == "cannot join current thread"
+
+
 def test_shutdown_cancel_futures_cancels_queued_jobs(make_pool):
     pool = make_pool(max_workers=1)
     blocker = Blocker()
@@ -251,6 +280,41 @@ def test_initializer_failure_breaks_the_pool(make_pool, caplog):
     (record,) = [r for r in caplog.records if r.getMessage() == "Exception in initializer:"]
     assert record.exc_info[1].args == ("init failed",)
     assert traceback.extract_tb(record.exc_info[2])[-1].name == "init"
+
+
+def test_a_base_exception_from_a_done_callback_is_logged_as_the_stdlib_worker_logs_it(
+    make_pool, pool_cls
+):
+    # Done callbacks added before the job ends run in the worker; a BaseException from
+    # one leaves the future's set_result. The stdlib worker logs it as critical and its
+    # thread dies; weaveloop's logs it the same way and goes on.
+    logged = []
+    seen = threading.Event()
+
+    class Recorder(logging.Handler):
+        def emit(self, record):
+            logged.append(record)
+            seen.set()
+
+    recorder = Recorder()
+    logger = logging.getLogger("concurrent.futures")
+    logger.addHandler(recorder)
+    try:
+        pool = make_pool(max_workers=1)
+        go = threading.Event()
+        f = pool.submit(go.wait, SAFETY)
+        f.add_done_callback(lambda _: sys.exit(3))
+        go.set()
+        assert f.result(SAFETY) is True
+        wait_or_fail(seen, "the worker's report")
+    finally:
+        logger.removeHandler(recorder)
+    (record,) = logged
+    assert record.levelno == logging.CRITICAL
+    assert record.getMessage() == "Exception in worker"
+    assert type(record.exc_info[1]) is SystemExit
+    if pool_cls is weaveloop.ThreadPoolExecutor:
+        assert pool.submit(int, 7).result(SAFETY) == 7
 
 
 def test_a_job_exception_keeps_its_traceback(make_pool):

@@ -63,9 +63,12 @@ class ThreadPoolExecutor(_core.PoolCore, concurrent.futures.ThreadPoolExecutor):
     def shutdown(self, wait=True, *, cancel_futures=False):
         self._shutdown_pool(cancel_futures)
         if wait:
+            # As the stdlib pool: every worker is joined, so a job that shuts its own
+            # pool down gets RuntimeError('cannot join current thread') (after the
+            # workers joined before its own), instead of waiting on the other jobs,
+            # which may be waiting on it.
             for t in self._started_threads():
-                if t is not threading.current_thread():
-                    t.join()
+                t.join()
 
     shutdown.__doc__ = concurrent.futures.Executor.shutdown.__doc__
 
