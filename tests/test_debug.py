@@ -67,15 +67,20 @@ def test_dev_mode_turns_debug_on(loop_kind):
     assert _debug_in_fresh_interpreter(loop_kind, extra_args=("-X", "dev")) == "True"
 
 
+def _busy_for(seconds: float) -> None:
+    """Works (no sleep) for `seconds` of real time: slow by construction, whatever the
+    scheduler does."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
 def test_slow_callback_is_logged_in_debug_mode(loop, caplog):
     loop.set_debug(True)
     loop.slow_callback_duration = 0.01
 
     def slow_callback():
-        # Busy-wait so the callback is slow by construction, whatever the scheduler does.
-        end = time.monotonic() + 0.05
-        while time.monotonic() < end:
-            pass
+        _busy_for(0.05)
 
     with caplog.at_level(logging.WARNING, logger="asyncio"):
         loop.call_soon(slow_callback)
@@ -100,9 +105,7 @@ def test_slow_callbacks_are_timed_on_a_replaced_clock(loop, caplog):
         virtual[0] += 5.0
 
     def works_without_moving_the_clock():
-        end = time.monotonic() + 0.1
-        while time.monotonic() < end:
-            pass
+        _busy_for(0.1)
 
     with caplog.at_level(logging.WARNING, logger="asyncio"):
         loop.call_soon(advances_the_clock)
@@ -191,9 +194,7 @@ def test_slow_callbacks_are_not_logged_without_debug(loop, caplog):
     loop.slow_callback_duration = 0.0
 
     def callback():
-        end = time.monotonic() + 0.002
-        while time.monotonic() < end:
-            pass
+        _busy_for(0.002)
 
     with caplog.at_level(logging.WARNING, logger="asyncio"):
         loop.call_soon(callback)
