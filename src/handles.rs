@@ -186,6 +186,40 @@ struct DebugInfo {
     repr_at_cancel: GilCell<Option<String>>,
 }
 
+/// Debug mode runs Python code while a callback is being scheduled (asyncio's
+/// `iscoroutinefunction`, the source traceback), and a signal handler may raise there
+/// (KeyboardInterrupt on Ctrl+C). Raised at once, it would unschedule the callback: a
+/// future's wake-up lost, so the task awaiting it never runs again and the cleanup that
+/// gathers it after the interrupt hangs. Such an exception (a BaseException that is not
+/// an Exception) is held instead, and raised once the callback is queued, as if the
+/// signal had come just after. (A second one meanwhile is dropped: one interrupt comes
+/// out.)
+#[derive(Default)]
+pub struct HeldInterrupt(Option<PyErr>);
+
+impl HeldInterrupt {
+    /// `r`, or `instead()` if `r` is an interrupt, which is then held.
+    pub fn hold<T>(
+        &mut self,
+        py: Python<'_>,
+        r: PyResult<T>,
+        instead: impl FnOnce() -> T,
+    ) -> PyResult<T> {
+        match r {
+            Err(e) if !e.is_instance_of::<pyo3::exceptions::PyException>(py) => {
+                self.0.get_or_insert(e);
+                Ok(instead())
+            }
+            r => r,
+        }
+    }
+
+    /// The held interrupt, if any, as the scheduling call's error.
+    pub fn raise(self) -> PyResult<()> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
 impl Callback {
     /// `context=None` means a copy of the current context, as asyncio does.
     pub fn new(
@@ -194,13 +228,31 @@ impl Callback {
         context: Option<&Bound<'_, PyAny>>,
         debug: bool,
     ) -> PyResult<Self> {
-        let debug = if debug {
-            Some(Box::new(DebugInfo {
-                source_traceback: interop::caller_stack(callback.py())?,
-                repr_at_cancel: GilCell::new(None),
-            }))
-        } else {
-            None
+        let mut held = HeldInterrupt::default();
+        let cb = Callback::holding(callback, args, context, debug.then_some(&mut held))?;
+        held.raise()?;
+        Ok(cb)
+    }
+
+    /// `new`, where `debug` (Some in debug mode) holds an interrupt raised while the
+    /// source traceback is taken; the callback then has no debug information.
+    pub fn holding(
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+        debug: Option<&mut HeldInterrupt>,
+    ) -> PyResult<Self> {
+        let py = callback.py();
+        let debug = match debug {
+            Some(held) => held
+                .hold(py, interop::caller_stack(py).map(Some), || None)?
+                .map(|source_traceback| {
+                    Box::new(DebugInfo {
+                        source_traceback,
+                        repr_at_cancel: GilCell::new(None),
+                    })
+                }),
+            None => None,
         };
         let context = match context {
             Some(c) if !c.is_none() => Some(c.clone().unbind()),
@@ -385,13 +437,29 @@ impl Callback {
 /// Checks what asyncio's `_check_callback` checks, always (asyncio: only in debug mode):
 /// coroutine objects, coroutine functions and non-callables are refused with TypeError.
 pub fn check_callback(cb: &Bound<'_, PyAny>, method: &str, debug: bool) -> PyResult<()> {
+    let mut held = HeldInterrupt::default();
+    check_callback_holding(cb, method, debug.then_some(&mut held))?;
+    held.raise()
+}
+
+/// `check_callback`, where `debug` (Some in debug mode) holds an interrupt raised in
+/// asyncio's `iscoroutinefunction`; the callable then counts as not one.
+pub fn check_callback_holding(
+    cb: &Bound<'_, PyAny>,
+    method: &str,
+    debug: Option<&mut HeldInterrupt>,
+) -> PyResult<()> {
     if interop::is_coroutine_object(cb) {
         return Err(errors::coroutine_refused(method));
     }
     if !cb.is_callable() {
         return Err(errors::not_callable(method, cb));
     }
-    if interop::is_coroutine_function(cb, debug)? {
+    let is_coroutine_function = match debug {
+        Some(held) => held.hold(cb.py(), interop::is_coroutine_function(cb, true), || false)?,
+        None => interop::is_coroutine_function(cb, false)?,
+    };
+    if is_coroutine_function {
         return Err(errors::coroutine_refused(method));
     }
     Ok(())

@@ -20,7 +20,9 @@ use weaveloop_engine::injector::Unpark;
 use weaveloop_engine::{clock, Injector, Poller, Throttle, TimerHeap};
 
 use crate::errors;
-use crate::handles::{check_callback, untrack, Callback, EmptyContext, Handle, TimerHandle};
+use crate::handles::{
+    check_callback_holding, untrack, Callback, EmptyContext, Handle, HeldInterrupt, TimerHandle,
+};
 use crate::interop;
 use crate::posted::Posted;
 
@@ -269,6 +271,63 @@ pub struct LoopCore {
 }
 
 impl LoopCore {
+    /// `call_soon_threadsafe`, once the callback is made.
+    fn post_threadsafe(slf: &Bound<'_, Self>, cb: Callback) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        let owner = this.owner.load(Relaxed);
+        if owner == interop::thread_ident() {
+            // On the loop's own thread while it runs: no need for the injector.
+            let (handle, cb) = Handle::one_shot(py, cb)?;
+            this.push_soon(slf, cb)?;
+            return Ok(handle);
+        }
+        let handle = Handle::posted(py, cb)?;
+        if this.idle() {
+            // Nothing posted earlier may be left behind it: what waits in the injector
+            // joins the ready queue first (that runs Python code: settling executor
+            // results), then the loop must still be idle.
+            let shared = this.shared.get();
+            this.drain_while_idle(slf)?;
+            // Queued straight into the ready queue, where the GC sees it: a post that
+            // refers back to the loop (`loop.stop`, say) must not keep an abandoned loop
+            // alive, and the GC cannot look into the injector. Looked at after the
+            // allocation and the drain above, which may run Python code (a GC finalizer)
+            // that lets another thread start the loop or close it; nothing from here on
+            // runs Python code.
+            if this.idle() && shared.injector.is_empty() {
+                this.push_ready(Ready::Posted(handle.clone_ref(py)));
+                return Ok(handle);
+            }
+        }
+        let injector = &this.shared.get().injector;
+        let item = Posted::Call(handle.clone_ref(py));
+        let posted = if injector.offers_hand_over(HAND_OVER_MIN_WAIT) {
+            // The loop spins, waiting for work like this: let go of the GIL before the
+            // post, so that the loop takes it at once (see Injector::hand_over).
+            py.detach(|| injector.hand_over(item, HAND_OVER_TAKE_WAIT, HAND_OVER_RUN_WAIT))
+        } else {
+            // Wake a parked loop without the GIL: it then finds the GIL free when it
+            // wakes instead of blocking on it until this thread lets go (a second thread
+            // wake-up).
+            injector.post_with(item, |waker| py.detach(|| waker.unpark()))
+        };
+        if let Err(refused) = posted {
+            drop(refused);
+            return Err(errors::loop_closed());
+        }
+        // The loop is running and far behind: flow control (see Injector::throttle), for
+        // plain threads only; a thread that runs a loop of its own must not stall it.
+        if owner != 0
+            && injector.flooded(Throttle::CALLBACKS)
+            && interop::running_loop(py).is_ok_and(|l| l.is_none())
+            && py.detach(|| injector.throttle(Throttle::CALLBACKS))
+        {
+            this.flow_control_waits.fetch_add(1, Relaxed);
+        }
+        Ok(handle)
+    }
+
     pub(crate) fn shared(&self) -> Arc<Shared> {
         self.shared.arc()
     }
@@ -368,8 +427,10 @@ impl LoopCore {
     ) -> PyResult<Py<TimerHandle>> {
         let py = callback.py();
         self.check_usable()?;
-        check_callback(callback, method, self.is_debug())?;
-        let cb = Callback::new(callback, args, context, self.is_debug())?;
+        let mut held = HeldInterrupt::default();
+        let mut debug = self.is_debug().then_some(&mut held);
+        check_callback_holding(callback, method, debug.as_deref_mut())?;
+        let cb = Callback::holding(callback, args, context, debug)?;
         let handle = Py::new(
             py,
             TimerHandle::new(cb, when, given, self.cancelled_in_heap.clone()),
@@ -384,6 +445,7 @@ impl LoopCore {
             when
         };
         lock(&self.timers).push(key, handle.clone_ref(py));
+        held.raise()?;
         Ok(handle)
     }
 
@@ -472,12 +534,13 @@ impl LoopCore {
     ) -> PyResult<Py<Handle>> {
         let this = slf.get();
         this.check_usable()?;
-        check_callback(callback, "call_soon", this.is_debug())?;
-        let (handle, cb) = Handle::one_shot(
-            slf.py(),
-            Callback::new(callback, args, context, this.is_debug())?,
-        )?;
+        let mut held = HeldInterrupt::default();
+        let mut debug = this.is_debug().then_some(&mut held);
+        check_callback_holding(callback, "call_soon", debug.as_deref_mut())?;
+        let (handle, cb) =
+            Handle::one_shot(slf.py(), Callback::holding(callback, args, context, debug)?)?;
         this.push_soon(slf, cb)?;
+        held.raise()?;
         Ok(handle)
     }
 
@@ -528,62 +591,17 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
         let this = slf.get();
         this.check_closed()?;
-        check_callback(callback, "call_soon_threadsafe", this.is_debug())?;
-        let cb = Callback::new(callback, args, context, this.is_debug())?;
-        let owner = this.owner.load(Relaxed);
-        if owner == interop::thread_ident() {
-            // On the loop's own thread while it runs: no need for the injector.
-            let (handle, cb) = Handle::one_shot(py, cb)?;
-            this.push_soon(slf, cb)?;
-            return Ok(handle);
-        }
-        let handle = Handle::posted(py, cb)?;
-        if this.idle() {
-            // Nothing posted earlier may be left behind it: what waits in the injector
-            // joins the ready queue first (that runs Python code: settling executor
-            // results), then the loop must still be idle.
-            let shared = this.shared.get();
-            this.drain_while_idle(slf)?;
-            // Queued straight into the ready queue, where the GC sees it: a post that
-            // refers back to the loop (`loop.stop`, say) must not keep an abandoned loop
-            // alive, and the GC cannot look into the injector. Looked at after the
-            // allocation and the drain above, which may run Python code (a GC finalizer)
-            // that lets another thread start the loop or close it; nothing from here on
-            // runs Python code.
-            if this.idle() && shared.injector.is_empty() {
-                this.push_ready(Ready::Posted(handle.clone_ref(py)));
-                return Ok(handle);
-            }
-        }
-        let injector = &this.shared.get().injector;
-        let item = Posted::Call(handle.clone_ref(py));
-        let posted = if injector.offers_hand_over(HAND_OVER_MIN_WAIT) {
-            // The loop spins, waiting for work like this: let go of the GIL before the
-            // post, so that the loop takes it at once (see Injector::hand_over).
-            py.detach(|| injector.hand_over(item, HAND_OVER_TAKE_WAIT, HAND_OVER_RUN_WAIT))
-        } else {
-            // Wake a parked loop without the GIL: it then finds the GIL free when it
-            // wakes instead of blocking on it until this thread lets go (a second thread
-            // wake-up).
-            injector.post_with(item, |waker| py.detach(|| waker.unpark()))
-        };
-        if let Err(refused) = posted {
-            drop(refused);
-            return Err(errors::loop_closed());
-        }
-        // The loop is running and far behind: flow control (see Injector::throttle), for
-        // plain threads only; a thread that runs a loop of its own must not stall it.
-        if owner != 0
-            && injector.flooded(Throttle::CALLBACKS)
-            && interop::running_loop(py).is_ok_and(|l| l.is_none())
-            && py.detach(|| injector.throttle(Throttle::CALLBACKS))
-        {
-            this.flow_control_waits.fetch_add(1, Relaxed);
-        }
-        Ok(handle)
+        let mut held = HeldInterrupt::default();
+        let mut debug = this.is_debug().then_some(&mut held);
+        check_callback_holding(callback, "call_soon_threadsafe", debug.as_deref_mut())?;
+        let cb = Callback::holding(callback, args, context, debug)?;
+        let posted = Self::post_threadsafe(slf, cb);
+        // An interrupt held while the callback was made comes out now that it is queued
+        // (or refused: the interrupt is what the caller hears of then).
+        held.raise()?;
+        posted
     }
 
     /// Queues an `asyncio.Handle` made by Python code (signal handlers).

@@ -301,3 +301,68 @@ def test_debug_task_source_traceback_ends_at_the_caller(loop):
     loop.run_until_complete(task)
     last = task._source_traceback[-1]
     assert (last.lineno, last.name) == (line, "test_debug_task_source_traceback_ends_at_the_caller")
+
+
+def _interrupt_on_first_call_of(code):
+    """A trace function that raises KeyboardInterrupt when `code` is next called: a
+    Ctrl+C whose handler runs inside that Python function, made deterministic."""
+    fired = []
+
+    def tracer(frame, event, arg):
+        if event == "call" and frame.f_code is code and not fired:
+            fired.append(code.co_name)
+            raise KeyboardInterrupt
+        return None
+
+    return tracer, fired
+
+
+_DEBUG_PYTHON = {
+    "source traceback": asyncio.format_helpers.extract_stack.__code__,
+    "iscoroutinefunction": asyncio.coroutines.iscoroutinefunction.__code__,
+}
+
+
+@pytest.mark.parametrize("where", sorted(_DEBUG_PYTHON))
+def test_an_interrupt_while_a_future_schedules_its_callback_loses_no_wake_up(wloop, where):
+    # Debug mode runs Python code while it makes a handle, where a signal handler can
+    # raise. weaveloop queues the callback first and raises the interrupt after, so the
+    # task awaiting the future still wakes (the stock loop loses the callback there, and
+    # a cleanup that gathers the task after Ctrl+C hangs).
+    wloop.set_debug(True)
+    fut = wloop.create_future()
+    woke = []
+    fut.add_done_callback(woke.append)
+    tracer, fired = _interrupt_on_first_call_of(_DEBUG_PYTHON[where])
+    sys.settrace(tracer)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fut.set_result(1)
+    finally:
+        sys.settrace(None)
+    assert fired
+    wloop.call_soon(wloop.stop)
+    wloop.run_forever()
+    assert woke == [fut]
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_later", "call_soon_threadsafe"])
+def test_a_callback_scheduled_while_an_interrupt_comes_still_runs(wloop, method):
+    wloop.set_debug(True)
+    ran = []
+    schedule = {
+        "call_soon": lambda: wloop.call_soon(ran.append, method),
+        "call_later": lambda: wloop.call_later(0, ran.append, method),
+        "call_soon_threadsafe": lambda: wloop.call_soon_threadsafe(ran.append, method),
+    }[method]
+    tracer, fired = _interrupt_on_first_call_of(_DEBUG_PYTHON["source traceback"])
+    sys.settrace(tracer)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            schedule()
+    finally:
+        sys.settrace(None)
+    assert fired
+    wloop.call_later(0.001, wloop.stop)
+    wloop.run_forever()
+    assert ran == [method]
