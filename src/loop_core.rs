@@ -401,11 +401,16 @@ impl LoopCore {
     /// `call_soon` and `call_soon_threadsafe` make one FIFO.
     fn push_soon(&self, slf: &Bound<'_, LoopCore>, cb: Arc<Callback>) -> PyResult<()> {
         let shared = self.shared.get();
-        if !shared.injector.is_empty() && self.is_drainer() {
-            self.drain_posted(slf, shared)?;
-        }
+        // What other threads posted first goes first. Settling their completions runs
+        // Python code; an error from it (a KeyboardInterrupt) is raised once this
+        // callback is queued too, not instead of queueing it.
+        let drained = if !shared.injector.is_empty() && self.is_drainer() {
+            self.drain_posted(slf, shared)
+        } else {
+            Ok(())
+        };
         self.push_ready(Ready::Soon(cb));
-        Ok(())
+        drained
     }
 
     pub(crate) fn push_ready(&self, item: Ready) {

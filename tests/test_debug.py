@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from unittest import mock
 
@@ -366,3 +367,56 @@ def test_a_callback_scheduled_while_an_interrupt_comes_still_runs(wloop, method)
     wloop.call_later(0.001, wloop.stop)
     wloop.run_forever()
     assert ran == [method]
+
+
+def test_an_interrupt_while_call_soon_settles_posted_results_keeps_its_callback(wloop):
+    # call_soon first applies what other threads posted (an executor result: settling it
+    # schedules the future's callbacks, Python code in debug mode). An interrupt raised
+    # there comes out of call_soon with its own callback queued all the same.
+    import weaveloop
+
+    wloop.set_debug(True)
+    pool = weaveloop.ThreadPoolExecutor(max_workers=1)
+    ran, settled = [], []
+    loop_running, second_job_started = threading.Event(), threading.Event()
+    extract_stack = asyncio.format_helpers.extract_stack.__code__
+    calls = []
+
+    def tracer(frame, event, arg):
+        # The first call is call_soon's own source traceback; the second, the one the
+        # settled future's call_soon takes while call_soon drains.
+        if event == "call" and frame.f_code is extract_stack:
+            calls.append(frame.f_code.co_name)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+        return None
+
+    def first_job():
+        assert loop_running.wait(SAFETY)
+        return 7
+
+    def blocked_while_the_result_is_posted():
+        loop_running.set()
+        # One worker: the second job starts once the first one's result is posted, which
+        # the loop, busy here, has not applied yet.
+        assert second_job_started.wait(SAFETY)
+        sys.settrace(tracer)
+        try:
+            wloop.call_soon(ran.append, "mine")
+        finally:
+            sys.settrace(None)
+
+    try:
+        fut = wloop.run_in_executor(pool, first_job)
+        fut.add_done_callback(settled.append)
+        pool.submit(second_job_started.set)
+        wloop.call_soon(blocked_while_the_result_is_posted)
+        with pytest.raises(KeyboardInterrupt):
+            wloop.run_forever()
+        assert len(calls) == 2
+        wloop.call_soon(wloop.stop)
+        wloop.run_forever()
+        assert ran == ["mine"]
+        assert settled == [fut] and fut.result() == 7
+    finally:
+        pool.shutdown()
