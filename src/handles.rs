@@ -221,27 +221,33 @@ impl HeldInterrupt {
 }
 
 impl Callback {
-    /// `context=None` means a copy of the current context, as asyncio does.
+    /// A callback for a scheduling method, its callable checked first (`check_callback`).
+    /// `context=None` means a copy of the current context, as asyncio does. An interrupt
+    /// raised by debug mode's Python code is raised at once (see `checked` to hold it).
     pub fn new(
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
+        method: &str,
         debug: bool,
     ) -> PyResult<Self> {
         let mut held = HeldInterrupt::default();
-        let cb = Callback::holding(callback, args, context, debug.then_some(&mut held))?;
+        let cb = Callback::checked(callback, args, context, method, debug.then_some(&mut held))?;
         held.raise()?;
         Ok(cb)
     }
 
-    /// `new`, where `debug` (Some in debug mode) holds an interrupt raised while the
-    /// source traceback is taken; the callback then has no debug information.
-    pub fn holding(
+    /// `new`, where `debug` (Some in debug mode) holds an interrupt raised in its Python
+    /// code (asyncio's `iscoroutinefunction`, the source traceback): the callable then
+    /// counts as not a coroutine function, and the callback has no debug information.
+    pub fn checked(
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
-        debug: Option<&mut HeldInterrupt>,
+        method: &str,
+        mut debug: Option<&mut HeldInterrupt>,
     ) -> PyResult<Self> {
+        check_callback_holding(callback, method, debug.as_deref_mut())?;
         let py = callback.py();
         let debug = match debug {
             Some(held) => held
@@ -444,7 +450,7 @@ pub fn check_callback(cb: &Bound<'_, PyAny>, method: &str, debug: bool) -> PyRes
 
 /// `check_callback`, where `debug` (Some in debug mode) holds an interrupt raised in
 /// asyncio's `iscoroutinefunction`; the callable then counts as not one.
-pub fn check_callback_holding(
+fn check_callback_holding(
     cb: &Bound<'_, PyAny>,
     method: &str,
     debug: Option<&mut HeldInterrupt>,

@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyTuple};
 
 use crate::errors;
-use crate::handles::{check_callback, Callback, Handle};
+use crate::handles::{Callback, Handle};
 use crate::interop;
 use crate::loop_core::{lock, LoopCore};
 
@@ -77,12 +77,11 @@ impl LoopCore {
             Side::Read => "add_reader",
             Side::Write => "add_writer",
         };
-        check_callback(callback, method, self.is_debug())?;
         // A watcher runs many times in one context of its own, as the stock loop's
         // reader handle does (a variable it sets is there on its next call): a real
         // copy even of an empty context, never the shared empty one.
         let context = interop::copy_context(py)?.into_bound(py);
-        let cb = Callback::new(callback, args, Some(&context), self.is_debug())?;
+        let cb = Callback::new(callback, args, Some(&context), method, self.is_debug())?;
         let handle = Handle::watcher(py, cb)?;
         let shared = self.shared();
         let replaced = {

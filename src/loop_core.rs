@@ -20,9 +20,7 @@ use weaveloop_engine::injector::Unpark;
 use weaveloop_engine::{clock, Injector, Poller, Throttle, TimerHeap};
 
 use crate::errors;
-use crate::handles::{
-    check_callback_holding, untrack, Callback, EmptyContext, Handle, HeldInterrupt, TimerHandle,
-};
+use crate::handles::{untrack, Callback, EmptyContext, Handle, HeldInterrupt, TimerHandle};
 use crate::interop;
 use crate::posted::Posted;
 
@@ -433,9 +431,8 @@ impl LoopCore {
         let py = callback.py();
         self.check_usable()?;
         let mut held = HeldInterrupt::default();
-        let mut debug = self.is_debug().then_some(&mut held);
-        check_callback_holding(callback, method, debug.as_deref_mut())?;
-        let cb = Callback::holding(callback, args, context, debug)?;
+        let debug = self.is_debug().then_some(&mut held);
+        let cb = Callback::checked(callback, args, context, method, debug)?;
         let handle = Py::new(
             py,
             TimerHandle::new(cb, when, given, self.cancelled_in_heap.clone()),
@@ -540,10 +537,9 @@ impl LoopCore {
         let this = slf.get();
         this.check_usable()?;
         let mut held = HeldInterrupt::default();
-        let mut debug = this.is_debug().then_some(&mut held);
-        check_callback_holding(callback, "call_soon", debug.as_deref_mut())?;
-        let (handle, cb) =
-            Handle::one_shot(slf.py(), Callback::holding(callback, args, context, debug)?)?;
+        let debug = this.is_debug().then_some(&mut held);
+        let cb = Callback::checked(callback, args, context, "call_soon", debug)?;
+        let (handle, cb) = Handle::one_shot(slf.py(), cb)?;
         this.push_soon(slf, cb)?;
         held.raise()?;
         Ok(handle)
@@ -599,9 +595,8 @@ impl LoopCore {
         let this = slf.get();
         this.check_closed()?;
         let mut held = HeldInterrupt::default();
-        let mut debug = this.is_debug().then_some(&mut held);
-        check_callback_holding(callback, "call_soon_threadsafe", debug.as_deref_mut())?;
-        let cb = Callback::holding(callback, args, context, debug)?;
+        let debug = this.is_debug().then_some(&mut held);
+        let cb = Callback::checked(callback, args, context, "call_soon_threadsafe", debug)?;
         let posted = Self::post_threadsafe(slf, cb);
         // An interrupt held while the callback was made comes out now that it is queued
         // (or refused: the interrupt is what the caller hears of then).

@@ -304,18 +304,20 @@ def test_debug_task_source_traceback_ends_at_the_caller(loop):
     assert (last.lineno, last.name) == (line, "test_debug_task_source_traceback_ends_at_the_caller")
 
 
-def _interrupt_on_first_call_of(code):
-    """A trace function that raises KeyboardInterrupt when `code` is next called: a
-    Ctrl+C whose handler runs inside that Python function, made deterministic."""
-    fired = []
+def _interrupt_on_call_of(code, nth=1):
+    """A trace function that raises KeyboardInterrupt in the `nth` next call of `code`:
+    a Ctrl+C whose handler runs inside that Python function, made deterministic. The
+    list it returns has an entry per call seen."""
+    calls = []
 
     def tracer(frame, event, arg):
-        if event == "call" and frame.f_code is code and not fired:
-            fired.append(code.co_name)
-            raise KeyboardInterrupt
+        if event == "call" and frame.f_code is code:
+            calls.append(code.co_name)
+            if len(calls) == nth:
+                raise KeyboardInterrupt
         return None
 
-    return tracer, fired
+    return tracer, calls
 
 
 _DEBUG_PYTHON = {
@@ -334,7 +336,7 @@ def test_an_interrupt_while_a_future_schedules_its_callback_loses_no_wake_up(wlo
     fut = wloop.create_future()
     woke = []
     fut.add_done_callback(woke.append)
-    tracer, fired = _interrupt_on_first_call_of(_DEBUG_PYTHON[where])
+    tracer, fired = _interrupt_on_call_of(_DEBUG_PYTHON[where])
     sys.settrace(tracer)
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -356,7 +358,7 @@ def test_a_callback_scheduled_while_an_interrupt_comes_still_runs(wloop, method)
         "call_later": lambda: wloop.call_later(0, ran.append, method),
         "call_soon_threadsafe": lambda: wloop.call_soon_threadsafe(ran.append, method),
     }[method]
-    tracer, fired = _interrupt_on_first_call_of(_DEBUG_PYTHON["source traceback"])
+    tracer, fired = _interrupt_on_call_of(_DEBUG_PYTHON["source traceback"])
     sys.settrace(tracer)
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -379,17 +381,9 @@ def test_an_interrupt_while_call_soon_settles_posted_results_keeps_its_callback(
     pool = weaveloop.ThreadPoolExecutor(max_workers=1)
     ran, settled = [], []
     loop_running, second_job_started = threading.Event(), threading.Event()
-    extract_stack = asyncio.format_helpers.extract_stack.__code__
-    calls = []
-
-    def tracer(frame, event, arg):
-        # The first call is call_soon's own source traceback; the second, the one the
-        # settled future's call_soon takes while call_soon drains.
-        if event == "call" and frame.f_code is extract_stack:
-            calls.append(frame.f_code.co_name)
-            if len(calls) == 2:
-                raise KeyboardInterrupt
-        return None
+    # The first call is call_soon's own source traceback; the second, the one the
+    # settled future's call_soon takes while call_soon drains.
+    tracer, calls = _interrupt_on_call_of(_DEBUG_PYTHON["source traceback"], nth=2)
 
     def first_job():
         assert loop_running.wait(SAFETY)
