@@ -103,6 +103,22 @@ pub fn submit_is_the_pools(executor: &Bound<'_, PyAny>) -> PyResult<bool> {
     Ok(cls.getattr(submit)?.is(tpe.getattr(submit)?))
 }
 
+/// `object.__setattr__(obj, name, value)`: sets an attribute past any `__setattr__` a
+/// Python class defines, so no Python code runs (and no signal handler with it).
+pub fn set_plain_attr(
+    obj: &Bound<'_, PyAny>,
+    name: &Bound<'_, pyo3::types::PyString>,
+    value: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    // SAFETY: the GIL is held (the arguments are Bounds) and all three are live objects;
+    // PyObject_GenericSetAttr borrows them and returns -1 with an exception set on error.
+    let rc = unsafe { ffi::PyObject_GenericSetAttr(obj.as_ptr(), name.as_ptr(), value.as_ptr()) };
+    if rc < 0 {
+        return Err(PyErr::fetch(obj.py()));
+    }
+    Ok(())
+}
+
 /// `True`/`False` as an owned object.
 pub fn py_bool(py: Python<'_>, value: bool) -> Py<PyAny> {
     pyo3::types::PyBool::new(py, value)

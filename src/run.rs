@@ -40,6 +40,14 @@ const BACKLOG_REPORT_STEP: usize = 256;
 /// Timer heap compaction thresholds (asyncio's).
 const MIN_SCHEDULED_FOR_COMPACTION: usize = 100;
 
+/// How a timed run (debug mode) ended. It may fail before its callback starts: a
+/// replaced clock's error, or a KeyboardInterrupt a signal handler raised in that clock's
+/// Python code; the callback has not run then, and must not be lost.
+enum Timed {
+    NotRun(PyErr),
+    Ran(PyResult<()>),
+}
+
 /// KeyboardInterrupt and SystemExit: raised out of the loop, never reported as errors.
 pub(crate) fn is_fatal(py: Python<'_>, e: &PyErr) -> bool {
     e.is_instance_of::<PyKeyboardInterrupt>(py) || e.is_instance_of::<PySystemExit>(py)
@@ -258,7 +266,16 @@ impl LoopCore {
         while let Some(item) = batch.pop_front() {
             let posted = matches!(item, Ready::Posted(_));
             let r = if debug {
-                self.run_item_timed(slf, &item, &mut empty)
+                match self.run_item_timed(slf, &item, &mut empty) {
+                    Timed::Ran(r) => r,
+                    Timed::NotRun(e) => {
+                        // It goes back with the rest of the batch: lost, it would be a
+                        // future's wake-up that never comes.
+                        batch.push_front(item);
+                        result = Err(e);
+                        break;
+                    }
+                }
             } else {
                 self.run_item(slf, &item, true, None, &mut empty)
             };
@@ -343,32 +360,55 @@ impl LoopCore {
         slf: &Bound<'_, LoopCore>,
         item: &Ready,
         empty: &mut EmptyContext,
-    ) -> PyResult<()> {
+    ) -> Timed {
         let py = slf.py();
         let handle = match item.handle_object(py) {
             Ok(handle) => handle,
             // No object to time it under (MemoryError): it still runs, untimed.
-            Err(failed) => return self.run_item(slf, item, true, None, empty).and(Err(failed)),
+            Err(failed) => {
+                return Timed::Ran(self.run_item(slf, item, true, None, empty).and(Err(failed)))
+            }
         };
         let handle = handle.bind(py);
         // As asyncio in debug mode: the exception handler then says where the running
-        // handle was created.
+        // handle was created. It is set as a plain attribute, as the stock loop's
+        // `self._current_handle = handle`: no Python code runs (weaveloop.Loop's
+        // `__setattr__` would), so no signal handler can raise between the callback
+        // leaving the queue and running.
         let current = pyo3::intern!(py, "_current_handle");
-        slf.setattr(current, handle)?;
+        if let Err(e) = interop::set_plain_attr(slf.as_any(), current, handle) {
+            return Timed::NotRun(e);
+        }
         // Timed on the scheduler's clock, as the stock loop times it with `self.time()`:
-        // a replaced `time()` (a virtual clock) decides what is slow.
+        // a replaced `time()` (a virtual clock) decides what is slow. Its error (or a
+        // KeyboardInterrupt raised in its Python code) comes before the callback runs.
         let t0 = match self.now(slf) {
             Ok(t0) => t0,
             Err(e) => {
-                slf.setattr(current, py.None())?;
-                item.release(py);
-                return Err(e);
+                // (The clock's error is the one to raise; clearing a set attribute
+                // fails only if memory does, and then the next run sets it again.)
+                let _ = interop::set_plain_attr(slf.as_any(), current, &py.None().into_bound(py));
+                return Timed::NotRun(e);
             }
         };
         // Keep the callable until the slow-callback message has named it.
         let r = self.run_item(slf, item, false, Some(handle), empty);
         let t1 = self.now(slf);
-        slf.setattr(current, py.None())?;
+        let cleared = interop::set_plain_attr(slf.as_any(), current, &py.None().into_bound(py));
+        Timed::Ran(self.after_timed_run(slf, item, handle, r.and(cleared), t0, t1))
+    }
+
+    /// A timed run's end: the slow-callback warning, then the callable let go.
+    fn after_timed_run(
+        &self,
+        slf: &Bound<'_, LoopCore>,
+        item: &Ready,
+        handle: &Bound<'_, PyAny>,
+        r: PyResult<()>,
+        t0: f64,
+        t1: PyResult<f64>,
+    ) -> PyResult<()> {
+        let py = slf.py();
         if r.is_err() {
             // A KeyboardInterrupt/SystemExit: as on the stock loop, it leaves before the
             // duration is looked at (no "took" warning for it).
@@ -400,7 +440,6 @@ impl LoopCore {
             _ => Ok(()),
         };
         item.release(py);
-        r?;
         logged?;
         limit.map(drop)
     }

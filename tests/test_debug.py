@@ -414,3 +414,101 @@ def test_an_interrupt_while_call_soon_settles_posted_results_keeps_its_callback(
         assert settled == [fut] and fut.result() == 7
     finally:
         pool.shutdown()
+
+
+def test_an_interrupt_just_before_a_callback_runs_keeps_the_callback(wloop):
+    # Debug mode reads the clock before each callback (to time it). A replaced clock is
+    # Python code, where a Ctrl+C's handler can raise: the callback has not run then,
+    # and it runs in the next iteration instead of being lost. (The stock loop has
+    # already taken it off its queue there and drops it.)
+    wloop.set_debug(True)
+    ran = []
+    real_time = wloop.time
+
+    def clock():
+        return real_time()
+
+    def first():
+        ran.append("first")
+        sys.settrace(tracer)  # the next clock call is the one that times `second`
+
+    wloop.time = clock
+    tracer, fired = _interrupt_on_call_of(clock.__code__, nth=2)
+    wloop.call_soon(first)
+    wloop.call_soon(ran.append, "second")
+    wloop.call_soon(wloop.stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            wloop.run_forever()
+    finally:
+        sys.settrace(None)
+    assert len(fired) == 2 and ran == ["first"]
+    assert wloop._current_handle is None
+    wloop.run_forever()
+    assert ran == ["first", "second"]
+
+
+def test_an_interrupt_before_a_wake_up_runs_leaves_a_cancellable_task(wloop):
+    # What Ctrl+C left hanging: a task whose future was done but whose wake-up was lost
+    # never finishes, so the cleanup that cancels and gathers the tasks waits forever.
+    wloop.set_debug(True)
+    real_time = wloop.time
+    fut = wloop.create_future()
+
+    async def waiter():
+        await fut
+
+    task = wloop.create_task(waiter())
+    interrupted = []
+
+    def clock():
+        # Raises as the task's wake-up is about to run (timed: it is the running handle).
+        running = wloop._current_handle
+        if fut.done() and not interrupted and getattr(running, "_callback", None) is not None:
+            if getattr(running._callback, "__self__", None) is task:
+                interrupted.append(running)
+                raise KeyboardInterrupt
+        return real_time()
+
+    wloop.time = clock
+    wloop.call_soon(fut.set_result, None)
+    with pytest.raises(KeyboardInterrupt):
+        wloop.run_forever()
+    assert interrupted
+    assert fut.done() and not task.done()
+    task.cancel()
+    gathered = asyncio.gather(task, return_exceptions=True)
+    # (A safety net: a lost wake-up leaves the gather waiting for good.)
+    wloop.call_later(SAFETY, wloop.stop)
+    wloop.run_until_complete(gathered)
+    assert task.cancelled()
+
+
+def test_the_running_handle_is_recorded_without_running_python_code(wloop):
+    # `_current_handle` is set around each callback in debug mode as a plain attribute,
+    # as the stock loop's `self._current_handle = handle` does: a class-level
+    # `__setattr__` (weaveloop.Loop has one) is not run, so a signal handler cannot
+    # raise there, between a callback leaving the queue and running.
+    import weaveloop
+
+    wloop.set_debug(True)
+    seen = []
+    tracer, calls = _interrupt_on_call_of(weaveloop.Loop.__setattr__.__code__, nth=1)
+
+    def record():
+        seen.append(wloop._current_handle)
+
+    # Traced only from one callback's end to the next one's: run_forever itself sets
+    # attributes (through `__setattr__`) when it starts and ends.
+    wloop.call_soon(sys.settrace, tracer)
+    handle = wloop.call_soon(record)
+    wloop.call_soon(sys.settrace, None)
+    wloop.call_soon(wloop.stop)
+    try:
+        wloop.run_forever()
+    except KeyboardInterrupt:
+        pass  # the tracer fired: what the assertion below reports
+    finally:
+        sys.settrace(None)
+    assert calls == [] and seen == [handle]
+    assert wloop._current_handle is None
