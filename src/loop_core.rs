@@ -238,9 +238,9 @@ pub struct LoopCore {
     /// `threading.get_ident()` of the thread running the loop; 0 when not running.
     pub(crate) owner: AtomicU64,
     pub(crate) closed: AtomicBool,
-    /// True while `close()` runs what other threads posted, just before the loop is
-    /// marked closed (see `_close_core`).
-    pub(crate) closing: AtomicBool,
+    /// While `close()` runs what other threads posted, just before the loop is marked
+    /// closed (see `_close_core`): `threading.get_ident()` of the closing thread; else 0.
+    pub(crate) closer: AtomicU64,
     pub(crate) stopping: AtomicBool,
     /// True while drained completions are settled (`settle_all`): settling runs Python
     /// code, whose `call_soon` must not drain again (that would queue later posts ahead
@@ -281,6 +281,13 @@ impl LoopCore {
             return Ok(handle);
         }
         let handle = Handle::posted(py, cb)?;
+        if this.closer.load(Relaxed) == interop::thread_ident() {
+            // From a callback that close() runs (see `_close_core`): what it schedules is
+            // dropped with the rest of the ready queue, as its `call_soon`'s is, instead
+            // of failing with "Event loop is closed".
+            this.push_ready(Ready::Posted(handle.clone_ref(py)));
+            return Ok(handle);
+        }
         if this.idle() {
             // Nothing posted earlier may be left behind it: what waits in the injector
             // joins the ready queue first (that runs Python code: settling executor
@@ -387,7 +394,7 @@ impl LoopCore {
         self.owner.load(Relaxed) == 0
             && self.in_run_once.load(Relaxed) == 0
             && !self.closed.load(Relaxed)
-            && !self.closing.load(Relaxed)
+            && self.closer.load(Relaxed) == 0
     }
 
     pub(crate) fn is_debug(&self) -> bool {
@@ -506,7 +513,7 @@ impl LoopCore {
             flow_control_waits: AtomicU64::new(0),
             owner: AtomicU64::new(0),
             closed: AtomicBool::new(false),
-            closing: AtomicBool::new(false),
+            closer: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             applying_posted: AtomicBool::new(false),
             drainer: AtomicU64::new(0),
@@ -651,6 +658,12 @@ impl LoopCore {
 
     fn _check_thread(&self) -> PyResult<()> {
         self.check_thread()
+    }
+
+    /// Rule 5 for the methods asyncio never checks (a transport's `write`/`sendto`):
+    /// in strict mode only.
+    fn _check_thread_strict(&self) -> PyResult<()> {
+        self.check_thread_strict()
     }
 
     /// `asyncio.Task(coro, loop=self, ...)`, or the task factory's result, as asyncio

@@ -512,7 +512,7 @@ impl LoopCore {
     fn _run_forever_core(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
         let me = interop::thread_ident();
-        if this.closing.load(Relaxed) {
+        if this.closer.load(Relaxed) != 0 {
             return Err(errors::loop_closed()); // (a callback that close() runs)
         }
         this.wait_for_foreign_drain(slf.py());
@@ -556,7 +556,7 @@ impl LoopCore {
             return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
         }
         // (Also when a callback that close() runs closes the loop again.)
-        if this.closed.load(Relaxed) || this.closing.load(Relaxed) {
+        if this.closed.load(Relaxed) || this.closer.load(Relaxed) != 0 {
             return Ok(());
         }
         let shared = this.shared();
@@ -571,7 +571,7 @@ impl LoopCore {
         drop(in_flight);
         // From here on, posts are refused (they raise) and none goes straight to the
         // ready queue (see `idle`).
-        this.closing.store(true, Relaxed);
+        this.closer.store(interop::thread_ident(), Relaxed);
         let leftovers = shared.injector.close();
         // Callbacks other threads posted still run (they may have raced this close, and
         // each post runs or raises): those already moved to the ready queue first (they
@@ -604,7 +604,7 @@ impl LoopCore {
             }
         }
         this.closed.store(true, Relaxed);
-        this.closing.store(false, Relaxed);
+        this.closer.store(0, Relaxed);
         let scheduled: VecDeque<Ready> = std::mem::take(&mut *lock(&this.ready));
         scheduled.iter().for_each(|r| r.release(py));
         drop(scheduled);

@@ -69,15 +69,28 @@ fn with_recv_buffer<R>(py: Python<'_>, max_size: usize, read: impl FnOnce(&mut [
 }
 
 /// What the transport's Rust parts share besides their work: a repr naming the
-/// transport, and the reference to it shown to the GC (the transport holds its part in
-/// its `__dict__`: a cycle).
+/// transport, the name of the stock method each one stands in for (`__qualname__` and
+/// `__name__`, which asyncio's reports of a callback's error show: "Exception in callback
+/// _SelectorDatagramTransport._read_ready()", as on the stock loop), and the reference
+/// to the transport shown to the GC (the transport holds its part in its `__dict__`: a
+/// cycle).
 macro_rules! of_transport {
-    ($ty:ident $(, $also:ident)*) => {
+    ($ty:ident, $class:literal, $method:literal $(, $also:ident)*) => {
         #[pymethods]
         impl $ty {
             fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
                 let transport = self.transport.bind(py).repr()?;
                 Ok(format!(concat!("<", stringify!($ty), " of {}>"), transport))
+            }
+
+            #[getter]
+            fn __qualname__(&self) -> &'static str {
+                concat!($class, ".", $method)
+            }
+
+            #[getter]
+            fn __name__(&self) -> &'static str {
+                $method
             }
 
             fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -403,7 +416,7 @@ impl SocketReader {
     }
 }
 
-of_transport!(SocketReader);
+of_transport!(SocketReader, "_SelectorSocketTransport", "_read_ready");
 
 /// An internet address as the socket module gives it: `(host, port)` for IPv4,
 /// `(host, port, flowinfo, scope_id)` for IPv6.
@@ -464,7 +477,7 @@ impl DatagramReader {
     }
 }
 
-of_transport!(DatagramReader);
+of_transport!(DatagramReader, "_SelectorDatagramTransport", "_read_ready");
 
 /// `protocol.error_received(exc)` for a failed datagram read or send, called as the
 /// stock transport calls it: from the `except` clause that caught `exc`.
@@ -597,7 +610,12 @@ impl DatagramWriter {
     }
 }
 
-of_transport!(DatagramWriter, event_loop);
+of_transport!(
+    DatagramWriter,
+    "_SelectorDatagramTransport",
+    "sendto",
+    event_loop
+);
 
 #[pyclass(module = "weaveloop._core", frozen)]
 pub struct SocketWriter {
@@ -713,4 +731,9 @@ impl SocketWriter {
     }
 }
 
-of_transport!(SocketWriter, event_loop);
+of_transport!(
+    SocketWriter,
+    "_SelectorSocketTransport",
+    "write",
+    event_loop
+);

@@ -791,6 +791,50 @@ def test_close_runs_other_threads_posts_before_it_marks_the_loop_closed(wloop, c
         wloop.call_soon_threadsafe(print)
 
 
+def test_a_post_close_runs_may_post_again_and_that_is_dropped(wloop, caplog):
+    # As the child watcher of asyncio's subprocesses does (its posted exit callback posts
+    # `call_soon` with call_soon_threadsafe): a post made by a callback that close() runs
+    # is dropped with the ready queue, as that callback's call_soon would be, rather than
+    # failing with "Event loop is closed" (logged as an error) while the loop closes.
+    ran = []
+
+    def child_exited():
+        ran.append("posted")
+        wloop.call_soon_threadsafe(wloop.call_soon, ran.append, "posted again")
+
+    join_or_fail(start_thread(wloop.call_soon_threadsafe, child_exited))
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        wloop.close()
+    assert ran == ["posted"]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    # Other threads' posts are refused while close() runs them, and after.
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        wloop.call_soon_threadsafe(print)
+
+
+def test_another_threads_post_while_close_runs_the_posted_is_refused(wloop):
+    # Only the closing thread's own callbacks post into the closing loop; a post from
+    # any other thread meanwhile raises (it would otherwise be dropped unrun).
+    outcome = []
+    posted = threading.Event()
+
+    def post_from_elsewhere():
+        try:
+            wloop.call_soon_threadsafe(print)
+            outcome.append("accepted")
+        except RuntimeError as e:
+            outcome.append(str(e))
+        posted.set()
+
+    def during_close():
+        start_thread(post_from_elsewhere)
+        assert posted.wait(SAFETY)
+
+    join_or_fail(start_thread(wloop.call_soon_threadsafe, during_close))
+    wloop.close()
+    assert outcome == ["Event loop is closed"]
+
+
 def test_close_finishes_when_a_post_it_runs_raises_system_exit(wloop):
     # The SystemExit of a posted callback that close() runs comes out of close(), but
     # only once the loop is closed all the same: its default executor shut down (its

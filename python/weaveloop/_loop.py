@@ -175,6 +175,12 @@ class _SocketTransport(selector_events._SelectorSocketTransport):
             self.write = _core.SocketWriter(self, fd, loop)
         super().__init__(loop, sock, protocol, waiter, extra, server)
 
+    def write(self, data):
+        # (The class's write: the Rust one, when there is one, checks this itself.)
+        if self._loop is not None:  # (None once the connection is lost)
+            self._loop._check_thread_strict()
+        super().write(data)
+
     def set_protocol(self, protocol):
         super().set_protocol(protocol)
         reader = self.__dict__.get("_read_ready")
@@ -200,6 +206,12 @@ class _DatagramTransport(selector_events._SelectorDatagramTransport):
             # __init__.)
             connected = bool(self._extra["peername"])
             self.sendto = _core.DatagramWriter(self, sock.fileno(), loop, connected)
+
+    def sendto(self, data, addr=None):
+        # (The class's sendto: the Rust one, when there is one, checks this itself.)
+        if self._loop is not None:  # (None once the connection is lost)
+            self._loop._check_thread_strict()
+        super().sendto(data, addr)
 
     def _call_connection_lost(self, exc):
         try:
