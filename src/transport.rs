@@ -208,7 +208,12 @@ impl SocketReader {
                 transport.call_method0(intern!(py, "_read_ready__on_eof"))?;
                 Ok(())
             }
-            Received::Data(n) => match protocol.call_method1(intern!(py, "buffer_updated"), (n,)) {
+            // The protocol as it is now, as the stock transport reads `self._protocol`
+            // again: `get_buffer()` may have set another one.
+            Received::Data(n) => match transport
+                .getattr(intern!(py, "_protocol"))
+                .and_then(|protocol| protocol.call_method1(intern!(py, "buffer_updated"), (n,)))
+            {
                 Ok(_) => Ok(()),
                 Err(e) if is_fatal(py, &e) => Err(e),
                 Err(e) => fatal(

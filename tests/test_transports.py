@@ -19,6 +19,7 @@ import socket
 import ssl
 import struct
 import sys
+import threading
 import traceback
 import weakref
 
@@ -1392,3 +1393,152 @@ def test_a_closed_datagram_transport_is_freed_without_the_cyclic_gc(loop):
         assert ref() is None
     finally:
         gc.enable()
+
+
+def test_a_protocol_set_in_get_buffer_gets_the_buffer_updated(loop):
+    # As the stock transport, which looks at `self._protocol` again after the read: a
+    # protocol that get_buffer() set is the one told what arrived.
+    class Second(asyncio.BufferedProtocol):
+        buf = bytearray(16)
+
+        def __init__(self):
+            self.updated = loop.create_future()
+
+        def get_buffer(self, sizehint):
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            self.updated.set_result(bytes(self.buf[:nbytes]))
+
+    second = Second()
+
+    class First(_Lost, asyncio.BufferedProtocol):
+        buf = bytearray(16)
+
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def get_buffer(self, sizehint):
+            self.transport.set_protocol(second)
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            self.chunks.append(("first", nbytes))
+
+    async def main():
+        ours, peer = _tcp_pair()
+        transport, first = await loop.create_connection(First, sock=ours)
+        peer.sendall(b"abc")
+        try:
+            # Into the buffer First gave; reported to the protocol set meanwhile.
+            return await asyncio.wait_for(second.updated, 10), bytes(First.buf[:3]), first.chunks
+        finally:
+            transport.close()
+            peer.close()
+
+    assert run(loop, main()) == (b"\0\0\0", b"abc", [])
+
+
+def _tls_contexts():
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(_TLS_PEM)
+    return server_ctx, ssl.create_default_context(cafile=_TLS_PEM)
+
+
+@pytest.mark.parametrize("kind", ["tcp", "tls", "start_tls", "write pipe"])
+def test_transport_calls_from_another_thread_are_refused_before_any_change(kind):
+    # Rule 5 in strict mode: a transport's write/close/pause_reading... from a thread
+    # other than the loop's raise before the transport has changed anything. (Checked
+    # only where the stock code reaches the loop, the error came half-way: a TLS record
+    # encrypted and then not sent, so the peer's next record failed to decrypt; a
+    # transport marked closing that never closed.) The transport then works on.
+    loop = weaveloop.new_event_loop()
+    lt = LoopThread(loop).start()
+    server_ctx, client_ctx = _tls_contexts()
+    peer_got = []
+    peer_done = threading.Event()
+
+    def on_loop(coro):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(10)
+
+    async def connect():
+        if kind == "write pipe":
+            r, w = os.pipe()
+            transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(w, "wb"))
+            return transport, r
+
+        async def peer(reader, writer):
+            while data := await reader.read(100):
+                peer_got.append(data)
+            peer_done.set()
+            writer.close()
+
+        tls = kind == "tls"
+        server = await asyncio.start_server(peer, "127.0.0.1", 0, ssl=server_ctx if tls else None)
+        port = server.sockets[0].getsockname()[1]
+        ssl_arg = client_ctx if tls else None
+        transport, _ = await loop.create_connection(
+            asyncio.Protocol,
+            "127.0.0.1",
+            port,
+            ssl=ssl_arg,
+            server_hostname="localhost" if tls else None,
+        )
+        return transport, server
+
+    async def connect_start_tls():
+        ready = loop.create_future()
+
+        async def peer(reader, writer):
+            await writer.start_tls(server_ctx)
+            ready.set_result(None)
+            while data := await reader.read(100):
+                peer_got.append(data)
+            peer_done.set()
+            writer.close()
+
+        server = await asyncio.start_server(peer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        plain, protocol = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        transport = await loop.start_tls(plain, protocol, client_ctx, server_hostname="localhost")
+        await ready
+        return transport, server
+
+    try:
+        transport, other = on_loop(connect_start_tls() if kind == "start_tls" else connect())
+        calls = {
+            "write": lambda: transport.write(b"from elsewhere"),
+            "writelines": lambda: transport.writelines([b"from elsewhere"]),
+            "close": transport.close,
+            "abort": transport.abort,
+        }
+        if kind != "write pipe":
+            calls.update(
+                pause_reading=transport.pause_reading,
+                write_eof=transport.write_eof,
+            )
+        for name, call in calls.items():
+            with pytest.raises(RuntimeError, match="^Non-thread-safe operation invoked"):
+                call()
+            assert not transport.is_closing(), name
+            if kind != "write pipe":
+                assert transport.is_reading(), name
+
+        async def finish():
+            transport.write(b"from the loop")
+            if kind == "write pipe":
+                transport.close()
+                return
+            transport.write_eof() if kind == "tcp" else transport.close()
+
+        on_loop(finish())
+        if kind == "write pipe":
+            with os.fdopen(other, "rb") as r:
+                assert r.read() == b"from the loop"
+        else:
+            assert peer_done.wait(10)
+            assert b"".join(peer_got) == b"from the loop"
+            on_loop(_call(other.close))
+    finally:
+        lt.stop()
+        loop.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections.abc
 import concurrent.futures
+import functools
 import os
 import selectors
 import signal
@@ -153,6 +154,44 @@ def _recv_buffer(transport) -> memoryview | None:
     return buf
 
 
+#: The transport methods that change a transport's state and call the loop's
+#: non-thread-safe methods. In strict mode (rule 5) each checks the calling thread
+#: first, so that one called from another thread raises before it has changed anything:
+#: checked only deep in the stock code, the error would come half-way (a TLS record
+#: encrypted and lost, a transport marked closing that never closes).
+_THREAD_CHECKED = (
+    "write",
+    "writelines",
+    "write_eof",
+    "sendto",
+    "close",
+    "abort",
+    "pause_reading",
+    "resume_reading",
+)
+
+
+def _thread_checked(cls):
+    """Class decorator: the `_THREAD_CHECKED` methods `cls` has check the thread first."""
+    for name in _THREAD_CHECKED:
+        method = getattr(cls, name, None)
+        if method is not None:
+            setattr(cls, name, _checking_thread(method))
+    return cls
+
+
+def _checking_thread(method):
+    @functools.wraps(method)
+    def checked(self, *args, **kwargs):
+        loop = self._loop
+        if loop is not None:  # (None once a socket or pipe transport's connection is lost)
+            loop._check_thread_strict()
+        return method(self, *args, **kwargs)
+
+    return checked
+
+
+@_thread_checked
 class _SocketTransport(selector_events._SelectorSocketTransport):
     """The stock socket transport, with its hot paths in Rust: its reader is
     ``_core.SocketReader`` (for a protocol read through ``data_received``, one ``recv``
@@ -175,12 +214,6 @@ class _SocketTransport(selector_events._SelectorSocketTransport):
             self.write = _core.SocketWriter(self, fd, loop)
         super().__init__(loop, sock, protocol, waiter, extra, server)
 
-    def write(self, data):
-        # (The class's write: the Rust one, when there is one, checks this itself.)
-        if self._loop is not None:  # (None once the connection is lost)
-            self._loop._check_thread_strict()
-        super().write(data)
-
     def set_protocol(self, protocol):
         super().set_protocol(protocol)
         reader = self.__dict__.get("_read_ready")
@@ -188,6 +221,7 @@ class _SocketTransport(selector_events._SelectorSocketTransport):
             reader.direct = not isinstance(protocol, asyncio.BufferedProtocol)
 
 
+@_thread_checked
 class _DatagramTransport(selector_events._SelectorDatagramTransport):
     """The stock datagram transport, whose reader and ``sendto`` for an IPv4 socket are
     ``_core.DatagramReader`` (the stock read path in Rust, into a buffer the process
@@ -206,12 +240,6 @@ class _DatagramTransport(selector_events._SelectorDatagramTransport):
             # __init__.)
             connected = bool(self._extra["peername"])
             self.sendto = _core.DatagramWriter(self, sock.fileno(), loop, connected)
-
-    def sendto(self, data, addr=None):
-        # (The class's sendto: the Rust one, when there is one, checks this itself.)
-        if self._loop is not None:  # (None once the connection is lost)
-            self._loop._check_thread_strict()
-        super().sendto(data, addr)
 
     def _call_connection_lost(self, exc):
         try:
@@ -242,6 +270,29 @@ class _DatagramTransport(selector_events._SelectorDatagramTransport):
             self._fatal_error(exc, "Fatal read error on datagram transport")
         else:
             self._protocol.datagram_received(bytes(buf[:n]), addr)
+
+
+@_thread_checked
+class _SSLTransport(sslproto._SSLProtocolTransport):
+    """The stock TLS transport (what the application protocol writes to), its methods
+    thread-checked. The stock TLS protocol makes a stock one; the loop gives it this
+    class (same layout, nothing added) before anyone else sees it."""
+
+
+def _thread_checked_tls(app_transport):
+    if type(app_transport) is sslproto._SSLProtocolTransport:
+        app_transport.__class__ = _SSLTransport
+    return app_transport
+
+
+@_thread_checked
+class _ReadPipeTransport(unix_events._UnixReadPipeTransport):
+    """The stock read pipe transport, its methods thread-checked."""
+
+
+@_thread_checked
+class _WritePipeTransport(unix_events._UnixWritePipeTransport):
+    """The stock write pipe transport, its methods thread-checked."""
 
 
 def _validate_options(options: dict) -> dict:
@@ -447,7 +498,19 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
         _SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
-        return ssl_protocol._app_transport
+        return _thread_checked_tls(ssl_protocol._app_transport)
+
+    async def start_tls(self, transport, protocol, sslcontext, **kwargs):
+        app_transport = await super().start_tls(transport, protocol, sslcontext, **kwargs)
+        return _thread_checked_tls(app_transport)
+
+    start_tls.__doc__ = unix_events.SelectorEventLoop.start_tls.__doc__
+
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return _ReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return _WritePipeTransport(self, pipe, protocol, waiter, extra)
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
         return _DatagramTransport(self, sock, protocol, address, waiter, extra)
