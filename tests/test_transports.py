@@ -1542,3 +1542,40 @@ def test_transport_calls_from_another_thread_are_refused_before_any_change(kind)
     finally:
         lt.stop()
         loop.close()
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_a_server_closed_from_another_thread_is_refused_and_still_serves(kind, tmp_path):
+    # Rule 5 in strict mode: the stock Server.close() forgets its sockets before the
+    # loop refuses to stop watching the first one; checked first, it changes nothing.
+    loop = weaveloop.new_event_loop()
+    lt = LoopThread(loop).start()
+
+    def on_loop(coro):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(10)
+
+    async def serve():
+        if kind == "unix":
+            return await loop.create_unix_server(asyncio.Protocol, str(tmp_path / "s"))
+        return await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+
+    async def connect(address):
+        if kind == "unix":
+            transport, _ = await loop.create_unix_connection(asyncio.Protocol, address)
+        else:
+            transport, _ = await loop.create_connection(asyncio.Protocol, *address)
+        transport.close()
+
+    try:
+        server = on_loop(serve())
+        address = server.sockets[0].getsockname()
+        with pytest.raises(RuntimeError, match="^Non-thread-safe operation invoked"):
+            server.close()
+        assert server.is_serving() and len(server.sockets) == 1
+        on_loop(connect(address))  # still accepting
+        on_loop(_call(server.close))
+        on_loop(server.wait_closed())
+        assert not server.is_serving() and server.sockets == ()
+    finally:
+        lt.stop()
+        loop.close()

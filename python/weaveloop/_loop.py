@@ -171,6 +171,16 @@ _THREAD_CHECKED = (
 )
 
 
+def _like(stock):
+    """Decorator: an override that passes its arguments on to `stock` shows `stock`'s
+    docstring and (through `__wrapped__`) its signature."""
+
+    def decorate(method):
+        return functools.update_wrapper(method, stock, assigned=("__doc__",), updated=())
+
+    return decorate
+
+
 def _thread_checked(cls):
     """Class decorator: the `_THREAD_CHECKED` methods `cls` has check the thread first."""
     for name in _THREAD_CHECKED:
@@ -283,6 +293,19 @@ def _thread_checked_tls(app_transport):
     if type(app_transport) is sslproto._SSLProtocolTransport:
         app_transport.__class__ = _SSLTransport
     return app_transport
+
+
+class _Server(base_events.Server):
+    """The stock server, its `close()` thread-checked (it would stop serving half-way:
+    its sockets forgotten before the loop refuses to unregister the first one)."""
+
+    close = _checking_thread(base_events.Server.close)
+
+
+def _thread_checked_server(server):
+    if type(server) is base_events.Server:
+        server.__class__ = _Server
+    return server
 
 
 @_thread_checked
@@ -500,11 +523,18 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         _SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
         return _thread_checked_tls(ssl_protocol._app_transport)
 
+    @_like(unix_events.SelectorEventLoop.start_tls)
     async def start_tls(self, transport, protocol, sslcontext, **kwargs):
         app_transport = await super().start_tls(transport, protocol, sslcontext, **kwargs)
         return _thread_checked_tls(app_transport)
 
-    start_tls.__doc__ = unix_events.SelectorEventLoop.start_tls.__doc__
+    @_like(unix_events.SelectorEventLoop.create_server)
+    async def create_server(self, *args, **kwargs):
+        return _thread_checked_server(await super().create_server(*args, **kwargs))
+
+    @_like(unix_events.SelectorEventLoop.create_unix_server)
+    async def create_unix_server(self, *args, **kwargs):
+        return _thread_checked_server(await super().create_unix_server(*args, **kwargs))
 
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
         return _ReadPipeTransport(self, pipe, protocol, waiter, extra)
