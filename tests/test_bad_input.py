@@ -17,6 +17,7 @@ import fractions
 import math
 import re
 import socket
+import ssl
 
 import pytest
 import weaveloop
@@ -124,6 +125,35 @@ def test_nan_delay_is_a_value_error(wloop, schedule):
             wloop.call_at(math.nan, lambda: None)
     # The loop is unharmed.
     assert run(wloop, asyncio.sleep(0.001, "ok")) == "ok"
+
+
+@pytest.mark.parametrize("timeout", ["ssl_handshake_timeout", "ssl_shutdown_timeout"])
+@pytest.mark.parametrize("how", ["ssl=", "start_tls"])
+def test_a_nan_tls_timeout_is_a_value_error_at_once(wloop, timeout, how):
+    # weaveloop-only (follows from the row above): the stock TLS protocol refuses a
+    # timeout <= 0 as it is made, in these words, and NaN passes that test; its timer
+    # would then fail inside the protocol and leave the connection hanging.
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = listener.getsockname()
+    context = ssl.create_default_context()
+
+    async def main():
+        if how == "ssl=":
+            await wloop.create_connection(
+                asyncio.Protocol, *address, ssl=context, **{timeout: math.nan}
+            )
+        else:
+            transport, protocol = await wloop.create_connection(asyncio.Protocol, *address)
+            try:
+                await wloop.start_tls(transport, protocol, context, **{timeout: math.nan})
+            finally:
+                transport.close()
+
+    try:
+        with pytest.raises(ValueError, match=f"^{timeout} should be a positive number, got nan$"):
+            run(wloop, asyncio.wait_for(main(), 10))
+    finally:
+        listener.close()
 
 
 @pytest.mark.parametrize("schedule", ["call_later", "call_at"])

@@ -12,6 +12,7 @@ import asyncio
 import collections.abc
 import concurrent.futures
 import functools
+import math
 import os
 import selectors
 import signal
@@ -289,6 +290,16 @@ class _SSLTransport(sslproto._SSLProtocolTransport):
     class (same layout, nothing added) before anyone else sees it."""
 
 
+def _refuse_nan_ssl_timeouts(handshake, shutdown) -> None:
+    """The stock TLS protocol refuses a timeout <= 0 as it is made, and NaN passes that
+    test; this loop's timers refuse a NaN delay (DESIGN.md's bad-input table), which
+    would fail later, inside the protocol, leaving the connection to hang. Refused at
+    once instead, in the stock message's words."""
+    for name, value in (("ssl_handshake_timeout", handshake), ("ssl_shutdown_timeout", shutdown)):
+        if isinstance(value, float) and math.isnan(value):
+            raise ValueError(f"{name} should be a positive number, got {value}")
+
+
 def _thread_checked_tls(app_transport):
     if type(app_transport) is sslproto._SSLProtocolTransport:
         app_transport.__class__ = _SSLTransport
@@ -510,6 +521,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
     ):
         # The stock one, over this loop's socket transport (its Rust read and write
         # paths serve the TLS protocol, a buffered protocol writing bytes).
+        _refuse_nan_ssl_timeouts(ssl_handshake_timeout, ssl_shutdown_timeout)
         ssl_protocol = sslproto.SSLProtocol(
             self,
             protocol,
@@ -525,6 +537,9 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
 
     @_like(unix_events.SelectorEventLoop.start_tls)
     async def start_tls(self, transport, protocol, sslcontext, **kwargs):
+        _refuse_nan_ssl_timeouts(
+            kwargs.get("ssl_handshake_timeout"), kwargs.get("ssl_shutdown_timeout")
+        )
         app_transport = await super().start_tls(transport, protocol, sslcontext, **kwargs)
         return _thread_checked_tls(app_transport)
 
