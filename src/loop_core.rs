@@ -65,6 +65,17 @@ impl Ready {
         }
     }
 
+    /// Whether the entry's handle was cancelled (a foreign handle's `_cancelled` flag is
+    /// Python's, looked at when it runs: false here).
+    pub fn is_cancelled(&self) -> bool {
+        match self {
+            Ready::Soon(cb) => cb.is_cancelled(),
+            Ready::Posted(h) | Ready::Watcher(h) => h.get().cb().is_cancelled(),
+            Ready::Timer(h) => h.get().cb.is_cancelled(),
+            Ready::Foreign(_) => false,
+        }
+    }
+
     /// The handle object for the entry (what `_ready` lists and reports name): for a
     /// `call_soon` callback the one its caller got while that is alive, else a new one
     /// equal to it; otherwise the queued object itself.
@@ -269,6 +280,42 @@ pub struct LoopCore {
 }
 
 impl LoopCore {
+    /// `create_task`, once the loop is known usable.
+    fn new_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let none = py.None().into_bound(py);
+        let name = name.unwrap_or(&none);
+        let context = context.unwrap_or(&none);
+        let factory = slf.getattr(pyo3::intern!(py, "_task_factory"))?;
+        if factory.is_none() {
+            // (The stock loop drops the last frame of the task's source traceback: its
+            // own create_task. This one has no Python frame, so the last frame is already
+            // the caller's.) A name or context of None is Task's default: left out, the
+            // call builds a smaller keyword dict (Task takes no vectorcall).
+            let task = interop::asyncio_task(py)?;
+            if name.is_none() && context.is_none() {
+                let names = interop::kwnames(py, &["loop"])?;
+                return interop::call_kw(task, &[coro], names, &[slf.as_any()]);
+            }
+            let names = interop::kwnames(py, &["loop", "name", "context"])?;
+            return interop::call_kw(task, &[coro], names, &[slf.as_any(), name, context]);
+        }
+        let task = if context.is_none() {
+            factory.call1((slf, coro))?
+        } else {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("context", context)?;
+            factory.call((slf, coro), Some(&kwargs))?
+        };
+        interop::set_task_name(py)?.call1((&task, name))?;
+        Ok(task)
+    }
+
     /// `call_soon_threadsafe`, once the callback is made.
     fn post_threadsafe(slf: &Bound<'_, Self>, cb: Callback) -> PyResult<Py<Handle>> {
         let py = slf.py();
@@ -678,37 +725,27 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         this.check_usable()?;
-        let none = py.None().into_bound(py);
-        let name = name.unwrap_or(&none);
-        let context = context.unwrap_or(&none);
-        let factory = slf.getattr(pyo3::intern!(py, "_task_factory"))?;
-        if factory.is_none() {
-            // (The stock loop drops the last frame of the task's source traceback: its
-            // own create_task. This one has no Python frame, so the last frame is already
-            // the caller's.) A name or context of None is Task's default: left out, the
-            // call builds a smaller keyword dict (Task takes no vectorcall).
-            let task = interop::asyncio_task(py)?;
-            if name.is_none() && context.is_none() {
-                let names = interop::kwnames(py, &["loop"])?;
-                return interop::call_kw(task, &[coro], names, &[slf.as_any()]);
-            }
-            let names = interop::kwnames(py, &["loop", "name", "context"])?;
-            return interop::call_kw(task, &[coro], names, &[slf.as_any(), name, context]);
+        let task = Self::new_task(slf, coro, name, context)?;
+        let quiet = pyo3::intern!(py, "_log_destroy_pending");
+        if this.closer.load(Relaxed) != 0 && task.hasattr(quiet)? {
+            // Made by a callback that close() runs (another thread's post: a
+            // run_coroutine_threadsafe, say): it never runs, and is dropped with the rest,
+            // silently, as what that callback schedules with call_soon is; not reported
+            // as "destroyed but it is pending". (The stock loop drops such posts unrun.)
+            task.setattr(quiet, false)?;
         }
-        let task = if context.is_none() {
-            factory.call1((slf, coro))?
-        } else {
-            let kwargs = PyDict::new(py);
-            kwargs.set_item("context", context)?;
-            factory.call((slf, coro), Some(&kwargs))?
-        };
-        interop::set_task_name(py)?.call1((&task, name))?;
         Ok(task)
     }
 
     fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         slf.get().check_thread_strict()?;
         new_future(slf.as_any())
+    }
+
+    /// Whether `close()` is running what other threads posted (see `_close_core`).
+    #[getter]
+    fn _closing(&self) -> bool {
+        self.closer.load(Relaxed) != 0
     }
 
     #[getter]

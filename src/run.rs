@@ -362,6 +362,11 @@ impl LoopCore {
         empty: &mut EmptyContext,
     ) -> Timed {
         let py = slf.py();
+        if item.is_cancelled() {
+            // As the stock loop, which passes over a cancelled handle before it times one:
+            // no `_current_handle`, no slow-callback warning for it.
+            return Timed::Ran(self.run_item(slf, item, true, None, empty));
+        }
         let handle = match item.handle_object(py) {
             Ok(handle) => handle,
             // No object to time it under (MemoryError): it still runs, untimed.
@@ -503,8 +508,14 @@ fn report_callback_error(
 #[pymethods]
 impl LoopCore {
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
-        slf.get().wait_for_foreign_drain(slf.py());
-        slf.get().run_once(slf)
+        let this = slf.get();
+        if this.in_run_once.load(Relaxed) != 0 {
+            // From a callback of a running iteration, which has taken the whole batch: a
+            // nested one would find nothing ready and could block in the poller for good.
+            return Err(errors::already_running());
+        }
+        this.wait_for_foreign_drain(slf.py());
+        this.run_once(slf)
     }
 
     /// Runs iterations until `stop()`; the Python side sets up asyncgen hooks and the

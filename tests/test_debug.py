@@ -512,3 +512,37 @@ def test_the_running_handle_is_recorded_without_running_python_code(wloop):
         sys.settrace(None)
     assert calls == [] and seen == [handle]
     assert wloop._current_handle is None
+
+
+def test_a_cancelled_handle_is_not_timed(loop, caplog):
+    # As the stock loop, which passes over a cancelled handle before timing: no
+    # slow-callback warning names it, even when every callback counts as slow.
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0
+    cancelled = loop.call_soon(print, "never")
+    cancelled.cancel()
+    loop.call_soon(loop.stop)
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        loop.run_forever()
+    timed = [r.getMessage() for r in caplog.records if "took" in r.getMessage()]
+    assert len(timed) == 1 and "stop()" in timed[0], timed
+
+
+def test_a_nested_run_once_is_refused(wloop):
+    # weaveloop-only: an iteration takes its whole batch at once, so one run from a
+    # callback of it would find nothing ready and could block in the poller for good
+    # (the stock loop's runs what is queued behind, then the outer one fails on its
+    # emptied queue with IndexError).
+    errors = []
+
+    def nested():
+        try:
+            wloop._run_once()
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    wloop.call_later(SAFETY, lambda: None)  # (a safety net: it ends such a block)
+    wloop.call_soon(nested)
+    wloop.call_soon(wloop.stop)
+    wloop.run_forever()
+    assert errors == ["This event loop is already running"]

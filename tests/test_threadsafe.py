@@ -15,6 +15,7 @@ import random
 import sys
 import threading
 import time
+import warnings
 import weakref
 
 import pytest
@@ -833,6 +834,52 @@ def test_another_threads_post_while_close_runs_the_posted_is_refused(wloop):
     join_or_fail(start_thread(wloop.call_soon_threadsafe, during_close))
     wloop.close()
     assert outcome == ["Event loop is closed"]
+
+
+def test_a_task_a_post_makes_while_close_runs_it_is_dropped_silently(wloop, caplog):
+    # run_coroutine_threadsafe() to a loop that stopped, which is then closed: close()
+    # runs the post (it must run or raise), which makes a task that can never run. It is
+    # dropped with the rest, as what the post schedules with call_soon is, not reported
+    # as "Task was destroyed but it is pending!" (the stock loop drops the post unrun).
+    # Its coroutine never ran: the usual "never awaited" warning, as on the stock loop.
+    async def work():
+        return 42
+
+    posted = []
+    join_or_fail(
+        start_thread(lambda: posted.append(asyncio.run_coroutine_threadsafe(work(), wloop)))
+    )
+    with (
+        caplog.at_level(logging.DEBUG, logger="asyncio"),
+        pytest.warns(RuntimeWarning, match="coroutine .*work.* was never awaited"),
+    ):
+        wloop.close()
+        posted.clear()
+        gc.collect()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_an_async_generator_collected_elsewhere_before_close_is_dropped_silently(wloop, caplog):
+    # Its finalizer hook posts aclose(); close() runs that post while the loop closes:
+    # there is no iteration left to run it in, and it is dropped (as on the stock loop),
+    # not made into a task that never runs.
+    async def agen():
+        yield 1
+
+    held = []
+
+    async def start():
+        gen = agen()
+        await gen.__anext__()
+        held.append(gen)
+
+    wloop.run_until_complete(start())
+    join_or_fail(start_thread(held.clear))  # the last reference goes in another thread
+    with caplog.at_level(logging.DEBUG, logger="asyncio"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wloop.close()
+        gc.collect()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_close_finishes_when_a_post_it_runs_raises_system_exit(wloop):

@@ -624,11 +624,11 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             self.call_soon_threadsafe(self._finalize_asyncgen, agen.aclose())
 
     def _finalize_asyncgen(self, closing) -> None:
-        if self.is_closed():
+        if self.is_closed() or self._closing:
             # Collected on another thread after the last run: close() runs what other
             # threads posted (none vanishes), but there is no loop left to finalise it
-            # on. The stock loop drops it silently; so do we, instead of logging a
-            # refused create_task. (What the closing thread posted, close() drops.)
+            # on. The stock loop drops it silently; so do we, rather than make a task that
+            # never runs. (What the closing thread posted, close() drops.)
             closing.close()
             return
         self.create_task(closing)
