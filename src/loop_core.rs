@@ -20,6 +20,7 @@ use weaveloop_engine::injector::Unpark;
 use weaveloop_engine::{clock, Injector, Poller, Throttle, TimerHeap};
 
 use crate::errors;
+use crate::gil::GilCell;
 use crate::handles::{untrack, Callback, EmptyContext, Handle, HeldInterrupt, TimerHandle};
 use crate::interop;
 use crate::posted::Posted;
@@ -230,8 +231,10 @@ const HAND_OVER_MIN_WAIT: Duration = Duration::from_micros(2);
 #[pyclass(module = "weaveloop._core", subclass, frozen, weakref)]
 pub struct LoopCore {
     pub(crate) ready: Mutex<VecDeque<Ready>>,
-    /// The buffer the previous iteration ran from, kept to reuse its capacity.
-    pub(crate) spare: Mutex<VecDeque<Ready>>,
+    /// What the running iteration has taken from the ready queue and not run yet (and,
+    /// between iterations, an empty buffer that keeps its capacity). Not a local of the
+    /// iteration: one run nested from a callback (`_run_once`) runs it first.
+    pub(crate) batch: GilCell<VecDeque<Ready>>,
     pub(crate) timers: Mutex<TimerHeap<Py<TimerHandle>>>,
     /// Reused by callbacks scheduled from an empty context (see handles.rs).
     pub(crate) empty_context: Mutex<EmptyContext>,
@@ -273,6 +276,10 @@ pub struct LoopCore {
     /// Python code replaced `time()` (a subclass, or `loop.time = ...` as virtual-clock
     /// test tools do): the scheduler then reads that, as the stock loop calls self.time().
     pub(crate) custom_clock: AtomicBool,
+    /// The loop's class sets attributes through weaveloop.Loop's own `__setattr__` (no
+    /// subclass overrides it): debug mode then sets `_current_handle` as a plain attribute
+    /// (see `run_item_timed`). Looked at when the loop starts running.
+    pub(crate) plain_setattr: AtomicBool,
     pub(crate) executor_shutdown_called: AtomicBool,
     pub(crate) default_executor: Mutex<Option<Py<PyAny>>>,
     pub(crate) cancelled_in_heap: Arc<AtomicUsize>,
@@ -549,7 +556,7 @@ impl LoopCore {
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
         Ok(LoopCore {
             ready: Mutex::new(VecDeque::with_capacity(64)),
-            spare: Mutex::new(VecDeque::with_capacity(64)),
+            batch: GilCell::new(VecDeque::with_capacity(64)),
             timers: Mutex::new(TimerHeap::new()),
             empty_context: Mutex::new(EmptyContext::default()),
             watchers: Mutex::new(HashMap::new()),
@@ -569,6 +576,7 @@ impl LoopCore {
             debug: AtomicBool::new(false),
             strict: AtomicBool::new(true),
             custom_clock: AtomicBool::new(false),
+            plain_setattr: AtomicBool::new(true),
             executor_shutdown_called: AtomicBool::new(false),
             default_executor: Mutex::new(None),
             cancelled_in_heap: Arc::new(AtomicUsize::new(0)),
@@ -744,7 +752,7 @@ impl LoopCore {
 
     /// Whether `close()` is running what other threads posted (see `_close_core`).
     #[getter]
-    fn _closing(&self) -> bool {
+    fn _weaveloop_closing(&self) -> bool {
         self.closer.load(Relaxed) != 0
     }
 
@@ -772,6 +780,16 @@ impl LoopCore {
     #[setter(_custom_clock)]
     fn set_custom_clock(&self, value: bool) {
         self.custom_clock.store(value, Relaxed);
+    }
+
+    #[getter]
+    fn _plain_setattr(&self) -> bool {
+        self.plain_setattr.load(Relaxed)
+    }
+
+    #[setter(_plain_setattr)]
+    fn set_plain_setattr(&self, value: bool) {
+        self.plain_setattr.store(value, Relaxed);
     }
 
     #[getter]

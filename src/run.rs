@@ -96,7 +96,10 @@ impl LoopCore {
     /// deadline itself (`Wait::Until`, which the poller arms once for all the polls
     /// that wait on that timer); a replaced clock's deadline is turned into a duration.
     fn poll_timeout(&self, slf: &Bound<'_, LoopCore>) -> PyResult<Wait> {
-        if self.stopping.load(Relaxed) || !lock(&self.ready).is_empty() {
+        if self.stopping.load(Relaxed)
+            || !lock(&self.ready).is_empty()
+            || self.batch.with(slf.py(), |batch| !batch.is_empty())
+        {
             return Ok(Wait::For(Duration::ZERO));
         }
         let Some(when) = lock(&self.timers).peek().map(|(when, _)| when) else {
@@ -247,23 +250,39 @@ impl LoopCore {
     /// Runs what was ready when called; a KeyboardInterrupt/SystemExit stops the batch
     /// and puts the rest back at the front of the queue, so nothing is lost.
     fn run_ready(&self, slf: &Bound<'_, LoopCore>) -> PyResult<()> {
-        let mut batch = std::mem::take(&mut *lock(&self.spare));
-        std::mem::swap(&mut batch, &mut *lock(&self.ready));
-        self.last_batch.store(batch.len(), Relaxed);
+        let py = slf.py();
+        // What is ready now joins the batch: behind what an outer iteration (this one
+        // runs nested, from one of its callbacks) has not run yet, which this one then
+        // runs first, as the stock loop's nested iteration finds it at the head of its
+        // queue. It runs that many entries, not what its callbacks add.
+        let (n, mut posted_left) = self.batch.with(py, |batch| {
+            let mut ready = lock(&self.ready);
+            if batch.is_empty() {
+                std::mem::swap(batch, &mut *ready); // (each keeps its capacity)
+            } else {
+                batch.extend(ready.drain(..));
+            }
+            // Flow control counts the posted callbacks of this batch as not run yet until
+            // they are (see Injector::report_backlog), told every BACKLOG_REPORT_STEP.
+            let posted = batch
+                .iter()
+                .filter(|item| matches!(item, Ready::Posted(_)))
+                .count();
+            (batch.len(), posted)
+        });
+        self.last_batch.store(n, Relaxed);
         let debug = self.is_debug();
         let mut empty = std::mem::take(&mut *lock(&self.empty_context));
         let mut result = Ok(());
-        // Flow control counts the posted callbacks of this batch as not run yet until
-        // they are (see Injector::report_backlog), told every BACKLOG_REPORT_STEP of them.
         let injector = &self.shared.get().injector;
-        let mut posted_left = batch
-            .iter()
-            .filter(|item| matches!(item, Ready::Posted(_)))
-            .count();
         if posted_left > 0 {
             injector.report_backlog(posted_left);
         }
-        while let Some(item) = batch.pop_front() {
+        for _ in 0..n {
+            // (None once a nested iteration has run the rest.)
+            let Some(item) = self.batch.with(py, VecDeque::pop_front) else {
+                break;
+            };
             let posted = matches!(item, Ready::Posted(_));
             let r = if debug {
                 match self.run_item_timed(slf, &item, &mut empty) {
@@ -271,7 +290,7 @@ impl LoopCore {
                     Timed::NotRun(e) => {
                         // It goes back with the rest of the batch: lost, it would be a
                         // future's wake-up that never comes.
-                        batch.push_front(item);
+                        self.batch.with(py, |batch| batch.push_front(item));
                         result = Err(e);
                         break;
                     }
@@ -291,13 +310,16 @@ impl LoopCore {
                 break;
             }
         }
-        if !batch.is_empty() {
+        if result.is_err() {
+            // (A KeyboardInterrupt/SystemExit: the rest waits, first in the queue.)
+            let rest = self.batch.with(py, std::mem::take);
             let mut ready = lock(&self.ready);
-            while let Some(item) = batch.pop_back() {
+            for item in rest.into_iter().rev() {
                 ready.push_front(item);
             }
+        } else if posted_left > 0 {
+            injector.report_backlog(0); // a nested iteration ran them
         }
-        *lock(&self.spare) = batch;
         *lock(&self.empty_context) = empty;
         result
     }
@@ -376,12 +398,19 @@ impl LoopCore {
         };
         let handle = handle.bind(py);
         // As asyncio in debug mode: the exception handler then says where the running
-        // handle was created. It is set as a plain attribute, as the stock loop's
-        // `self._current_handle = handle`: no Python code runs (weaveloop.Loop's
-        // `__setattr__` would), so no signal handler can raise between the callback
-        // leaving the queue and running.
+        // handle was created. Set as the stock loop's `self._current_handle = handle`
+        // is: past weaveloop.Loop's own `__setattr__`, so that no Python code runs (and
+        // no signal handler can raise between the callback leaving the queue and
+        // running), but through a subclass's, as that statement would be.
         let current = pyo3::intern!(py, "_current_handle");
-        if let Err(e) = interop::set_plain_attr(slf.as_any(), current, handle) {
+        let set_current = |value: &Bound<'_, PyAny>| {
+            if self.plain_setattr.load(Relaxed) {
+                interop::set_plain_attr(slf.as_any(), current, value)
+            } else {
+                slf.setattr(current, value)
+            }
+        };
+        if let Err(e) = set_current(handle) {
             return Timed::NotRun(e);
         }
         // Timed on the scheduler's clock, as the stock loop times it with `self.time()`:
@@ -392,14 +421,14 @@ impl LoopCore {
             Err(e) => {
                 // (The clock's error is the one to raise; clearing a set attribute
                 // fails only if memory does, and then the next run sets it again.)
-                let _ = interop::set_plain_attr(slf.as_any(), current, &py.None().into_bound(py));
+                let _ = set_current(&py.None().into_bound(py));
                 return Timed::NotRun(e);
             }
         };
         // Keep the callable until the slow-callback message has named it.
         let r = self.run_item(slf, item, false, Some(handle), empty);
         let t1 = self.now(slf);
-        let cleared = interop::set_plain_attr(slf.as_any(), current, &py.None().into_bound(py));
+        let cleared = set_current(&py.None().into_bound(py));
         Timed::Ran(self.after_timed_run(slf, item, handle, r.and(cleared), t0, t1))
     }
 
@@ -509,11 +538,6 @@ fn report_callback_error(
 impl LoopCore {
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
-        if this.in_run_once.load(Relaxed) != 0 {
-            // From a callback of a running iteration, which has taken the whole batch: a
-            // nested one would find nothing ready and could block in the poller for good.
-            return Err(errors::already_running());
-        }
         this.wait_for_foreign_drain(slf.py());
         this.run_once(slf)
     }
@@ -662,6 +686,19 @@ impl LoopCore {
             // been, in that thread).
             this.applying_posted.store(false, Relaxed);
             this.in_run_once.store(0, Relaxed);
+            // What its iteration had not run yet waits first in the queue, as in the
+            // stock loop's ready deque, which such an iteration takes from one by one.
+            let rest = this.batch.with(py, std::mem::take);
+            let mut ready = lock(&this.ready);
+            for item in rest.into_iter().rev() {
+                ready.push_front(item);
+            }
+        }
+        // Nor is another thread of the parent closing it (one that was running what
+        // other threads posted, see _close_core): the loop is open here.
+        let closer = this.closer.load(Relaxed);
+        if closer != 0 && closer != interop::thread_ident() {
+            this.closer.store(0, Relaxed);
         }
         // A thread of the parent that was settling completions for the idle loop (see
         // drain_while_idle) does not exist here either: the loop must not wait for it.

@@ -20,6 +20,7 @@ import weakref
 import pytest
 import weaveloop
 from _support import (
+    SAFETY,
     assert_fork_script_passes,
     needs_parked_detection,
     run,
@@ -834,3 +835,66 @@ def test_a_vendored_nest_asyncio_is_refused_too(wloop):
 
     with pytest.raises(ValueError, match="Can't patch loop of type"):
         _patch_loop(wloop)
+
+
+def test_a_nested_run_once_runs_what_is_queued_behind_its_callback(wloop):
+    # weaveloop-only (`_run_once` is private; some code steps a loop with it from inside
+    # a callback): an iteration takes its whole batch at once, and one run from a
+    # callback of it runs what the outer one has not run yet, first, as the stock loop's
+    # nested iteration finds it at the head of its queue. Before, it found nothing ready
+    # and blocked in the poller for good. (The stock loop's outer iteration then fails
+    # on its emptied queue with IndexError; this one has nothing left and ends.)
+    ran = []
+
+    def nested():
+        ran.append("outer callback")
+        wloop.call_soon(ran.append, "scheduled by it")
+        wloop._run_once()
+        ran.append("back in the outer callback")
+
+    wloop.call_later(SAFETY, wloop.stop)  # (a safety net: it ends such a block)
+    wloop.call_soon(nested)
+    wloop.call_soon(ran.append, "queued behind")
+    wloop.call_soon(wloop.stop)
+    wloop.run_forever()
+    assert ran == [
+        "outer callback",
+        "queued behind",
+        "scheduled by it",
+        "back in the outer callback",
+    ]
+
+
+def test_a_callback_may_step_the_loop_until_a_timer_fires(loop):
+    # As on the stock loop: a nested iteration waits for the timer as any iteration does.
+    ran = []
+
+    def step_until_fired():
+        fired = loop.create_future()
+        loop.call_later(0.001, fired.set_result, "timer fired")
+        while not fired.done():
+            loop._run_once()
+        ran.append(fired.result())
+        loop.stop()
+
+    loop.call_later(SAFETY, loop.stop)  # (a safety net, should the stepping fail)
+    loop.call_soon(step_until_fired)
+    loop.run_forever()
+    assert ran == ["timer fired"]
+
+
+def test_a_subclass_may_have_its_own_closing_attribute(wloop):
+    # The loop's own flags keep out of the names subclasses use (`_closing` is common).
+    import weaveloop
+
+    class Mine(weaveloop.Loop):
+        def __init__(self):
+            super().__init__()
+            self._closing = "mine"
+
+    lp = Mine()
+    try:
+        assert lp._closing == "mine"
+        assert lp.run_until_complete(asyncio.sleep(0, "ok")) == "ok"
+    finally:
+        lp.close()

@@ -1579,3 +1579,72 @@ def test_a_server_closed_from_another_thread_is_refused_and_still_serves(kind, t
     finally:
         lt.stop()
         loop.close()
+
+
+def test_a_tls_transport_whose_connection_is_gone_may_be_closed_from_anywhere():
+    # As on socket and pipe transports (whose lost connection lets go of the loop):
+    # close() and abort() of a TLS transport whose connection is gone do nothing, from
+    # any thread, rather than fail the strict thread check.
+    loop = weaveloop.new_event_loop()
+    lt = LoopThread(loop).start()
+    server_ctx, client_ctx = _tls_contexts()
+
+    async def connect_then_lose():
+        async def peer(reader, writer):
+            writer.close()
+
+        server = await asyncio.start_server(peer, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
+        )
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return writer.transport
+
+    try:
+        transport = asyncio.run_coroutine_threadsafe(connect_then_lose(), loop).result(10)
+        transport.close()
+        transport.abort()
+        assert transport.is_closing()
+    finally:
+        lt.stop()
+        loop.close()
+
+
+def test_a_tls_transport_class_put_in_the_module_keeps_its_methods(monkeypatch, loop):
+    # The loop gives the stock TLS transport its thread-checked subclass, and only that
+    # class: one a program put in asyncio.sslproto's place keeps its own methods.
+    from asyncio import sslproto
+
+    class Counting(sslproto._SSLProtocolTransport):
+        writes = []
+
+        def write(self, data):
+            Counting.writes.append(data)
+            super().write(data)
+
+    monkeypatch.setattr(sslproto, "_SSLProtocolTransport", Counting)
+    server_ctx, client_ctx = _tls_contexts()
+
+    async def main():
+        async def echo(reader, writer):
+            writer.write(await reader.read(100))
+            writer.close()
+
+        server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
+        )
+        writer.write(b"hello")
+        back = await reader.read(100)
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        return type(writer.transport), back
+
+    cls, back = run(loop, main())
+    assert cls is Counting and back == b"hello" and b"hello" in Counting.writes

@@ -183,7 +183,11 @@ def _like(stock):
 
 
 def _thread_checked(cls):
-    """Class decorator: the `_THREAD_CHECKED` methods `cls` has check the thread first."""
+    """Class decorator: the `_THREAD_CHECKED` methods `cls` has check the thread first,
+    while `cls._loop_attached` (by default: `_loop` is set, which a socket or pipe
+    transport's lost connection clears) says they can still reach the loop."""
+    if "_loop_attached" not in cls.__dict__:
+        cls._loop_attached = lambda self: self._loop is not None
     for name in _THREAD_CHECKED:
         method = getattr(cls, name, None)
         if method is not None:
@@ -194,9 +198,8 @@ def _thread_checked(cls):
 def _checking_thread(method):
     @functools.wraps(method)
     def checked(self, *args, **kwargs):
-        loop = self._loop
-        if loop is not None:  # (None once a socket or pipe transport's connection is lost)
-            loop._check_thread_strict()
+        if self._loop_attached():
+            self._loop._check_thread_strict()
         return method(self, *args, **kwargs)
 
     return checked
@@ -289,6 +292,11 @@ class _SSLTransport(sslproto._SSLProtocolTransport):
     thread-checked. The stock TLS protocol makes a stock one; the loop gives it this
     class (same layout, nothing added) before anyone else sees it."""
 
+    def _loop_attached(self):
+        # Once the TLS protocol has lost its connection, these methods are no-ops.
+        protocol = self._ssl_protocol
+        return protocol is not None and protocol._transport is not None
+
 
 def _refuse_nan_ssl_timeouts(handshake, shutdown) -> None:
     """The stock TLS protocol refuses a timeout <= 0 as it is made, and NaN passes that
@@ -301,7 +309,9 @@ def _refuse_nan_ssl_timeouts(handshake, shutdown) -> None:
 
 
 def _thread_checked_tls(app_transport):
-    if type(app_transport) is sslproto._SSLProtocolTransport:
+    # (Only the very class it extends: a class a program put in the module's place since
+    # keeps its own methods.)
+    if type(app_transport) is _SSLTransport.__base__:
         app_transport.__class__ = _SSLTransport
     return app_transport
 
@@ -312,9 +322,12 @@ class _Server(base_events.Server):
 
     close = _checking_thread(base_events.Server.close)
 
+    def _loop_attached(self):
+        return self._sockets is not None  # (closed: close() does nothing)
+
 
 def _thread_checked_server(server):
-    if type(server) is base_events.Server:
+    if type(server) is _Server.__base__:
         server.__class__ = _Server
     return server
 
@@ -432,6 +445,9 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         self._check_running()
         # Also a `time()` patched on the class since (`mock.patch.object(Loop, "time")`).
         self._custom_clock = self._time_replaced()
+        # Debug mode sets `_current_handle` past this class's own __setattr__ only (see
+        # run_item_timed in src/run.rs).
+        self._plain_setattr = type(self).__setattr__ is Loop.__setattr__
         self._set_coroutine_origin_tracking(self._debug)
         old_agen_hooks = sys.get_asyncgen_hooks()
         self._wakeup_fd_to_restore = self._install_wakeup_fd()
@@ -624,7 +640,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             self.call_soon_threadsafe(self._finalize_asyncgen, agen.aclose())
 
     def _finalize_asyncgen(self, closing) -> None:
-        if self.is_closed() or self._closing:
+        if self.is_closed() or self._weaveloop_closing:
             # Collected on another thread after the last run: close() runs what other
             # threads posted (none vanishes), but there is no loop left to finalise it
             # on. The stock loop drops it silently; so do we, rather than make a task that
