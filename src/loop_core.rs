@@ -773,36 +773,6 @@ impl LoopCore {
     }
 
     #[getter]
-    fn _custom_clock(&self) -> bool {
-        self.custom_clock.load(Relaxed)
-    }
-
-    #[setter(_custom_clock)]
-    fn set_custom_clock(&self, value: bool) {
-        self.custom_clock.store(value, Relaxed);
-    }
-
-    #[getter]
-    fn _plain_setattr(&self) -> bool {
-        self.plain_setattr.load(Relaxed)
-    }
-
-    #[setter(_plain_setattr)]
-    fn set_plain_setattr(&self, value: bool) {
-        self.plain_setattr.store(value, Relaxed);
-    }
-
-    #[getter]
-    fn _strict_threads(&self) -> bool {
-        self.strict.load(Relaxed)
-    }
-
-    #[setter(_strict_threads)]
-    fn set_strict_threads_attr(&self, value: bool) {
-        self.strict.store(value, Relaxed);
-    }
-
-    #[getter]
     fn _closed(&self) -> bool {
         self.closed.load(Relaxed)
     }
@@ -948,3 +918,26 @@ pub fn new_future<'py>(loop_obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAn
     let names = interop::kwnames(py, &["loop"])?;
     interop::call_kw(interop::asyncio_future(py)?, &[], names, &[loop_obj])
 }
+
+/// A flag the Python side of the loop sets (a private attribute, read and written as a
+/// bool): its own `#[pymethods]` block (the crate has multiple-pymethods).
+macro_rules! flag_attribute {
+    ($name:ident, $setter:ident, $field:ident) => {
+        #[pymethods]
+        impl LoopCore {
+            #[getter]
+            fn $name(&self) -> bool {
+                self.$field.load(Relaxed)
+            }
+
+            #[setter($name)]
+            fn $setter(&self, value: bool) {
+                self.$field.store(value, Relaxed);
+            }
+        }
+    };
+}
+
+flag_attribute!(_custom_clock, set_custom_clock, custom_clock);
+flag_attribute!(_plain_setattr, set_plain_setattr, plain_setattr);
+flag_attribute!(_strict_threads, set_strict_threads_attr, strict);
