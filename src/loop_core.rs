@@ -883,7 +883,12 @@ impl LoopCore {
     fn _ready(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
         // Handle objects are made with the lock released: allocating one may run the
         // cyclic GC, whose finalizers may schedule callbacks (and take this lock).
-        let entries: Vec<Ready> = lock(&self.ready).iter().map(|r| r.clone_ref(py)).collect();
+        // What the running iteration has not run yet comes first, as in the stock loop's
+        // queue, which an iteration takes from one by one.
+        let mut entries: Vec<Ready> = self
+            .batch
+            .with(py, |batch| batch.iter().map(|r| r.clone_ref(py)).collect());
+        entries.extend(lock(&self.ready).iter().map(|r| r.clone_ref(py)));
         entries.iter().map(|item| item.handle_object(py)).collect()
     }
 

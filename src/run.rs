@@ -8,7 +8,7 @@ use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRecursionError, PyRuntimeError, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use weaveloop_engine::{clock, Readiness, Wait};
@@ -37,6 +37,8 @@ const HAND_OVER_BATCH: usize = 16;
 /// backlog shrink within its wait, seldom enough that posters rarely see the report's
 /// cache line change.
 const BACKLOG_REPORT_STEP: usize = 256;
+/// How deep `_run_once()` may nest (from callbacks) before it raises RecursionError.
+const MAX_NESTED_RUNS: usize = 200;
 /// Timer heap compaction thresholds (asyncio's).
 const MIN_SCHEDULED_FOR_COMPACTION: usize = 100;
 
@@ -279,8 +281,13 @@ impl LoopCore {
             injector.report_backlog(posted_left);
         }
         for _ in 0..n {
-            // (None once a nested iteration has run the rest.)
-            let Some(item) = self.batch.with(py, VecDeque::pop_front) else {
+            // Once a nested iteration has run the rest, this one goes on with what is
+            // ready, up to its count, as the stock loop's pops its queue that many times.
+            let Some(item) = self
+                .batch
+                .with(py, VecDeque::pop_front)
+                .or_else(|| lock(&self.ready).pop_front())
+            else {
                 break;
             };
             let posted = matches!(item, Ready::Posted(_));
@@ -538,6 +545,14 @@ fn report_callback_error(
 impl LoopCore {
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
+        if this.in_run_once.load(Relaxed) >= MAX_NESTED_RUNS {
+            // Each level holds native frames on the C stack, more than the stock loop's
+            // Python frames: deep enough, and with a raised recursion limit, it would
+            // overflow that stack rather than raise.
+            return Err(PyRecursionError::new_err(
+                "maximum recursion depth exceeded in nested _run_once()",
+            ));
+        }
         this.wait_for_foreign_drain(slf.py());
         this.run_once(slf)
     }
@@ -615,7 +630,10 @@ impl LoopCore {
         // the rest, silently, instead of failing with "Event loop is closed". The rest of
         // the ready queue is dropped, as asyncio's close() does, and so are the callbacks
         // this thread posted itself, before closing (tornado's add_callback posts so).
-        let ready: VecDeque<Ready> = std::mem::take(&mut *lock(&this.ready));
+        // (From a callback of an iteration run by hand, `_run_once()`: what it has not
+        // run yet is dropped too, as the stock loop's close() clears its whole queue.)
+        let mut ready: VecDeque<Ready> = this.batch.with(py, std::mem::take);
+        ready.extend(std::mem::take(&mut *lock(&this.ready)));
         let late = leftovers.into_iter().filter_map(|item| match item {
             Posted::Call(h) => Some(Ready::Posted(h)),
             // A completion whose future is already cancelled above: nothing to do.
@@ -696,8 +714,13 @@ impl LoopCore {
         }
         // Nor is another thread of the parent closing it (one that was running what
         // other threads posted, see _close_core): the loop is open here.
+        // The close is not finished here, and cannot be (its Python half, which ran
+        // first, has closed the self-pipe): the loop counts as closed, and its fresh
+        // poller goes with it below.
         let closer = this.closer.load(Relaxed);
-        if closer != 0 && closer != interop::thread_ident() {
+        let closed_elsewhere = closer != 0 && closer != interop::thread_ident();
+        if closed_elsewhere {
+            this.closed.store(true, Relaxed);
             this.closer.store(0, Relaxed);
         }
         // A thread of the parent that was settling completions for the idle loop (see
@@ -749,6 +772,10 @@ impl LoopCore {
         // closed unless a thread of the parent held the poller's locks at the fork.
         this.shared().poller.close_after_fork();
         this.shared.replace(fresh);
+        if closed_elsewhere {
+            drop(this.shared().injector.close());
+            this.shared().poller.close();
+        }
         let in_flight: Vec<Py<PyAny>> = lock(&this.in_flight).drain().map(|(_, f)| f).collect();
         for fut in &in_flight {
             fut.bind(py).call_method0(pyo3::intern!(py, "cancel"))?;

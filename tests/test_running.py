@@ -12,6 +12,7 @@ import inspect
 import os
 import signal
 import socket
+import sys
 import textwrap
 import threading
 import warnings
@@ -898,3 +899,113 @@ def test_a_subclass_may_have_its_own_closing_attribute(wloop):
         assert lp.run_until_complete(asyncio.sleep(0, "ok")) == "ok"
     finally:
         lp.close()
+
+
+def test_a_callback_sees_the_rest_of_its_iteration_in_ready(loop):
+    # As in the stock loop's queue, which an iteration takes from one by one: what the
+    # running iteration has not run yet is listed first.
+    seen = []
+    loop.call_soon(lambda: seen.append(len(loop._ready)))
+    loop.call_soon(lambda: None)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == [2]
+
+
+def test_an_iteration_goes_on_with_what_a_nested_one_left_ready(loop):
+    # As the stock loop's, which pops its queue as many times as it had entries: what a
+    # nested iteration's callbacks scheduled runs in the outer iteration, before a
+    # stop() that outer one made takes effect.
+    log = []
+
+    def scheduling():
+        log.append("scheduling")
+        loop.call_soon(log.append, "scheduled")
+
+    def nesting():
+        log.append("nesting")
+        loop._run_once()
+        log.append("back")
+        loop.stop()
+
+    loop.call_later(SAFETY, loop.stop)  # (a safety net, should the stepping fail)
+    loop.call_soon(nesting)
+    loop.call_soon(scheduling)
+    loop.run_forever()
+    assert log == ["nesting", "scheduling", "back", "scheduled"]
+
+
+def test_close_from_a_callback_of_a_hand_run_iteration_drops_its_rest(wloop):
+    # weaveloop-only (the stock loop's iteration then fails on its emptied queue with
+    # IndexError): close() drops what the iteration has not run yet, with the rest of the
+    # queue, instead of leaving it to run on the closed loop.
+    ran = []
+    wloop.call_soon(wloop.close)
+    wloop.call_soon(ran.append, "after close")
+    wloop._run_once()
+    assert wloop.is_closed() and ran == []
+
+
+def test_nested_iterations_end_in_recursion_error_not_a_crash(wloop):
+    # weaveloop-only: each nested _run_once() holds native frames; a depth cap raises
+    # RecursionError long before a raised recursion limit would let the C stack overflow.
+    depths = []
+
+    def deeper(depth):
+        wloop.call_soon(deeper, depth + 1)
+        try:
+            wloop._run_once()
+        except RecursionError as e:
+            depths.append((depth, str(e)))
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    try:
+        wloop.call_soon(deeper, 1)
+        wloop._run_once()
+    finally:
+        sys.setrecursionlimit(limit)
+    assert depths == [(200, "maximum recursion depth exceeded in nested _run_once()")]
+
+
+_FORK_DURING_CLOSE = r"""
+import os, sys, threading
+import weaveloop
+
+loop = weaveloop.new_event_loop()
+entered, release = threading.Event(), threading.Event()
+
+def posted():  # run by close(), in the closing thread
+    entered.set()
+    release.wait(30)
+
+poster = threading.Thread(target=loop.call_soon_threadsafe, args=(posted,))
+poster.start()
+poster.join()
+closer = threading.Thread(target=loop.close)
+closer.start()
+assert entered.wait(30)
+pid = os.fork()
+if pid == 0:
+    # Another thread of the parent was closing the loop: here it is closed, and says so.
+    code = 0 if loop.is_closed() else 1
+    try:
+        loop.run_until_complete(None)
+        code = 2
+    except RuntimeError as e:
+        code = code or (0 if "closed" in str(e) else 3)
+    loop.close()
+    os._exit(code)
+_, status = os.waitpid(pid, 0)
+release.set()
+closer.join()
+print("child exit", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_fork_while_another_thread_closes_the_loop_leaves_it_closed_in_the_child():
+    # weaveloop-only: close() runs other threads' posts before it marks the loop closed;
+    # a child forked meanwhile by another thread cannot finish that close (its first,
+    # Python half has closed the self-pipe), and finds the loop closed rather than a
+    # half-closed loop that says it is open.
+    assert_fork_script_passes(_FORK_DURING_CLOSE, "weaveloop")

@@ -394,6 +394,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         self.set_debug(coroutines._is_debug_mode())
         self._strict_threads = opts["strict_threads"]
         self._custom_clock = self._time_replaced()
+        self._plain_setattr = type(self).__setattr__ is Loop.__setattr__  # (see run_forever)
         self._executor_workers = opts["executor_workers"]
         self._selector = _SelectorView(self)
         self._transports = weakref.WeakValueDictionary()
