@@ -328,14 +328,15 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         let owner = this.owner.load(Relaxed);
-        if owner == interop::thread_ident() {
+        let me = interop::thread_ident();
+        if owner == me {
             // On the loop's own thread while it runs: no need for the injector.
             let (handle, cb) = Handle::one_shot(py, cb)?;
             this.push_soon(slf, cb)?;
             return Ok(handle);
         }
         let handle = Handle::posted(py, cb)?;
-        if this.closer.load(Relaxed) == interop::thread_ident() {
+        if this.closer.load(Relaxed) == me {
             // From a callback that close() runs (see `_close_core`): what it schedules is
             // dropped with the rest of the ready queue, as its `call_soon`'s is, instead
             // of failing with "Event loop is closed".

@@ -319,16 +319,21 @@ impl LoopCore {
         }
         if result.is_err() {
             // (A KeyboardInterrupt/SystemExit: the rest waits, first in the queue.)
-            let rest = self.batch.with(py, std::mem::take);
-            let mut ready = lock(&self.ready);
-            for item in rest.into_iter().rev() {
-                ready.push_front(item);
-            }
+            self.requeue_batch(py);
         } else if posted_left > 0 {
             injector.report_backlog(0); // a nested iteration ran them
         }
         *lock(&self.empty_context) = empty;
         result
+    }
+
+    /// Puts what the batch holds back at the front of the ready queue, in its order.
+    fn requeue_batch(&self, py: Python<'_>) {
+        let rest = self.batch.with(py, std::mem::take);
+        let mut ready = lock(&self.ready);
+        for item in rest.into_iter().rev() {
+            ready.push_front(item);
+        }
     }
 
     /// Runs one ready entry; `release`: a one-shot handle drops its callable after.
@@ -706,11 +711,7 @@ impl LoopCore {
             this.in_run_once.store(0, Relaxed);
             // What its iteration had not run yet waits first in the queue, as in the
             // stock loop's ready deque, which such an iteration takes from one by one.
-            let rest = this.batch.with(py, std::mem::take);
-            let mut ready = lock(&this.ready);
-            for item in rest.into_iter().rev() {
-                ready.push_front(item);
-            }
+            this.requeue_batch(py);
         }
         // Nor is another thread of the parent closing it (one that was running what
         // other threads posted, see _close_core): the loop is open here.

@@ -308,28 +308,23 @@ def _refuse_nan_ssl_timeouts(handshake, shutdown) -> None:
             raise ValueError(f"{name} should be a positive number, got {value}")
 
 
-def _thread_checked_tls(app_transport):
-    # (Only the very class it extends: a class a program put in the module's place since
-    # keeps its own methods.)
-    if type(app_transport) is _SSLTransport.__base__:
-        app_transport.__class__ = _SSLTransport
-    return app_transport
-
-
+@_thread_checked
 class _Server(base_events.Server):
     """The stock server, its `close()` thread-checked (it would stop serving half-way:
     its sockets forgotten before the loop refuses to unregister the first one)."""
-
-    close = _checking_thread(base_events.Server.close)
 
     def _loop_attached(self):
         return self._sockets is not None  # (closed: close() does nothing)
 
 
-def _thread_checked_server(server):
-    if type(server) is _Server.__base__:
-        server.__class__ = _Server
-    return server
+def _as_checked(obj, checked):
+    """`obj`, an object the stock code made, given `checked`, its thread-checked
+    subclass (same layout, nothing added), before anyone else sees it. Only an object of
+    the very class `checked` extends: a class a program put in the module's place since
+    keeps its own methods."""
+    if type(obj) is checked.__base__:
+        obj.__class__ = checked
+    return obj
 
 
 @_thread_checked
@@ -394,7 +389,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         self.set_debug(coroutines._is_debug_mode())
         self._strict_threads = opts["strict_threads"]
         self._custom_clock = self._time_replaced()
-        self._plain_setattr = type(self).__setattr__ is Loop.__setattr__  # (see run_forever)
+        self._plain_setattr = self._own_setattr()
         self._executor_workers = opts["executor_workers"]
         self._selector = _SelectorView(self)
         self._transports = weakref.WeakValueDictionary()
@@ -419,6 +414,11 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         super().__delattr__(name)
         if name == "time":
             self._custom_clock = self._time_replaced()
+
+    def _own_setattr(self) -> bool:
+        # Whether attributes are set through this class's own __setattr__ only: debug mode
+        # then sets `_current_handle` past it (see run_item_timed in src/run.rs).
+        return type(self).__setattr__ is Loop.__setattr__
 
     def _time_replaced(self) -> bool:
         # (A `time()` patched on the class after the loop was made is noticed when the
@@ -446,9 +446,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         self._check_running()
         # Also a `time()` patched on the class since (`mock.patch.object(Loop, "time")`).
         self._custom_clock = self._time_replaced()
-        # Debug mode sets `_current_handle` past this class's own __setattr__ only (see
-        # run_item_timed in src/run.rs).
-        self._plain_setattr = type(self).__setattr__ is Loop.__setattr__
+        self._plain_setattr = self._own_setattr()
         self._set_coroutine_origin_tracking(self._debug)
         old_agen_hooks = sys.get_asyncgen_hooks()
         self._wakeup_fd_to_restore = self._install_wakeup_fd()
@@ -550,7 +548,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
         _SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
-        return _thread_checked_tls(ssl_protocol._app_transport)
+        return _as_checked(ssl_protocol._app_transport, _SSLTransport)
 
     @_like(unix_events.SelectorEventLoop.start_tls)
     async def start_tls(self, transport, protocol, sslcontext, **kwargs):
@@ -558,15 +556,15 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             kwargs.get("ssl_handshake_timeout"), kwargs.get("ssl_shutdown_timeout")
         )
         app_transport = await super().start_tls(transport, protocol, sslcontext, **kwargs)
-        return _thread_checked_tls(app_transport)
+        return _as_checked(app_transport, _SSLTransport)
 
     @_like(unix_events.SelectorEventLoop.create_server)
     async def create_server(self, *args, **kwargs):
-        return _thread_checked_server(await super().create_server(*args, **kwargs))
+        return _as_checked(await super().create_server(*args, **kwargs), _Server)
 
     @_like(unix_events.SelectorEventLoop.create_unix_server)
     async def create_unix_server(self, *args, **kwargs):
-        return _thread_checked_server(await super().create_unix_server(*args, **kwargs))
+        return _as_checked(await super().create_unix_server(*args, **kwargs), _Server)
 
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
         return _ReadPipeTransport(self, pipe, protocol, waiter, extra)
