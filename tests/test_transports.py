@@ -1052,10 +1052,14 @@ def test_a_datagram_socket_class_that_overrides_sendto_is_sent_through(loop):
 _TLS_PEM = os.path.join(os.path.dirname(weaveloop.__file__), "bench", "tls_bench.pem")
 
 
-def test_tls_connections_run_over_the_loops_socket_transport(loop):
+def _tls_contexts():
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(_TLS_PEM)
-    client_ctx = ssl.create_default_context(cafile=_TLS_PEM)
+    return server_ctx, ssl.create_default_context(cafile=_TLS_PEM)
+
+
+def test_tls_connections_run_over_the_loops_socket_transport(loop):
+    server_ctx, client_ctx = _tls_contexts()
     payloads = [b"x", os.urandom(1000), os.urandom(3_000_000), b"last"]
 
     async def main():
@@ -1270,7 +1274,7 @@ def test_every_send_path_refuses_another_thread_in_strict_mode(path):
             plain, peer = _tcp_pair()
             ours = _SendsItself(fileno=plain.detach())
             made = loop.create_connection(asyncio.Protocol, sock=ours)
-            transport = asyncio.run_coroutine_threadsafe(made, loop).result(10)[0]
+            transport = _on_loop(loop, made)[0]
             assert "write" not in transport.__dict__  # the class's write, not the Rust one
 
             def send():
@@ -1279,7 +1283,7 @@ def test_every_send_path_refuses_another_thread_in_strict_mode(path):
             family = socket.AF_INET6 if path == "ipv6 datagram" else socket.AF_UNIX
             ours, peer, _ = _datagram_pair(family)
             made = loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=ours)
-            transport = asyncio.run_coroutine_threadsafe(made, loop).result(10)[0]
+            transport = _on_loop(loop, made)[0]
             assert "sendto" not in transport.__dict__
 
             def send():
@@ -1289,7 +1293,7 @@ def test_every_send_path_refuses_another_thread_in_strict_mode(path):
             send()
         _assert_nothing_waits(peer)
         # From the loop's thread it goes out.
-        asyncio.run_coroutine_threadsafe(_call(send), loop).result(10)
+        _on_loop(loop, _call(send))
         peer.settimeout(10)
         assert peer.recv(100) in (b"stream", b"datagram")
         loop.call_soon_threadsafe(transport.close)
@@ -1301,6 +1305,11 @@ def test_every_send_path_refuses_another_thread_in_strict_mode(path):
 
 async def _call(f):
     f()
+
+
+def _on_loop(loop, coro):
+    """Runs `coro` on `loop`, which runs in another thread; its result."""
+    return asyncio.run_coroutine_threadsafe(coro, loop).result(10)
 
 
 class _Recording(socket.socket):
@@ -1439,12 +1448,6 @@ def test_a_protocol_set_in_get_buffer_gets_the_buffer_updated(loop):
     assert run(loop, main()) == (b"\0\0\0", b"abc", [])
 
 
-def _tls_contexts():
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(_TLS_PEM)
-    return server_ctx, ssl.create_default_context(cafile=_TLS_PEM)
-
-
 @pytest.mark.parametrize("kind", ["tcp", "tls", "start_tls", "write pipe"])
 def test_transport_calls_from_another_thread_are_refused_before_any_change(kind):
     # Rule 5 in strict mode: a transport's write/close/pause_reading... from a thread
@@ -1457,9 +1460,6 @@ def test_transport_calls_from_another_thread_are_refused_before_any_change(kind)
     server_ctx, client_ctx = _tls_contexts()
     peer_got = []
     peer_done = threading.Event()
-
-    def on_loop(coro):
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(10)
 
     async def connect():
         if kind == "write pipe":
@@ -1505,7 +1505,7 @@ def test_transport_calls_from_another_thread_are_refused_before_any_change(kind)
         return transport, server
 
     try:
-        transport, other = on_loop(connect_start_tls() if kind == "start_tls" else connect())
+        transport, other = _on_loop(loop, connect_start_tls() if kind == "start_tls" else connect())
         calls = {
             "write": lambda: transport.write(b"from elsewhere"),
             "writelines": lambda: transport.writelines([b"from elsewhere"]),
@@ -1531,14 +1531,14 @@ def test_transport_calls_from_another_thread_are_refused_before_any_change(kind)
                 return
             transport.write_eof() if kind == "tcp" else transport.close()
 
-        on_loop(finish())
+        _on_loop(loop, finish())
         if kind == "write pipe":
             with os.fdopen(other, "rb") as r:
                 assert r.read() == b"from the loop"
         else:
             assert peer_done.wait(10)
             assert b"".join(peer_got) == b"from the loop"
-            on_loop(_call(other.close))
+            _on_loop(loop, _call(other.close))
     finally:
         lt.stop()
         loop.close()
@@ -1550,9 +1550,6 @@ def test_a_server_closed_from_another_thread_is_refused_and_still_serves(kind, t
     # loop refuses to stop watching the first one; checked first, it changes nothing.
     loop = weaveloop.new_event_loop()
     lt = LoopThread(loop).start()
-
-    def on_loop(coro):
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(10)
 
     async def serve():
         if kind == "unix":
@@ -1567,14 +1564,14 @@ def test_a_server_closed_from_another_thread_is_refused_and_still_serves(kind, t
         transport.close()
 
     try:
-        server = on_loop(serve())
+        server = _on_loop(loop, serve())
         address = server.sockets[0].getsockname()
         with pytest.raises(RuntimeError, match="^Non-thread-safe operation invoked"):
             server.close()
         assert server.is_serving() and len(server.sockets) == 1
-        on_loop(connect(address))  # still accepting
-        on_loop(_call(server.close))
-        on_loop(server.wait_closed())
+        _on_loop(loop, connect(address))  # still accepting
+        _on_loop(loop, _call(server.close))
+        _on_loop(loop, server.wait_closed())
         assert not server.is_serving() and server.sockets == ()
     finally:
         lt.stop()
@@ -1605,7 +1602,7 @@ def test_a_tls_transport_whose_connection_is_gone_may_be_closed_from_anywhere():
         return writer.transport
 
     try:
-        transport = asyncio.run_coroutine_threadsafe(connect_then_lose(), loop).result(10)
+        transport = _on_loop(loop, connect_then_lose())
         transport.close()
         transport.abort()
         assert transport.is_closing()
