@@ -17,6 +17,46 @@ macro_rules! cached_import {
     };
 }
 
+macro_rules! cached_module {
+    ($fn_name:ident, $module:literal) => {
+        fn $fn_name(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+            static CELL: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+            CELL.get_or_try_init(py, || py.import($module).map(Bound::unbind))
+                .map(|m| m.bind(py))
+        }
+    };
+}
+
+cached_module!(base_events, "asyncio.base_events");
+cached_module!(asyncio_tasks, "asyncio.tasks");
+
+/// Looks up, once per interpreter, everything the loop may need when it is closed or
+/// finalized, and in debug mode when a handle is cancelled: an unclosed loop may be
+/// finalized during interpreter shutdown, when `sys.modules` is being emptied and an
+/// import fails ("sys.meta_path is None"), which would stop its `close()` halfway.
+/// Called when a loop is made.
+pub fn import_ahead(py: Python<'_>) -> PyResult<()> {
+    static DONE: PyOnceLock<()> = PyOnceLock::new();
+    DONE.get_or_try_init(py, || {
+        base_events(py)?;
+        asyncio_tasks(py)?;
+        for import in [
+            format_callback_source,
+            format_handle,
+            get_running_loop,
+            extract_stack,
+            getframe,
+            heappush,
+            heappop,
+            heapify,
+        ] {
+            import(py)?;
+        }
+        Ok::<_, PyErr>(())
+    })
+    .map(|_| ())
+}
+
 cached_import!(
     format_callback_source,
     "asyncio.format_helpers",
@@ -42,11 +82,7 @@ cached_import!(convert_future_exc, "asyncio.futures", "_convert_future_exc");
 /// `asyncio.base_events.logger`, looked up on every call as the stock loop's code does
 /// (a module global), so whoever patches or replaces it gets the loop's messages too.
 pub fn asyncio_logger(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-    MODULE
-        .get_or_try_init(py, || py.import("asyncio.base_events").map(Bound::unbind))?
-        .bind(py)
-        .getattr(pyo3::intern!(py, "logger"))
+    base_events(py)?.getattr(pyo3::intern!(py, "logger"))
 }
 
 /// `contextvars.copy_context()`.
@@ -73,7 +109,7 @@ cached_import!(set_task_name, "asyncio.tasks", "_set_task_name");
 /// accelerator's `_current_tasks` dict), if this Python has one.
 pub fn forget_current_task(loop_obj: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = loop_obj.py();
-    let Ok(tasks) = py.import("asyncio.tasks")?.getattr("_current_tasks") else {
+    let Ok(tasks) = asyncio_tasks(py)?.getattr("_current_tasks") else {
         return Ok(());
     };
     if let Ok(tasks) = tasks.cast::<pyo3::types::PyDict>() {
@@ -180,10 +216,11 @@ pub fn call_kw<'py>(
 }
 
 cached_import!(extract_stack, "asyncio.format_helpers", "extract_stack");
+cached_import!(getframe, "sys", "_getframe");
 
 /// The Python stack of whoever called into Rust, as asyncio's debug mode records it.
 pub fn caller_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
-    let frame = py.import("sys")?.call_method1("_getframe", (0,))?;
+    let frame = getframe(py)?.call1((0,))?;
     Ok(extract_stack(py)?.call1((frame,))?.unbind())
 }
 

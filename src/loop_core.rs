@@ -554,7 +554,12 @@ fn deadline_arg(
 impl LoopCore {
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
-    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        interop::import_ahead(py)?;
         Ok(LoopCore {
             ready: Mutex::new(VecDeque::with_capacity(64)),
             batch: GilCell::new(VecDeque::with_capacity(64)),

@@ -149,6 +149,37 @@ def test_unclosed_loop_warns_when_collected(loop_factory):
         gc.collect()
 
 
+_UNCLOSED_AT_EXIT_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys, warnings
+    import weaveloop
+    warnings.simplefilter("default", ResourceWarning)
+    factory = {"asyncio": asyncio.new_event_loop, "weaveloop": weaveloop.new_event_loop}
+    loop = factory[sys.argv[1]]()
+    print("debug:", loop.get_debug())
+    # Never closed: the loop is finalized while the interpreter shuts down, when
+    # sys.modules is being emptied and no import works any more.
+    """
+)
+
+
+@pytest.mark.parametrize("debug", ["", "1"], ids=["plain", "debug"])
+def test_unclosed_loop_finalized_at_exit_closes_fully(loop_kind, debug):
+    # The finalizer's close() (warning included) ran halfway on weaveloop in debug mode:
+    # cancelling the self-pipe's reader looked up an asyncio helper for the first time,
+    # the import failed ("sys.meta_path is None"), and the self-pipe's sockets leaked.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONASYNCIODEBUG", "PYTHONDEVMODE")}
+    if debug:
+        env["PYTHONASYNCIODEBUG"] = debug
+    out = run_python(_UNCLOSED_AT_EXIT_SCRIPT, loop_kind, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"debug: {bool(debug)}"]
+    warned = [line for line in out.stderr.splitlines() if "Warning" in line]
+    assert len(warned) == 1, out.stderr
+    assert "ResourceWarning: unclosed event loop" in warned[0]
+    assert "Exception ignored" not in out.stderr
+
+
 @pytest.mark.parametrize(
     "refers_back",
     [
