@@ -30,11 +30,11 @@ macro_rules! cached_module {
 cached_module!(base_events, "asyncio.base_events");
 cached_module!(asyncio_tasks, "asyncio.tasks");
 
-/// Looks up, once per interpreter, everything the loop may need when it is closed or
-/// finalized, and in debug mode when a handle is cancelled: an unclosed loop may be
-/// finalized during interpreter shutdown, when `sys.modules` is being emptied and an
-/// import fails ("sys.meta_path is None"), which would stop its `close()` halfway.
-/// Called when a loop is made.
+/// Looks up, once per interpreter, every module and attribute this layer imports: an
+/// unclosed loop may be finalized during interpreter shutdown, when `sys.modules` is
+/// being emptied and an import fails ("sys.meta_path is None"); its `close()` (which in
+/// debug mode formats the handles it cancels) would stop halfway there, leaving its
+/// self-pipe open. Called when a loop is made, so nothing is imported first later.
 pub fn import_ahead(py: Python<'_>) -> PyResult<()> {
     static DONE: PyOnceLock<()> = PyOnceLock::new();
     DONE.get_or_try_init(py, || {
@@ -43,12 +43,23 @@ pub fn import_ahead(py: Python<'_>) -> PyResult<()> {
         for import in [
             format_callback_source,
             format_handle,
+            asyncio_future,
+            concurrent_future,
+            broken_thread_pool,
+            partial_type,
+            method_type,
+            iscoroutinefunction,
+            convert_future_exc,
+            asyncio_task,
+            thread_pool,
+            stdlib_pool,
             get_running_loop,
-            extract_stack,
-            getframe,
             heappush,
             heappop,
             heapify,
+            set_task_name,
+            extract_stack,
+            getframe,
         ] {
             import(py)?;
         }
