@@ -8,27 +8,67 @@ use pyo3::types::{PyDict, PyModule, PyTuple};
 
 use crate::gil::GilCell;
 
-macro_rules! cached_import {
-    ($fn_name:ident, $module:literal, $attr:literal) => {
-        pub fn $fn_name(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-            static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-            CELL.import(py, $module, $attr)
+/// Functions returning a Python object imported on first use and kept for the life of the
+/// interpreter (`name: "module", "attribute";`), and `import_all`, which looks them all up.
+macro_rules! cached_imports {
+    ($($fn_name:ident: $module:literal, $attr:literal;)*) => {
+        $(
+            pub fn $fn_name(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+                static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+                CELL.import(py, $module, $attr)
+            }
+        )*
+
+        fn import_all(py: Python<'_>) -> PyResult<()> {
+            $($fn_name(py)?;)*
+            Ok(())
         }
     };
 }
 
-macro_rules! cached_module {
-    ($fn_name:ident, $module:literal) => {
-        fn $fn_name(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
-            static CELL: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-            CELL.get_or_try_init(py, || py.import($module).map(Bound::unbind))
-                .map(|m| m.bind(py))
+cached_imports! {
+    format_callback_source: "asyncio.format_helpers", "_format_callback_source";
+    format_handle: "asyncio.base_events", "_format_handle";
+    asyncio_future: "asyncio", "Future";
+    concurrent_future: "concurrent.futures", "Future";
+    broken_thread_pool: "concurrent.futures.thread", "BrokenThreadPool";
+    partial_type: "functools", "partial";
+    method_type: "types", "MethodType";
+    iscoroutinefunction: "asyncio.coroutines", "iscoroutinefunction";
+    convert_future_exc: "asyncio.futures", "_convert_future_exc";
+    asyncio_task: "asyncio", "Task";
+    thread_pool: "weaveloop._executor", "ThreadPoolExecutor";
+    stdlib_pool: "concurrent.futures.thread", "ThreadPoolExecutor";
+    get_running_loop: "asyncio.events", "_get_running_loop";
+    heappush: "heapq", "heappush";
+    heappop: "heapq", "heappop";
+    heapify: "heapq", "heapify";
+    set_task_name: "asyncio.tasks", "_set_task_name";
+    extract_stack: "asyncio.format_helpers", "extract_stack";
+    getframe: "sys", "_getframe";
+}
+
+macro_rules! cached_modules {
+    ($($fn_name:ident: $module:literal;)*) => {
+        $(
+            fn $fn_name(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+                static CELL: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+                CELL.get_or_try_init(py, || py.import($module).map(Bound::unbind))
+                    .map(|m| m.bind(py))
+            }
+        )*
+
+        fn import_all_modules(py: Python<'_>) -> PyResult<()> {
+            $($fn_name(py)?;)*
+            Ok(())
         }
     };
 }
 
-cached_module!(base_events, "asyncio.base_events");
-cached_module!(asyncio_tasks, "asyncio.tasks");
+cached_modules! {
+    base_events: "asyncio.base_events";
+    asyncio_tasks: "asyncio.tasks";
+}
 
 /// Looks up, once per interpreter, every module and attribute this layer imports: an
 /// unclosed loop may be finalized during interpreter shutdown, when `sys.modules` is
@@ -38,57 +78,11 @@ cached_module!(asyncio_tasks, "asyncio.tasks");
 pub fn import_ahead(py: Python<'_>) -> PyResult<()> {
     static DONE: PyOnceLock<()> = PyOnceLock::new();
     DONE.get_or_try_init(py, || {
-        base_events(py)?;
-        asyncio_tasks(py)?;
-        for import in [
-            format_callback_source,
-            format_handle,
-            asyncio_future,
-            concurrent_future,
-            broken_thread_pool,
-            partial_type,
-            method_type,
-            iscoroutinefunction,
-            convert_future_exc,
-            asyncio_task,
-            thread_pool,
-            stdlib_pool,
-            get_running_loop,
-            heappush,
-            heappop,
-            heapify,
-            set_task_name,
-            extract_stack,
-            getframe,
-        ] {
-            import(py)?;
-        }
-        Ok::<_, PyErr>(())
+        import_all_modules(py)?;
+        import_all(py)
     })
     .map(|_| ())
 }
-
-cached_import!(
-    format_callback_source,
-    "asyncio.format_helpers",
-    "_format_callback_source"
-);
-cached_import!(format_handle, "asyncio.base_events", "_format_handle");
-cached_import!(asyncio_future, "asyncio", "Future");
-cached_import!(concurrent_future, "concurrent.futures", "Future");
-cached_import!(
-    broken_thread_pool,
-    "concurrent.futures.thread",
-    "BrokenThreadPool"
-);
-cached_import!(partial_type, "functools", "partial");
-cached_import!(method_type, "types", "MethodType");
-cached_import!(
-    iscoroutinefunction,
-    "asyncio.coroutines",
-    "iscoroutinefunction"
-);
-cached_import!(convert_future_exc, "asyncio.futures", "_convert_future_exc");
 
 /// `asyncio.base_events.logger`, looked up on every call as the stock loop's code does
 /// (a module global), so whoever patches or replaces it gets the loop's messages too.
@@ -102,19 +96,6 @@ pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // reference or NULL with an exception set, which from_owned_ptr_or_err handles.
     unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }.map(Bound::unbind)
 }
-
-cached_import!(asyncio_task, "asyncio", "Task");
-cached_import!(thread_pool, "weaveloop._executor", "ThreadPoolExecutor");
-cached_import!(
-    stdlib_pool,
-    "concurrent.futures.thread",
-    "ThreadPoolExecutor"
-);
-cached_import!(get_running_loop, "asyncio.events", "_get_running_loop");
-cached_import!(heappush, "heapq", "heappush");
-cached_import!(heappop, "heapq", "heappop");
-cached_import!(heapify, "heapq", "heapify");
-cached_import!(set_task_name, "asyncio.tasks", "_set_task_name");
 
 /// Drops `loop_obj`'s entry from asyncio's table of each loop's running task (the C
 /// accelerator's `_current_tasks` dict), if this Python has one.
@@ -225,9 +206,6 @@ pub fn call_kw<'py>(
         )
     }
 }
-
-cached_import!(extract_stack, "asyncio.format_helpers", "extract_stack");
-cached_import!(getframe, "sys", "_getframe");
 
 /// The Python stack of whoever called into Rust, as asyncio's debug mode records it.
 pub fn caller_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
