@@ -244,8 +244,7 @@ fn drain_stopped_loop(py: Python<'_>, target: &Shared) {
 /// before the future is settled and its waiter woken.
 fn run_submit_job(py: Python<'_>, job: SubmitJob, ran: impl FnOnce()) -> PyResult<()> {
     let fut = job.fut.bind(py);
-    let start = fut
-        .call_method0(pyo3::intern!(py, "set_running_or_notify_cancel"))
+    let start = interop::call_method(fut, pyo3::intern!(py, "set_running_or_notify_cancel"), &[])
         .and_then(|r| r.is_truthy());
     if !matches!(start, Ok(true)) {
         // Cancelled before it started, or the future was in a state it cannot start
@@ -260,11 +259,12 @@ fn run_submit_job(py: Python<'_>, job: SubmitJob, ran: impl FnOnce()) -> PyResul
     );
     ran();
     match result {
-        Ok(v) => fut.call_method1(pyo3::intern!(py, "set_result"), (v,))?,
-        Err(e) => fut.call_method1(
-            pyo3::intern!(py, "set_exception"),
-            (errors::exception(py, &e),),
-        )?,
+        // Either runs the future's done callbacks, Python code.
+        Ok(v) => interop::call_method(fut, pyo3::intern!(py, "set_result"), &[&v])?,
+        Err(e) => {
+            let exc = errors::exception(py, &e).into_any();
+            interop::call_method(fut, pyo3::intern!(py, "set_exception"), &[&exc])?
+        }
     };
     Ok(())
 }

@@ -426,7 +426,8 @@ impl Callback {
         }
         let (callback, args) = self.parts(py)?;
         if !callback.is_none(py) {
-            let src = interop::format_callback_source(py)?.call1((callback, args))?;
+            let source = interop::format_callback_source(py)?;
+            let src = interop::call_with_slice(source, &[callback.as_ptr(), args.as_ptr()])?;
             info.push(src.to_string());
         }
         if let Some(d) = &self.debug {

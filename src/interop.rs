@@ -4,7 +4,7 @@
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyModule, PyTuple};
+use pyo3::types::{PyDict, PyModule, PyString, PyTuple};
 
 use crate::gil::GilCell;
 
@@ -162,8 +162,10 @@ pub fn kwnames<'py>(
 ) -> PyResult<&'py Bound<'py, PyTuple>> {
     static LOOP: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
     static TASK: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+    static CONTEXT: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
     let cell = match names {
         ["loop"] => &LOOP,
+        ["context"] => &CONTEXT,
         ["loop", "name", "context"] => &TASK,
         _ => return Err(pyo3::exceptions::PyValueError::new_err("unknown kwnames")),
     };
@@ -193,24 +195,28 @@ pub fn call_kw<'py>(
     // SAFETY: `argv[..n]` holds borrowed pointers to objects the caller keeps alive
     // (their Bounds outlive this call); `kwnames` is a tuple of str whose length equals
     // the number of keyword values (checked above); the GIL is held. Vectorcall returns
-    // a new reference or NULL with an exception set.
+    // a new reference or NULL with an exception set. Safe at interpreter exit
+    // (`HangOnExit`), as `call_with_slice`.
     unsafe {
-        Bound::from_owned_ptr_or_err(
-            callable.py(),
-            ffi::PyObject_Vectorcall(
-                callable.as_ptr(),
-                argv.as_ptr(),
-                positional.len(),
-                kwnames.as_ptr(),
-            ),
-        )
+        let (f, a, n, k) = (
+            callable.as_ptr(),
+            argv.as_ptr(),
+            positional.len(),
+            kwnames.as_ptr(),
+        );
+        let result = guarded(|may_exit| match may_exit {
+            Some(may_exit) => (may_exit.vectorcall)(f, a, n, k),
+            None => ffi::PyObject_Vectorcall(f, a, n, k),
+        });
+        Bound::from_owned_ptr_or_err(callable.py(), result)
     }
 }
 
 /// The Python stack of whoever called into Rust, as asyncio's debug mode records it.
 pub fn caller_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
-    let frame = getframe(py)?.call1((0,))?;
-    Ok(extract_stack(py)?.call1((frame,))?.unbind())
+    let top = 0i32.into_pyobject(py)?;
+    let frame = call_with_slice(getframe(py)?, &[top.as_ptr()])?;
+    Ok(call_with_slice(extract_stack(py)?, &[frame.as_ptr()])?.unbind())
 }
 
 // The calls through which the loop and pool threads run Python code are made "C-unwind":
@@ -235,12 +241,19 @@ type Call = unsafe extern "C-unwind" fn(
     *mut ffi::PyObject,
 ) -> *mut ffi::PyObject;
 
+type VectorcallMethod = unsafe extern "C-unwind" fn(
+    *mut ffi::PyObject,
+    *const *mut ffi::PyObject,
+    usize,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
 type DecRef = unsafe extern "C-unwind" fn(*mut ffi::PyObject);
 type IsFinalizing = unsafe extern "C" fn() -> std::ffi::c_int;
 
 struct MayExit {
     vectorcall: Vectorcall,
     call: Call,
+    vectorcall_method: VectorcallMethod,
     decref: DecRef,
     /// `Py_IsFinalizing` (3.13+) or `_Py_IsFinalizing` (before): callable without the GIL.
     is_finalizing: Option<IsFinalizing>,
@@ -259,6 +272,7 @@ fn may_exit() -> Option<&'static MayExit> {
                 (!p.is_null()).then_some(p)
             };
             let (v, c) = (find(c"PyObject_Vectorcall")?, find(c"PyObject_Call")?);
+            let m = find(c"PyObject_VectorcallMethod")?;
             let d = find(c"Py_DecRef")?;
             let f = find(c"Py_IsFinalizing").or_else(|| find(c"_Py_IsFinalizing"));
             // SAFETY: these are CPython's functions of those names, whose C signatures are
@@ -267,6 +281,9 @@ fn may_exit() -> Option<&'static MayExit> {
                 MayExit {
                     vectorcall: std::mem::transmute::<*mut libc::c_void, Vectorcall>(v),
                     call: std::mem::transmute::<*mut libc::c_void, Call>(c),
+                    vectorcall_method: std::mem::transmute::<*mut libc::c_void, VectorcallMethod>(
+                        m,
+                    ),
                     decref: std::mem::transmute::<*mut libc::c_void, DecRef>(d),
                     is_finalizing: f
                         .map(|f| std::mem::transmute::<*mut libc::c_void, IsFinalizing>(f)),
@@ -365,6 +382,39 @@ pub fn call_with_slice<'py>(
     };
     // SAFETY: the GIL is held; `result` is a new reference or NULL with an exception set.
     unsafe { Bound::from_owned_ptr_or_err(callable.py(), result) }
+}
+
+/// `obj.name(*args)` (up to three arguments) through vectorcall, without a bound method
+/// made for the call; safe at interpreter exit (`HangOnExit`), as `call_with_slice`. For
+/// the calls the Rust transports make into protocols and the stock transport's code.
+pub fn call_method<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyString>,
+    args: &[&Bound<'py, PyAny>],
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut stack = [std::ptr::null_mut(); 4];
+    let Some(slots) = stack.get_mut(1..=args.len()) else {
+        return Err(pyo3::exceptions::PySystemError::new_err(
+            "call_method takes at most three arguments",
+        ));
+    };
+    for (slot, arg) in slots.iter_mut().zip(args) {
+        *slot = arg.as_ptr();
+    }
+    stack[0] = obj.as_ptr();
+    let n = args.len() + 1;
+    // SAFETY: the GIL is held (`obj` is a Bound); `stack[..n]` are live objects (`obj` and
+    // `args`, borrowed for the call), self first as PyObject_VectorcallMethod takes them;
+    // it returns a new reference or NULL with an exception set.
+    let result = unsafe {
+        let (name, items, none) = (name.as_ptr(), stack.as_ptr(), std::ptr::null_mut());
+        guarded(|may_exit| match may_exit {
+            Some(may_exit) => (may_exit.vectorcall_method)(name, items, n, none),
+            None => ffi::PyObject_VectorcallMethod(name, items, n, none),
+        })
+    };
+    // SAFETY: the GIL is held; `result` is a new reference or NULL with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(obj.py(), result) }
 }
 
 /// `callable(*args, **kwargs)`, safe at interpreter exit as `call_with_tuple`.
@@ -528,7 +578,10 @@ pub fn is_coroutine_function(obj: &Bound<'_, PyAny>, debug: bool) -> PyResult<bo
             // returns a borrowed, non-NULL reference to its code object.
             let code = unsafe { Bound::from_borrowed_ptr(py, ffi::PyFunction_GetCode(f.as_ptr())) };
             let is_coro = code_is_coroutine(&code)?;
-            return Ok(is_coro || (debug && iscoroutinefunction(py)?.call1((obj,))?.is_truthy()?));
+            return Ok(is_coro
+                || (debug
+                    && call_with_slice(iscoroutinefunction(py)?, &[obj.as_ptr()])?
+                        .is_truthy()?));
         }
         let ty = f.get_type();
         if ty.is(method_type(py)?) {
@@ -540,7 +593,7 @@ pub fn is_coroutine_function(obj: &Bound<'_, PyAny>, debug: bool) -> PyResult<bo
         }
     }
     if debug {
-        return iscoroutinefunction(py)?.call1((obj,))?.is_truthy();
+        return call_with_slice(iscoroutinefunction(py)?, &[obj.as_ptr()])?.is_truthy();
     }
     Ok(false)
 }

@@ -313,13 +313,12 @@ impl LoopCore {
             return interop::call_kw(task, &[coro], names, &[slf.as_any(), name, context]);
         }
         let task = if context.is_none() {
-            factory.call1((slf, coro))?
+            interop::call_with_slice(&factory, &[slf.as_ptr(), coro.as_ptr()])?
         } else {
-            let kwargs = PyDict::new(py);
-            kwargs.set_item("context", context)?;
-            factory.call((slf, coro), Some(&kwargs))?
+            let names = interop::kwnames(py, &["context"])?;
+            interop::call_kw(&factory, &[slf.as_any(), coro], names, &[context])?
         };
-        interop::set_task_name(py)?.call1((&task, name))?;
+        interop::call_with_slice(interop::set_task_name(py)?, &[task.as_ptr(), name.as_ptr()])?;
         Ok(task)
     }
 

@@ -183,35 +183,36 @@ impl LoopCore {
             return Ok(());
         }
         let result = match outcome {
-            Outcome::Value(v) => fut.call_method1(pyo3::intern!(py, "set_result"), (v,)),
+            Outcome::Value(v) => {
+                interop::call_method(fut, pyo3::intern!(py, "set_result"), &[v.bind(py)])
+            }
             Outcome::Error(e) => {
                 // As wrap_future does: concurrent.futures' Cancelled/InvalidState errors
                 // become asyncio's. If converting fails, the job's own exception settles
                 // the future (it must not stay pending); the failure is returned after.
-                let converted = interop::convert_future_exc(py)
-                    .and_then(|c| c.call1((errors::exception(py, &e),)));
+                let converted = interop::convert_future_exc(py).and_then(|c| {
+                    interop::call_with_slice(c, &[errors::exception(py, &e).as_ptr()])
+                });
                 let (exc, late) = match converted {
                     Ok(exc) => (exc, None),
                     Err(c) => (errors::exception(py, &e).into_any(), Some(c)),
                 };
-                let r = fut.call_method1(pyo3::intern!(py, "set_exception"), (exc,));
+                let r = interop::call_method(fut, pyo3::intern!(py, "set_exception"), &[&exc]);
                 if let Some(c) = late {
                     r?;
                     return Err(c);
                 }
                 r
             }
-            Outcome::Cancelled => fut.call_method0(pyo3::intern!(py, "cancel")),
+            Outcome::Cancelled => interop::call_method(fut, pyo3::intern!(py, "cancel"), &[]),
             Outcome::Skipped => unreachable!("handled above"),
         };
         if let Err(e) = result {
             // e.g. set_exception(StopIteration) is refused with TypeError: settle the
             // future with that error rather than leave it pending forever.
             if !fut.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
-                fut.call_method1(
-                    pyo3::intern!(py, "set_exception"),
-                    (errors::exception(py, &e),),
-                )?;
+                let exc = errors::exception(py, &e).into_any();
+                interop::call_method(fut, pyo3::intern!(py, "set_exception"), &[&exc])?;
             } else {
                 return Err(e);
             }

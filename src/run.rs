@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRecursionError, PyRuntimeError, PySystemExit};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyString, PyTuple};
 use weaveloop_engine::{clock, Readiness, Wait};
 
 use crate::errors;
@@ -475,12 +475,13 @@ impl LoopCore {
             .and_then(|v| v.extract::<f64>());
         let logged = match &limit {
             Ok(limit) if dt >= *limit => interop::format_handle(py)
-                .and_then(|f| f.call1((handle,)))
+                .and_then(|f| interop::call_with_slice(f, &[handle.as_ptr()]))
                 .and_then(|formatted| {
-                    interop::asyncio_logger(py)?.call_method1(
-                        pyo3::intern!(py, "warning"),
-                        ("Executing %s took %.3f seconds", formatted, dt),
-                    )
+                    let message = PyString::new(py, "Executing %s took %.3f seconds");
+                    let dt = PyFloat::new(py, dt);
+                    let logger = interop::asyncio_logger(py)?;
+                    let warning = pyo3::intern!(py, "warning");
+                    interop::call_method(&logger, warning, &[&message, &formatted, &dt])
                 })
                 .map(drop),
             _ => Ok(()),
@@ -531,7 +532,9 @@ fn report_callback_error(
 ) -> PyResult<()> {
     let py = slf.py();
     let (err, callback, args, source_traceback) = (e.err, e.callback, e.args, e.source_traceback);
-    let src = interop::format_callback_source(py)?.call1((callback, args.to_tuple(py)?))?;
+    let args = args.to_tuple(py)?;
+    let source = interop::format_callback_source(py)?;
+    let src = interop::call_with_slice(source, &[callback.as_ptr(), args.as_ptr()])?;
     let context = PyDict::new(py);
     context.set_item("message", format!("Exception in callback {src}"))?;
     let exc = errors::exception(py, &err);

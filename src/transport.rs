@@ -119,7 +119,8 @@ fn fatal(transport: &Bound<'_, PyAny>, err: PyErr, message: &str) -> PyResult<()
     let py = transport.py();
     let exc = err.into_value(py).into_bound(py);
     interop::while_handling(exc.as_any(), || {
-        transport.call_method1(intern!(py, "_fatal_error"), (&exc, message))
+        let message = PyString::new(py, message);
+        interop::call_method(transport, intern!(py, "_fatal_error"), &[&exc, &message])
     })?;
     Ok(())
 }
@@ -205,23 +206,27 @@ impl SocketReader {
         match received {
             Received::NotNow => Ok(()),
             Received::Eof => {
-                transport.call_method0(intern!(py, "_read_ready__on_eof"))?;
+                interop::call_method(transport, intern!(py, "_read_ready__on_eof"), &[])?;
                 Ok(())
             }
             // The protocol as it is now, as the stock transport reads `self._protocol`
             // again: `get_buffer()` may have set another one.
-            Received::Data(n) => match transport
-                .getattr(intern!(py, "_protocol"))
-                .and_then(|protocol| protocol.call_method1(intern!(py, "buffer_updated"), (n,)))
-            {
-                Ok(_) => Ok(()),
-                Err(e) if is_fatal(py, &e) => Err(e),
-                Err(e) => fatal(
-                    transport,
-                    e,
-                    "Fatal error: protocol.buffer_updated() call failed.",
-                ),
-            },
+            Received::Data(n) => {
+                match transport
+                    .getattr(intern!(py, "_protocol"))
+                    .and_then(|protocol| {
+                        let n = n.into_pyobject(py)?.into_any();
+                        interop::call_method(&protocol, intern!(py, "buffer_updated"), &[&n])
+                    }) {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_fatal(py, &e) => Err(e),
+                    Err(e) => fatal(
+                        transport,
+                        e,
+                        "Fatal error: protocol.buffer_updated() call failed.",
+                    ),
+                }
+            }
         }
     }
 
@@ -241,7 +246,7 @@ impl SocketReader {
         };
         let Some(mut view) = view else {
             let sock = transport.getattr(intern!(py, "_sock"))?;
-            return match sock.call_method1(intern!(py, "recv_into"), (buf,)) {
+            return match interop::call_method(&sock, intern!(py, "recv_into"), &[buf]) {
                 Ok(n) => Ok(match n.extract::<usize>()? {
                     0 => Received::Eof,
                     n => Received::Data(n),
@@ -266,7 +271,9 @@ impl SocketReader {
 
 /// `protocol.get_buffer(-1)`, refused as the stock transport refuses an empty one.
 fn get_buffer<'py>(protocol: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    let buf = protocol.call_method1(intern!(protocol.py(), "get_buffer"), (-1,))?;
+    let py = protocol.py();
+    let any_size = (-1i32).into_pyobject(py)?.into_any();
+    let buf = interop::call_method(protocol, intern!(py, "get_buffer"), &[&any_size])?;
     if buf.len()? == 0 {
         return Err(pyo3::exceptions::PyRuntimeError::new_err(
             "get_buffer() returned an empty buffer",
@@ -388,7 +395,7 @@ impl SocketReader {
             return Ok(());
         }
         let Some(max_size) = read_size(transport)? else {
-            transport.call_method0(intern!(py, "_read_ready__data_received"))?;
+            interop::call_method(transport, intern!(py, "_read_ready__data_received"), &[])?;
             return Ok(());
         };
         if !holds_its_socket(transport, self.fd)? {
@@ -397,7 +404,7 @@ impl SocketReader {
         match self.receive(py, max_size)? {
             Outcome::NotNow => Ok(()),
             Outcome::Eof => {
-                transport.call_method0(intern!(py, "_read_ready__on_eof"))?;
+                interop::call_method(transport, intern!(py, "_read_ready__on_eof"), &[])?;
                 Ok(())
             }
             Outcome::Failed(e) => fatal(
@@ -407,7 +414,7 @@ impl SocketReader {
             ),
             Outcome::Data(data) => {
                 let protocol = transport.getattr(intern!(py, "_protocol"))?;
-                match protocol.call_method1(intern!(py, "data_received"), (data,)) {
+                match interop::call_method(&protocol, intern!(py, "data_received"), &[&data]) {
                     Ok(_) => Ok(()),
                     Err(e) if is_fatal(py, &e) => Err(e),
                     Err(e) => fatal(
@@ -474,7 +481,8 @@ impl DatagramReader {
             Ok(None) => {}
             Ok(Some((data, from))) => {
                 let from = address_tuple(py, from)?;
-                protocol.call_method1(intern!(py, "datagram_received"), (data, from))?;
+                let (data, from) = (data.into_any(), from.into_any());
+                interop::call_method(&protocol, intern!(py, "datagram_received"), &[&data, &from])?;
             }
             Err(e) => error_received(&protocol, e)?,
         }
@@ -490,7 +498,7 @@ fn error_received(protocol: &Bound<'_, PyAny>, e: std::io::Error) -> PyResult<()
     let py = protocol.py();
     let exc = errors::os_error(e).into_value(py).into_bound(py);
     interop::while_handling(exc.as_any(), || {
-        protocol.call_method1(intern!(py, "error_received"), (&exc,))
+        interop::call_method(protocol, intern!(py, "error_received"), &[&exc])
     })?;
     Ok(())
 }
@@ -538,7 +546,11 @@ impl DatagramWriter {
     ) -> PyResult<()> {
         let py = transport.py();
         let sendto = transport.get_type().getattr(intern!(py, "sendto"))?;
-        sendto.call1((transport, data, addr))?;
+        let addr = match addr {
+            Some(addr) => addr.clone(),
+            None => py.None().into_bound(py),
+        };
+        interop::call_with_slice(&sendto, &[transport.as_ptr(), data.as_ptr(), addr.as_ptr()])?;
         Ok(())
     }
 
@@ -635,7 +647,7 @@ impl SocketWriter {
     fn stock(&self, transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = transport.py();
         let write = transport.get_type().getattr(intern!(py, "write"))?;
-        write.call1((transport, data))?;
+        interop::call_with_slice(&write, &[transport.as_ptr(), data.as_ptr()])?;
         Ok(())
     }
 
@@ -679,7 +691,7 @@ fn holds_its_socket(transport: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<bool> {
 fn stock_read_ready(transport: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = transport.py();
     let read_ready = transport.get_type().getattr(intern!(py, "_read_ready"))?;
-    read_ready.call1((transport,))?;
+    interop::call_with_slice(&read_ready, &[transport.as_ptr()])?;
     Ok(())
 }
 
@@ -724,14 +736,18 @@ impl SocketWriter {
         };
         // Not all was written: register the write handler and buffer the rest.
         let write_ready = transport.getattr(intern!(py, "_write_ready"))?;
-        transport
-            .getattr(intern!(py, "_loop"))?
-            .call_method1(intern!(py, "_add_writer"), (self.fd, write_ready))?;
-        let rest = PyBytes::new(py, &buf[sent..]);
-        transport
-            .getattr(intern!(py, "_buffer"))?
-            .call_method1(intern!(py, "extend"), (rest,))?;
-        transport.call_method0(intern!(py, "_maybe_pause_protocol"))?;
+        let event_loop = transport.getattr(intern!(py, "_loop"))?;
+        let fd = self.fd.into_pyobject(py)?.into_any();
+        interop::call_method(
+            &event_loop,
+            intern!(py, "_add_writer"),
+            &[&fd, &write_ready],
+        )?;
+        let rest = PyBytes::new(py, &buf[sent..]).into_any();
+        let buffer = transport.getattr(intern!(py, "_buffer"))?;
+        interop::call_method(&buffer, intern!(py, "extend"), &[&rest])?;
+        // May call the protocol's pause_writing().
+        interop::call_method(transport, intern!(py, "_maybe_pause_protocol"), &[])?;
         Ok(())
     }
 }

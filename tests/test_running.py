@@ -180,6 +180,80 @@ def test_unclosed_loop_finalized_at_exit_closes_fully(loop_kind, debug):
     assert "Exception ignored" not in out.stderr
 
 
+_DAEMON_LOOP_AT_EXIT_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, socket, sys, threading, time
+    import weaveloop
+    factory = {"asyncio": asyncio.new_event_loop, "weaveloop": weaveloop.new_event_loop}
+    kind, where = sys.argv[1], sys.argv[2]
+    busy = threading.Event()
+
+    def forever():
+        busy.set()
+        while True:
+            time.sleep(0.0005)  # lets go of the GIL, and takes it back
+
+    class Stream(asyncio.Protocol):
+        def data_received(self, data):
+            forever()
+
+    class Buffered(asyncio.BufferedProtocol):
+        def get_buffer(self, hint):
+            return bytearray(100)
+
+        def buffer_updated(self, n):
+            forever()
+
+    class Datagram(asyncio.DatagramProtocol):
+        def datagram_received(self, data, addr):
+            forever()
+
+    def noop():
+        pass
+
+    def schedule_forever(loop):
+        busy.set()
+        while True:
+            loop.call_soon(noop)  # debug mode runs Python code inside call_soon
+
+    def in_thread():
+        loop = factory[kind]()
+        if where == "debug call_soon":
+            loop.set_debug(True)
+            loop.call_soon(schedule_forever, loop)
+        elif where == "datagram_received":
+            loop.run_until_complete(loop.create_datagram_endpoint(Datagram, sock=ours))
+        else:
+            proto = Stream if where == "data_received" else Buffered
+            loop.run_until_complete(loop.connect_accepted_socket(proto, ours))
+        loop.run_forever()
+
+    if where == "datagram_received":  # IPv4: the datagram reader that is Rust
+        ours, theirs = socket.socket(type=socket.SOCK_DGRAM), socket.socket(type=socket.SOCK_DGRAM)
+        ours.bind(("127.0.0.1", 0))
+        theirs.connect(ours.getsockname())
+    else:
+        ours, theirs = socket.socketpair()
+    threading.Thread(target=in_thread, daemon=True).start()
+    theirs.send(b"x")
+    busy.wait(30)
+    print("main exits")
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "where", ["data_received", "buffer_updated", "datagram_received", "debug call_soon"]
+)
+def test_interpreter_exits_while_a_daemon_threads_loop_runs_python_code(loop_kind, where):
+    # A daemon thread that takes the GIL back once finalization has begun is ended by
+    # CPython (3.11-3.13) with a forced unwind. Out of Python code that Rust code called
+    # (a protocol callback from a Rust reader, the debug checks of call_soon) it aborted
+    # the process; now the thread is parked, and the process exits as the stock one does.
+    out = run_python(_DAEMON_LOOP_AT_EXIT_SCRIPT, loop_kind, where)
+    assert (out.returncode, out.stdout) == (0, "main exits\n"), out.stderr
+
+
 @pytest.mark.parametrize(
     "refers_back",
     [

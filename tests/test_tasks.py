@@ -79,6 +79,30 @@ def test_task_factory_is_used_and_can_be_reset(loop):
     assert loop.get_task_factory() is None
 
 
+def test_task_factory_gets_the_context_as_a_keyword(loop):
+    # As the stock create_task: factory(loop, coro) without a context, and
+    # factory(loop, coro, context=ctx) with one; the name is set on the task afterwards.
+    calls = []
+
+    def factory(lp, coro, **kwargs):
+        calls.append((lp, sorted(kwargs)))
+        return asyncio.Task(coro, loop=lp, **kwargs)
+
+    loop.set_task_factory(factory)
+    var = contextvars.ContextVar("var", default="unset")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "in ctx")
+
+    async def read():
+        return var.get()
+
+    plain = loop.create_task(read(), name="plain")
+    given = loop.create_task(read(), name="given", context=ctx)
+    assert calls == [(loop, []), (loop, ["context"])]
+    assert (plain.get_name(), given.get_name()) == ("plain", "given")
+    assert loop.run_until_complete(asyncio.gather(plain, given)) == ["unset", "in ctx"]
+
+
 def test_set_task_factory_rejects_non_callables(loop):
     with pytest.raises(TypeError):
         loop.set_task_factory(42)
