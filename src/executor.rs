@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyString, PyTuple};
 use weaveloop_engine::{Pool, Submitted};
 
 use crate::errors;
@@ -123,17 +123,15 @@ impl PoolState {
                     // A future the caller cancelled meanwhile is skipped; one failure
                     // must not leave the jobs behind it pending.
                     let fut = j.fut.bind(py);
-                    let failed = fut
-                        .call_method0(pyo3::intern!(py, "done"))
+                    let failed = interop::call_method(fut, pyo3::intern!(py, "done"), &[])
                         .and_then(|d| d.is_truthy())
                         .and_then(|done| match done {
                             true => Ok(()),
-                            false => fut
-                                .call_method1(
-                                    pyo3::intern!(py, "set_exception"),
-                                    (errors::exception(py, &err),),
-                                )
-                                .map(drop),
+                            false => {
+                                let exc = errors::exception(py, &err).into_any();
+                                let set_exception = pyo3::intern!(py, "set_exception");
+                                interop::call_method(fut, set_exception, &[&exc]).map(drop)
+                            }
                         });
                     if let Err(e) = failed {
                         e.write_unraisable(py, Some(fut));
@@ -167,7 +165,10 @@ impl PoolCore {
                 let n = this.started.fetch_add(1, Relaxed);
                 let name = format!("{}_{}", state.prefix, n);
                 let args = WorkerArgs { state };
-                match slf.call_method1(pyo3::intern!(slf.py(), "_start_worker"), (name, args)) {
+                let py = slf.py();
+                let (name, args) = (PyString::new(py, &name), Bound::new(py, args)?.into_any());
+                let start_worker = pyo3::intern!(py, "_start_worker");
+                match interop::call_method(slf.as_any(), start_worker, &[&name, &args]) {
                     Ok(t) => {
                         lock(&this.threads).push(t.unbind());
                         this.listed.notify_all();
@@ -434,7 +435,7 @@ impl PoolCore {
         let py = slf.py();
         let pool = slf.get().state()?.check_accepting(py)?;
         check_callback(func, "submit", false)?;
-        let fut = interop::concurrent_future(py)?.call0()?;
+        let fut = interop::call_with_slice(interop::concurrent_future(py)?, &[])?;
         let job = Job::Submit(SubmitJob {
             func: func.clone().unbind(),
             args: args.clone().unbind(),
@@ -452,7 +453,8 @@ impl PoolCore {
         for job in cancelled {
             match job {
                 Job::Submit(j) => {
-                    j.fut.bind(py).call_method0(pyo3::intern!(py, "cancel"))?;
+                    // Runs the future's done callbacks.
+                    interop::call_method(j.fut.bind(py), pyo3::intern!(py, "cancel"), &[])?;
                 }
                 Job::Loop(j) => post_done(py, j.target, j.fut, Outcome::Cancelled),
             }
@@ -564,7 +566,7 @@ impl LoopCore {
                 .map(|e| e.clone_ref(py));
             match default {
                 Some(e) if !this.executor_shutdown_called.load(Relaxed) => e.into_bound(py),
-                _ => slf.call_method0(pyo3::intern!(py, "_default_pool"))?,
+                _ => interop::call_method(slf, pyo3::intern!(py, "_default_pool"), &[])?,
             }
         } else {
             executor.clone()
@@ -574,10 +576,10 @@ impl LoopCore {
             Ok(pool) if interop::submit_is_the_pools(&executor)? => {
                 PoolCore::submit_for_loop(pool, slf, func, args)
             }
-            _ => slf.call_method1(
-                pyo3::intern!(py, "_run_in_foreign_executor"),
-                (executor, func, args),
-            ),
+            _ => {
+                let foreign = pyo3::intern!(py, "_run_in_foreign_executor");
+                interop::call_method(slf, foreign, &[&executor, func, args])
+            }
         }
     }
 }

@@ -435,7 +435,7 @@ impl LoopCore {
     /// The scheduler's clock: `time.monotonic()`'s, or what a replaced `time()` says.
     pub(crate) fn now(&self, slf: &Bound<'_, LoopCore>) -> PyResult<f64> {
         if self.custom_clock.load(Relaxed) {
-            return slf.call_method0(pyo3::intern!(slf.py(), "time"))?.extract();
+            return interop::call_method(slf, pyo3::intern!(slf.py(), "time"), &[])?.extract();
         }
         Ok(clock::monotonic())
     }

@@ -182,7 +182,7 @@ def test_unclosed_loop_finalized_at_exit_closes_fully(loop_kind, debug):
 
 _DAEMON_LOOP_AT_EXIT_SCRIPT = textwrap.dedent(
     """
-    import asyncio, socket, sys, threading, time
+    import asyncio, concurrent.futures, socket, sys, threading, time
     import weaveloop
     factory = {"asyncio": asyncio.new_event_loop, "weaveloop": weaveloop.new_event_loop}
     kind, where = sys.argv[1], sys.argv[2]
@@ -216,11 +216,29 @@ _DAEMON_LOOP_AT_EXIT_SCRIPT = textwrap.dedent(
         while True:
             loop.call_soon(noop)  # debug mode runs Python code inside call_soon
 
+    class Clock({"asyncio": asyncio.SelectorEventLoop, "weaveloop": weaveloop.Loop}[kind]):
+        def time(self):
+            busy.set()
+            time.sleep(0.0005)
+            return super().time()
+
+    async def tick_forever():
+        while True:
+            await asyncio.sleep(0.0001)  # each call_later asks time()
+
+    class SlowSubmit(concurrent.futures.ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            forever()
+
     def in_thread():
-        loop = factory[kind]()
+        loop = Clock() if where == "time()" else factory[kind]()
         if where == "debug call_soon":
             loop.set_debug(True)
             loop.call_soon(schedule_forever, loop)
+        elif where == "foreign executor's submit()":
+            loop.call_soon(loop.run_in_executor, SlowSubmit(), noop)
+        elif where == "time()":
+            loop.create_task(tick_forever())
         elif where == "datagram_received":
             loop.run_until_complete(loop.create_datagram_endpoint(Datagram, sock=ours))
         else:
@@ -243,13 +261,22 @@ _DAEMON_LOOP_AT_EXIT_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize(
-    "where", ["data_received", "buffer_updated", "datagram_received", "debug call_soon"]
+    "where",
+    [
+        "data_received",
+        "buffer_updated",
+        "datagram_received",
+        "debug call_soon",
+        "time()",
+        "foreign executor's submit()",
+    ],
 )
 def test_interpreter_exits_while_a_daemon_threads_loop_runs_python_code(loop_kind, where):
     # A daemon thread that takes the GIL back once finalization has begun is ended by
     # CPython (3.11-3.13) with a forced unwind. Out of Python code that Rust code called
     # (a protocol callback from a Rust reader, the debug checks of call_soon) it aborted
-    # the process; now the thread is parked, and the process exits as the stock one does.
+    # the process (also a loop subclass's time() and a foreign executor's submit(), which
+    # Rust code calls); now the thread is parked, and the process exits as the stock one does.
     out = run_python(_DAEMON_LOOP_AT_EXIT_SCRIPT, loop_kind, where)
     assert (out.returncode, out.stdout) == (0, "main exits\n"), out.stderr
 
