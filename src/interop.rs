@@ -194,22 +194,17 @@ pub fn call_kw<'py>(
     }
     // SAFETY: `argv[..n]` holds borrowed pointers to objects the caller keeps alive
     // (their Bounds outlive this call); `kwnames` is a tuple of str whose length equals
-    // the number of keyword values (checked above); the GIL is held. Vectorcall returns
-    // a new reference or NULL with an exception set. Safe at interpreter exit
-    // (`HangOnExit`), as `call_with_slice`.
-    unsafe {
-        let (f, a, n, k) = (
+    // the number of keyword values (checked above); the GIL is held.
+    let result = unsafe {
+        vectorcall(
             callable.as_ptr(),
-            argv.as_ptr(),
+            &argv[..n],
             positional.len(),
             kwnames.as_ptr(),
-        );
-        let result = guarded(|may_exit| match may_exit {
-            Some(may_exit) => (may_exit.vectorcall)(f, a, n, k),
-            None => ffi::PyObject_Vectorcall(f, a, n, k),
-        });
-        Bound::from_owned_ptr_or_err(callable.py(), result)
-    }
+        )
+    };
+    // SAFETY: the GIL is held; `result` is a new reference or NULL with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(callable.py(), result) }
 }
 
 /// The Python stack of whoever called into Rust, as asyncio's debug mode records it.
@@ -348,6 +343,30 @@ pub fn release<T>(_py: Python<'_>, obj: Py<T>) {
     }
 }
 
+/// `PyObject_Vectorcall(f, args, nargs, kwnames)` with the exit guard (`HangOnExit`):
+/// a new reference, or NULL with an exception set.
+///
+/// # Safety
+/// The GIL is held; `f` and the objects in `args` are live for the call; `args` holds
+/// `nargs` positional arguments followed by one value per name in `kwnames` (a tuple of
+/// str, or NULL for none).
+unsafe fn vectorcall(
+    f: *mut ffi::PyObject,
+    args: &[*mut ffi::PyObject],
+    nargs: usize,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let a = args.as_ptr();
+    // SAFETY: the caller's contract above is vectorcall's; the guarded pointer is
+    // CPython's own PyObject_Vectorcall.
+    guarded(|may_exit| unsafe {
+        match may_exit {
+            Some(may_exit) => (may_exit.vectorcall)(f, a, nargs, kwnames),
+            None => ffi::PyObject_Vectorcall(f, a, nargs, kwnames),
+        }
+    })
+}
+
 /// `callable(*args)` through vectorcall on the tuple's own item array: no unpacking of
 /// the argument tuple as `PyObject_Call` does. Safe at interpreter exit (`HangOnExit`).
 pub fn call_with_tuple<'py>(
@@ -372,14 +391,8 @@ pub fn call_with_slice<'py>(
     items: &[*mut ffi::PyObject],
 ) -> PyResult<Bound<'py, PyAny>> {
     // SAFETY: the GIL is held (`callable` is a Bound); `items` are live objects the caller
-    // holds for the call; vectorcall returns a new reference or NULL with an exception.
-    let result = unsafe {
-        let (f, n, none) = (callable.as_ptr(), items.len(), std::ptr::null_mut());
-        guarded(|may_exit| match may_exit {
-            Some(may_exit) => (may_exit.vectorcall)(f, items.as_ptr(), n, none),
-            None => ffi::PyObject_Vectorcall(f, items.as_ptr(), n, none),
-        })
-    };
+    // holds for the call, all positional; no keywords.
+    let result = unsafe { vectorcall(callable.as_ptr(), items, items.len(), std::ptr::null_mut()) };
     // SAFETY: the GIL is held; `result` is a new reference or NULL with an exception set.
     unsafe { Bound::from_owned_ptr_or_err(callable.py(), result) }
 }
