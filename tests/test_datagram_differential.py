@@ -15,14 +15,14 @@ loop reads in each iteration is fixed.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import random
 import socket
 import tempfile
 
 import pytest
-from _support import FACTORIES
+from _differential import Recording, assert_same
+from _differential import trace as differential_trace
 
 SEEDS = range(400)
 
@@ -85,27 +85,20 @@ class End(asyncio.DatagramProtocol):
         self.world.log.append((self.name, "resume_writing"))
 
 
-class World:
-    def __init__(self, loop, program: Program, directory: str) -> None:
-        self.directory = directory
-        self.loop = loop
+class World(Recording):
+    def __init__(self, loop, program: Program) -> None:
+        super().__init__(loop)
+        self.directory = tempfile.TemporaryDirectory()
         self.program = program
-        self.log: list[tuple] = []
         self.transports: dict[str, asyncio.DatagramTransport] = {}
         self.lost = {side: loop.create_future() for side in "ABC"}
         self.reactions = {side: iter(program.reactions[side]) for side in "AB"}
         self.names: dict = {}
         self.sent = 0
-        loop.set_exception_handler(self.on_error)
 
     def who(self, addr) -> str:
         """Addresses differ from run to run (ports): log which end they name."""
         return self.names.get(addr, repr(addr) if not addr else "somewhere")
-
-    def on_error(self, loop, context: dict) -> None:
-        exc = context.get("exception")
-        head = " ".join(context["message"].split(" ")[:4])
-        self.log.append(("handler", head, type(exc).__name__))
 
     def react(self, side: str) -> None:
         op = next(self.reactions[side], None)
@@ -148,15 +141,15 @@ class World:
         except Exception as exc:  # noqa: BLE001 - what an operation raises is the trace
             self.log.append((side, "raised", type(exc).__name__, str(exc)))
 
-    async def exchange(self) -> list[tuple]:
+    async def main(self) -> None:
         loop = self.loop
         if self.program.family == "unix":
             # Named ends: an unnamed pair's peer address is "" and the stock transport
             # then refuses every send without an address (TypeError; weaveloop too).
             a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             b = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            a.bind(os.path.join(self.directory, "a"))
-            b.bind(os.path.join(self.directory, "b"))
+            a.bind(os.path.join(self.directory.name, "a"))
+            b.bind(os.path.join(self.directory.name, "b"))
         else:
             a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -182,56 +175,14 @@ class World:
             self.do(side, op)
         for _ in range(4):
             await asyncio.sleep(0)
-        for side in "ABC":
-            transport = self.transports[side]
-            if not transport.is_closing():
-                self.log.append((side, "settle close"))
-                transport.close()
-        # Two ends closing with datagrams unsent, neither reading any more, never
-        # finish closing: abort them.
-        for _ in range(1000):
-            if all(lost.done() for lost in self.lost.values()):
-                break
-            await asyncio.sleep(0)
-        for side in "ABC":
-            if not self.lost[side].done():
-                self.log.append((side, "settle abort"))
-                self.transports[side].abort()
-        await asyncio.wait_for(asyncio.gather(*self.lost.values()), 10)
-        return list(self.log)
+        await self.settle(self.transports, self.lost)
 
-
-class Recorder(logging.Handler):
-    def __init__(self, log: list[tuple]) -> None:
-        super().__init__(logging.DEBUG)
-        self.log = log
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.log.append(("logger", record.levelname, record.getMessage()))
+    def release(self) -> None:
+        self.directory.cleanup()
 
 
 def trace(kind: str, program: Program) -> list[tuple]:
-    loop = FACTORIES[kind]()
-    directory = tempfile.TemporaryDirectory()
-    world = World(loop, program, directory.name)
-    logger = logging.getLogger("asyncio")
-    recorder = Recorder(world.log)
-    logger.addHandler(recorder)
-    propagate, logger.propagate = logger.propagate, False
-    try:
-        return loop.run_until_complete(world.exchange())
-    finally:
-        logger.propagate = propagate
-        logger.removeHandler(recorder)
-        loop.close()
-        directory.cleanup()
-
-
-def first_difference(a: list, b: list) -> str:
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return f"step {i}: stock {x!r} != weaveloop {y!r}"
-    return f"lengths differ: stock {len(a)}, weaveloop {len(b)}"
+    return differential_trace(kind, lambda loop: World(loop, program), log_messages=True)
 
 
 family = pytest.mark.parametrize("family", ["unix", "udp"])
@@ -244,7 +195,7 @@ def test_random_exchanges_leave_the_stock_loops_trace(family, chunk):
         program = Program(seed, family)
         expected = trace("asyncio", program)
         got = trace("weaveloop", program)
-        assert got == expected, f"{family} seed {seed}: {first_difference(expected, got)}"
+        assert_same(expected, got, f"{family} seed {seed}")
 
 
 @family

@@ -18,7 +18,8 @@ import random
 import socket
 
 import pytest
-from _support import FACTORIES
+from _differential import Recording, assert_same
+from _differential import trace as differential_trace
 
 SEEDS = range(500)
 
@@ -50,11 +51,10 @@ class Program:
         self.takes = [rng.choice([1, 3, 100]) for _ in range(200)]
 
 
-class World:
+class World(Recording):
     def __init__(self, loop, program: Program) -> None:
-        self.loop = loop
+        super().__init__(loop)
         self.program = program
-        self.log: list[tuple] = []
         self.reactions = iter(program.reactions)
         self.takes = iter(program.takes)
         self.files: list[int] = []
@@ -72,20 +72,6 @@ class World:
         self.sockets = (a, b)
         self.ends.append((a.fileno(), b.fileno()))
         self.closed: set[int] = set()
-        self.ticks = 0
-        self.running = True
-        loop.set_exception_handler(self.on_error)
-
-    def on_error(self, loop, context: dict) -> None:
-        exc = context.get("exception")
-        head = " ".join(context["message"].split(" ")[:3])
-        self.log.append(("handler", head, type(exc).__name__))
-
-    def tick(self) -> None:
-        self.ticks += 1
-        self.log.append(("tick", self.ticks))
-        if self.running:
-            self.loop.call_soon(self.tick)
 
     def on_readable(self, channel: int) -> None:
         fd = self.ends[channel][0]
@@ -160,16 +146,15 @@ class World:
         except Exception as exc:  # noqa: BLE001 - what an operation raises is the trace
             self.log.append(("raised", type(exc).__name__, str(exc)))
 
-    async def work(self) -> list[tuple]:
-        self.loop.call_soon(self.tick)
+    async def main(self) -> None:
+        self.start_ticks()
         for pause, op, channel in self.program.steps:
             for _ in range(pause):
                 await asyncio.sleep(0)
             self.do(op, channel)
         for _ in range(6):
             await asyncio.sleep(0)
-        self.running = False
-        return list(self.log)
+        self.stop_ticks()
 
     def release(self) -> None:
         for reader, writer in self.ends:
@@ -185,20 +170,7 @@ class World:
 
 
 def trace(kind: str, program: Program) -> list[tuple]:
-    loop = FACTORIES[kind]()
-    world = World(loop, program)
-    try:
-        return loop.run_until_complete(world.work())
-    finally:
-        world.release()
-        loop.close()
-
-
-def first_difference(a: list, b: list) -> str:
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return f"step {i}: stock {x!r} != weaveloop {y!r}"
-    return f"lengths differ: stock {len(a)}, weaveloop {len(b)}"
+    return differential_trace(kind, lambda loop: World(loop, program))
 
 
 @pytest.mark.parametrize("chunk", range(4))
@@ -207,7 +179,7 @@ def test_random_fd_watching_leaves_the_stock_loops_trace(chunk):
         program = Program(seed)
         expected = trace("asyncio", program)
         got = trace("weaveloop", program)
-        assert got == expected, f"seed {seed}: {first_difference(expected, got)}"
+        assert_same(expected, got, f"seed {seed}")
 
 
 def test_the_programs_exercise_every_event():

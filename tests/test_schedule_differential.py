@@ -22,7 +22,8 @@ import contextvars
 import random
 
 import pytest
-from _support import FACTORIES
+from _differential import Recording, assert_same
+from _differential import trace as differential_trace
 
 #: How many programs each test case draws; every seed is a different program.
 SEEDS = range(3000)
@@ -122,24 +123,20 @@ def outcome(fut: asyncio.Future) -> str:
     return f"result {fut.result()!r}"
 
 
-class Interpreter:
+class Interpreter(Recording):
     """Runs a program on one loop and records what happened, in order."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.log: list[tuple] = []
+    error_args = True
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, program: list[tuple]) -> None:
+        super().__init__(loop)
+        self.program = program
         self.handles: list[asyncio.Handle] = []
         self.futures: list[asyncio.Future] = []
         self.tasks: list[asyncio.Task] = []
         self.shared = contextvars.copy_context()
         # Deadlines well in the past, distinct per timer, so their order is defined.
         self.past = loop.time() - 1000.0
-        loop.set_exception_handler(self.on_error)
-
-    def on_error(self, loop, context: dict) -> None:
-        exc = context.get("exception")
-        head = context["message"].split(" ")[:3]
-        self.log.append(("handler", " ".join(head), type(exc).__name__, exc and exc.args))
 
     def callback(self, tag: str, body: list[tuple]) -> None:
         self.log.append(("run", tag, VAR.get()))
@@ -238,14 +235,14 @@ class Interpreter:
                 raise
         return name
 
-    def run(self, program: list[tuple]) -> list[tuple]:
+    def run(self) -> list[tuple]:
         loop = self.loop
 
         async def drain():
             for _ in range(DRAIN_STEPS):
                 await asyncio.sleep(0)
 
-        loop.call_soon(self.callback, "root", program)
+        loop.call_soon(self.callback, "root", self.program)
         self.drive(loop.create_task(drain()))
         self.log.append(("tasks", [outcome(t) for t in self.tasks]))
         self.log.append(("futures", [outcome(f) for f in self.futures]))
@@ -273,18 +270,7 @@ class Interpreter:
 
 
 def trace(kind: str, program: list[tuple]) -> list[tuple]:
-    loop = FACTORIES[kind]()
-    try:
-        return Interpreter(loop).run(program)
-    finally:
-        loop.close()
-
-
-def first_difference(a: list, b: list) -> str:
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return f"step {i}: stock {x!r} != weaveloop {y!r}"
-    return f"lengths differ: stock {len(a)}, weaveloop {len(b)}"
+    return differential_trace(kind, lambda loop: Interpreter(loop, program))
 
 
 #: A task cancelled before its first step never starts its coroutine (both loops).
@@ -299,7 +285,7 @@ def test_random_programs_leave_the_stock_loops_trace(chunk):
         program = Generator(seed).program()
         expected = trace("asyncio", program)
         got = trace("weaveloop", program)
-        assert got == expected, f"seed {seed}: {first_difference(expected, got)}"
+        assert_same(expected, got, f"seed {seed}")
 
 
 @never_started

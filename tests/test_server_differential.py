@@ -18,7 +18,8 @@ import socket
 import struct
 
 import pytest
-from _support import FACTORIES
+from _differential import Recording, assert_same
+from _differential import trace as differential_trace
 
 SEEDS = range(300)
 
@@ -78,32 +79,17 @@ class Served(asyncio.Protocol):
             transport.resume_reading()
 
 
-class World:
+class World(Recording):
     def __init__(self, loop, program: Program) -> None:
-        self.loop = loop
+        super().__init__(loop)
         self.program = program
-        self.log: list[tuple] = []
         self.reactions = iter(program.reactions)
         self.clients: list[socket.socket] = []
         self.names: dict = {}
         self.served: dict[str, Served] = {}
-        self.ticks = 0
-        self.running = True
-        loop.set_exception_handler(self.on_error)
-
-    def on_error(self, loop, context: dict) -> None:
-        exc = context.get("exception")
-        head = " ".join(context["message"].split(" ")[:3])
-        self.log.append(("handler", head, type(exc).__name__))
 
     def client_of(self, peername) -> str:
         return self.names.get(peername, "unknown")
-
-    def tick(self) -> None:
-        self.ticks += 1
-        self.log.append(("tick", self.ticks))
-        if self.running:
-            self.loop.call_soon(self.tick)
 
     def do(self, op: str, which: int) -> None:
         self.log.append(("op", op, which))
@@ -136,7 +122,7 @@ class World:
         except OSError as exc:
             self.log.append(("raised", type(exc).__name__, exc.errno))
 
-    async def serve(self) -> list[tuple]:
+    async def main(self) -> None:
         loop = self.loop
         self.server = await loop.create_server(
             lambda: Served(self),
@@ -145,7 +131,7 @@ class World:
             start_serving=self.program.start_serving,
         )
         self.address = self.server.sockets[0].getsockname()
-        loop.call_soon(self.tick)
+        self.start_ticks()
         if not self.program.start_serving:
             await asyncio.sleep(0)
             self.log.append(("start_serving",))
@@ -156,7 +142,7 @@ class World:
             self.do(op, which)
         for _ in range(6):
             await asyncio.sleep(0)
-        self.running = False
+        self.stop_ticks()
         # Settle: server closed, connections aborted, clients closed.
         self.server.close()
         for served in self.served.values():
@@ -166,22 +152,10 @@ class World:
         await asyncio.wait_for(self.server.wait_closed(), 10)
         for _ in range(3):
             await asyncio.sleep(0)
-        return list(self.log)
 
 
 def trace(kind: str, program: Program) -> list[tuple]:
-    loop = FACTORIES[kind]()
-    try:
-        return loop.run_until_complete(World(loop, program).serve())
-    finally:
-        loop.close()
-
-
-def first_difference(a: list, b: list) -> str:
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return f"step {i}: stock {x!r} != weaveloop {y!r}"
-    return f"lengths differ: stock {len(a)}, weaveloop {len(b)}"
+    return differential_trace(kind, lambda loop: World(loop, program))
 
 
 @pytest.mark.parametrize("chunk", range(3))
@@ -190,7 +164,7 @@ def test_random_client_traffic_leaves_the_stock_loops_trace(chunk):
         program = Program(seed)
         expected = trace("asyncio", program)
         got = trace("weaveloop", program)
-        assert got == expected, f"seed {seed}: {first_difference(expected, got)}"
+        assert_same(expected, got, f"seed {seed}")
 
 
 def test_the_traffic_exercises_every_event():

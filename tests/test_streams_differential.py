@@ -19,7 +19,8 @@ import random
 import socket
 
 import pytest
-from _support import FACTORIES
+from _differential import Recording, assert_same
+from _differential import trace as differential_trace
 
 SEEDS = range(300)
 
@@ -75,26 +76,11 @@ def show(data) -> object:
     return data
 
 
-class World:
+class World(Recording):
     def __init__(self, loop, program: Program) -> None:
-        self.loop = loop
+        super().__init__(loop)
         self.program = program
-        self.log: list[tuple] = []
-        self.ticks = 0
-        self.running = True
         self.sent = 0
-        loop.set_exception_handler(self.on_error)
-
-    def on_error(self, loop, context: dict) -> None:
-        exc = context.get("exception")
-        head = " ".join(context["message"].split(" ")[:3])
-        self.log.append(("handler", head, type(exc).__name__))
-
-    def tick(self) -> None:
-        self.ticks += 1
-        self.log.append(("tick", self.ticks))
-        if self.running:
-            self.loop.call_soon(self.tick)
 
     def payload(self, side: str, size: int) -> bytes:
         self.sent += 1
@@ -142,14 +128,14 @@ class World:
                 result = (type(exc).__name__, str(exc))
             self.log.append((side, step, n, show(result)))
 
-    async def converse(self) -> list[tuple]:
+    async def main(self) -> None:
         a, b = pair(self.program.family)
         limits = self.program.limits
         ends = {
             "A": await asyncio.open_connection(sock=a, limit=limits["A"]),
             "B": await asyncio.open_connection(sock=b, limit=limits["B"]),
         }
-        self.loop.call_soon(self.tick)
+        self.start_ticks()
         talks = [asyncio.create_task(self.talk(side, *ends[side])) for side in "AB"]
         # A conversation may wait forever (both ends reading): give it 300 iterations.
         for _ in range(300):
@@ -160,27 +146,15 @@ class World:
         for talk in talks:
             talk.cancel()
         await asyncio.gather(*talks, return_exceptions=True)
-        self.running = False
+        self.stop_ticks()
         for _, writer in ends.values():
             if not writer.is_closing():
                 writer.transport.abort()
         await asyncio.sleep(0)
-        return list(self.log)
 
 
 def trace(kind: str, program: Program) -> list[tuple]:
-    loop = FACTORIES[kind]()
-    try:
-        return loop.run_until_complete(World(loop, program).converse())
-    finally:
-        loop.close()
-
-
-def first_difference(a: list, b: list) -> str:
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return f"step {i}: stock {x!r} != weaveloop {y!r}"
-    return f"lengths differ: stock {len(a)}, weaveloop {len(b)}"
+    return differential_trace(kind, lambda loop: World(loop, program))
 
 
 family = pytest.mark.parametrize("family", ["unix", "tcp"])
@@ -193,7 +167,7 @@ def test_random_stream_conversations_leave_the_stock_loops_trace(family, chunk):
         program = Program(seed, family)
         expected = trace("asyncio", program)
         got = trace("weaveloop", program)
-        assert got == expected, f"{family} seed {seed}: {first_difference(expected, got)}"
+        assert_same(expected, got, f"{family} seed {seed}")
 
 
 @family

@@ -20,13 +20,13 @@ flood over TCP depends on when the peer's window opens, so TCP programs do not f
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import re
 import socket
 
 import pytest
-from _support import FACTORIES
+from _differential import Recording, assert_same
+from _differential import trace as differential_trace
 
 SEEDS = range(600)
 
@@ -127,21 +127,14 @@ def connected_pair(family: str) -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
-class World:
+class World(Recording):
     def __init__(self, loop: asyncio.AbstractEventLoop, program: Program) -> None:
-        self.loop = loop
+        super().__init__(loop)
         self.program = program
-        self.log: list[tuple] = []
         self.transports: dict[str, asyncio.Transport] = {}
         self.lost = {side: loop.create_future() for side in "AB"}
         self.reactions = {side: iter(program.reactions[side]) for side in "AB"}
         self.writes = 0
-        loop.set_exception_handler(self.on_error)
-
-    def on_error(self, loop, context: dict) -> None:
-        exc = context.get("exception")
-        head = " ".join(context["message"].split(" ")[:4])
-        self.log.append(("handler", head, type(exc).__name__))
 
     def react(self, side: str) -> None:
         op = next(self.reactions[side], None)
@@ -189,7 +182,7 @@ class World:
         except Exception as exc:  # noqa: BLE001 - what an operation raises is the trace
             self.log.append((side, "raised", type(exc).__name__, str(exc)))
 
-    async def converse(self) -> list[tuple]:
+    async def main(self) -> None:
         loop = self.loop
         a, b = connected_pair(self.program.family)
         protocol = self.program.protocol
@@ -204,57 +197,11 @@ class World:
             self.do(side, op)
         for _ in range(4):
             await asyncio.sleep(0)
-        # Settle: whatever is still open reads again and is closed. Two ends that both
-        # stopped reading with a flood unsent never finish closing: abort them.
-        for side in "AB":
-            transport = self.transports[side]
-            if not transport.is_closing():
-                self.log.append((side, "settle close"))
-                transport.resume_reading()
-                transport.close()
-        for _ in range(1000):
-            if all(lost.done() for lost in self.lost.values()):
-                break
-            await asyncio.sleep(0)
-        for side in "AB":
-            if not self.lost[side].done():
-                self.log.append((side, "settle abort"))
-                self.transports[side].abort()
-        await asyncio.wait_for(asyncio.gather(*self.lost.values()), 10)
-        return list(self.log)
-
-
-class Recorder(logging.Handler):
-    """Puts what asyncio's logger says (a write to a lost connection...) in the trace."""
-
-    def __init__(self, log: list[tuple]) -> None:
-        super().__init__(logging.DEBUG)
-        self.log = log
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.log.append(("logger", record.levelname, record.getMessage()))
+        await self.settle(self.transports, self.lost)
 
 
 def trace(kind: str, program: Program) -> list[tuple]:
-    loop = FACTORIES[kind]()
-    world = World(loop, program)
-    logger = logging.getLogger("asyncio")
-    recorder = Recorder(world.log)
-    logger.addHandler(recorder)
-    propagate, logger.propagate = logger.propagate, False
-    try:
-        return loop.run_until_complete(world.converse())
-    finally:
-        logger.propagate = propagate
-        logger.removeHandler(recorder)
-        loop.close()
-
-
-def first_difference(a: list, b: list) -> str:
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return f"step {i}: stock {x!r} != weaveloop {y!r}"
-    return f"lengths differ: stock {len(a)}, weaveloop {len(b)}"
+    return differential_trace(kind, lambda loop: World(loop, program), log_messages=True)
 
 
 buffered = pytest.mark.parametrize("buffered", [False, True], ids=["protocol", "buffered"])
@@ -270,7 +217,7 @@ def test_random_conversations_leave_the_stock_loops_trace(family, buffered, chun
         expected = trace("asyncio", program)
         got = trace("weaveloop", program)
         where = f"{family} {'buffered ' if buffered else ''}seed {seed}"
-        assert got == expected, f"{where}: {first_difference(expected, got)}"
+        assert_same(expected, got, where)
 
 
 @buffered

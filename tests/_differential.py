@@ -1,0 +1,129 @@
+"""What the differential tests share: a seeded program is run on the stock loop and on
+weaveloop, each run records a trace, and the two traces must be equal step for step.
+
+``Recording`` is the base of each test's world: it keeps the trace, puts the exception
+handler's calls in it and, on request, a tick per loop iteration (a callback that
+re-queues itself), so a trace pins the iteration each event happened in. ``trace``
+runs one world on a fresh loop of a kind (optionally with asyncio's log messages in
+the trace) and ``assert_same`` compares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from _support import FACTORIES, SAFETY
+
+
+class Recording:
+    """A program's world on one loop; subclasses give ``main()`` (a coroutine)."""
+
+    def __init__(self, loop) -> None:
+        self.loop = loop
+        self.log: list[tuple] = []
+        self.ticks = 0
+        self.ticking = False
+        loop.set_exception_handler(self.on_error)
+
+    #: Whether a handler call's entry carries the exception's args too.
+    error_args = False
+
+    def on_error(self, loop, context: dict) -> None:
+        # The message's first words say what failed; the rest names objects by address.
+        exc = context.get("exception")
+        head = " ".join(context["message"].split(" ")[:3])
+        entry = ("handler", head, type(exc).__name__)
+        self.log.append((*entry, exc and exc.args) if self.error_args else entry)
+
+    def start_ticks(self) -> None:
+        self.ticking = True
+        self.loop.call_soon(self.tick)
+
+    def stop_ticks(self) -> None:
+        self.ticking = False
+
+    def tick(self) -> None:
+        self.ticks += 1
+        self.log.append(("tick", self.ticks))
+        if self.ticking:
+            self.loop.call_soon(self.tick)
+
+    async def main(self) -> None:
+        raise NotImplementedError
+
+    async def settle(self, transports: dict, lost: dict) -> None:
+        """Closes each transport still open (reading again first) and waits for every
+        ``connection_lost`` (futures in ``lost``). Two ends that both stopped reading
+        with data unsent never finish closing: after 1000 iterations, they are aborted.
+        """
+        for name, transport in transports.items():
+            if not transport.is_closing():
+                self.log.append((name, "settle close"))
+                transport.resume_reading()
+                transport.close()
+        for _ in range(1000):
+            if all(future.done() for future in lost.values()):
+                break
+            await asyncio.sleep(0)
+        for name, future in lost.items():
+            if not future.done():
+                self.log.append((name, "settle abort"))
+                transports[name].abort()
+        await asyncio.wait_for(asyncio.gather(*lost.values()), SAFETY)
+
+    def run(self) -> list[tuple]:
+        """Runs the program; the trace returned is a copy taken when it ended."""
+        self.loop.run_until_complete(self.main())
+        return list(self.log)
+
+    def release(self) -> None:
+        """Frees what the program holds outside the loop (called before it closes)."""
+
+
+class _LogRecorder(logging.Handler):
+    def __init__(self, log: list[tuple]) -> None:
+        super().__init__(logging.DEBUG)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.log.append(("logger", record.levelname, record.getMessage()))
+
+
+@contextlib.contextmanager
+def _asyncio_log_into(log: list[tuple]):
+    """What asyncio's logger says (a write to a lost connection...) goes in the trace."""
+    logger = logging.getLogger("asyncio")
+    recorder = _LogRecorder(log)
+    logger.addHandler(recorder)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.propagate = propagate
+        logger.removeHandler(recorder)
+
+
+def trace(kind: str, make: Callable[..., Recording], *, log_messages: bool = False) -> list:
+    """The trace of ``make(loop).run()`` on a fresh loop of ``kind``."""
+    loop = FACTORIES[kind]()
+    world = make(loop)
+    capture = _asyncio_log_into(world.log) if log_messages else contextlib.nullcontext()
+    try:
+        with capture:
+            return world.run()
+    finally:
+        world.release()
+        loop.close()
+
+
+def assert_same(expected: list, got: list, where: str) -> None:
+    """The stock loop's trace is ``expected``; weaveloop's must equal it."""
+    if got == expected:
+        return
+    for i, (x, y) in enumerate(zip(expected, got, strict=False)):
+        if x != y:
+            raise AssertionError(f"{where}: step {i}: stock {x!r} != weaveloop {y!r}")
+    raise AssertionError(f"{where}: lengths differ: stock {len(expected)}, weaveloop {len(got)}")
