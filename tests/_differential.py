@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterable
 
 from _support import FACTORIES, SAFETY
 
@@ -54,6 +55,16 @@ class Recording:
     async def main(self) -> None:
         raise NotImplementedError
 
+    async def play(self, steps: Iterable[tuple]) -> None:
+        """Runs a program's ``(iterations, *args)`` steps: lets the loop run that many
+        iterations, then calls ``self.do(*args)``."""
+        for iterations, *args in steps:
+            await spin(iterations)
+            self.do(*args)
+
+    def do(self, *args) -> None:
+        raise NotImplementedError
+
     async def settle(self, transports: dict, lost: dict) -> None:
         """Closes each transport still open (reading again first) and waits for every
         ``connection_lost`` (futures in ``lost``). Two ends that both stopped reading
@@ -81,6 +92,51 @@ class Recording:
 
     def release(self) -> None:
         """Frees what the program holds outside the loop (called before it closes)."""
+
+
+def without(options: list, weights: list, left_out: str) -> tuple[list, list]:
+    """Seeded choices with one option left out: the options and their weights."""
+    kept = [i for i, option in enumerate(options) if option != left_out]
+    return [options[i] for i in kept], [weights[i] for i in kept]
+
+
+async def spin(iterations: int) -> None:
+    """Lets the loop run ``iterations`` iterations."""
+    for _ in range(iterations):
+        await asyncio.sleep(0)
+
+
+class End:
+    """A protocol end named ``name`` in a world with ``transports`` and ``lost``
+    (a future per end): logs its life and flow-control calls."""
+
+    def __init__(self, world, name: str) -> None:
+        self.world = world
+        self.name = name
+
+    def connection_made(self, transport) -> None:
+        self.world.transports[self.name] = transport
+        self.world.log.append((self.name, "made"))
+
+    def connection_lost(self, exc) -> None:
+        self.world.log.append((self.name, "lost", type(exc).__name__ if exc else None))
+        self.world.lost[self.name].set_result(None)
+
+    def pause_writing(self) -> None:
+        self.world.log.append((self.name, "pause_writing"))
+
+    def resume_writing(self) -> None:
+        self.world.log.append((self.name, "resume_writing"))
+
+
+def stream_pair(family: str) -> tuple[socket.socket, socket.socket]:
+    """Two connected stream sockets: a Unix socket pair or a loopback TCP connection."""
+    if family == "unix":
+        return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+    return a, b
 
 
 class _LogRecorder(logging.Handler):
@@ -117,6 +173,12 @@ def trace(kind: str, make: Callable[..., Recording], *, log_messages: bool = Fal
     finally:
         world.release()
         loop.close()
+
+
+def assert_programs_agree(trace: Callable[[str, object], list], programs: Iterable) -> None:
+    """Each ``(where, program)`` leaves the same trace on weaveloop as on the stock loop."""
+    for where, program in programs:
+        assert_same(trace("asyncio", program), trace("weaveloop", program), where)
 
 
 def assert_same(expected: list, got: list, where: str) -> None:

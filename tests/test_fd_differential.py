@@ -12,13 +12,12 @@ only the order: the stock loop's (asyncio's) is the one right answer.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import socket
 
 import pytest
-from _differential import Recording, assert_same
+from _differential import Recording, assert_programs_agree, spin
 from _differential import trace as differential_trace
 
 SEEDS = range(500)
@@ -148,12 +147,8 @@ class World(Recording):
 
     async def main(self) -> None:
         self.start_ticks()
-        for pause, op, channel in self.program.steps:
-            for _ in range(pause):
-                await asyncio.sleep(0)
-            self.do(op, channel)
-        for _ in range(6):
-            await asyncio.sleep(0)
+        await self.play(self.program.steps)
+        await spin(6)
         self.stop_ticks()
 
     def release(self) -> None:
@@ -175,11 +170,8 @@ def trace(kind: str, program: Program) -> list[tuple]:
 
 @pytest.mark.parametrize("chunk", range(4))
 def test_random_fd_watching_leaves_the_stock_loops_trace(chunk):
-    for seed in [s for s in SEEDS if s % 4 == chunk]:
-        program = Program(seed)
-        expected = trace("asyncio", program)
-        got = trace("weaveloop", program)
-        assert_same(expected, got, f"seed {seed}")
+    programs = ((f"seed {s}", Program(s)) for s in SEEDS if s % 4 == chunk)
+    assert_programs_agree(trace, programs)
 
 
 def test_the_programs_exercise_every_event():

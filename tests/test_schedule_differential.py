@@ -22,7 +22,7 @@ import contextvars
 import random
 
 import pytest
-from _differential import Recording, assert_same
+from _differential import Recording, assert_programs_agree, spin
 from _differential import trace as differential_trace
 
 #: How many programs each test case draws; every seed is a different program.
@@ -238,12 +238,8 @@ class Interpreter(Recording):
     def run(self) -> list[tuple]:
         loop = self.loop
 
-        async def drain():
-            for _ in range(DRAIN_STEPS):
-                await asyncio.sleep(0)
-
         loop.call_soon(self.callback, "root", self.program)
-        self.drive(loop.create_task(drain()))
+        self.drive(loop.create_task(spin(DRAIN_STEPS)))
         self.log.append(("tasks", [outcome(t) for t in self.tasks]))
         self.log.append(("futures", [outcome(f) for f in self.futures]))
         self.log.append(("handles", [h.cancelled() for h in self.handles]))
@@ -280,12 +276,8 @@ never_started = pytest.mark.filterwarnings("ignore:coroutine .* was never awaite
 @never_started
 @pytest.mark.parametrize("chunk", range(6))
 def test_random_programs_leave_the_stock_loops_trace(chunk):
-    seeds = [s for s in SEEDS if s % 6 == chunk]
-    for seed in seeds:
-        program = Generator(seed).program()
-        expected = trace("asyncio", program)
-        got = trace("weaveloop", program)
-        assert_same(expected, got, f"seed {seed}")
+    programs = ((f"seed {s}", Generator(s).program()) for s in SEEDS if s % 6 == chunk)
+    assert_programs_agree(trace, programs)
 
 
 @never_started

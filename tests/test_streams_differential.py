@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 
 import pytest
-from _differential import Recording, assert_same
+from _differential import Recording, assert_programs_agree, stream_pair, without
 from _differential import trace as differential_trace
 
 SEEDS = range(300)
@@ -49,8 +48,9 @@ class Program:
         self.limits = {side: rng.choice([16, 100, 4096]) for side in "AB"}
         # Over TCP, how much of a large write the kernel takes at once depends on when
         # the peer's window opens: not a fixed answer, so large writes go over Unix only.
-        steps = STEPS if family == "unix" else [step for step in STEPS if step != "write_big"]
-        weights = [w for step, w in zip(STEPS, WEIGHTS, strict=True) if step in steps]
+        steps, weights = (
+            (STEPS, WEIGHTS) if family == "unix" else without(STEPS, WEIGHTS, "write_big")
+        )
         self.steps = {
             side: [
                 (rng.choices(steps, weights)[0], rng.choice([1, 5, 30, 200]))
@@ -58,15 +58,6 @@ class Program:
             ]
             for side in "AB"
         }
-
-
-def pair(family: str) -> tuple[socket.socket, socket.socket]:
-    if family == "unix":
-        return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        a = socket.create_connection(listener.getsockname())
-        b, _ = listener.accept()
-    return a, b
 
 
 def show(data) -> object:
@@ -129,7 +120,7 @@ class World(Recording):
             self.log.append((side, step, n, show(result)))
 
     async def main(self) -> None:
-        a, b = pair(self.program.family)
+        a, b = stream_pair(self.program.family)
         limits = self.program.limits
         ends = {
             "A": await asyncio.open_connection(sock=a, limit=limits["A"]),
@@ -163,11 +154,8 @@ family = pytest.mark.parametrize("family", ["unix", "tcp"])
 @pytest.mark.parametrize("chunk", range(2))
 @family
 def test_random_stream_conversations_leave_the_stock_loops_trace(family, chunk):
-    for seed in [s for s in SEEDS if s % 2 == chunk]:
-        program = Program(seed, family)
-        expected = trace("asyncio", program)
-        got = trace("weaveloop", program)
-        assert_same(expected, got, f"{family} seed {seed}")
+    programs = ((f"{family} seed {s}", Program(s, family)) for s in SEEDS if s % 2 == chunk)
+    assert_programs_agree(trace, programs)
 
 
 @family

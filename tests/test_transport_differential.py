@@ -22,10 +22,9 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import socket
 
 import pytest
-from _differential import Recording, assert_same
+from _differential import End, Recording, assert_programs_agree, spin, stream_pair, without
 from _differential import trace as differential_trace
 
 SEEDS = range(600)
@@ -58,8 +57,7 @@ class Program:
         self.keep_open_after_eof = {side: rng.random() < 0.5 for side in "AB"}
         # Over TCP, how much of a flood the kernel takes in one send depends on when the
         # peer's window opens: not a fixed answer, so floods go over Unix sockets only.
-        ops = OPS if family == "unix" else [op for op in OPS if op != "flood"]
-        weights = [w for op, w in zip(OPS, WEIGHTS, strict=True) if op in ops]
+        ops, weights = (OPS, WEIGHTS) if family == "unix" else without(OPS, WEIGHTS, "flood")
         self.steps = [
             (rng.randint(0, 3), rng.choice("AB"), rng.choices(ops, weights)[0])
             for _ in range(rng.randint(3, 25))
@@ -70,15 +68,7 @@ class Program:
         }
 
 
-class Side(asyncio.Protocol):
-    def __init__(self, world: World, name: str) -> None:
-        self.world = world
-        self.name = name
-
-    def connection_made(self, transport) -> None:
-        self.world.transports[self.name] = transport
-        self.world.log.append((self.name, "made"))
-
+class Side(End, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         # A flood's filler is logged by length.
         filler = re.sub(rb"x+", lambda m: b"<%d>" % len(m.group()), data)
@@ -89,16 +79,6 @@ class Side(asyncio.Protocol):
         self.world.log.append((self.name, "eof"))
         self.world.react(self.name)
         return self.world.program.keep_open_after_eof[self.name]
-
-    def connection_lost(self, exc) -> None:
-        self.world.log.append((self.name, "lost", type(exc).__name__ if exc else None))
-        self.world.lost[self.name].set_result(None)
-
-    def pause_writing(self) -> None:
-        self.world.log.append((self.name, "pause_writing"))
-
-    def resume_writing(self) -> None:
-        self.world.log.append((self.name, "resume_writing"))
 
 
 class BufferedSide(Side, asyncio.BufferedProtocol):
@@ -116,15 +96,6 @@ class BufferedSide(Side, asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(bytes(self.buffer[:nbytes]))
-
-
-def connected_pair(family: str) -> tuple[socket.socket, socket.socket]:
-    if family == "unix":
-        return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        a = socket.create_connection(listener.getsockname())
-        b, _ = listener.accept()
-    return a, b
 
 
 class World(Recording):
@@ -184,19 +155,15 @@ class World(Recording):
 
     async def main(self) -> None:
         loop = self.loop
-        a, b = connected_pair(self.program.family)
+        a, b = stream_pair(self.program.family)
         protocol = self.program.protocol
         if self.program.family == "unix":
             await loop.create_unix_connection(lambda: protocol(self, "A"), sock=a)
         else:
             await loop.create_connection(lambda: protocol(self, "A"), sock=a)
         await loop.connect_accepted_socket(lambda: protocol(self, "B"), sock=b)
-        for pause, side, op in self.program.steps:
-            for _ in range(pause):
-                await asyncio.sleep(0)
-            self.do(side, op)
-        for _ in range(4):
-            await asyncio.sleep(0)
+        await self.play(self.program.steps)
+        await spin(4)
         await self.settle(self.transports, self.lost)
 
 
@@ -212,12 +179,9 @@ family = pytest.mark.parametrize("family", ["unix", "tcp"])
 @buffered
 @family
 def test_random_conversations_leave_the_stock_loops_trace(family, buffered, chunk):
-    for seed in [s for s in SEEDS if s % 2 == chunk]:
-        program = Program(seed, family, buffered)
-        expected = trace("asyncio", program)
-        got = trace("weaveloop", program)
-        where = f"{family} {'buffered ' if buffered else ''}seed {seed}"
-        assert_same(expected, got, where)
+    label = f"{family} {'buffered ' if buffered else ''}seed"
+    programs = ((f"{label} {s}", Program(s, family, buffered)) for s in SEEDS if s % 2 == chunk)
+    assert_programs_agree(trace, programs)
 
 
 @buffered
