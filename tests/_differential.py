@@ -62,8 +62,14 @@ class Recording:
             await spin(iterations)
             self.do(*args)
 
-    def do(self, *args) -> None:
+    def do(self, *args, reacting: bool = False) -> None:
         raise NotImplementedError
+
+    def react(self, name: str) -> None:
+        """End ``name``'s next seeded reaction (from ``self.reactions[name]``), if any."""
+        op = next(self.reactions[name], None)
+        if op is not None:
+            self.do(name, op, reacting=True)
 
     async def settle(self, transports: dict, lost: dict) -> None:
         """Closes each transport still open (reading again first) and waits for every

@@ -81,11 +81,6 @@ class World(Recording):
         """Addresses differ from run to run (ports): log which end they name."""
         return self.names.get(addr, repr(addr) if not addr else "somewhere")
 
-    def react(self, side: str) -> None:
-        op = next(self.reactions[side], None)
-        if op is not None:
-            self.do(side, op, reacting=True)
-
     def do(self, side: str, op: str, reacting: bool = False) -> None:
         transport = self.transports[side]
         peer = self.addresses["B" if side == "A" else "A"]

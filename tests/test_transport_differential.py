@@ -107,11 +107,6 @@ class World(Recording):
         self.reactions = {side: iter(program.reactions[side]) for side in "AB"}
         self.writes = 0
 
-    def react(self, side: str) -> None:
-        op = next(self.reactions[side], None)
-        if op is not None:
-            self.do(side, op, reacting=True)
-
     def do(self, side: str, op: str, reacting: bool = False) -> None:
         transport = self.transports[side]
         self.log.append((side, "op", op, reacting))
