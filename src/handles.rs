@@ -309,6 +309,17 @@ impl Callback {
                 t.release(py);
                 Ok(())
             }
+            Err(err) if self.is_cancelled() => {
+                // The callback cancelled its own handle: asyncio's report then names
+                // what the cancelled handle holds, nothing ("Exception in callback None()").
+                t.release(py);
+                Err(CallbackError {
+                    err,
+                    callback: py.None(),
+                    args: Args::Empty,
+                    source_traceback: self.source_traceback(py),
+                })
+            }
             Err(err) => {
                 // Keep the callable until the error report has named the handle.
                 let error = CallbackError {

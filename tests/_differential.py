@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 from collections.abc import Callable, Iterable
 
@@ -145,13 +146,29 @@ def stream_pair(family: str) -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
+#: What differs between two runs of the same program in a log message: addresses, task
+#: numbers (one counter for the process), timer deadlines (on the real clock).
+_RUN_SPECIFIC = [
+    (re.compile(r"0x[0-9a-f]+"), "0x?"),
+    (re.compile(r"Task-\d+"), "Task-?"),
+    (re.compile(r"when=[0-9.e+-]+"), "when=?"),
+]
+
+
 class _LogRecorder(logging.Handler):
     def __init__(self, log: list[tuple]) -> None:
         super().__init__(logging.DEBUG)
         self.log = log
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.log.append(("logger", record.levelname, record.getMessage()))
+        message = record.getMessage()
+        if message.startswith("Task was destroyed but it is pending!"):
+            # Reported when the cyclic GC frees the task: at no set time, and perhaps
+            # a task of an earlier program.
+            return
+        for pattern, stand_in in _RUN_SPECIFIC:
+            message = pattern.sub(stand_in, message)
+        self.log.append(("logger", record.levelname, message))
 
 
 @contextlib.contextmanager
@@ -168,10 +185,20 @@ def _asyncio_log_into(log: list[tuple]):
         logger.removeHandler(recorder)
 
 
-def trace(kind: str, make: Callable[..., Recording], *, log_messages: bool = False) -> list:
-    """The trace of ``make(loop).run()`` on a fresh loop of ``kind``."""
+def trace(
+    kind: str,
+    make: Callable[..., Recording],
+    *,
+    log_messages: bool = False,
+    default_handler: bool = False,
+) -> list:
+    """The trace of ``make(loop).run()`` on a fresh loop of ``kind``. With
+    ``default_handler``, errors go to the loop's default exception handler, which logs
+    them: put ``log_messages`` on too, to see them in the trace."""
     loop = FACTORIES[kind]()
     world = make(loop)
+    if default_handler:
+        loop.set_exception_handler(None)
     capture = _asyncio_log_into(world.log) if log_messages else contextlib.nullcontext()
     try:
         with capture:

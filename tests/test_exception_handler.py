@@ -290,6 +290,49 @@ def test_callback_exception_after_the_handle_was_dropped_names_an_equal_handle(l
     assert not handle.cancelled()
 
 
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
+@pytest.mark.parametrize("schedule", ["call_soon", "call_later", "add_reader"])
+def test_a_callback_that_cancelled_its_own_handle_is_reported_as_asyncio_does(
+    loop, schedule, debug
+):
+    # asyncio's report names what the handle holds when the error is caught, and a
+    # cancelled handle holds nothing: "Exception in callback None()". (Found by the
+    # schedule differential test; weaveloop named the callback.)
+    loop.set_debug(debug)
+    contexts = []
+    loop.set_exception_handler(_collecting_handler(contexts))
+    handles = []
+    reader, writer = socket.socketpair()
+
+    def callback(tag):
+        if schedule == "add_reader":
+            loop.remove_reader(reader)  # cancels the watcher's handle
+        else:
+            handles[0].cancel()
+        loop.stop()
+        raise ZeroDivisionError(tag)
+
+    try:
+        if schedule == "call_soon":
+            handles.append(loop.call_soon(callback, "soon"))
+        elif schedule == "call_later":
+            handles.append(loop.call_later(0, callback, "later"))
+        else:
+            writer.send(b"x")
+            loop.add_reader(reader, callback, "reader")
+        loop.run_forever()
+    finally:
+        reader.close()
+        writer.close()
+    [(_, ctx)] = contexts
+    assert ctx["message"] == "Exception in callback None()"
+    assert isinstance(ctx["exception"], ZeroDivisionError)
+    assert ctx["handle"].cancelled()
+    if not debug:
+        # (In debug mode the repr kept at cancel() still names the callback.)
+        assert "callback" not in repr(ctx["handle"])
+
+
 @pytest.mark.parametrize("schedule", ["call_soon", "call_later", "add_reader"])
 def test_handler_runs_while_the_callback_exception_is_handled(loop, schedule):
     # As in asyncio, the handler is called from inside the `except` that caught the

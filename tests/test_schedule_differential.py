@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import random
 
 import pytest
@@ -265,8 +266,12 @@ class Interpreter(Recording):
         raise AssertionError("the driver never finished")  # pragma: no cover
 
 
-def trace(kind: str, program: list[tuple]) -> list[tuple]:
-    return differential_trace(kind, lambda loop: Interpreter(loop, program))
+def trace(kind: str, program: list[tuple], default_handler: bool = False) -> list[tuple]:
+    make = lambda loop: Interpreter(loop, program)  # noqa: E731
+    if default_handler:
+        # The default handler logs each error: the messages (the handle's repr...) too.
+        return differential_trace(kind, make, log_messages=True, default_handler=True)
+    return differential_trace(kind, make)
 
 
 #: A task cancelled before its first step never starts its coroutine (both loops).
@@ -278,6 +283,14 @@ never_started = pytest.mark.filterwarnings("ignore:coroutine .* was never awaite
 def test_random_programs_leave_the_stock_loops_trace(chunk):
     programs = ((f"seed {s}", Generator(s).program()) for s in SEEDS if s % 6 == chunk)
     assert_programs_agree(trace, programs)
+
+
+@never_started
+def test_random_programs_log_the_stock_loops_error_reports():
+    """With the default exception handler, its log messages (the handle's repr, the
+    exception) are part of the trace."""
+    programs = ((f"seed {s}", Generator(s).program()) for s in SEEDS[:1000])
+    assert_programs_agree(functools.partial(trace, default_handler=True), programs)
 
 
 @never_started
