@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
+import pytest
 from _support import FACTORIES, SAFETY
 
 
@@ -29,6 +31,8 @@ class Recording:
         self.ticks = 0
         self.ticking = False
         loop.set_exception_handler(self.on_error)
+        # In debug mode a slow callback is logged: never, here (the machine's load).
+        loop.slow_callback_duration = 3600.0
 
     #: Whether a handler call's entry carries the exception's args too.
     error_args = False
@@ -206,6 +210,29 @@ def trace(
     finally:
         world.release()
         loop.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """A share of a test's seeds: every ``of``-th from ``index``. The debug chunk takes
+    every tenth seed and runs it with asyncio's debug mode on (both loops)."""
+
+    index: int
+    of: int
+    debug: bool = False
+
+    def seeds(self, seeds: Sequence[int], monkeypatch) -> list[int]:
+        if self.debug:
+            monkeypatch.setenv("PYTHONASYNCIODEBUG", "1")
+            return list(seeds[::10])
+        return [seed for seed in seeds if seed % self.of == self.index]
+
+
+def chunks(n: int):
+    """Parametrizes a test over ``chunk``: its seeds in ``n`` shares, then in debug mode."""
+    shares = [Chunk(i, n) for i in range(n)] + [Chunk(0, 1, debug=True)]
+    ids = [str(i) for i in range(n)] + ["debug"]
+    return pytest.mark.parametrize("chunk", shares, ids=ids)
 
 
 def assert_programs_agree(trace: Callable[[str, object], list], programs: Iterable) -> None:

@@ -16,8 +16,7 @@ import os
 import random
 import socket
 
-import pytest
-from _differential import Recording, assert_programs_agree, spin
+from _differential import Recording, assert_programs_agree, chunks, spin
 from _differential import trace as differential_trace
 
 SEEDS = range(500)
@@ -168,9 +167,9 @@ def trace(kind: str, program: Program) -> list[tuple]:
     return differential_trace(kind, lambda loop: World(loop, program))
 
 
-@pytest.mark.parametrize("chunk", range(4))
-def test_random_fd_watching_leaves_the_stock_loops_trace(chunk):
-    programs = ((f"seed {s}", Program(s)) for s in SEEDS if s % 4 == chunk)
+@chunks(4)
+def test_random_fd_watching_leaves_the_stock_loops_trace(chunk, monkeypatch):
+    programs = ((f"seed {s}", Program(s)) for s in chunk.seeds(SEEDS, monkeypatch))
     assert_programs_agree(trace, programs)
 
 

@@ -23,7 +23,7 @@ import functools
 import random
 
 import pytest
-from _differential import Recording, assert_programs_agree, spin
+from _differential import Recording, assert_programs_agree, chunks, spin
 from _differential import trace as differential_trace
 
 #: How many programs each test case draws; every seed is a different program.
@@ -279,9 +279,10 @@ never_started = pytest.mark.filterwarnings("ignore:coroutine .* was never awaite
 
 
 @never_started
-@pytest.mark.parametrize("chunk", range(6))
-def test_random_programs_leave_the_stock_loops_trace(chunk):
-    programs = ((f"seed {s}", Generator(s).program()) for s in SEEDS if s % 6 == chunk)
+@chunks(6)
+def test_random_programs_leave_the_stock_loops_trace(chunk, monkeypatch):
+    seeds = chunk.seeds(SEEDS, monkeypatch)
+    programs = ((f"seed {s}", Generator(s).program()) for s in seeds)
     assert_programs_agree(trace, programs)
 
 

@@ -17,8 +17,7 @@ import random
 import socket
 import struct
 
-import pytest
-from _differential import Recording, assert_programs_agree, spin
+from _differential import Recording, assert_programs_agree, chunks, spin
 from _differential import trace as differential_trace
 
 SEEDS = range(300)
@@ -153,9 +152,9 @@ def trace(kind: str, program: Program) -> list[tuple]:
     return differential_trace(kind, lambda loop: World(loop, program))
 
 
-@pytest.mark.parametrize("chunk", range(3))
-def test_random_client_traffic_leaves_the_stock_loops_trace(chunk):
-    programs = ((f"seed {s}", Program(s)) for s in SEEDS if s % 3 == chunk)
+@chunks(3)
+def test_random_client_traffic_leaves_the_stock_loops_trace(chunk, monkeypatch):
+    programs = ((f"seed {s}", Program(s)) for s in chunk.seeds(SEEDS, monkeypatch))
     assert_programs_agree(trace, programs)
 
 

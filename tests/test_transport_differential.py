@@ -24,7 +24,7 @@ import random
 import re
 
 import pytest
-from _differential import End, Recording, assert_programs_agree, spin, stream_pair, without
+from _differential import End, Recording, assert_programs_agree, chunks, spin, stream_pair, without
 from _differential import trace as differential_trace
 
 SEEDS = range(600)
@@ -170,12 +170,13 @@ buffered = pytest.mark.parametrize("buffered", [False, True], ids=["protocol", "
 family = pytest.mark.parametrize("family", ["unix", "tcp"])
 
 
-@pytest.mark.parametrize("chunk", range(2))
+@chunks(2)
 @buffered
 @family
-def test_random_conversations_leave_the_stock_loops_trace(family, buffered, chunk):
+def test_random_conversations_leave_the_stock_loops_trace(family, buffered, chunk, monkeypatch):
     label = f"{family} {'buffered ' if buffered else ''}seed"
-    programs = ((f"{label} {s}", Program(s, family, buffered)) for s in SEEDS if s % 2 == chunk)
+    seeds = chunk.seeds(SEEDS, monkeypatch)
+    programs = ((f"{label} {s}", Program(s, family, buffered)) for s in seeds)
     assert_programs_agree(trace, programs)
 
 
