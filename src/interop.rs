@@ -43,7 +43,6 @@ cached_imports! {
     heappush: "heapq", "heappush";
     heappop: "heapq", "heappop";
     heapify: "heapq", "heapify";
-    set_task_name: "asyncio.tasks", "_set_task_name";
     extract_stack: "asyncio.format_helpers", "extract_stack";
     getframe: "sys", "_getframe";
 }
@@ -79,9 +78,37 @@ pub fn import_ahead(py: Python<'_>) -> PyResult<()> {
     static DONE: PyOnceLock<()> = PyOnceLock::new();
     DONE.get_or_try_init(py, || {
         import_all_modules(py)?;
-        import_all(py)
+        import_all(py)?;
+        set_task_name_helper(py).map(drop)
     })
     .map(|_| ())
+}
+
+/// What the stock `create_task` does with the name of a task a task factory made:
+/// `asyncio.tasks._set_task_name(task, name)` where that exists (up to Python 3.12:
+/// `task.set_name(name)` unless the name is None, a DeprecationWarning for a task
+/// without `set_name`); 3.13 removed it and calls `task.set_name` itself, which a task
+/// then must have (3.13.0 calls it with None too, naming the task "None", a bug later
+/// versions fixed: a None name is left out here).
+pub fn set_task_name(
+    py: Python<'_>,
+    task: &Bound<'_, PyAny>,
+    name: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    match set_task_name_helper(py)? {
+        Some(helper) => call_with_slice(helper.bind(py), &[task.as_ptr(), name.as_ptr()]).map(drop),
+        None if name.is_none() => Ok(()),
+        None => call_method(task, pyo3::intern!(py, "set_name"), &[name]).map(drop),
+    }
+}
+
+/// `asyncio.tasks._set_task_name`, where it exists (see `set_task_name`).
+fn set_task_name_helper(py: Python<'_>) -> PyResult<&Option<Py<PyAny>>> {
+    static CELL: PyOnceLock<Option<Py<PyAny>>> = PyOnceLock::new();
+    CELL.get_or_try_init(py, || {
+        let tasks = asyncio_tasks(py)?;
+        Ok(tasks.getattr("_set_task_name").ok().map(Bound::unbind))
+    })
 }
 
 /// `asyncio.base_events.logger`, looked up on every call as the stock loop's code does

@@ -318,7 +318,7 @@ impl LoopCore {
             let names = interop::kwnames(py, &["context"])?;
             interop::call_kw(&factory, &[slf.as_any(), coro], names, &[context])?
         };
-        interop::call_with_slice(interop::set_task_name(py)?, &[task.as_ptr(), name.as_ptr()])?;
+        interop::set_task_name(py, &task, name)?;
         Ok(task)
     }
 

@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyInt, PyString, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyInt, PyMemoryView, PySlice, PyString, PyTuple};
 use pyo3::PyTraverseError;
 use weaveloop_engine::net::{self, Received};
 
@@ -743,9 +743,17 @@ impl SocketWriter {
             intern!(py, "_add_writer"),
             &[&fd, &write_ready],
         )?;
-        let rest = PyBytes::new(py, &buf[sent..]).into_any();
         let buffer = transport.getattr(intern!(py, "_buffer"))?;
-        interop::call_method(&buffer, intern!(py, "extend"), &[&rest])?;
+        if buffer.is_instance_of::<PyByteArray>() {
+            // Python 3.11: the buffer is one bytearray.
+            let rest = PyBytes::new(py, &buf[sent..]).into_any();
+            interop::call_method(&buffer, intern!(py, "extend"), &[&rest])?;
+        } else {
+            // 3.12 and later: a deque of buffers, the rest a view of the data written.
+            let view = PyMemoryView::from(bytes.as_any())?;
+            let rest = view.get_item(PySlice::new(py, sent as isize, buf.len() as isize, 1))?;
+            interop::call_method(&buffer, intern!(py, "append"), &[&rest])?;
+        }
         // May call the protocol's pause_writing().
         interop::call_method(transport, intern!(py, "_maybe_pause_protocol"), &[])?;
         Ok(())

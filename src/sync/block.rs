@@ -27,6 +27,23 @@ pub fn truthy(flag: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
     flag.map_or(Ok(true), |f| f.is_truthy())
 }
 
+/// A lock's `acquire(blocking)`, read as the running Python's `_thread` locks read it:
+/// an int up to Python 3.11 (None, a float or a str is a TypeError there), a truth
+/// value from 3.12 on.
+pub struct Blocking(pub bool);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Blocking {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        if obj.py().version_info() >= (3, 12) {
+            obj.is_truthy().map(Blocking)
+        } else {
+            obj.extract::<i32>().map(|b| Blocking(b != 0))
+        }
+    }
+}
+
 /// `_thread.TIMEOUT_MAX` on Linux (seconds).
 const TIMEOUT_MAX: f64 = 9_223_372_036.0;
 

@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use weaveloop_engine::sync::RecursiveOwner;
 
-use super::block::{lock_wait, Wait};
+use super::block::{lock_wait, Blocking, Wait};
 use super::semaphore::{
     acquire_thread, acquire_uninterruptible, coroutine_permit_hooks, new_sem, release, Sem,
 };
@@ -75,11 +75,10 @@ impl RLockCore {
         }
     }
 
-    /// `blocking` is an int, as `_thread`'s locks parse it (None or a float is a
-    /// TypeError there, not a truth value).
-    #[pyo3(signature = (blocking = 1, timeout = -1.0))]
-    fn acquire(&self, py: Python<'_>, blocking: i32, timeout: f64) -> PyResult<bool> {
-        let wait = lock_wait(blocking != 0, timeout)?;
+    /// `blocking` is read as `_thread`'s locks read it (see `Blocking`).
+    #[pyo3(signature = (blocking = Blocking(true), timeout = -1.0))]
+    fn acquire(&self, py: Python<'_>, blocking: Blocking, timeout: f64) -> PyResult<bool> {
+        let wait = lock_wait(blocking.0, timeout)?;
         self.acquire_within(py, wait)
     }
 
