@@ -437,8 +437,8 @@ impl Callback {
         }
         let (callback, args) = self.parts(py)?;
         if !callback.is_none(py) {
-            let source = interop::format_callback_source(py)?;
-            let src = interop::call_with_slice(source, &[callback.as_ptr(), args.as_ptr()])?;
+            let debug = self.debug.is_some();
+            let src = interop::format_callback(py, callback.bind(py), args.bind(py), debug)?;
             info.push(src.to_string());
         }
         if let Some(d) = &self.debug {

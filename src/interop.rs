@@ -190,14 +190,38 @@ pub fn kwnames<'py>(
     static LOOP: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
     static TASK: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
     static CONTEXT: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+    static DEBUG: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
     let cell = match names {
         ["loop"] => &LOOP,
         ["context"] => &CONTEXT,
+        ["debug"] => &DEBUG,
         ["loop", "name", "context"] => &TASK,
         _ => return Err(pyo3::exceptions::PyValueError::new_err("unknown kwnames")),
     };
     cell.get_or_try_init(py, || PyTuple::new(py, names).map(Bound::unbind))
         .map(|t| t.bind(py))
+}
+
+/// `asyncio.format_helpers._format_callback_source(callback, args)`, as the stock handle
+/// calls it: from Python 3.13 on with `debug=`, the arguments shown only in debug mode.
+pub fn format_callback<'py>(
+    py: Python<'py>,
+    callback: &Bound<'py, PyAny>,
+    args: &Bound<'py, PyAny>,
+    debug: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let source = format_callback_source(py)?;
+    if py.version_info() >= (3, 13) {
+        let debug = pyo3::types::PyBool::new(py, debug).to_owned().into_any();
+        call_kw(
+            source,
+            &[callback, args],
+            kwnames(py, &["debug"])?,
+            &[&debug],
+        )
+    } else {
+        call_with_slice(source, &[callback.as_ptr(), args.as_ptr()])
+    }
 }
 
 /// `callable(*positional, **dict(zip(kwnames, kwvalues)))` through vectorcall: no

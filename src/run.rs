@@ -533,8 +533,8 @@ fn report_callback_error(
     let py = slf.py();
     let (err, callback, args, source_traceback) = (e.err, e.callback, e.args, e.source_traceback);
     let args = args.to_tuple(py)?;
-    let source = interop::format_callback_source(py)?;
-    let src = interop::call_with_slice(source, &[callback.as_ptr(), args.as_ptr()])?;
+    let debug = slf.get().is_debug();
+    let src = interop::format_callback(py, callback.bind(py), args.bind(py), debug)?;
     let context = PyDict::new(py);
     context.set_item("message", format!("Exception in callback {src}"))?;
     let exc = errors::exception(py, &err);

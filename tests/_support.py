@@ -159,6 +159,8 @@ def assert_fork_script_passes(script: str, loop_kind: str, quiet: bool = False) 
     env = dict(os.environ)
     here = os.path.dirname(os.path.abspath(__file__))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
+    # Python 3.12+ warns on every fork() of a process with threads, which these make.
+    env["PYTHONWARNINGS"] = "ignore:This process:DeprecationWarning"
     out = run_python(script, loop_kind, timeout=90, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "child exit 0", out.stderr

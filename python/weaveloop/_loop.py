@@ -394,6 +394,9 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         self._selector = _SelectorView(self)
         self._transports = weakref.WeakValueDictionary()
         self._signal_handlers = {}
+        # (Python 3.13's stock servers and run_forever read these two.)
+        self._unix_server_sockets = {}
+        self._old_agen_hooks = None
         self._ssock = self._csock = None
         self._wakeup_fd_to_restore = None
         self._abandoned = False
@@ -717,6 +720,11 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             self._after_fork()
         finally:
             self._renew_self_pipe()
+        if self.is_running():
+            # Forked from one of its callbacks: the run goes on in the child. asyncio's
+            # own at-fork hook (Python 3.12+; it runs before this one) has forgotten the
+            # running loop; this one still runs here.
+            events._set_running_loop(self)
 
     def _renew_self_pipe(self) -> None:
         """A fresh self-pipe in a forked child: the inherited one is shared with the
@@ -729,9 +737,12 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         if threading.current_thread() is not threading.main_thread():
             return
         try:
-            # The signal wake-up fd, if it was the loop's, follows it.
+            # The signal wake-up fd, if it was the loop's, follows it. (On Python 3.12+
+            # asyncio's own at-fork hook, which runs first, has just set it to -1: it was
+            # the loop's if the loop held it, for a run or for signal handlers.)
             previous = signal.set_wakeup_fd(self._csock.fileno(), warn_on_full_buffer=False)
-            if previous != old:
+            held = self._wakeup_fd_to_restore is not None or bool(self._signal_handlers)
+            if previous != old and not (previous == -1 and held):
                 signal.set_wakeup_fd(previous)
         except (ValueError, OSError):
             pass
