@@ -444,7 +444,10 @@ impl Callback {
         if let Some(d) = &self.debug {
             // Debug mode, as asyncio: where the handle was made (the last frame).
             if let Ok(frame) = d.source_traceback.bind(py).get_item(-1) {
-                let (file, line) = (frame.get_item(0)?, frame.get_item(1)?);
+                // (Attributes, not `frame[0]`: on Python 3.13 indexing a FrameSummary
+                // reads its source line, which at interpreter exit fails to import.)
+                let file = frame.getattr(pyo3::intern!(py, "filename"))?;
+                let line = frame.getattr(pyo3::intern!(py, "lineno"))?;
                 info.push(format!("created at {file}:{line}"));
             }
         }

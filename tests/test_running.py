@@ -168,6 +168,8 @@ def test_unclosed_loop_finalized_at_exit_closes_fully(loop_kind, debug):
     # The finalizer's close() (warning included) ran halfway on weaveloop in debug mode:
     # cancelling the self-pipe's reader looked up an asyncio helper for the first time,
     # the import failed ("sys.meta_path is None"), and the self-pipe's sockets leaked.
+    if loop_kind == "asyncio" and debug and sys.version_info >= (3, 13):
+        pytest.skip("Python 3.13's own loop fails here: its handle repr reads source lines")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONASYNCIODEBUG", "PYTHONDEVMODE")}
     if debug:
         env["PYTHONASYNCIODEBUG"] = debug
@@ -361,7 +363,14 @@ def test_close_drops_pending_callbacks(loop):
     assert ran == []
 
 
-def test_run_forever_while_running_raises(loop):
+#: CPython 3.13.0's own loop, once a nested run_forever() was refused, takes itself for
+#: not running (its clean-up ran for the refused run): it then lets a nested run start.
+_STOCK_FORGETS_IT_RUNS = sys.version_info[:3] == (3, 13, 0)
+
+
+def test_run_forever_while_running_raises(loop, loop_kind):
+    if loop_kind == "asyncio" and _STOCK_FORGETS_IT_RUNS:
+        pytest.skip("CPython 3.13.0's loop forgets it runs after a refused nested run")
     errors = []
 
     coro = asyncio.sleep(0)
@@ -381,7 +390,9 @@ def test_run_forever_while_running_raises(loop):
     assert loop.is_running() is False
 
 
-def test_running_a_second_loop_in_a_running_loop_raises(loop, make_loop):
+def test_running_a_second_loop_in_a_running_loop_raises(loop, make_loop, loop_kind):
+    if loop_kind == "asyncio" and _STOCK_FORGETS_IT_RUNS:
+        pytest.skip("CPython 3.13.0's loop forgets a loop runs after a refused nested run")
     inner = make_loop()
     errors = []
     coro = asyncio.sleep(0)

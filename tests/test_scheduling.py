@@ -10,6 +10,7 @@ import contextvars
 import math
 import random
 import socket
+import sys
 import threading
 import time
 from unittest import mock
@@ -328,9 +329,11 @@ def test_a_subclass_time_drives_the_scheduler(loop, how):
         fake_loop.close()
 
 
-def test_a_clock_at_infinity_with_a_timer_at_infinity_leaves_the_loop_usable(loop):
+def test_a_clock_at_infinity_with_a_timer_at_infinity_leaves_the_loop_usable(loop, loop_kind):
     # inf - inf is NaN: the poll waits not at all (asyncio: max(0, nan) is 0) rather than
     # failing to turn it into a timeout (which left the loop marked running for good).
+    if loop_kind == "asyncio" and sys.version_info >= (3, 13):
+        pytest.skip("Python 3.13's own loop raises ValueError turning NaN into a timeout")
     loop.time = lambda: math.inf
     never = loop.call_at(math.inf, lambda: None)
     fut = loop.create_future()

@@ -861,13 +861,14 @@ async def _endpoints(loop):
 
 def test_datagrams_sent_every_way_arrive_in_order(loop):
     # To the connected peer (bytes, bytearray, memoryview; an empty datagram is not
-    # sent), to a numeric address given positionally or by keyword, to a name that is
-    # looked up, and from an unconnected socket: what arrives, and from whom.
+    # sent before Python 3.13), to a numeric address given positionally or by keyword,
+    # to a name that is looked up, and from an unconnected socket: what arrives, and
+    # from whom.
     async def main():
         server, inbox, client, replies = await _endpoints(loop)
         for data in (b"one", bytearray(b"two"), memoryview(b"three"), b"", b"four"):
             client.sendto(data)
-        received = list(await inbox.wait(4))
+        received = list(await inbox.wait(len(expected)))
         client_addr = received[0][1]
         port = client_addr[1]
         server.sendto(b"numeric", client_addr)
@@ -879,13 +880,15 @@ def test_datagrams_sent_every_way_arrive_in_order(loop):
             _Inbox, local_addr=("127.0.0.1", 0)
         )
         loose.sendto(b"unconnected", server.get_extra_info("sockname"))
-        late = (await inbox.wait(5))[4]
+        late = (await inbox.wait(len(expected) + 1))[-1]
         for t in (server, client, loose):
             t.close()
         return received, got, late, client_addr, loose.get_extra_info("sockname")
 
+    # (From Python 3.13 on, an empty datagram is sent too.)
+    expected = [b"one", b"two", b"three", *([b""] if sys.version_info >= (3, 13) else []), b"four"]
     received, got, late, client_addr, loose_addr = run(loop, main())
-    assert received == [(d, client_addr) for d in (b"one", b"two", b"three", b"four")]
+    assert received == [(d, client_addr) for d in expected]
     assert [data for data, _ in got] == [b"numeric", b"keyword", b"looked up", b"bytearray"]
     assert late == (b"unconnected", loose_addr)
 
@@ -981,13 +984,16 @@ def test_sendto_goes_behind_datagrams_already_buffered(loop):
     # overtake it. The buffered state is made as the stock transport makes it.
     async def main():
         server, inbox, client, replies = await _endpoints(loop)
+        # (From Python 3.13 on, each datagram sendto buffers also counts 8 header bytes.)
+        header = 8 if sys.version_info >= (3, 13) else 0
         client._buffer.append((b"buffered", None))
-        client._buffer_size += len(b"buffered")
+        client._buffer_size += len(b"buffered") + header
         loop._add_writer(client.get_extra_info("socket").fileno(), client._sendto_ready)
         client.sendto(b"next")
-        assert client.get_write_buffer_size() == len(b"buffered") + len(b"next")
+        assert client.get_write_buffer_size() == len(b"buffered") + len(b"next") + 2 * header
         received = await inbox.wait(2)
-        assert client.get_write_buffer_size() == 0
+        # (Python 3.13.0 counts the header bytes in, not out: 16 stay counted.)
+        assert client.get_write_buffer_size() in (0, 2 * header)
         server.close()
         client.close()
         return [data for data, _ in received]
