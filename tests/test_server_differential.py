@@ -46,7 +46,9 @@ class Served(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.name = self.world.client_of(transport.get_extra_info("peername"))
-        self.world.served[self.name] = self
+        # Kept, every one: a transport the program let go of would be closed by the
+        # cyclic GC (its __del__), at no set time.
+        self.world.served.append(self)
         self.world.log.append(("made", self.name))
 
     def data_received(self, data: bytes) -> None:
@@ -85,7 +87,7 @@ class World(Recording):
         self.reactions = iter(program.reactions)
         self.clients: list[socket.socket] = []
         self.names: dict = {}
-        self.served: dict[str, Served] = {}
+        self.served: list[Served] = []
 
     def client_of(self, peername) -> str:
         return self.names.get(peername, "unknown")
@@ -140,7 +142,7 @@ class World(Recording):
         self.stop_ticks()
         # Settle: server closed, connections aborted, clients closed.
         self.server.close()
-        for served in self.served.values():
+        for served in self.served:
             served.transport.abort()
         for sock in self.clients:
             sock.close()
