@@ -38,6 +38,11 @@ impl EmptyContext {
         }
     }
 
+    /// The next callback runs in a new empty context, not the last one.
+    fn forget(&mut self) {
+        self.0 = None;
+    }
+
     fn after_run(&mut self, py: Python<'_>, ctx: Py<PyAny>) {
         if ctx.bind(py).len().map_or(true, |n| n != 0) {
             self.0 = None;
@@ -162,7 +167,9 @@ pub struct CallbackError {
 /// `call_soon`/`call_soon_threadsafe` bursts.)
 pub struct Callback {
     target: GilCell<Option<Target>>,
-    context: Option<Py<PyAny>>,
+    /// None: scheduled from an empty context (see `EmptyContext`); set, after the fact,
+    /// to the one it ran in if it raised (see `run`).
+    context: GilCell<Option<Py<PyAny>>>,
     cancelled: AtomicBool,
     /// For a callback the queue holds apart from its handle (`Held::Shared`): the handle
     /// object the scheduling call returned, while it is alive (not owned: that object's
@@ -269,7 +276,7 @@ impl Callback {
                 callback: callback.clone().unbind(),
                 args: Args::new(args),
             })),
-            context,
+            context: GilCell::new(context),
             cancelled: AtomicBool::new(false),
             face: AtomicPtr::new(std::ptr::null_mut()),
             debug,
@@ -296,10 +303,23 @@ impl Callback {
             })
         };
         let Some(t) = target else { return Ok(()) };
-        let result = match &self.context {
+        let context = self
+            .context
+            .with(py, |c| c.as_ref().map(|c| c.clone_ref(py)));
+        let result = match &context {
             Some(c) => interop::in_context(py, c, || call(py, &t)),
             None => empty.get(py).and_then(|ctx| {
                 let r = interop::in_context(py, &ctx, || call(py, &t));
+                if r.is_err() {
+                    // asyncio (3.12+) runs the exception handler in the context the
+                    // callback ran in, which the handle's get_context() names: that one
+                    // is kept, and no longer shared with the next callbacks.
+                    empty.forget();
+                    let stale = self
+                        .context
+                        .with(py, |slot| slot.replace(ctx.clone_ref(py)));
+                    drop(stale);
+                }
                 empty.after_run(py, ctx);
                 r
             }),
@@ -346,7 +366,7 @@ impl Callback {
             visit.call(&t.callback)?;
             t.args.traverse(visit)?;
         }
-        visit.call(&self.context)?;
+        visit.call(self.context.peek_in_gc())?;
         match &self.debug {
             Some(d) => visit.call(&d.source_traceback),
             None => Ok(()),
@@ -380,10 +400,13 @@ impl Callback {
     }
 
     /// The context the callback runs in (a new empty one if it was scheduled from an
-    /// empty context).
+    /// empty context and has not raised; if it raised, the one it ran in).
     pub fn get_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        match &self.context {
-            Some(c) => Ok(c.clone_ref(py)),
+        match self
+            .context
+            .with(py, |c| c.as_ref().map(|c| c.clone_ref(py)))
+        {
+            Some(c) => Ok(c),
             None => interop::new_context(py),
         }
     }

@@ -8,6 +8,7 @@ KeyboardInterrupt/SystemExit propagate out of run_forever and the loop stays usa
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import logging
 import socket
@@ -334,6 +335,40 @@ def test_a_callback_that_cancelled_its_own_handle_is_reported_as_asyncio_does(
     if not debug:
         # (In debug mode the repr kept at cancel() still names the callback.)
         assert "callback" not in repr(ctx["handle"])
+
+
+_NAME = contextvars.ContextVar("_NAME", default="unset")
+
+
+@pytest.mark.parametrize("scheduled_from", ["an empty context", "a context with a value"])
+def test_the_handler_sees_the_context_the_failed_callback_ran_in(loop, scheduled_from):
+    # Python 3.12+ runs the handler in the handle's context (get_context()): there it sees
+    # what the callback set. A callback scheduled from an empty context runs, on
+    # weaveloop, in a context it shares with others until one sets a variable: the
+    # failed one's must be the one the handler sees, and the next callback's a new one.
+    seen = []
+    loop.set_exception_handler(lambda lp, ctx: seen.append(("handler", _NAME.get())))
+
+    def callback():
+        _NAME.set("set by the callback")
+        raise ZeroDivisionError
+
+    def schedule():
+        loop.call_soon(callback)
+        loop.call_soon(lambda: seen.append(("next", _NAME.get())))
+        loop.call_soon(loop.stop)
+
+    if scheduled_from == "an empty context":
+        contextvars.Context().run(schedule)
+        before = "unset"
+    else:
+        context = contextvars.copy_context()
+        context.run(_NAME.set, "set before")
+        context.run(schedule)
+        before = "set before"
+    loop.run_forever()
+    handler_sees = "set by the callback" if sys.version_info >= (3, 12) else _NAME.get()
+    assert seen == [("handler", handler_sees), ("next", before)]
 
 
 @pytest.mark.parametrize("schedule", ["call_soon", "call_later", "add_reader"])

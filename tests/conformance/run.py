@@ -430,6 +430,11 @@ def child_main(args) -> None:
             faulthandler.dump_traceback_later(timeout + 20, exit=True)
 
         def stopTest(self, test):
+            if _short_id(test.id()) != getattr(self, "_id", None):
+                # Python 3.12+ stops, without starting them, the tests of a class it
+                # skips as a whole (recorded by addSkip).
+                super().stopTest(test)
+                return
             signal.setitimer(signal.ITIMER_REAL, 0)
             faulthandler.cancel_dump_traceback_later()
             emit(
@@ -471,6 +476,8 @@ def child_main(args) -> None:
             super().addSkip(test, reason)
             if _short_id(test.id()) == getattr(self, "_id", None):
                 self._status, self._detail = SKIPPED, reason
+            elif isinstance(test, unittest.TestCase):  # skipped without being started
+                emit(id=_short_id(test.id()), status=SKIPPED, detail=reason, loops=0, secs=0)
 
         def addUnexpectedSuccess(self, test):
             super().addUnexpectedSuccess(test)
