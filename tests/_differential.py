@@ -151,6 +151,11 @@ def stream_pair(family: str) -> tuple[socket.socket, socket.socket]:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         a = socket.create_connection(listener.getsockname())
         b, _ = listener.accept()
+    # Without Nagle on both ends (asyncio sets it only on a socket whose proto is TCP's,
+    # which an accepted one's is not): a small write behind unacknowledged data would
+    # wait for the peer's delayed ACK (~40 ms), and the trace would depend on the clock.
+    for sock in (a, b):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return a, b
 
 
@@ -181,14 +186,19 @@ class _LogRecorder(logging.Handler):
 
 @contextlib.contextmanager
 def _asyncio_log_into(log: list[tuple]):
-    """What asyncio's logger says (a write to a lost connection...) goes in the trace."""
+    """What asyncio's logger says (a write to a lost connection...) goes in the trace:
+    warnings and errors, whatever level the test run logs at (debug lines name fds and
+    poll timings, which differ from run to run)."""
     logger = logging.getLogger("asyncio")
     recorder = _LogRecorder(log)
     logger.addHandler(recorder)
     propagate, logger.propagate = logger.propagate, False
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     try:
         yield
     finally:
+        logger.setLevel(level)
         logger.propagate = propagate
         logger.removeHandler(recorder)
 

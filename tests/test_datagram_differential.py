@@ -1,15 +1,16 @@
 """Random datagram exchanges must leave the stock loop's trace on weaveloop.
 
-Two connected datagram endpoints on one loop (a Unix datagram socket pair, or two
-loopback UDP sockets connected to each other) and a third, unconnected UDP endpoint
-are driven by a seeded program: ``sendto`` to the peer (with and without an address),
-to a port nobody listens on, with bad arguments, bursts larger than the socket buffer,
-``close``, ``abort``, buffer-size probes, interleaved with a random number of loop
-iterations; the protocols react to what they receive. The trace records every protocol
-callback with its data and address, every exception-handler call, what each call
-raised and asyncio's log messages, and must match the stock loop's step for step: the
-kernel hands a datagram to its peer (or an ICMP error back) at once, so what the stock
-loop reads in each iteration is fixed.
+Two connected datagram endpoints on one loop (named Unix datagram sockets, or two
+loopback UDP sockets connected to each other) and a third UDP endpoint, connected to a
+port nobody listens on, are driven by a seeded program: ``sendto`` to the peer (with
+and without an address), from the third endpoint (the kernel answers with an error),
+with bad arguments, bursts larger than the socket buffer, ``close``, ``abort``,
+buffer-size probes, interleaved with a random number of loop iterations; the protocols
+react to what they receive. The trace records every protocol callback with its data and
+address, every exception-handler call, what each call raised and asyncio's log
+messages, and must match the stock loop's step for step: the kernel hands a datagram to
+its peer (or an ICMP error back) at once, so what the stock loop reads in each
+iteration is fixed.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ class World(Recording):
                     else:
                         transport.sendto(data)
             elif op == "send_nowhere":
-                self.addresses["C-transport"].sendto(b"lost", self.nowhere)
+                self.addresses["C-transport"].sendto(b"lost")
             elif op == "send_bad":
                 transport.sendto("text, not bytes")
             elif op == "limits":
@@ -137,13 +138,16 @@ class World(Recording):
         self.names = {a.getsockname(): "A", b.getsockname(): "B"}
         await loop.create_datagram_endpoint(lambda: Endpoint(self, "A"), sock=a)
         await loop.create_datagram_endpoint(lambda: Endpoint(self, "B"), sock=b)
-        # A third, unconnected endpoint sends to a port that nobody listens on.
+        # A third endpoint, connected to a port that nobody listens on: the kernel
+        # answers its datagrams with an error (a connected socket's, for
+        # error_received). The port is held until C is bound, so C cannot get it.
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind(("127.0.0.1", 0))
             self.nowhere = probe.getsockname()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: Endpoint(self, "C"), local_addr=("127.0.0.1", 0)
-        )
+            sock_c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock_c.bind(("127.0.0.1", 0))
+        sock_c.connect(self.nowhere)
+        transport, _ = await loop.create_datagram_endpoint(lambda: Endpoint(self, "C"), sock=sock_c)
         self.addresses["C-transport"] = transport
         await self.play(self.program.steps)
         await spin(4)
@@ -175,11 +179,13 @@ def test_the_exchanges_exercise_every_callback(family):
     for seed in SEEDS:
         for entry in trace("asyncio", Program(seed, family)):
             seen.add(entry[1] if entry[0] in "ABC" else entry[0])
+            if entry[0] == "C":
+                seen.add(f"C {entry[1]}")
             if entry[1] in ("raised", "error"):
                 seen.add(f"{entry[1]} {entry[2]}")
     expected = {"made", "datagram", "lost", "op", "state", "raised TypeError", "settle close"}
     if family == "udp":
-        expected.add("error ConnectionRefusedError")
+        expected |= {"error ConnectionRefusedError", "C error"}
     else:
         expected |= {"pause_writing", "resume_writing"}
     assert expected <= seen, f"never seen: {sorted(expected - seen)}"

@@ -98,6 +98,8 @@ class World(Recording):
         try:
             if op == "connect":
                 sock = socket.create_connection(self.address)
+                # (Nagle off: a small send must not wait for a delayed ACK, ~40 ms.)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.setblocking(False)
                 self.names[sock.getsockname()] = f"c{len(self.clients)}"
                 self.clients.append(sock)
