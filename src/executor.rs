@@ -381,7 +381,13 @@ impl PoolCore {
         let max = match max_workers {
             Some(m) if !m.is_none() => m.extract::<i64>()?,
             _ => {
-                let cpus: Option<i64> = py.import("os")?.call_method0("cpu_count")?.extract()?;
+                // As concurrent.futures does: the CPUs this process may use (Python
+                // 3.13's os.process_cpu_count), else all of them.
+                let os = py.import("os")?;
+                let count = os
+                    .getattr("process_cpu_count")
+                    .or_else(|_| os.getattr("cpu_count"))?;
+                let cpus: Option<i64> = count.call0()?.extract()?;
                 (cpus.unwrap_or(1) + 4).min(32)
             }
         };

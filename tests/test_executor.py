@@ -208,9 +208,34 @@ def test_running_future_cannot_be_cancelled(make_pool):
     assert f.result(SAFETY) == "released"
 
 
+def _stdlib_default_workers() -> int:
+    # (Python 3.13 counts the CPUs this process may use.)
+    cpus = getattr(os, "process_cpu_count", os.cpu_count)()
+    return min(32, (cpus or 1) + 4)
+
+
 def test_default_max_workers_is_the_stdlib_default(make_pool):
-    assert make_pool()._max_workers == min(32, (os.cpu_count() or 1) + 4)
+    assert make_pool()._max_workers == _stdlib_default_workers()
     assert make_pool(max_workers=3)._max_workers == 3
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
+def test_default_max_workers_follows_the_stdlib_on_fewer_cpus():
+    # On one CPU of this machine's: the stdlib pool's size is what this Python's
+    # concurrent.futures makes of it (3.13: the CPUs the process may use).
+    script = textwrap.dedent(
+        """
+        import concurrent.futures, os
+        import weaveloop
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+        print(concurrent.futures.ThreadPoolExecutor()._max_workers,
+              weaveloop.ThreadPoolExecutor()._max_workers)
+        """
+    )
+    out = run_python(script)
+    assert out.returncode == 0, out.stderr
+    stdlib, ours = out.stdout.split()
+    assert ours == stdlib
 
 
 def test_max_workers_bounds_concurrency(make_pool):

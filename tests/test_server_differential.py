@@ -1,29 +1,32 @@
 """Random client traffic against a server must leave the stock loop's trace on weaveloop.
 
-A server from ``create_server`` (loopback TCP; started at once or later with
+A server from ``create_unix_server`` (started at once or later with
 ``start_serving``) takes connections from plain sockets that a seeded program opens,
-writes to, half-closes, resets and closes, interleaved with a random number of loop
-iterations, and reads back from; the server's protocols react to their callbacks
-(answering, closing, aborting), and the program may close the server and check
-``is_serving()`` and its sockets. Loopback connects, sends and closes reach the server
-at once, so the iteration in which the stock loop accepts each connection and runs
-each callback is fixed: the trace (with a tick logged every iteration) must match.
+writes to, half-closes and closes, interleaved with a random number of loop iterations,
+and reads back from; the server's protocols react to their callbacks (answering,
+closing, aborting), and the program may close the server and check ``is_serving()`` and
+its sockets. Unix sockets hand connects, bytes and closes to the other end at once, so
+the iteration in which the stock loop accepts each connection and runs each callback is
+fixed: the trace (with a tick logged every iteration) must match. (Over loopback TCP
+an end's reset or close could reach the other a little later under load: a trace that
+depends on the machine, seen twice in CI-like runs.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
-import struct
+import tempfile
 
 from _differential import Recording, assert_programs_agree, chunks, spin
 from _differential import trace as differential_trace
 
 SEEDS = range(300)
 
-OPS = ["connect", "send", "shutdown", "reset", "close", "recv", "close_server", "probe"]
-WEIGHTS = [5, 8, 1, 1, 2, 3, 1, 2]
+OPS = ["connect", "send", "shutdown", "close", "recv", "close_server", "probe"]
+WEIGHTS = [5, 8, 1, 3, 3, 1, 2]
 REACTIONS = [None, None, "answer", "answer", "close", "abort", "pause", "resume"]
 
 
@@ -45,7 +48,8 @@ class Served(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        self.name = self.world.client_of(transport.get_extra_info("peername"))
+        # Accepted in the order the clients connected (the listen queue is FIFO).
+        self.name = f"c{len(self.world.served)}"
         # Kept, every one: a transport the program let go of would be closed by the
         # cyclic GC (its __del__), at no set time.
         self.world.served.append(self)
@@ -86,23 +90,18 @@ class World(Recording):
         self.program = program
         self.reactions = iter(program.reactions)
         self.clients: list[socket.socket] = []
-        self.names: dict = {}
+        self.directory = tempfile.TemporaryDirectory()
         self.served: list[Served] = []
-
-    def client_of(self, peername) -> str:
-        return self.names.get(peername, "unknown")
 
     def do(self, op: str, which: int) -> None:
         self.log.append(("op", op, which))
         client = self.clients[which % len(self.clients)] if self.clients else None
         try:
             if op == "connect":
-                sock = socket.create_connection(self.address)
-                # (Nagle off: a small send must not wait for a delayed ACK, ~40 ms.)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setblocking(False)
-                self.names[sock.getsockname()] = f"c{len(self.clients)}"
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 self.clients.append(sock)
+                sock.connect(self.address)
+                sock.setblocking(False)
             elif op == "close_server":
                 self.server.close()
             elif op == "probe":
@@ -111,13 +110,9 @@ class World(Recording):
             elif client is None or client.fileno() == -1:
                 return
             elif op == "send":
-                client.send(b"from %s;" % self.names[client.getsockname()].encode())
+                client.send(b"from c%d;" % self.clients.index(client))
             elif op == "shutdown":
                 client.shutdown(socket.SHUT_WR)
-            elif op == "reset":
-                # An RST instead of a FIN: SO_LINGER with a zero timeout, then close.
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                client.close()
             elif op == "close":
                 client.close()
             elif op == "recv":
@@ -127,13 +122,10 @@ class World(Recording):
 
     async def main(self) -> None:
         loop = self.loop
-        self.server = await loop.create_server(
-            lambda: Served(self),
-            "127.0.0.1",
-            0,
-            start_serving=self.program.start_serving,
+        self.address = os.path.join(self.directory.name, "server")
+        self.server = await loop.create_unix_server(
+            lambda: Served(self), self.address, start_serving=self.program.start_serving
         )
-        self.address = self.server.sockets[0].getsockname()
         self.start_ticks()
         if not self.program.start_serving:
             await asyncio.sleep(0)
@@ -150,6 +142,9 @@ class World(Recording):
             sock.close()
         await asyncio.wait_for(self.server.wait_closed(), 10)
         await spin(3)
+
+    def release(self) -> None:
+        self.directory.cleanup()
 
 
 def trace(kind: str, program: Program) -> list[tuple]:
@@ -173,6 +168,9 @@ def test_the_traffic_exercises_every_event():
             if entry[0] == "raised":
                 seen.add(f"raised {entry[1]}")
     expected = {"made", "data", "eof", "recv", "serving", "start_serving", "tick"}
-    expected |= {"lost None", "lost ConnectionResetError", "react answer", "react pause"}
-    expected |= {"raised ConnectionRefusedError", "raised BlockingIOError"}
+    expected |= {"lost None", "react answer", "react pause"}
+    expected.add("raised BlockingIOError")
     assert expected <= seen, f"never seen: {sorted(expected - seen)}"
+    # A connect after the server closed fails: refused, or (Python 3.13, which removes
+    # the socket file at close) finding no socket file.
+    assert seen & {"raised ConnectionRefusedError", "raised FileNotFoundError"}
