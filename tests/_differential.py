@@ -67,6 +67,13 @@ class Recording:
             await spin(iterations)
             self.do(*args)
 
+    async def play_ticking(self, steps: Iterable[tuple], then: int) -> None:
+        """`play` with a tick logged every iteration, and ``then`` iterations after."""
+        self.start_ticks()
+        await self.play(steps)
+        await spin(then)
+        self.stop_ticks()
+
     def do(self, *args, reacting: bool = False) -> None:
         raise NotImplementedError
 
@@ -107,6 +114,20 @@ class Recording:
 
     def release(self) -> None:
         """Frees what the program holds outside the loop (called before it closes)."""
+
+
+def pick(items: list, index: int):
+    """A program's reference (any int) to one of ``items``, or None if there are none."""
+    return items[index % len(items)] if items else None
+
+
+def tracer(world: Callable[..., Recording], *, log_messages: bool = False):
+    """A test's ``trace(kind, program)``: the trace of ``world(loop, program)``."""
+
+    def trace_program(kind: str, program) -> list[tuple]:
+        return trace(kind, lambda loop: world(loop, program), log_messages=log_messages)
+
+    return trace_program
 
 
 def without(options: list, weights: list, left_out: str) -> tuple[list, list]:

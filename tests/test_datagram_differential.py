@@ -22,8 +22,7 @@ import socket
 import tempfile
 
 import pytest
-from _differential import End, Recording, assert_programs_agree, chunks, spin, without
-from _differential import trace as differential_trace
+from _differential import End, Recording, assert_programs_agree, chunks, spin, tracer, without
 
 SEEDS = range(400)
 
@@ -157,8 +156,7 @@ class World(Recording):
         self.directory.cleanup()
 
 
-def trace(kind: str, program: Program) -> list[tuple]:
-    return differential_trace(kind, lambda loop: World(loop, program), log_messages=True)
+trace = tracer(World, log_messages=True)
 
 
 family = pytest.mark.parametrize("family", ["unix", "udp"])

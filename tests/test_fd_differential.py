@@ -16,8 +16,7 @@ import os
 import random
 import socket
 
-from _differential import Recording, assert_programs_agree, chunks, spin
-from _differential import trace as differential_trace
+from _differential import Recording, assert_programs_agree, chunks, tracer
 
 SEEDS = range(500)
 
@@ -145,10 +144,7 @@ class World(Recording):
             self.log.append(("raised", type(exc).__name__, str(exc)))
 
     async def main(self) -> None:
-        self.start_ticks()
-        await self.play(self.program.steps)
-        await spin(6)
-        self.stop_ticks()
+        await self.play_ticking(self.program.steps, then=6)
 
     def release(self) -> None:
         for reader, writer in self.ends:
@@ -163,8 +159,7 @@ class World(Recording):
             sock.close()
 
 
-def trace(kind: str, program: Program) -> list[tuple]:
-    return differential_trace(kind, lambda loop: World(loop, program))
+trace = tracer(World)
 
 
 @chunks(4)

@@ -23,7 +23,7 @@ import functools
 import random
 
 import pytest
-from _differential import Recording, assert_programs_agree, chunks, spin
+from _differential import Recording, assert_programs_agree, chunks, pick, spin
 from _differential import trace as differential_trace
 
 #: How many programs each test case draws; every seed is a different program.
@@ -147,9 +147,6 @@ class Interpreter(Recording):
         for action in body:
             self.do(action)
 
-    def pick(self, items: list, index: int):
-        return items[index % len(items)] if items else None
-
     def do(self, action: tuple) -> None:
         loop, kind = self.loop, action[0]
         if kind == "soon":
@@ -163,7 +160,7 @@ class Interpreter(Recording):
             when = self.past + action[3] * 1e-3
             self.handles.append(loop.call_at(when, self.callback, action[1], action[2]))
         elif kind == "cancel":
-            handle = self.pick(self.handles, action[1])
+            handle = pick(self.handles, action[1])
             if handle is not None:
                 handle.cancel()
                 self.log.append(("cancelled", self.handles.index(handle), handle.cancelled()))
@@ -176,7 +173,7 @@ class Interpreter(Recording):
         elif kind == "future":
             self.futures.append(loop.create_future())
         elif kind == "resolve":
-            fut = self.pick(self.futures, action[1])
+            fut = pick(self.futures, action[1])
             if fut is not None and not fut.done():
                 how = action[2]
                 if how == "result":
@@ -186,7 +183,7 @@ class Interpreter(Recording):
                 else:
                     fut.cancel()
         elif kind == "done_cb":
-            fut = self.pick(self.futures + self.tasks, action[3])
+            fut = pick(self.futures + self.tasks, action[3])
             if fut is not None:
                 tag, body = action[1], action[2]
 
@@ -199,7 +196,7 @@ class Interpreter(Recording):
             coro = self.coroutine(action[1], action[2], len(self.tasks))
             self.tasks.append(loop.create_task(coro))
         elif kind == "cancel_task":
-            task = self.pick(self.tasks, action[1])
+            task = pick(self.tasks, action[1])
             if task is not None:
                 self.log.append(("cancel_task", self.tasks.index(task), task.cancel()))
         else:  # pragma: no cover - the generator makes only the kinds above
@@ -213,14 +210,14 @@ class Interpreter(Recording):
                 if kind == "sleep0":
                     await asyncio.sleep(0)
                 elif kind == "await_future" and self.futures:
-                    value = await self.pick(self.futures, step[1])
+                    value = await pick(self.futures, step[1])
                     self.log.append(("awaited", name, value))
                 elif kind == "await_task" and me > 0:
                     # Only a task made before this one: never itself.
                     value = await self.tasks[step[1] % me]
                     self.log.append(("awaited", name, value))
                 elif kind == "gather" and self.futures:
-                    waits = [self.pick(self.futures, i) for i in step[1]]
+                    waits = [pick(self.futures, i) for i in step[1]]
                     values = await asyncio.gather(*waits, return_exceptions=True)
                     self.log.append(("gathered", name, [repr(v) for v in values]))
                 elif kind == "do":

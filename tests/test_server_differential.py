@@ -20,8 +20,7 @@ import random
 import socket
 import tempfile
 
-from _differential import Recording, assert_programs_agree, chunks, spin
-from _differential import trace as differential_trace
+from _differential import Recording, assert_programs_agree, chunks, spin, tracer
 
 SEEDS = range(300)
 
@@ -147,8 +146,7 @@ class World(Recording):
         self.directory.cleanup()
 
 
-def trace(kind: str, program: Program) -> list[tuple]:
-    return differential_trace(kind, lambda loop: World(loop, program))
+trace = tracer(World)
 
 
 @chunks(3)

@@ -16,8 +16,7 @@ import os
 import random
 import signal
 
-from _differential import Recording, assert_programs_agree, chunks, spin
-from _differential import trace as differential_trace
+from _differential import Recording, assert_programs_agree, chunks, tracer
 
 SEEDS = range(300)
 
@@ -67,18 +66,14 @@ class World(Recording):
             self.log.append(("raised", type(exc).__name__, str(exc)))
 
     async def main(self) -> None:
-        self.start_ticks()
-        await self.play(self.program.steps)
-        await spin(5)
-        self.stop_ticks()
+        await self.play_ticking(self.program.steps, then=5)
 
     def release(self) -> None:
         for sig in SIGNALS:
             self.loop.remove_signal_handler(sig)
 
 
-def trace(kind: str, program: Program) -> list[tuple]:
-    return differential_trace(kind, lambda loop: World(loop, program))
+trace = tracer(World)
 
 
 @chunks(2)

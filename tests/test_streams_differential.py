@@ -18,8 +18,7 @@ import asyncio
 import random
 
 import pytest
-from _differential import Recording, assert_programs_agree, chunks, stream_pair, without
-from _differential import trace as differential_trace
+from _differential import Recording, assert_programs_agree, chunks, stream_pair, tracer, without
 
 SEEDS = range(300)
 
@@ -144,8 +143,7 @@ class World(Recording):
         await asyncio.sleep(0)
 
 
-def trace(kind: str, program: Program) -> list[tuple]:
-    return differential_trace(kind, lambda loop: World(loop, program))
+trace = tracer(World)
 
 
 family = pytest.mark.parametrize("family", ["unix", "tcp"])

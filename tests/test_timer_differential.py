@@ -16,8 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from _differential import Recording, assert_programs_agree, chunks
-from _differential import trace as differential_trace
+from _differential import Recording, assert_programs_agree, chunks, pick, tracer
 
 SEEDS = range(1000)
 
@@ -96,9 +95,6 @@ class World(Recording):
         for action in body:
             self.do(action)
 
-    def pick(self, items: list, index: int):
-        return items[index % len(items)] if items else None
-
     def do(self, action: tuple) -> None:
         loop, kind = self.loop, action[0]
         if kind == "later":
@@ -111,19 +107,19 @@ class World(Recording):
             self.handles.append(loop.call_at(when, self.fired, name, action[2]))
             self.log.append(("at", name))
         elif kind == "cancel":
-            handle = self.pick(self.handles, action[1])
+            handle = pick(self.handles, action[1])
             if handle is not None:
                 handle.cancel()
                 self.log.append(("cancel", self.handles.index(handle)))
         elif kind == "when":
-            handle = self.pick(self.handles, action[1])
+            handle = pick(self.handles, action[1])
             if handle is not None:
                 self.log.append(("when", handle.when() - 5000.0, handle.cancelled()))
         elif kind == "task":
             name = self.name()
             self.tasks.append(loop.create_task(self.task(name, action[1])))
         elif kind == "resolve":
-            future = self.pick(self.futures, action[1])
+            future = pick(self.futures, action[1])
             if future is not None and not future.done():
                 future.set_result(self.ticks)
 
@@ -176,8 +172,7 @@ class World(Recording):
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-def trace(kind: str, program: Program) -> list[tuple]:
-    return differential_trace(kind, lambda loop: World(loop, program))
+trace = tracer(World)
 
 
 @chunks(2)

@@ -29,8 +29,16 @@ import ssl
 
 import pytest
 import weaveloop
-from _differential import End, Recording, assert_programs_agree, chunks, spin, stream_pair, without
-from _differential import trace as differential_trace
+from _differential import (
+    End,
+    Recording,
+    assert_programs_agree,
+    chunks,
+    spin,
+    stream_pair,
+    tracer,
+    without,
+)
 
 SEEDS = range(600)
 
@@ -185,8 +193,7 @@ class World(Recording):
         await self.settle(self.transports, self.lost)
 
 
-def trace(kind: str, program: Program) -> list[tuple]:
-    return differential_trace(kind, lambda loop: World(loop, program), log_messages=True)
+trace = tracer(World, log_messages=True)
 
 
 buffered = pytest.mark.parametrize("buffered", [False, True], ids=["protocol", "buffered"])
