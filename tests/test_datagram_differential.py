@@ -101,7 +101,7 @@ class World(Recording):
                     else:
                         transport.sendto(data)
             elif op == "send_nowhere":
-                self.addresses["C-transport"].sendto(b"lost")
+                self.transports["C"].sendto(b"lost")
             elif op == "send_bad":
                 transport.sendto("text, not bytes")
             elif op == "limits":
@@ -146,8 +146,7 @@ class World(Recording):
             sock_c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock_c.bind(("127.0.0.1", 0))
         sock_c.connect(self.nowhere)
-        transport, _ = await loop.create_datagram_endpoint(lambda: Endpoint(self, "C"), sock=sock_c)
-        self.addresses["C-transport"] = transport
+        await loop.create_datagram_endpoint(lambda: Endpoint(self, "C"), sock=sock_c)
         await self.play(self.program.steps)
         await spin(4)
         await self.settle(self.transports, self.lost)

@@ -130,29 +130,26 @@ class World(Recording):
                 if kind == "sleep":
                     await asyncio.sleep(delay)
                 elif kind == "wait_for":
-                    future = self.loop.create_future()
-                    self.futures.append(future)
-                    if not never:
-                        self.resolve_later(future, inner)
-                    await asyncio.wait_for(future, delay)
+                    await asyncio.wait_for(self.future(inner, never), delay)
                 elif kind in ("timeout", "reschedule"):
                     async with asyncio.timeout(delay) as scope:
                         if kind == "reschedule":
                             scope.reschedule(self.clock.now + delay * 2)
                         await asyncio.sleep(inner)
                 elif kind == "wait":
-                    future = self.loop.create_future()
-                    self.futures.append(future)
-                    if not never:
-                        self.resolve_later(future, inner)
-                    done, _ = await asyncio.wait([future], timeout=delay)
+                    done, _ = await asyncio.wait([self.future(inner, never)], timeout=delay)
                     self.log.append(("waited", name, len(done)))
                 self.log.append(("step", name, kind))
             except TimeoutError:
                 self.log.append(("timed out", name, kind))
 
-    def resolve_later(self, future: asyncio.Future, delay: float) -> None:
-        self.handles.append(self.loop.call_later(delay, self.settle_future, future))
+    def future(self, delay: float, never: bool) -> asyncio.Future:
+        """A future a timer resolves after ``delay`` (``never``: none does)."""
+        future = self.loop.create_future()
+        self.futures.append(future)
+        if not never:
+            self.handles.append(self.loop.call_later(delay, self.settle_future, future))
+        return future
 
     def settle_future(self, future: asyncio.Future) -> None:
         if not future.done():
