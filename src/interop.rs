@@ -401,6 +401,7 @@ pub fn release<T>(_py: Python<'_>, obj: Py<T>) {
 /// The GIL is held; `f` and the objects in `args` are live for the call; `args` holds
 /// `nargs` positional arguments followed by one value per name in `kwnames` (a tuple of
 /// str, or NULL for none).
+// SAFETY: an unsafe fn: its callers uphold the contract under "# Safety" above.
 unsafe fn vectorcall(
     f: *mut ffi::PyObject,
     args: &[*mut ffi::PyObject],
