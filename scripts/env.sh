@@ -8,10 +8,12 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
+# What the tests need, in every virtualenv they run in (ruff only in this one).
+TEST_DEPS=("pytest>=7" psutil uvloop nest_asyncio)
 stamp="$VENV/.deps-$( (cat pyproject.toml scripts/env.sh; echo "${EXTRA_PIP:-}") | cksum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ]; then
     "$PY" -m pip install -q --upgrade pip
-    "$PY" -m pip install -q "pytest>=7" psutil ruff uvloop nest_asyncio ${EXTRA_PIP:-}
+    "$PY" -m pip install -q "${TEST_DEPS[@]}" ruff ${EXTRA_PIP:-}
     touch "$stamp"
 fi
 # One cargo build at a time on this machine, across worktrees.
