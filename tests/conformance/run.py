@@ -104,6 +104,13 @@ UNITS = [
     # loops and would create no loop at all.)
 ]
 
+#: Modules that only newer Pythons ship: run where the interpreter has them.
+NEWER_UNITS = {
+    "test_eager_task_factory": (3, 12),
+    "test_staggered": (3, 13),
+}
+UNITS += [u for u, since in NEWER_UNITS.items() if sys.version_info >= since]
+
 #: Units that need not create a loop of the loop under test: test_protocols only checks
 #: that the protocol ABCs' methods are no-ops.
 NO_LOOP_UNITS: set[str] = {"test_protocols"}
