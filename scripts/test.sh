@@ -11,17 +11,13 @@ echo "== rust engine tests"
 cargo test -q -p weaveloop-engine
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$ROOT/target/loom" \
     cargo test -q -p weaveloop-engine --release --lib loom
-# suites PYTHON: the conformance runners and pytest on that interpreter. (weaveloop.sync's
-# queues do not have Python 3.13's Queue.shutdown() yet, whose tests in CPython's
-# test_queue hang: the sync runner is left out on 3.13 and later.)
+# suites PYTHON: the conformance runners and pytest on that interpreter.
 suites() {
     local py="$1"
     echo "== conformance (CPython test.test_asyncio against weaveloop)"
     "$py" tests/conformance/run.py
-    if "$py" -c 'import sys; sys.exit(sys.version_info >= (3, 13))'; then
-        echo "== conformance (CPython test.lock_tests / test.test_queue against weaveloop.sync)"
-        "$py" tests/conformance/sync_run.py
-    fi
+    echo "== conformance (CPython test.lock_tests / test.test_queue against weaveloop.sync)"
+    "$py" tests/conformance/sync_run.py
     echo "== pytest"
     "$py" -m pytest -q -p no:cacheprovider tests
 }

@@ -437,6 +437,17 @@ def test_asyncio_runner_with_weaveloop_factory():
         assert runner.run(main()) is weaveloop.Loop
 
 
+def test_event_loop_name_is_the_loop_class_as_asyncio_3_13_names_its_own():
+    async def main():
+        return type(asyncio.get_running_loop())
+
+    assert weaveloop.EventLoop is weaveloop.Loop
+    with asyncio.Runner(loop_factory=weaveloop.EventLoop) as runner:
+        assert runner.run(main()) is weaveloop.Loop
+    if sys.version_info >= (3, 12):
+        assert asyncio.run(main(), loop_factory=weaveloop.EventLoop) is weaveloop.Loop
+
+
 def test_weaveloop_run_returns_the_result_on_a_weaveloop_loop():
     async def main():
         lp = asyncio.get_running_loop()

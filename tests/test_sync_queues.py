@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import threading
 
 import pytest
 import weaveloop.sync as ws
@@ -398,3 +399,284 @@ def test_a_float_maxsize_holds_its_ceiling(impl):
         q.put_nowait(3)
         q.put_nowait(4)
         assert not q.full()
+
+
+# ---- shutdown (Python 3.13's Queue.shutdown, on every version) ----
+
+STDLIB_HAS_SHUTDOWN = hasattr(queue, "ShutDown")
+THREAD_QUEUES = {"": ws.Queue, "-lifo": ws.LifoQueue, "-priority": ws.PriorityQueue}
+STDLIB_THREAD_QUEUES = {"": queue.Queue, "-lifo": queue.LifoQueue, "-priority": queue.PriorityQueue}
+
+
+def _outcome(call, *args, **kwargs):
+    """What a call returned, or the name of the stdlib exception it raised."""
+    try:
+        return call(*args, **kwargs)
+    except Exception as e:
+        for name, cls in (
+            ("ShutDown", getattr(queue, "ShutDown", ws.QueueShutDown)),
+            ("Full", queue.Full),
+            ("Empty", queue.Empty),
+            ("ValueError", ValueError),
+        ):
+            if isinstance(e, cls):
+                return name
+        raise
+
+
+def _shutdown_script(make, shutdown_exc) -> list:
+    """queue.Queue's shutdown behaviour, recorded: ``shutdown_exc`` is the module's
+    ShutDown class, caught by name in the transcript."""
+    out = []
+    q = make(2)
+    q.put(1)
+    q.put(2)
+    out += [q.is_shutdown, q.full()]
+    q.shutdown()
+    out += [q.is_shutdown, q.qsize(), q.full(), q.empty()]
+    out += [_outcome(q.put, 3), _outcome(q.put_nowait, 3), _outcome(q.put, 3, timeout=0.001)]
+    out += [_outcome(q.put, 3, timeout=-1)]  # ShutDown is looked at before the timeout
+    out += [sorted([q.get(), q.get_nowait()]), q.empty(), q.full()]
+    # Empty and shut down: ShutDown, not Empty, and no wait.
+    out += [_outcome(q.get), _outcome(q.get_nowait), _outcome(q.get, True, 60.0)]
+    out += [_outcome(q.get, timeout=-1)]  # ShutDown is looked at before the timeout
+    q.task_done()
+    q.task_done()
+    out += [_outcome(q.task_done), q.join(), q.unfinished_tasks]
+    q.shutdown(immediate=True)  # allowed after a plain one
+    out.append(q.is_shutdown)
+
+    # Immediate: the items left go, each counted done for join().
+    q = make(3)
+    for i in (5, 4, 6):
+        q.put(i)
+    first = q.get()
+    q.shutdown(immediate=True)
+    out += [first, q.qsize(), q.empty(), q.unfinished_tasks]
+    out += [_outcome(q.get_nowait), _outcome(q.get), _outcome(q.put_nowait, 7)]
+    q.task_done()  # for `first`
+    out += [q.unfinished_tasks, q.join(), _outcome(q.task_done)]
+    return out
+
+
+@pytest.mark.parametrize("kind", sorted(THREAD_QUEUES))
+def test_shutdown_of_the_thread_face(kind):
+    got = _shutdown_script(THREAD_QUEUES[kind], ws.QueueShutDown)
+    # The transcript as Python 3.13's queue.Queue documents it.
+    first = {"": 5, "-lifo": 6, "-priority": 4}[kind]
+    assert got == [
+        False, True,
+        True, 2, True, False,
+        "ShutDown", "ShutDown", "ShutDown", "ShutDown",
+        [1, 2], True, False,
+        "ShutDown", "ShutDown", "ShutDown", "ShutDown",
+        "ValueError", None, 0,
+        True,
+        first, 0, True, 1,
+        "ShutDown", "ShutDown", "ShutDown",
+        0, None, "ValueError",
+    ]  # fmt: skip
+    if STDLIB_HAS_SHUTDOWN:
+        assert got == _shutdown_script(STDLIB_THREAD_QUEUES[kind], queue.ShutDown)
+
+
+async def _aio_shutdown_script(make) -> list:
+    """asyncio.Queue's shutdown behaviour, recorded."""
+
+    async def outcome(call, *args):
+        try:
+            result = call(*args)
+            return await result if asyncio.iscoroutine(result) else result
+        except Exception as e:
+            if isinstance(e, getattr(asyncio, "QueueShutDown", ws.QueueShutDown)):
+                return "ShutDown"
+            if isinstance(e, asyncio.QueueFull):
+                return "Full"
+            if isinstance(e, asyncio.QueueEmpty):
+                return "Empty"
+            if isinstance(e, ValueError):
+                return "ValueError"
+            raise
+
+    out = []
+    q = make(2)
+    await q.put(1)
+    q.put_nowait(2)
+    q.shutdown()
+    out += [q.qsize(), q.full(), await outcome(q.put, 3), await outcome(q.put_nowait, 3)]
+    out += [sorted([await q.get(), q.get_nowait()]), q.empty()]
+    out += [await outcome(q.get), await outcome(q.get_nowait)]
+    q.task_done()
+    q.task_done()
+    await q.join()
+
+    q = make(0)
+    for i in (5, 4, 6):
+        q.put_nowait(i)
+    first = await q.get()
+    q.shutdown(immediate=True)
+    out += [first, q.qsize(), await outcome(q.get), await outcome(q.put, 7)]
+    q.task_done()  # for `first`: join() then has nothing to wait for
+    await q.join()
+    out.append(await outcome(q.task_done))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["", "-lifo", "-priority"])
+def test_shutdown_of_the_aio_face(factory, kind):
+    got = run(factory, _aio_shutdown_script, ASYNC_QUEUES["weaveloop" + kind])
+    first = {"": 5, "-lifo": 6, "-priority": 4}[kind]
+    assert got == [
+        2, True, "ShutDown", "ShutDown",
+        [1, 2], True,
+        "ShutDown", "ShutDown",
+        first, 0, "ShutDown", "ShutDown",
+        "ValueError",
+    ]  # fmt: skip
+    if hasattr(asyncio, "QueueShutDown"):
+        assert got == run(factory, _aio_shutdown_script, ASYNC_QUEUES["asyncio" + kind])
+
+
+def test_shutdown_exception_is_caught_by_both_worlds():
+    q = ws.Queue()
+    q.shutdown()
+    bases = [
+        c for c in (getattr(queue, "ShutDown", None), getattr(asyncio, "QueueShutDown", None)) if c
+    ]
+    for exc in [ws.QueueShutDown, *bases]:
+        with pytest.raises(exc):
+            q.put(1)
+        with pytest.raises(exc):
+            q.aio.get_nowait()
+    assert "shutdown" in repr(q) and "shutdown" not in repr(ws.Queue())
+
+
+def test_simple_queue_has_no_shutdown_as_the_stdlib():
+    assert not hasattr(queue.SimpleQueue(), "shutdown")
+    assert not hasattr(ws.SimpleQueue(), "shutdown")
+
+
+def test_shutdown_wakes_waiting_threads():
+    empty, full = ws.Queue(), ws.Queue(1)
+    full.put("kept")
+    outcomes = []
+
+    def getter():
+        outcomes.append(("get", _outcome(empty.get, timeout=SAFETY)))
+
+    def putter():
+        outcomes.append(("put", _outcome(full.put, "refused", timeout=SAFETY)))
+
+    threads = [start_thread(getter), start_thread(putter)]
+    wait_until(lambda: empty._getters_waiting() == 1, "the getter to wait")
+    wait_until(lambda: full._putters_waiting() == 1, "the putter to wait")
+    empty.shutdown()
+    full.shutdown()
+    for t in threads:
+        join_or_fail(t)
+    assert sorted(outcomes) == [("get", "ShutDown"), ("put", "ShutDown")]
+    # A plain shutdown keeps what the queue holds for its getters.
+    assert full.get_nowait() == "kept"
+    assert _outcome(full.get_nowait) == "ShutDown"
+
+
+@pytest.mark.parametrize("immediate", [False, True])
+def test_shutdown_from_a_thread_wakes_waiting_coroutines(factory, immediate):
+    empty, full, pending = ws.Queue(), ws.Queue(1), ws.Queue()
+    full.put("kept")
+    pending.put("unfinished")
+    lt = ThreadLoop(factory)
+    try:
+
+        async def outcome(aw):
+            try:
+                return await aw
+            except ws.QueueShutDown:
+                return "ShutDown"
+
+        got = lt.submit(outcome(empty.aio.get()))
+        put = lt.submit(outcome(full.aio.put("refused")))
+        joined = lt.submit(pending.aio.join())
+        wait_until(lambda: empty._getters_waiting() == 1, "the coroutine getter to wait")
+        wait_until(lambda: full._putters_waiting() == 1, "the coroutine putter to wait")
+        for q in (empty, full, pending):
+            q.shutdown(immediate)
+        assert got.result(SAFETY) == "ShutDown"
+        assert put.result(SAFETY) == "ShutDown"
+        if immediate:
+            # The item left was removed and counted done: join() is released.
+            joined.result(SAFETY)
+            assert pending.unfinished_tasks == 0 and full.qsize() == 0
+        else:
+            # join() still waits for the item's task_done; the item is still there.
+            assert not joined.done()
+            assert full.get_nowait() == "kept"
+            assert pending.get_nowait() == "unfinished"
+            pending.task_done()
+            joined.result(SAFETY)
+    finally:
+        lt.close()
+
+
+def test_shutdown_from_a_coroutine_wakes_a_waiting_thread(factory):
+    q = ws.Queue()
+    outcomes = []
+    t = start_thread(lambda: outcomes.append(_outcome(q.get, timeout=SAFETY)))
+    wait_until(lambda: q._getters_waiting() == 1, "the thread getter to wait")
+
+    async def main():
+        q.aio.shutdown()
+
+    run(factory, main)
+    join_or_fail(t)
+    assert outcomes == ["ShutDown"]
+
+
+@pytest.mark.parametrize("immediate", [False, True])
+@pytest.mark.parametrize("kind", sorted(THREAD_QUEUES))
+def test_shutdown_amid_putters_and_getters_loses_and_duplicates_nothing(kind, immediate):
+    """Threads put and get through a small queue while it is shut down: every put either
+    returns (its item is then got exactly once, or removed by an immediate shutdown) or
+    raises ShutDown; every getter ends with ShutDown; join() then returns."""
+    q = THREAD_QUEUES[kind](4)
+    per_putter, putters, getters = 2000, 3, 3
+    put_ok: list[list[int]] = [[] for _ in range(putters)]
+    got: list[list[int]] = [[] for _ in range(getters)]
+    ends = []
+    halfway = threading.Event()
+
+    def put_all(n):
+        for i in range(per_putter):
+            item = n * per_putter + i
+            if _outcome(q.put, item, timeout=SAFETY) == "ShutDown":
+                ends.append("put")
+                return
+            put_ok[n].append(item)
+            if i == per_putter // 2:
+                halfway.set()
+        ends.append("put all")
+
+    def get_all(n):
+        while True:
+            item = _outcome(q.get, timeout=SAFETY)
+            if item == "ShutDown":
+                ends.append("get")
+                return
+            got[n].append(item)
+            q.task_done()
+
+    threads = [start_thread(put_all, n) for n in range(putters)]
+    threads += [start_thread(get_all, n) for n in range(getters)]
+    assert halfway.wait(SAFETY)
+    q.shutdown(immediate)
+    for t in threads:
+        join_or_fail(t)
+    gotten = sorted(i for g in got for i in g)
+    accepted = sorted(i for p in put_ok for i in p)
+    assert len(gotten) == len(set(gotten)), "an item was got twice"
+    assert set(gotten) <= set(accepted)
+    if not immediate:
+        assert gotten == accepted, "a plain shutdown lets getters take every item put"
+    assert ends.count("get") == getters
+    assert q.qsize() == 0 and q.unfinished_tasks == 0
+    q.join()

@@ -13,6 +13,7 @@ from ._loop import LOOP_OPTIONS, Loop, _validate_options, new_event_loop
 
 __all__ = [
     "BrokenThreadPool",
+    "EventLoop",
     "EventLoopPolicy",
     "LOOP_OPTIONS",
     "Loop",
@@ -24,6 +25,10 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+#: The loop class under the name Python 3.13 gives its own (``asyncio.EventLoop``):
+#: ``asyncio.run(main(), loop_factory=weaveloop.EventLoop)``.
+EventLoop = Loop
 
 
 def run(main, *, debug=None, **loop_options):

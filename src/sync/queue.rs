@@ -9,9 +9,16 @@
 //! flight; a lowered `maxsize` can push it below zero, and getters then pay that back
 //! before any putter gets in (see the engine's `Semaphore::shrink`). SimpleQueue has no
 //! `slots` at all.
+//!
+//! Shutdown (Python 3.13's `Queue.shutdown`, offered on every version): the flag is set,
+//! then both semaphores get `FLOOD` permits, which wakes every waiter and lets every
+//! later acquire through at once; from then on the store alone decides. A put checks the
+//! flag under the store's lock, so it lands before the shutdown (and an immediate
+//! shutdown's drain sees it) or is refused; a getter that finds the store empty raises
+//! ShutDown. `qsize()`, `empty()` and `full()` then count the store.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use pyo3::exceptions::{PyAttributeError, PyOverflowError, PyValueError};
@@ -57,20 +64,48 @@ fn gate<'a>(py: Python<'_>, m: &'a Mutex<()>) -> MutexGuard<'a, ()> {
 fn queue_error(py: Python<'_>, name: &'static str) -> PyErr {
     static EMPTY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     static FULL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let cell = if name == "QueueEmpty" { &EMPTY } else { &FULL };
+    static SHUT_DOWN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let cell = match name {
+        "QueueEmpty" => &EMPTY,
+        "QueueFull" => &FULL,
+        _ => &SHUT_DOWN,
+    };
     match cell.import(py, "weaveloop.sync._errors", name) {
         Ok(cls) => PyErr::from_type(cls.cast::<pyo3::types::PyType>().unwrap().clone(), ()),
         Err(e) => e,
     }
 }
 
+fn shut_down(py: Python<'_>) -> PyErr {
+    queue_error(py, "QueueShutDown")
+}
+
 impl Store {
-    fn push(&self, py: Python<'_>, item: Py<PyAny>) -> PyResult<()> {
+    /// Stores `item` unless `closed` is set: looked at under the store's lock, which an
+    /// immediate shutdown's drain also takes after setting it.
+    fn push(&self, py: Python<'_>, item: Py<PyAny>, closed: &AtomicBool) -> PyResult<()> {
         match self {
-            Store::Fifo(q) => plain(q).push_back(item),
-            Store::Lifo(q) => plain(q).push(item),
+            Store::Fifo(q) => {
+                let mut q = plain(q);
+                if closed.load(SeqCst) {
+                    drop(q);
+                    return Err(shut_down(py));
+                }
+                q.push_back(item)
+            }
+            Store::Lifo(q) => {
+                let mut q = plain(q);
+                if closed.load(SeqCst) {
+                    drop(q);
+                    return Err(shut_down(py));
+                }
+                q.push(item)
+            }
             Store::Priority { heap, gate: g } => {
                 let _g = gate(py, g);
+                if closed.load(SeqCst) {
+                    return Err(shut_down(py));
+                }
                 let heap = heap.bind(py);
                 if let Err(e) = interop::heappush(py)?.call1((heap, &item)) {
                     // heappush appends before comparing: a comparison that raised left
@@ -87,17 +122,48 @@ impl Store {
         Ok(())
     }
 
-    fn pop(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let item = match self {
+    /// The next item, None if there is none (which a permit rules out before shutdown).
+    fn pop(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        Ok(match self {
             Store::Fifo(q) => plain(q).pop_front(),
             Store::Lifo(q) => plain(q).pop(),
             Store::Priority { heap, gate: g } => {
                 let _g = gate(py, g);
-                Some(interop::heappop(py)?.call1((heap.bind(py),))?.unbind())
+                let heap = heap.bind(py);
+                if heap.is_empty() {
+                    None
+                } else {
+                    Some(interop::heappop(py)?.call1((heap,))?.unbind())
+                }
             }
-        };
-        // A permit always has its item (see the module invariant).
-        item.ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("queue invariant broken"))
+        })
+    }
+
+    fn len(&self, py: Python<'_>) -> usize {
+        match self {
+            Store::Fifo(q) => plain(q).len(),
+            Store::Lifo(q) => plain(q).len(),
+            Store::Priority { heap, gate: g } => {
+                let _g = gate(py, g);
+                heap.bind(py).len()
+            }
+        }
+    }
+
+    /// Takes every item out. They are dropped by the caller, outside the lock: dropping
+    /// one may run Python code (`__del__`) that uses the queue.
+    fn drain(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
+        Ok(match self {
+            Store::Fifo(q) => plain(q).drain(..).collect(),
+            Store::Lifo(q) => std::mem::take(&mut *plain(q)),
+            Store::Priority { heap, gate: g } => {
+                let _g = gate(py, g);
+                let heap = heap.bind(py);
+                let items = heap.iter().map(Bound::unbind).collect();
+                heap.del_slice(0, heap.len())?;
+                items
+            }
+        })
     }
 }
 
@@ -109,11 +175,18 @@ pub struct QueueCore {
     slots: Option<Sem>,
     tasks: Option<TaskCounter<Token>>,
     maxsize: AtomicIsize,
+    /// Set once by `shutdown` (see the module comment).
+    shut: AtomicBool,
 }
 
 /// The capacity of an unbounded queue that can be given a `maxsize` later: more items
 /// than memory holds, and far enough below the semaphore's limit to add any maxsize.
 const UNBOUNDED: usize = MAX_PERMITS / 4;
+
+/// The permits a shutdown adds to each semaphore: every waiter is granted and no acquire
+/// waits again. With `UNBOUNDED` capacity and any later `maxsize` raise it stays within
+/// `MAX_PERMITS`.
+const FLOOD: usize = MAX_PERMITS / 4;
 
 fn capacity(maxsize: isize) -> usize {
     if maxsize > 0 {
@@ -141,7 +214,7 @@ impl QueueCore {
         if let Some(t) = &self.tasks {
             t.add();
         }
-        if let Err(e) = self.store.push(py, item) {
+        if let Err(e) = self.store.push(py, item, &self.shut) {
             if let Some(t) = &self.tasks {
                 // Undo the count; a join() that queued meanwhile is released if that
                 // brings it back to zero.
@@ -164,6 +237,7 @@ impl QueueCore {
     }
 
     fn put_within(&self, py: Python<'_>, item: Py<PyAny>, wait: Wait) -> PyResult<()> {
+        self.refuse_if_shut(py)?;
         if let Some(s) = &self.slots {
             // An unbounded queue never makes put() wait: no blocking form to refuse on a
             // loop's thread (rule 4).
@@ -180,17 +254,42 @@ impl QueueCore {
     }
 
     fn get_within(&self, py: Python<'_>, wait: Wait) -> PyResult<Py<PyAny>> {
+        self.refuse_get_if_shut_and_empty(py)?;
         if !acquire_thread(py, &self.items, wait, "Queue.get()", GET_ASYNC)? {
             return Err(queue_error(py, "QueueEmpty"));
         }
         self.take(py)
     }
 
-    /// After an item permit was taken: take the item and free its slot.
+    /// After an item permit was taken: take the item and free its slot. After a
+    /// shutdown the permit may be one of its flood: no item then means ShutDown.
     fn take(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let item = self.store.pop(py);
         self.free_slot(py);
-        item
+        match item? {
+            Some(item) => Ok(item),
+            None if self.shut.load(SeqCst) => Err(shut_down(py)),
+            // A permit always has its item before a shutdown (the module invariant).
+            None => Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "queue invariant broken",
+            )),
+        }
+    }
+
+    /// Puts raise ShutDown once the queue is shut down (before QueueFull, as the stdlib).
+    fn refuse_if_shut(&self, py: Python<'_>) -> PyResult<()> {
+        if self.shut.load(SeqCst) {
+            return Err(shut_down(py));
+        }
+        Ok(())
+    }
+
+    /// Gets raise ShutDown once the queue is shut down and empty (before QueueEmpty).
+    fn refuse_get_if_shut_and_empty(&self, py: Python<'_>) -> PyResult<()> {
+        if self.shut.load(SeqCst) && self.store.len(py) == 0 {
+            return Err(shut_down(py));
+        }
+        Ok(())
     }
 }
 
@@ -225,7 +324,43 @@ impl QueueCore {
             slots: (!simple).then(|| new_sem(capacity(maxsize))),
             tasks: track_tasks.then(TaskCounter::default),
             maxsize: AtomicIsize::new(maxsize),
+            shut: AtomicBool::new(false),
         })
+    }
+
+    /// Python 3.13's `Queue.shutdown`: puts raise ShutDown from now on, and gets once the
+    /// queue is empty; every waiting getter and putter wakes (and raises ShutDown unless
+    /// a getter finds an item). `immediate`: the items left are removed at once, each
+    /// counting as done for `join()`. Calling it again is allowed (an immediate call
+    /// after a plain one still drains).
+    #[pyo3(signature = (immediate = false))]
+    fn _shutdown(&self, py: Python<'_>, immediate: bool) -> PyResult<()> {
+        let first = !self.shut.swap(true, SeqCst);
+        if immediate {
+            let items = self.store.drain(py)?;
+            if let Some(t) = &self.tasks {
+                for _ in &items {
+                    // As the stdlib: never below zero (an item may be in flight).
+                    match t.done() {
+                        Ok(granted) => wake(py, granted, &PassOn::Nothing),
+                        Err(_) => break,
+                    }
+                }
+            }
+            drop(items);
+        }
+        if first {
+            release(py, &self.items, FLOOD);
+            if let Some(s) = &self.slots {
+                release(py, s, FLOOD);
+            }
+        }
+        Ok(())
+    }
+
+    #[getter]
+    fn _is_shutdown(&self) -> bool {
+        self.shut.load(SeqCst)
     }
 
     #[getter]
@@ -259,17 +394,29 @@ impl QueueCore {
     /// Items a new get could take: an item already handed to a queued getter (FIFO,
     /// nobody overtakes it) is not counted, so `qsize()`, `empty()` and `full()` agree
     /// with what `get_nowait()` and `put_nowait()` do next.
-    fn qsize(&self) -> usize {
+    fn qsize(&self, py: Python<'_>) -> usize {
+        if self.shut.load(SeqCst) {
+            return self.store.len(py);
+        }
         self.items.permits()
     }
 
-    fn empty(&self) -> bool {
+    fn empty(&self, py: Python<'_>) -> bool {
+        if self.shut.load(SeqCst) {
+            return self.store.len(py) == 0;
+        }
         self.items.would_block()
     }
 
-    fn full(&self) -> bool {
+    fn full(&self, py: Python<'_>) -> bool {
         let maxsize = self.maxsize.load(Relaxed);
-        maxsize > 0 && self.slots.as_ref().is_some_and(|s| s.would_block())
+        if maxsize <= 0 || self.slots.is_none() {
+            return false;
+        }
+        if self.shut.load(SeqCst) {
+            return self.store.len(py) >= maxsize as usize;
+        }
+        self.slots.as_ref().is_some_and(|s| s.would_block())
     }
 
     /// queue.Queue.put: waits for a free slot (bounded queues), at most `timeout`. An
@@ -283,6 +430,7 @@ impl QueueCore {
         block: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        self.refuse_if_shut(py)?;
         let wait = if self.slots.is_some() && self.maxsize.load(Relaxed) > 0 {
             let timeout = timeout
                 .filter(|t| !t.is_none())
@@ -307,6 +455,7 @@ impl QueueCore {
         block: Option<&Bound<'_, PyAny>>,
         timeout: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
+        self.refuse_get_if_shut_and_empty(py)?;
         let wait = queue_wait(truthy(block)?, timeout)?;
         self.get_within(py, wait)
     }
@@ -361,6 +510,7 @@ impl QueueCore {
 
     /// An item now, or `default` if none can be taken without waiting.
     fn _try_get(&self, py: Python<'_>, default: Py<PyAny>) -> PyResult<Py<PyAny>> {
+        self.refuse_get_if_shut_and_empty(py)?;
         if self.items.try_acquire() {
             return self.take(py);
         }
@@ -369,6 +519,7 @@ impl QueueCore {
 
     /// Puts now if a slot is free (true), else false.
     fn _try_put(&self, py: Python<'_>, item: Py<PyAny>) -> PyResult<bool> {
+        self.refuse_if_shut(py)?;
         if let Some(s) = &self.slots {
             if !s.try_acquire() {
                 return Ok(false);

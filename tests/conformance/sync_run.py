@@ -40,6 +40,7 @@ def _queue_module() -> types.ModuleType:
     mod.SimpleQueue = ws.SimpleQueue
     mod.Empty = ws.QueueEmpty
     mod.Full = ws.QueueFull
+    mod.ShutDown = ws.QueueShutDown
     return mod
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ._barrier import Barrier
 from ._condition import Condition
-from ._errors import BrokenBarrierError, QueueEmpty, QueueFull
+from ._errors import BrokenBarrierError, QueueEmpty, QueueFull, QueueShutDown
 from ._event import Event
 from ._locks import BoundedSemaphore, Lock, RLock, Semaphore
 from ._queues import AsyncQueue, LifoQueue, PriorityQueue, Queue, SimpleQueue
@@ -29,6 +29,7 @@ __all__ = [
     "Queue",
     "QueueEmpty",
     "QueueFull",
+    "QueueShutDown",
     "RLock",
     "Semaphore",
     "SimpleQueue",

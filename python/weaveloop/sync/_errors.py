@@ -11,7 +11,7 @@ import asyncio
 import queue
 import threading
 
-__all__ = ["BrokenBarrierError", "QueueEmpty", "QueueFull"]
+__all__ = ["BrokenBarrierError", "QueueEmpty", "QueueFull", "QueueShutDown"]
 
 
 class QueueEmpty(queue.Empty, asyncio.QueueEmpty):
@@ -20,6 +20,19 @@ class QueueEmpty(queue.Empty, asyncio.QueueEmpty):
 
 class QueueFull(queue.Full, asyncio.QueueFull):
     """Raised by ``put_nowait()`` (and a timed-out ``put``) on a full queue."""
+
+
+# queue.ShutDown and asyncio.QueueShutDown are new in Python 3.13; weaveloop.sync queues
+# can be shut down on every version, and their exception derives from those that exist.
+_SHUT_DOWN_BASES = tuple(
+    cls
+    for cls in (getattr(queue, "ShutDown", None), getattr(asyncio, "QueueShutDown", None))
+    if cls is not None
+) or (Exception,)
+
+
+class QueueShutDown(*_SHUT_DOWN_BASES):  # type: ignore[misc]
+    """Raised by puts on a shut-down queue, and by gets once it is also empty."""
 
 
 class BrokenBarrierError(threading.BrokenBarrierError, asyncio.BrokenBarrierError):

@@ -5,6 +5,8 @@ The queue object is the queue.Queue face (pass it to code expecting queue.Queue)
 ``q.sync_q`` is the queue itself. Both faces move items through one Rust core whose
 getters and putters, threads and coroutines alike, are served FIFO.
 Invariant: the async face's fast path is one Rust call; it waits only when it must.
+``shutdown()`` (Python 3.13's Queue.shutdown, on every version) ends both faces at once:
+puts raise QueueShutDown, gets too once the queue is empty.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class AsyncQueue:
     def full(self) -> bool:
         return self._q.full()
 
+    def shutdown(self, immediate: bool = False) -> None:
+        self._q.shutdown(immediate)
+
     @property
     def maxsize(self) -> int:
         return self._q.maxsize
@@ -123,11 +128,24 @@ class Queue(QueueCore):
     def sync_q(self) -> Queue:
         return self
 
+    def shutdown(self, immediate: bool = False) -> None:
+        """Shuts both faces down: puts raise QueueShutDown from now on, and gets once the
+        queue is empty; every waiting getter and putter wakes. ``immediate``: the items
+        left are removed now, each marked done for ``join()``. As Python 3.13's
+        ``queue.Queue.shutdown``/``asyncio.Queue.shutdown``."""
+        self._shutdown(immediate)
+
+    @property
+    def is_shutdown(self) -> bool:
+        """Whether ``shutdown()`` was called (queue.Queue's attribute, read-only here)."""
+        return self._is_shutdown
+
     def __repr__(self) -> str:
         cls = type(self)
+        shut = " shutdown" if self._is_shutdown else ""
         return (
             f"<{cls.__module__}.{cls.__qualname__} at {id(self):#x} "
-            f"maxsize={self.maxsize} qsize={self.qsize()}>"
+            f"maxsize={self.maxsize} qsize={self.qsize()}{shut}>"
         )
 
 
