@@ -551,9 +551,91 @@ def test_shutdown_exception_is_caught_by_both_worlds():
     assert "shutdown" in repr(q) and "shutdown" not in repr(ws.Queue())
 
 
-def test_simple_queue_has_no_shutdown_as_the_stdlib():
+def test_simple_queue_has_no_shutdown_but_its_aio_face_has(factory):
     assert not hasattr(queue.SimpleQueue(), "shutdown")
-    assert not hasattr(ws.SimpleQueue(), "shutdown")
+    q = ws.SimpleQueue()
+    assert not hasattr(q, "shutdown")
+    q.put("left")
+
+    async def main():
+        q.aio.shutdown()  # asyncio.Queue's API
+        got = await q.aio.get()
+        try:
+            await q.aio.get()
+        except ws.QueueShutDown:
+            return got, "ShutDown"
+
+    assert run(factory, main) == ("left", "ShutDown")
+    with pytest.raises(ws.QueueShutDown):
+        q.put("refused")
+    with pytest.raises(ws.QueueShutDown):
+        q.get_nowait()
+
+
+def test_shutdown_takes_any_truth_value_for_immediate():
+    for immediate, left in ((1, 0), ("yes", 0), (0, 1), (None, 1), ([], 1)):
+        q = ws.Queue()
+        q.put("x")
+        q.shutdown(immediate)
+        assert q.qsize() == left, immediate
+        q = ws.Queue()
+        q.put("x")
+        q.aio.shutdown(immediate)
+        assert q.qsize() == left, immediate
+
+
+def test_shutdown_again_and_maxsize_changes_after_it():
+    q = ws.Queue(1)
+    q.put("a")
+    for _ in range(10):
+        q.shutdown()
+    for size in (5, 0, 1, 3, -1, 2):
+        q.maxsize = size
+        assert q.full() == (0 < size <= 1) and q.qsize() == 1
+        with pytest.raises(ws.QueueShutDown):
+            q.put_nowait("b")
+    assert q.get_nowait() == "a"
+    q.shutdown(immediate=True)
+    with pytest.raises(ws.QueueShutDown):
+        q.get(timeout=SAFETY)
+    assert q.qsize() == 0 and q.empty() and not q.full()
+
+
+def test_a_priority_item_comparison_may_ask_the_queue_after_shutdown():
+    """Comparisons run under the priority queue's lock: asking the size from one must
+    not wait for that lock (it is not re-entrant)."""
+    q = ws.PriorityQueue()
+    sizes = []
+
+    class Item:
+        def __init__(self, n):
+            self.n = n
+
+        def __lt__(self, other):
+            sizes.append((q.qsize(), q.empty()))
+            return self.n < other.n
+
+    for n in (3, 1, 2):
+        q.put(Item(n))
+    q.shutdown()
+    got = []
+    t = start_thread(lambda: got.extend(q.get().n for _ in range(3)))
+    join_or_fail(t)
+    assert got == [1, 2, 3] and sizes
+
+
+def test_immediate_shutdown_releases_a_joining_thread():
+    q = ws.Queue()
+    q.put("taken")
+    q.put("left")
+    assert q.get() == "taken"
+    joined = threading.Event()
+    t = start_thread(lambda: (q.join(), joined.set()))
+    q.shutdown(immediate=True)  # "left" is counted done; "taken" is not
+    assert q.unfinished_tasks == 1
+    q.task_done()
+    join_or_fail(t)
+    assert joined.is_set()
 
 
 def test_shutdown_wakes_waiting_threads():

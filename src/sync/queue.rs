@@ -143,10 +143,10 @@ impl Store {
         match self {
             Store::Fifo(q) => plain(q).len(),
             Store::Lifo(q) => plain(q).len(),
-            Store::Priority { heap, gate: g } => {
-                let _g = gate(py, g);
-                heap.bind(py).len()
-            }
+            // Not behind the gate: its holder may be running an item's `__lt__`, which
+            // may ask the queue's size (the gate is not re-entrant). heappush and heappop
+            // change the list only with the GIL held, which this read has too.
+            Store::Priority { heap, .. } => heap.bind(py).len(),
         }
     }
 

@@ -71,7 +71,9 @@ class AsyncQueue:
         return self._q.full()
 
     def shutdown(self, immediate: bool = False) -> None:
-        self._q.shutdown(immediate)
+        # asyncio.Queue's API, a SimpleQueue's face included (queue.SimpleQueue itself
+        # has no shutdown).
+        self._q._shutdown(bool(immediate))
 
     @property
     def maxsize(self) -> int:
@@ -133,7 +135,7 @@ class Queue(QueueCore):
         queue is empty; every waiting getter and putter wakes. ``immediate``: the items
         left are removed now, each marked done for ``join()``. As Python 3.13's
         ``queue.Queue.shutdown``/``asyncio.Queue.shutdown``."""
-        self._shutdown(immediate)
+        self._shutdown(bool(immediate))
 
     @property
     def is_shutdown(self) -> bool:
