@@ -80,32 +80,25 @@ fn shut_down(py: Python<'_>) -> PyErr {
     queue_error(py, "QueueShutDown")
 }
 
+/// `guard` (of the store's lock) unless `closed` is set, looked at with the lock held;
+/// else the lock is let go and the put refused with ShutDown.
+fn unless_closed<G>(py: Python<'_>, guard: G, closed: &AtomicBool) -> PyResult<G> {
+    if closed.load(SeqCst) {
+        drop(guard);
+        return Err(shut_down(py));
+    }
+    Ok(guard)
+}
+
 impl Store {
-    /// Stores `item` unless `closed` is set: looked at under the store's lock, which an
-    /// immediate shutdown's drain also takes after setting it.
+    /// Stores `item` unless `closed` is set (see `unless_closed`): an immediate
+    /// shutdown's drain takes the same lock after setting it.
     fn push(&self, py: Python<'_>, item: Py<PyAny>, closed: &AtomicBool) -> PyResult<()> {
         match self {
-            Store::Fifo(q) => {
-                let mut q = plain(q);
-                if closed.load(SeqCst) {
-                    drop(q);
-                    return Err(shut_down(py));
-                }
-                q.push_back(item)
-            }
-            Store::Lifo(q) => {
-                let mut q = plain(q);
-                if closed.load(SeqCst) {
-                    drop(q);
-                    return Err(shut_down(py));
-                }
-                q.push(item)
-            }
+            Store::Fifo(q) => unless_closed(py, plain(q), closed)?.push_back(item),
+            Store::Lifo(q) => unless_closed(py, plain(q), closed)?.push(item),
             Store::Priority { heap, gate: g } => {
-                let _g = gate(py, g);
-                if closed.load(SeqCst) {
-                    return Err(shut_down(py));
-                }
+                let _g = unless_closed(py, gate(py, g), closed)?;
                 let heap = heap.bind(py);
                 if let Err(e) = interop::heappush(py)?.call1((heap, &item)) {
                     // heappush appends before comparing: a comparison that raised left
