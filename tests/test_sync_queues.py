@@ -762,3 +762,40 @@ def test_shutdown_amid_putters_and_getters_loses_and_duplicates_nothing(kind, im
     assert ends.count("get") == getters
     assert q.qsize() == 0 and q.unfinished_tasks == 0
     q.join()
+
+
+def test_a_put_still_comparing_its_item_is_not_counted_for_task_done():
+    """A priority put counts its item only once stored: while its comparison runs, a
+    task_done() has only the stored items to mark done (queue.Queue makes it wait for
+    the put, then raise); and a put whose comparison raises counts nothing."""
+    q = ws.PriorityQueue()
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow:
+        def __lt__(self, other):
+            entered.set()
+            release.wait(SAFETY)
+            raise TypeError("cannot compare")
+
+        __gt__ = __lt__
+
+    q.put(Slow())  # alone in the heap: nothing to compare it with
+    outcome = []
+
+    def put_another():
+        try:
+            q.put(Slow())
+            outcome.append("put")
+        except TypeError:
+            outcome.append("TypeError")
+
+    t = start_thread(put_another)
+    wait_until(entered.is_set, "the put to compare its item")
+    assert q.unfinished_tasks == 1
+    q.task_done()  # the stored item
+    with pytest.raises(ValueError, match="too many times"):
+        q.task_done()  # nothing else is in the queue yet
+    release.set()
+    join_or_fail(t)
+    assert outcome == ["TypeError"]
+    assert q.unfinished_tasks == 0 and q.qsize() == 1

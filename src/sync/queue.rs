@@ -92,11 +92,24 @@ fn unless_closed<G>(py: Python<'_>, guard: G, closed: &AtomicBool) -> PyResult<G
 
 impl Store {
     /// Stores `item` unless `closed` is set (see `unless_closed`): an immediate
-    /// shutdown's drain takes the same lock after setting it.
-    fn push(&self, py: Python<'_>, item: Py<PyAny>, closed: &AtomicBool) -> PyResult<()> {
+    /// shutdown's drain takes the same lock after setting it. `stored` runs once the
+    /// item is in, before the lock is let go, so before any getter can take it.
+    fn push(
+        &self,
+        py: Python<'_>,
+        item: Py<PyAny>,
+        closed: &AtomicBool,
+        stored: impl FnOnce(),
+    ) -> PyResult<()> {
         match self {
-            Store::Fifo(q) => unless_closed(py, plain(q), closed)?.push_back(item),
-            Store::Lifo(q) => unless_closed(py, plain(q), closed)?.push(item),
+            Store::Fifo(q) => {
+                unless_closed(py, plain(q), closed)?.push_back(item);
+                stored();
+            }
+            Store::Lifo(q) => {
+                unless_closed(py, plain(q), closed)?.push(item);
+                stored();
+            }
             Store::Priority { heap, gate: g } => {
                 let _g = unless_closed(py, gate(py, g), closed)?;
                 let heap = heap.bind(py);
@@ -110,6 +123,7 @@ impl Store {
                     }
                     return Err(e);
                 }
+                stored();
             }
         }
         Ok(())
@@ -202,19 +216,16 @@ const PUT_ASYNC: &str = "await q.aio.put(item)";
 impl QueueCore {
     /// After a slot was taken: store the item and hand it to getters.
     fn deliver(&self, py: Python<'_>, item: Py<PyAny>) -> PyResult<()> {
-        // Counted before it can be taken: a getter may pop it (LIFO, priority) and call
-        // task_done before this put returns, which must not let a join() through.
-        if let Some(t) = &self.tasks {
-            t.add();
-        }
-        if let Err(e) = self.store.push(py, item, &self.shut) {
+        // Counted once stored and before it can be taken (under the store's lock): a
+        // getter may pop it (LIFO, priority) and call task_done before this put
+        // returns, and a put that fails (a comparison raised, the queue was shut
+        // down) counts nothing.
+        let count = || {
             if let Some(t) = &self.tasks {
-                // Undo the count; a join() that queued meanwhile is released if that
-                // brings it back to zero.
-                if let Ok(granted) = t.done() {
-                    wake(py, granted, &PassOn::Nothing);
-                }
+                t.add();
             }
+        };
+        if let Err(e) = self.store.push(py, item, &self.shut, count) {
             self.free_slot(py);
             return Err(e);
         }
@@ -333,7 +344,8 @@ impl QueueCore {
             let items = self.store.drain(py)?;
             if let Some(t) = &self.tasks {
                 for _ in &items {
-                    // As the stdlib: never below zero (an item may be in flight).
+                    // As the stdlib: never below zero (each stored item was counted,
+                    // so only a task_done() racing this one could get there first).
                     match t.done() {
                         Ok(granted) => wake(py, granted, &PassOn::Nothing),
                         Err(_) => break,
