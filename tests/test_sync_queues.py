@@ -799,3 +799,26 @@ def test_a_put_still_comparing_its_item_is_not_counted_for_task_done():
     join_or_fail(t)
     assert outcome == ["TypeError"]
     assert q.unfinished_tasks == 0 and q.qsize() == 1
+
+
+def test_a_getter_cancelled_as_the_queue_shuts_down_loses_no_item(factory):
+    """The item granted to a getter that is cancelled before it runs goes to the next
+    getter, also when a shutdown woke that one meanwhile; asyncio.Queue does the same."""
+
+    async def main(make):
+        q = make(0)
+        first = asyncio.ensure_future(q.get())
+        second = asyncio.ensure_future(q.get())
+        await asyncio.sleep(0)  # both wait
+        q.put_nowait("x")  # granted to `first` ...
+        first.cancel()  # ... cancelled before it ran
+        q.shutdown()
+        got = await second
+        try:
+            await q.get()
+        except Exception as e:  # QueueShutDown, of the queue's own kind
+            return got, first.cancelled(), type(e).__name__, q.qsize()
+
+    assert run(factory, main, ASYNC_QUEUES["weaveloop"]) == ("x", True, "QueueShutDown", 0)
+    if hasattr(asyncio, "QueueShutDown"):
+        assert run(factory, main, ASYNC_QUEUES["asyncio"]) == ("x", True, "QueueShutDown", 0)
