@@ -408,25 +408,35 @@ THREAD_QUEUES = {"": ws.Queue, "-lifo": ws.LifoQueue, "-priority": ws.PriorityQu
 STDLIB_THREAD_QUEUES = {"": queue.Queue, "-lifo": queue.LifoQueue, "-priority": queue.PriorityQueue}
 
 
+# The stdlib exceptions a queue's transcript names (queue's and asyncio's alike; where
+# the stdlib has no ShutDown yet, weaveloop.sync's).
+_NAMED = (
+    ("ShutDown", (getattr(queue, "ShutDown", ws.QueueShutDown),
+                  getattr(asyncio, "QueueShutDown", ws.QueueShutDown))),
+    ("Full", (queue.Full, asyncio.QueueFull)),
+    ("Empty", (queue.Empty, asyncio.QueueEmpty)),
+    ("ValueError", (ValueError,)),
+)  # fmt: skip
+
+
+def _exception_name(e: Exception) -> str:
+    """The transcript's name for ``e``; anything else is raised again."""
+    for name, classes in _NAMED:
+        if isinstance(e, classes):
+            return name
+    raise e
+
+
 def _outcome(call, *args, **kwargs):
     """What a call returned, or the name of the stdlib exception it raised."""
     try:
         return call(*args, **kwargs)
     except Exception as e:
-        for name, cls in (
-            ("ShutDown", getattr(queue, "ShutDown", ws.QueueShutDown)),
-            ("Full", queue.Full),
-            ("Empty", queue.Empty),
-            ("ValueError", ValueError),
-        ):
-            if isinstance(e, cls):
-                return name
-        raise
+        return _exception_name(e)
 
 
-def _shutdown_script(make, shutdown_exc) -> list:
-    """queue.Queue's shutdown behaviour, recorded: ``shutdown_exc`` is the module's
-    ShutDown class, caught by name in the transcript."""
+def _shutdown_script(make) -> list:
+    """queue.Queue's shutdown behaviour, recorded."""
     out = []
     q = make(2)
     q.put(1)
@@ -461,7 +471,7 @@ def _shutdown_script(make, shutdown_exc) -> list:
 
 @pytest.mark.parametrize("kind", sorted(THREAD_QUEUES))
 def test_shutdown_of_the_thread_face(kind):
-    got = _shutdown_script(THREAD_QUEUES[kind], ws.QueueShutDown)
+    got = _shutdown_script(THREAD_QUEUES[kind])
     # The transcript as Python 3.13's queue.Queue documents it.
     first = {"": 5, "-lifo": 6, "-priority": 4}[kind]
     assert got == [
@@ -477,7 +487,7 @@ def test_shutdown_of_the_thread_face(kind):
         0, None, "ValueError",
     ]  # fmt: skip
     if STDLIB_HAS_SHUTDOWN:
-        assert got == _shutdown_script(STDLIB_THREAD_QUEUES[kind], queue.ShutDown)
+        assert got == _shutdown_script(STDLIB_THREAD_QUEUES[kind])
 
 
 async def _aio_shutdown_script(make) -> list:
@@ -488,15 +498,7 @@ async def _aio_shutdown_script(make) -> list:
             result = call(*args)
             return await result if asyncio.iscoroutine(result) else result
         except Exception as e:
-            if isinstance(e, getattr(asyncio, "QueueShutDown", ws.QueueShutDown)):
-                return "ShutDown"
-            if isinstance(e, asyncio.QueueFull):
-                return "Full"
-            if isinstance(e, asyncio.QueueEmpty):
-                return "Empty"
-            if isinstance(e, ValueError):
-                return "ValueError"
-            raise
+            return _exception_name(e)
 
     out = []
     q = make(2)
