@@ -240,8 +240,8 @@ impl QueueCore {
         }
     }
 
+    /// A put, once the caller has refused it on a shut-down queue (`refuse_if_shut`).
     fn put_within(&self, py: Python<'_>, item: Py<PyAny>, wait: Wait) -> PyResult<()> {
-        self.refuse_if_shut(py)?;
         if let Some(s) = &self.slots {
             // An unbounded queue never makes put() wait: no blocking form to refuse on a
             // loop's thread (rule 4).
@@ -257,8 +257,9 @@ impl QueueCore {
         self.deliver(py, item)
     }
 
+    /// A get, once the caller has refused it on a shut-down, empty queue
+    /// (`refuse_get_if_shut_and_empty`).
     fn get_within(&self, py: Python<'_>, wait: Wait) -> PyResult<Py<PyAny>> {
-        self.refuse_get_if_shut_and_empty(py)?;
         if !acquire_thread(py, &self.items, wait, "Queue.get()", GET_ASYNC)? {
             return Err(queue_error(py, "QueueEmpty"));
         }
@@ -449,6 +450,7 @@ impl QueueCore {
     }
 
     fn put_nowait(&self, py: Python<'_>, item: Py<PyAny>) -> PyResult<()> {
+        self.refuse_if_shut(py)?;
         self.put_within(py, item, Wait::Now)
     }
 
@@ -466,6 +468,7 @@ impl QueueCore {
     }
 
     fn get_nowait(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.refuse_get_if_shut_and_empty(py)?;
         self.get_within(py, Wait::Now)
     }
 
