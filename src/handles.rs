@@ -303,10 +303,7 @@ impl Callback {
             })
         };
         let Some(t) = target else { return Ok(()) };
-        let context = self
-            .context
-            .with(py, |c| c.as_ref().map(|c| c.clone_ref(py)));
-        let result = match &context {
+        let result = match &self.own_context(py) {
             Some(c) => interop::in_context(py, c, || call(py, &t)),
             None => empty.get(py).and_then(|ctx| {
                 let r = interop::in_context(py, &ctx, || call(py, &t));
@@ -402,13 +399,17 @@ impl Callback {
     /// The context the callback runs in (a new empty one if it was scheduled from an
     /// empty context and has not raised; if it raised, the one it ran in).
     pub fn get_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        match self
-            .context
-            .with(py, |c| c.as_ref().map(|c| c.clone_ref(py)))
-        {
+        match self.own_context(py) {
             Some(c) => Ok(c),
             None => interop::new_context(py),
         }
+    }
+
+    /// The context kept on the callback, if any (see `context`): a new reference, so
+    /// that the cell is not borrowed while Python code runs in it.
+    fn own_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.context
+            .with(py, |c| c.as_ref().map(|c| c.clone_ref(py)))
     }
 
     pub fn is_cancelled(&self) -> bool {
