@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import platform
 import threading
 import time
@@ -18,6 +19,13 @@ import pytest
 SAFETY = 10.0
 
 LOOP_KINDS = ["weaveloop", "asyncio"]
+
+
+def stdlib_default_workers() -> int:
+    """concurrent.futures' default pool size on this Python (3.13 counts the CPUs this
+    process may use)."""
+    cpus = getattr(os, "process_cpu_count", os.cpu_count)()
+    return min(32, (cpus or 1) + 4)
 
 
 def weaveloop_factory(**options):

@@ -19,7 +19,15 @@ import traceback
 
 import pytest
 import weaveloop
-from _support import SAFETY, Blocker, join_or_fail, run_python, start_thread, wait_or_fail
+from _support import (
+    SAFETY,
+    Blocker,
+    join_or_fail,
+    run_python,
+    start_thread,
+    stdlib_default_workers,
+    wait_or_fail,
+)
 
 # -- pool API (weaveloop pool vs stdlib pool) -------------------------------------------
 
@@ -208,14 +216,8 @@ def test_running_future_cannot_be_cancelled(make_pool):
     assert f.result(SAFETY) == "released"
 
 
-def _stdlib_default_workers() -> int:
-    # (Python 3.13 counts the CPUs this process may use.)
-    cpus = getattr(os, "process_cpu_count", os.cpu_count)()
-    return min(32, (cpus or 1) + 4)
-
-
 def test_default_max_workers_is_the_stdlib_default(make_pool):
-    assert make_pool()._max_workers == _stdlib_default_workers()
+    assert make_pool()._max_workers == stdlib_default_workers()
     assert make_pool(max_workers=3)._max_workers == 3
 
 

@@ -10,7 +10,6 @@ import asyncio
 import concurrent.futures
 import contextvars
 import inspect
-import os
 import re
 import sys
 import textwrap
@@ -27,6 +26,7 @@ from _support import (
     assert_fork_script_passes,
     join_or_fail,
     run,
+    stdlib_default_workers,
     wait_or_fail,
 )
 from _sync_support import wait_until
@@ -293,8 +293,7 @@ def test_default_executor_is_the_weaveloop_pool(wloop):
     # The stock loop's default pool is concurrent.futures'; weaveloop's is its own.
     run(wloop, wloop.run_in_executor(None, int))
     assert isinstance(wloop._default_executor, weaveloop.ThreadPoolExecutor)
-    cpus = getattr(os, "process_cpu_count", os.cpu_count)()  # (3.13: the process's)
-    assert wloop._default_executor._max_workers == min(32, (cpus or 1) + 4)
+    assert wloop._default_executor._max_workers == stdlib_default_workers()
 
 
 def test_executor_workers_option_sizes_the_default_pool():
