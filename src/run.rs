@@ -160,7 +160,7 @@ impl LoopCore {
             // switch 5 ms away, even while the loop always has work ready.
             py.detach(|| shared.poller.poll(wait, events))
         } else {
-            // The handshake of wake.rs: announce the park, then look at the queue.
+            // The handshake of stack.rs: a park is announced only if nothing is queued.
             let park = shared.injector.park();
             let t = if park.may_block() { wait } else { NOW };
             let r = py.detach(|| {
@@ -735,11 +735,9 @@ impl LoopCore {
         // Callbacks posted before the fork still run in the child, as with the stock
         // loop (its ready deque is copied); the parent's executor completions do not
         // apply here (their futures are cancelled below).
-        if let Some(items) = this.shared().injector.drain_after_fork() {
-            for item in items {
-                if let Posted::Call(h) = item {
-                    this.push_ready(Ready::Posted(h));
-                }
+        for item in this.shared().injector.drain_after_fork() {
+            if let Posted::Call(h) = item {
+                this.push_ready(Ready::Posted(h));
             }
         }
         let fresh = Shared::new()?;

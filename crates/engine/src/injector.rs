@@ -4,18 +4,15 @@
 //! back — after `close` has returned, every post is refused and every accepted item has
 //! been handed to `close`'s caller, so none vanishes; (2) a post that finds the loop
 //! parked wakes it, and only the first such post per park pays for it. Both rest on the
-//! one word of `wake.rs`.
+//! one word of `stack.rs`.
 
 use std::sync::atomic::{
     AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
 use std::time::{Duration, Instant};
 
-use crossbeam_queue::SegQueue;
-
 use crate::clock;
-
-use crate::wake::WakeState;
+use crate::stack::{PostStack, Pushed};
 
 /// Something that can interrupt the loop thread's blocking poll (an eventfd write).
 pub trait Unpark: Send + Sync {
@@ -37,8 +34,7 @@ impl<U: Unpark + ?Sized> Unpark for std::sync::Arc<U> {
 
 /// Lock-free multi-producer queue plus the park handshake of its single consumer.
 pub struct Injector<T, U: Unpark = std::sync::Arc<crate::poller::Wakeup>> {
-    queue: SegQueue<T>,
-    wake: WakeState,
+    queue: PostStack<T>,
     unpark: U,
     /// Posted items the loop has taken out of the queue but not run yet, as it last
     /// reported (see `report_backlog`): with what is queued, the backlog flow control
@@ -62,19 +58,22 @@ pub struct Injector<T, U: Unpark = std::sync::Arc<crate::poller::Wakeup>> {
 /// A park of the loop thread (see `Injector::park`).
 pub struct Park<'a, T, U: Unpark> {
     injector: &'a Injector<T, U>,
+    parked: bool,
 }
 
 impl<T, U: Unpark> Park<'_, T, U> {
-    /// False if the loop must not block because something is already queued. (Looked
-    /// at after the park was announced: the order the handshake of wake.rs needs.)
+    /// False if the loop must not block because something was already queued: then the
+    /// park was not announced at all (see `PostStack::park`).
     pub fn may_block(&self) -> bool {
-        self.injector.queue.is_empty()
+        self.parked
     }
 }
 
 impl<T, U: Unpark> Drop for Park<'_, T, U> {
     fn drop(&mut self) {
-        self.injector.wake.end_park();
+        if self.parked {
+            self.injector.queue.unpark();
+        }
     }
 }
 
@@ -106,8 +105,7 @@ const THROTTLE_STEP: Duration = Duration::from_micros(50);
 impl<T, U: Unpark> Injector<T, U> {
     pub fn new(unpark: U) -> Self {
         Injector {
-            queue: SegQueue::new(),
-            wake: WakeState::new(),
+            queue: PostStack::new(),
             unpark,
             backlog: AtomicUsize::new(0),
             progress: AtomicU64::new(0),
@@ -126,22 +124,20 @@ impl<T, U: Unpark> Injector<T, U> {
     /// `post`, with the caller choosing how the wake-up of a parked loop is issued
     /// (`wake` is called with the unparker, at most once).
     pub fn post_with(&self, item: T, wake: impl FnOnce(&U)) -> Result<(), T> {
-        if !self.wake.enter() {
-            return Err(item);
+        match self.queue.push(item) {
+            Pushed::Refused(item) => Err(item),
+            Pushed::Queued(parked) => {
+                if parked {
+                    wake(&self.unpark);
+                }
+                Ok(())
+            }
         }
-        self.queue.push(item);
-        if self.wake.leave() {
-            wake(&self.unpark);
-        }
-        Ok(())
     }
 
     /// Loop thread: moves every queued item into `out`, in posting order per thread.
     pub fn drain_into(&self, out: &mut Vec<T>) {
-        out.reserve(self.queue.len());
-        while let Some(item) = self.queue.pop() {
-            out.push(item);
-        }
+        self.queue.take_into(out);
         self.progress.fetch_add(1, Relaxed);
     }
 
@@ -157,7 +153,7 @@ impl<T, U: Unpark> Injector<T, U> {
 
     /// Posted items not run yet: queued, or taken by the loop and still to run.
     fn behind(&self) -> usize {
-        self.queue.len() + self.backlog.load(Relaxed)
+        self.len() + self.backlog.load(Relaxed)
     }
 
     /// Whether `throttle` would wait: a cheap check to make before giving up the GIL.
@@ -203,8 +199,11 @@ impl<T, U: Unpark> Injector<T, U> {
     /// (also when a panic unwinds through the blocking poll: a park left announced would
     /// keep posters from ever waking the next one).
     pub fn park(&self) -> Park<'_, T, U> {
-        self.wake.begin_park();
-        Park { injector: self }
+        let parked = self.queue.park();
+        Park {
+            injector: self,
+            parked,
+        }
     }
 
     /// Loop thread: busy-waits (no syscalls) until something is queued or `budget` has
@@ -284,23 +283,19 @@ impl<T, U: Unpark> Injector<T, U> {
         Ok(())
     }
 
-    /// In a forked child, where only the calling thread exists: everything queued, or
-    /// None if a post was in progress at the fork (its thread is gone, its slot might
-    /// never be completed, so the queue must not be read).
-    pub fn drain_after_fork(&self) -> Option<Vec<T>> {
-        if self.wake.posting() {
-            return None;
-        }
+    /// In a forked child, where only the calling thread exists: everything queued. (A
+    /// post is a single RMW, so one in progress at the fork either landed or did not:
+    /// the queue is whole whatever the parent's other threads were doing.)
+    pub fn drain_after_fork(&self) -> Vec<T> {
         let mut out = Vec::new();
         self.drain_into(&mut out);
-        Some(out)
+        out
     }
 
     /// Refuses every later post and returns everything accepted but not yet drained.
     pub fn close(&self) -> Vec<T> {
-        self.wake.close();
         let mut rest = Vec::new();
-        self.drain_into(&mut rest);
+        self.queue.close_into(&mut rest);
         rest
     }
 }
@@ -335,16 +330,6 @@ mod tests {
         drop(park);
         inj.drain_into(&mut out);
         assert_eq!(out, vec![1, 2, 3]);
-    }
-
-    #[test]
-    fn drain_after_fork_refuses_while_a_post_was_in_progress() {
-        let inj = Injector::new(Arc::new(CountingUnpark::default()));
-        inj.post(1).unwrap();
-        assert!(inj.wake.enter()); // a poster mid-push when the fork happened
-        assert!(inj.drain_after_fork().is_none());
-        inj.wake.leave();
-        assert_eq!(inj.drain_after_fork(), Some(vec![1]));
     }
 
     #[test]

@@ -7,13 +7,12 @@ pub mod injector;
 pub mod net;
 pub mod poller;
 pub mod pool;
+pub mod stack;
 pub mod sync;
 pub mod timerfd;
 pub mod timers;
-pub mod wake;
 
 pub use injector::{Injector, Throttle};
 pub use poller::{Poller, Readiness, Wait};
 pub use pool::{Pool, Submitted};
 pub use timers::TimerHeap;
-pub use wake::WakeState;
