@@ -247,6 +247,7 @@ impl Callback {
     /// `new`, where `debug` (Some in debug mode) holds an interrupt raised in its Python
     /// code (asyncio's `iscoroutinefunction`, the source traceback): the callable then
     /// counts as not a coroutine function, and the callback has no debug information.
+    #[inline(always)]
     pub fn checked(
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
@@ -623,6 +624,7 @@ impl Handle {
     /// A `call_soon_threadsafe` from any thread but the one running the loop: the object
     /// is what is queued. Shaped as a watcher's, but untracked, as the one-shot handles
     /// below.
+    #[inline(always)]
     pub fn posted(py: Python<'_>, cb: Callback) -> PyResult<Py<Handle>> {
         let held = Held::Posted(cb, interop::thread_serial());
         let handle = Py::new(py, Handle { held })?;
