@@ -195,9 +195,9 @@ impl<T, U: Unpark> Injector<T, U> {
         self.queue.len()
     }
 
-    /// Loop thread: announces a park, which lasts until the returned guard is dropped
-    /// (also when a panic unwinds through the blocking poll: a park left announced would
-    /// keep posters from ever waking the next one).
+    /// Loop thread: announces a park (unless something is queued), which lasts until
+    /// the returned guard is dropped, also when a panic unwinds through the blocking
+    /// poll (a park left announced would cost the next post a needless wake-up).
     pub fn park(&self) -> Park<'_, T, U> {
         let parked = self.queue.park();
         Park {
@@ -284,8 +284,10 @@ impl<T, U: Unpark> Injector<T, U> {
     }
 
     /// In a forked child, where only the calling thread exists: everything queued. (A
-    /// post is a single RMW, so one in progress at the fork either landed or did not:
-    /// the queue is whole whatever the parent's other threads were doing.)
+    /// post is a single RMW, so one in progress at the fork either landed or did not. A
+    /// take in progress would own its items in a thread that does not exist here: the
+    /// caller rules that out (the binding layer takes only while holding the GIL, as
+    /// the forking thread does).)
     pub fn drain_after_fork(&self) -> Vec<T> {
         let mut out = Vec::new();
         self.drain_into(&mut out);
@@ -344,17 +346,19 @@ mod tests {
         let counter = Arc::new(CountingUnpark::default());
         let inj = Injector::new(counter.clone());
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _park = inj.park();
-            inj.post(1).unwrap(); // wakes the park: NOTIFIED
+            let park = inj.park();
+            assert!(park.may_block());
             panic!("the poll failed");
         }));
         assert!(unwound.is_err());
+        inj.post(1).unwrap();
+        assert_eq!(counter.0.load(SeqCst), 0, "the loop runs: the park is over");
         let mut out = Vec::new();
         inj.drain_into(&mut out);
         let park = inj.park();
         assert!(park.may_block());
         inj.post(2).unwrap();
-        assert_eq!(counter.0.load(SeqCst), 2, "the next park is woken too");
+        assert_eq!(counter.0.load(SeqCst), 1, "the next park is woken");
         drop(park);
     }
 

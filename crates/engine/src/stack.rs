@@ -2,34 +2,37 @@
 //! the loop's park flag, the close gate and the count of what is queued.
 //!
 //! The word: the address of the newest node (nodes are 8-byte aligned, and user-space
-//! addresses fit in 48 bits), two flag bits below it, and above it how many nodes are
-//! queued (saturating at `MAX_COUNT`).
+//! addresses of x86-64 and aarch64, untagged, fit in 48 bits), two flag bits below it,
+//! and above it how many nodes are queued (saturating at `MAX_COUNT`).
 //!
 //! * poster: one compare-and-swap puts its node on top (the address it read becomes
 //!   the node's `next`), adds one to the count and clears PARKED; refused while CLOSED.
-//! * loop, taking: one RMW clears address and count and keeps the flags; the nodes it
-//!   gets are its own, newest first, and come out in posting order.
-//! * loop, parking: sets PARKED only if nothing is queued (a compare-and-swap from an
-//!   empty word). Then it blocks; the first post after that reads PARKED in its own
-//!   compare-and-swap and must wake it.
+//! * taking (the loop thread; any thread may, each take gets its own nodes): one RMW
+//!   clears address and count and keeps the flags; the nodes it returns are the
+//!   taker's alone, newest first, and come out in posting order.
+//! * the loop parking: it sets PARKED only if nothing is queued (a compare-and-swap
+//!   from an empty word). Then it blocks; the first post after that reads PARKED in its
+//!   own compare-and-swap and must wake it.
 //! * close: one swap to CLOSED, which hands over everything queued.
 //!
-//! Invariants, resting on nothing but the modification order of this one word (all
-//! sides change it by RMWs; no fences, no GIL):
+//! Invariants (all sides change the word by RMWs, so they see one modification order;
+//! no fences, no GIL):
 //! (1) no lost wake-up: if a post's RMW precedes the park's, the park finds the word
 //!     non-empty and does not happen; if it follows, it reads PARKED. Only the first
 //!     post per park reads PARKED (its RMW clears it): wake-ups are coalesced.
 //! (2) a post is accepted (its node is in the word's chain) or refused (it read
 //!     CLOSED); everything accepted is taken by a later take or by `close`, never lost.
-//!     A post is one RMW, so nothing is ever half-published (a forked child finds the
-//!     stack consistent, whatever its other threads were doing).
-//! (3) no thread reads a node it does not own: a poster reads only the word, never the
-//!     node it points to, so a taken node is never touched again by a poster (and a
-//!     stale compare-and-swap simply fails: no ABA problem).
+//!     A post is one RMW, so nothing is ever half-published.
+//! (3) a node's contents are seen whole by its taker: the poster writes them before its
+//!     release compare-and-swap, the taker reads them after its acquire RMW.
+//! (4) a poster never reads through the address it found in the word (it only stores
+//!     it as its node's `next`), so it never touches a node that was taken meanwhile
+//!     and maybe reused; a stale compare-and-swap either fails or, if the address came
+//!     back (ABA), links to exactly what is now on top, which is correct.
 //!
-//! Node memory is recycled (see `nodes`): the loop hands each taken chain back whole, a
-//! poster takes it whole into a cache of its thread, so neither side pays for an
-//! allocation per item.
+//! Node memory is recycled (see `nodes`): the loop hands each taken chain back, and a
+//! posting thread takes a part of it into a cache of its own, so neither side pays for
+//! an allocation per item.
 //!
 //! Why not crossbeam's `SegQueue`, which this replaced: the handshake and the gate
 //! need a word of their own beside it, which costs a post two more RMWs (in and out of
@@ -38,23 +41,48 @@
 //! `threadsafe_1` shape (a thread posting to the loop, both sharing the GIL, so every
 //! cost adds up) the change measured +12-18% posts per second.
 //!
-//! `tests::loom_*` model-check (1) and (2) (run with
+//! `loom_tests` model-check (1), (2) and (3) (run with
 //! `RUSTFLAGS="--cfg loom" cargo test -p weaveloop-engine --release --lib loom`).
+
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("the injector's word packs a 48-bit address with a count: 64-bit targets only");
 
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::ptr;
 
 #[cfg(loom)]
-use loom::sync::atomic::{
-    AtomicUsize,
-    Ordering::{AcqRel, Acquire, Relaxed, Release},
+use loom::{
+    cell::UnsafeCell,
+    sync::atomic::{
+        AtomicPtr, AtomicUsize,
+        Ordering::{AcqRel, Acquire, Relaxed, Release},
+    },
 };
 #[cfg(not(loom))]
 use std::sync::atomic::{
-    AtomicUsize,
+    AtomicPtr, AtomicUsize,
     Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
+
+/// std's `UnsafeCell` with loom's interface, so that under loom every access to a
+/// node's fields is checked against the happens-before order of the word's RMWs.
+#[cfg(not(loom))]
+#[repr(transparent)]
+struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> UnsafeCell<T> {
+    fn new(value: T) -> Self {
+        UnsafeCell(std::cell::UnsafeCell::new(value))
+    }
+    fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+    fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
 
 const PARKED: usize = 0b01;
 const CLOSED: usize = 0b10;
@@ -63,12 +91,15 @@ const ADDRESS_BITS: u32 = 48;
 const ADDRESS: usize = ((1 << ADDRESS_BITS) - 1) & !FLAGS;
 /// The count saturates here (it only steers flow control, far below it).
 pub const MAX_COUNT: usize = (1 << (usize::BITS - ADDRESS_BITS)) - 1;
+/// The most emptied nodes a take hands back for reuse (the rest are freed): as many as
+/// flow control usually lets a flood queue (see `Throttle::CALLBACKS`).
+const CHAIN_MAX: usize = 8192;
 
 #[repr(C)]
 struct Node<T> {
-    /// First, so that a node's memory is a `nodes::Block` (see there).
-    next: *mut Node<T>,
-    item: MaybeUninit<T>,
+    /// First, so that a recycled node's memory is a `nodes::Block` whose link this is.
+    next: UnsafeCell<*mut Node<T>>,
+    item: UnsafeCell<MaybeUninit<T>>,
 }
 
 /// What a post did.
@@ -82,15 +113,15 @@ pub enum Pushed<T> {
 
 pub struct PostStack<T> {
     word: AtomicUsize,
-    /// A chain of emptied nodes the loop handed back (a `nodes::Block` chain), or 0.
-    spare: AtomicUsize,
+    /// Emptied nodes handed back by takes, for posters to reuse (see `nodes`).
+    spare: AtomicPtr<nodes::Block>,
     _owns: PhantomData<Box<Node<T>>>,
 }
 
 // SAFETY: items cross threads only through the word, by the ownership transfer its RMWs
-// order (a poster gives its node up in the compare-and-swap that publishes it, the
-// taker owns what its RMW returned; spare chains move the same way), so the stack may
-// be sent and shared when its items may be sent.
+// order (a poster gives its node up in the compare-and-swap that publishes it, a taker
+// owns the chain its RMW returned; spare chains move the same way), so the stack may be
+// sent and shared when its items may be sent.
 unsafe impl<T: Send> Send for PostStack<T> {}
 // SAFETY: see above; shared access is only through atomic operations on the two words.
 unsafe impl<T: Send> Sync for PostStack<T> {}
@@ -102,7 +133,7 @@ impl<T> Default for PostStack<T> {
 }
 
 fn address<T>(word: usize) -> *mut Node<T> {
-    (word & ADDRESS) as *mut Node<T>
+    ptr::with_exposed_provenance_mut(word & ADDRESS)
 }
 
 fn count(word: usize) -> usize {
@@ -110,45 +141,38 @@ fn count(word: usize) -> usize {
 }
 
 impl<T> PostStack<T> {
+    /// Whether this stack's nodes are recycled through `nodes` (otherwise: boxes).
+    const RECYCLED: bool = nodes::fits::<Node<T>>();
+
     pub fn new() -> Self {
         PostStack {
             word: AtomicUsize::new(0),
-            spare: AtomicUsize::new(0),
+            spare: AtomicPtr::new(ptr::null_mut()),
             _owns: PhantomData,
         }
     }
 
     /// Any thread: queues `item` unless closed.
     pub fn push(&self, item: T) -> Pushed<T> {
-        let node = nodes::take::<Node<T>>(&self.spare);
-        // (A user-space address always fits; this is the check that it did.)
-        assert_eq!(
-            node as usize & !ADDRESS,
-            0,
-            "a node's address does not fit the injector's word"
-        );
-        // SAFETY: `node` is fresh memory for a Node<T>, this thread's alone.
-        unsafe { ptr::addr_of_mut!((*node).item).write(MaybeUninit::new(item)) };
+        let node = self.new_node(item);
         let mut seen = self.word.load(Relaxed);
         loop {
             if seen & CLOSED != 0 {
-                // SAFETY: `node` was never published; its item was written above.
-                let item = unsafe { (*node).item.assume_init_read() };
-                // SAFETY: `node` is a lone, emptied node of ours.
-                unsafe {
-                    (*node).next = ptr::null_mut();
-                    nodes::give_back::<Node<T>>(&self.spare, node.cast());
-                }
+                // SAFETY: `node` was never published; its item is read out once, here,
+                // and the node is then released as the lone node it is.
+                let item = unsafe { (*node).item.with(|p| (*p).assume_init_read()) };
+                // SAFETY: as above.
+                unsafe { self.release_one(node) };
                 return Pushed::Refused(item);
             }
             // SAFETY: `node` is not published yet: this thread is its only user.
-            unsafe { (*node).next = address(seen) };
+            unsafe { (*node).next.with_mut(|p| *p = address(seen)) };
             let queued = (count(seen) + 1).min(MAX_COUNT);
             // Release: the node's contents before its publication. The new word has
             // PARKED clear (and CLOSED too, checked above).
             match self.word.compare_exchange_weak(
                 seen,
-                node as usize | queued << ADDRESS_BITS,
+                node.expose_provenance() | queued << ADDRESS_BITS,
                 Release,
                 Relaxed,
             ) {
@@ -158,23 +182,48 @@ impl<T> PostStack<T> {
         }
     }
 
-    /// Owner (the loop thread): moves everything queued into `out`, oldest first.
-    /// Returns how many items it moved.
-    pub fn take_into(&self, out: &mut Vec<T>) -> usize {
-        if address::<T>(self.word.load(Relaxed)).is_null() {
-            return 0;
+    /// A node holding `item`, not published.
+    fn new_node(&self, item: T) -> *mut Node<T> {
+        let node = Node {
+            next: UnsafeCell::new(ptr::null_mut()),
+            item: UnsafeCell::new(MaybeUninit::new(item)),
+        };
+        let at = if Self::RECYCLED {
+            nodes::take(&self.spare).cast::<Node<T>>()
+        } else {
+            Box::into_raw(Box::new(MaybeUninit::<Node<T>>::uninit())).cast()
+        };
+        if at.addr() & !ADDRESS != 0 {
+            // SAFETY: `at` is fresh, unpublished node memory of ours.
+            unsafe { self.release_uninit(at) };
+            panic!(
+                "weaveloop's injector needs untagged 48-bit user-space addresses (x86-64, \
+                 or aarch64 without memory tagging); the allocator returned {at:p}"
+            );
         }
+        // SAFETY: `at` is fresh memory sized and aligned for a Node<T> (a block when
+        // RECYCLED, see `nodes::fits`), this thread's alone.
+        unsafe { at.write(node) };
+        at
+    }
+
+    /// Owner (the loop thread, or a thread draining for it): moves everything queued
+    /// into `out`, oldest first. Returns how many items it moved.
+    pub fn take_into(&self, out: &mut Vec<T>) -> usize {
+        // (Callers look at `is_empty` first where it matters: no early return here,
+        // which would also hide the race from the loom model.)
         // Acquire: pairs with the posters' Release, so the nodes' contents are visible.
-        let top = address(self.word.fetch_and(FLAGS, Acquire));
+        let word = self.word.fetch_and(FLAGS, Acquire);
+        out.reserve(count(word));
         // SAFETY: the RMW made this chain ours alone.
-        unsafe { self.collect(top, out) }
+        unsafe { self.collect(address(word), out) }
     }
 
     /// Refuses every later post and moves everything queued into `out`, oldest first.
     pub fn close_into(&self, out: &mut Vec<T>) -> usize {
-        let top = address(self.word.swap(CLOSED, Acquire));
+        let word = self.word.swap(CLOSED, Acquire);
         // SAFETY: the swap made this chain ours alone.
-        unsafe { self.collect(top, out) }
+        unsafe { self.collect(address(word), out) }
     }
 
     /// # Safety
@@ -187,14 +236,14 @@ impl<T> PostStack<T> {
             // SAFETY: per the contract, `at` is an owned node whose item was written
             // and is read out once, here.
             let next = unsafe {
-                out.push((*at).item.assume_init_read());
-                (*at).next
+                (*at).item.with(|p| out.push((*p).assume_init_read()));
+                (*at).next.with(|p| *p)
             };
             kept += 1;
-            if kept == nodes::CHAIN_MAX {
-                // Kept for reuse: the nodes up to here; the rest is freed (below).
+            if kept == CHAIN_MAX {
+                // Handed back for reuse: the nodes up to here; the rest is freed.
                 // SAFETY: `at` is ours.
-                unsafe { (*at).next = ptr::null_mut() };
+                unsafe { (*at).next.with_mut(|p| *p = ptr::null_mut()) };
                 surplus = next;
             }
             at = next;
@@ -202,8 +251,8 @@ impl<T> PostStack<T> {
         out[start..].reverse();
         // SAFETY: both chains are ours and emptied (the first one cut from the second).
         unsafe {
-            nodes::give_back::<Node<T>>(&self.spare, top.cast());
-            nodes::free_chain::<Node<T>>(surplus.cast());
+            self.release_chain(top);
+            self.free_chain(surplus);
         }
         out.len() - start
     }
@@ -218,12 +267,13 @@ impl<T> PostStack<T> {
         count(self.word.load(Relaxed))
     }
 
-    /// Owner: announces a park if nothing is queued; returns whether it did (and so
-    /// whether the owner may block until woken). A park is ended by `unpark`.
+    /// The loop thread (the one owner of the park): announces a park if nothing is
+    /// queued and the stack is open; returns whether it did, and so whether the loop
+    /// may block until woken. A park is ended by `unpark`.
     pub fn park(&self) -> bool {
         let mut seen = self.word.load(Relaxed);
         loop {
-            if !address::<T>(seen).is_null() {
+            if !address::<T>(seen).is_null() || seen & CLOSED != 0 {
                 return false;
             }
             match self
@@ -236,9 +286,62 @@ impl<T> PostStack<T> {
         }
     }
 
-    /// Owner: its park is over (whether a post woke it or not).
+    /// The loop thread: its park is over (whether a post woke it or not).
     pub fn unpark(&self) {
         self.word.fetch_and(!PARKED, Relaxed);
+    }
+
+    /// # Safety
+    /// `top` heads an owned chain of emptied nodes (or is null).
+    unsafe fn release_chain(&self, top: *mut Node<T>) {
+        if Self::RECYCLED {
+            // SAFETY: per the contract; RECYCLED nodes are blocks linked by their first
+            // word (`Node::next`).
+            unsafe { nodes::give_back(&self.spare, top.cast()) };
+        } else {
+            // SAFETY: per the contract.
+            unsafe { self.free_chain(top) };
+        }
+    }
+
+    /// # Safety
+    /// As `release_chain`.
+    unsafe fn free_chain(&self, mut top: *mut Node<T>) {
+        if Self::RECYCLED {
+            // SAFETY: as in `release_chain`.
+            unsafe { nodes::free_blocks(top.cast()) };
+            return;
+        }
+        while !top.is_null() {
+            // SAFETY: per the contract, boxes made by `new_node`, emptied (the item is
+            // MaybeUninit: dropping the node does not drop it).
+            let node = unsafe { Box::from_raw(top) };
+            top = node.next.with(|p| unsafe { *p });
+        }
+    }
+
+    /// # Safety
+    /// `node` is an emptied node of ours that no chain links.
+    unsafe fn release_one(&self, node: *mut Node<T>) {
+        if Self::RECYCLED {
+            // SAFETY: per the contract (a block, see `release_chain`).
+            unsafe { nodes::keep(node.cast()) };
+        } else {
+            // SAFETY: per the contract, a box made by `new_node`.
+            drop(unsafe { Box::from_raw(node) });
+        }
+    }
+
+    /// # Safety
+    /// `at` is node memory from `new_node`, not written yet, of ours.
+    unsafe fn release_uninit(&self, at: *mut Node<T>) {
+        if Self::RECYCLED {
+            // SAFETY: per the contract (a block).
+            unsafe { nodes::keep(at.cast()) };
+        } else {
+            // SAFETY: per the contract, the uninitialised box made by `new_node`.
+            drop(unsafe { Box::from_raw(at.cast::<MaybeUninit<Node<T>>>()) });
+        }
     }
 }
 
@@ -247,20 +350,23 @@ impl<T> Drop for PostStack<T> {
         let mut rest = Vec::new();
         self.close_into(&mut rest);
         drop(rest);
+        let spare = self.spare.swap(ptr::null_mut(), Acquire);
         // SAFETY: `&mut self`: the spare chain is reachable from here alone.
-        unsafe { nodes::free_chain::<Node<T>>(self.spare.swap(0, Acquire) as *mut _) };
+        unsafe { nodes::free_blocks(spare) };
     }
 }
 
 /// Node memory, recycled: a node is emptied by the loop thread and filled by a posting
 /// thread, so a general-purpose allocator would see every block freed on another
-/// thread than the one that allocated it (its slowest path). Instead the loop hands a
-/// taken chain back whole (`give_back`: one swap; a chain left there untaken is freed)
-/// and a posting thread takes it whole into a cache of its own (`take`: one swap per
-/// chain) when its cache is empty. A chain handed back holds at most `CHAIN_MAX`
-/// nodes, so that is all a thread ever keeps. Every node type whose memory fits a
-/// `Block` shares the cache (the blocks are untyped); others, and every node under
-/// loom (whose threads share one OS thread), are plain boxes.
+/// thread than the one that allocated it, its slowest path. Instead a take hands its
+/// emptied chain back (`give_back`: one swap; a chain left there untaken is freed), and
+/// a posting thread whose cache is empty takes the spare chain (one swap), keeps up to
+/// `CACHE_MAX` blocks of it and puts the rest back for the other posters (one
+/// compare-and-swap; freed if a newer chain came meanwhile). A thread keeps at most
+/// `CACHE_MAX` blocks (12 KiB with malloc's overhead); the spare chain holds at most
+/// `CHAIN_MAX`. Every node type whose memory fits a `Block` shares the cache (blocks are
+/// untyped); others, and every node under loom (whose threads share one OS thread, and
+/// whose cells are larger), are plain boxes.
 mod nodes {
     use super::*;
     use std::cell::Cell;
@@ -271,11 +377,10 @@ mod nodes {
         _rest: [MaybeUninit<u8>; 24],
     }
 
-    /// The most nodes a chain handed back keeps (256 KiB): as many as flow control
-    /// lets a flood queue (see `Throttle::CALLBACKS`).
-    pub(super) const CHAIN_MAX: usize = 8192;
+    /// The most free blocks a thread keeps for itself.
+    pub(super) const CACHE_MAX: usize = 256;
 
-    const fn shared<N>() -> bool {
+    pub(super) const fn fits<N>() -> bool {
         !cfg!(loom)
             && std::mem::size_of::<N>() <= std::mem::size_of::<Block>()
             && std::mem::align_of::<N>() <= std::mem::align_of::<Block>()
@@ -293,9 +398,7 @@ mod nodes {
     }
 
     thread_local! {
-        static CACHE: Cache = const {
-            Cache { top: Cell::new(ptr::null_mut()) }
-        };
+        static CACHE: Cache = const { Cache { top: Cell::new(ptr::null_mut()) } };
     }
 
     #[cfg(test)]
@@ -315,7 +418,7 @@ mod nodes {
 
     /// # Safety
     /// `top` heads an owned chain of blocks made by `new_block` (or is null).
-    unsafe fn free_blocks(mut top: *mut Block) {
+    pub(super) unsafe fn free_blocks(mut top: *mut Block) {
         while !top.is_null() {
             // SAFETY: per the contract.
             let block = unsafe { Box::from_raw(top) };
@@ -323,17 +426,13 @@ mod nodes {
         }
     }
 
-    /// Uninitialised memory for one `N`, this thread's to fill.
-    pub(super) fn take<N>(spare: &AtomicUsize) -> *mut N {
-        if !shared::<N>() {
-            return Box::into_raw(Box::new(MaybeUninit::<N>::uninit())).cast();
-        }
+    /// Memory for one node, this thread's to fill.
+    pub(super) fn take(spare: &AtomicPtr<Block>) -> *mut Block {
         let cached = CACHE
             .try_with(|cache| {
                 let mut top = cache.top.get();
                 if top.is_null() {
-                    // Acquire: pairs with give_back's release of the emptied chain.
-                    top = spare.swap(0, Acquire) as *mut Block;
+                    top = refill(spare);
                     if top.is_null() {
                         return ptr::null_mut();
                     }
@@ -344,48 +443,99 @@ mod nodes {
             })
             .unwrap_or(ptr::null_mut());
         if cached.is_null() {
-            new_block().cast()
+            new_block()
         } else {
-            cached.cast()
+            cached
         }
+    }
+
+    /// Takes up to CACHE_MAX blocks of the spare chain; the rest goes back.
+    fn refill(spare: &AtomicPtr<Block>) -> *mut Block {
+        if spare.load(Relaxed).is_null() {
+            return ptr::null_mut();
+        }
+        // Acquire: pairs with the Release of whoever put the chain there.
+        let top = spare.swap(ptr::null_mut(), Acquire);
+        if top.is_null() {
+            return ptr::null_mut();
+        }
+        let mut last = top;
+        // SAFETY (all three blocks): the swap made the chain ours.
+        unsafe {
+            for _ in 1..CACHE_MAX {
+                if (*last).next.is_null() {
+                    break;
+                }
+                last = (*last).next;
+            }
+            let rest = (*last).next;
+            if !rest.is_null() {
+                (*last).next = ptr::null_mut();
+                if spare
+                    .compare_exchange(ptr::null_mut(), rest, Release, Relaxed)
+                    .is_err()
+                {
+                    // A newer chain was handed back meanwhile: posters have plenty.
+                    free_blocks(rest);
+                }
+            }
+        }
+        top
     }
 
     /// Hands an emptied chain back for posting threads to reuse.
     ///
     /// # Safety
-    /// `top` heads an owned chain of emptied nodes, linked through their first word,
-    /// made by `take::<N>` (or is null).
-    pub(super) unsafe fn give_back<N>(spare: &AtomicUsize, top: *mut Block) {
+    /// `top` heads an owned chain of emptied blocks (or is null).
+    pub(super) unsafe fn give_back(spare: &AtomicPtr<Block>, top: *mut Block) {
         if top.is_null() {
             return;
         }
-        if !shared::<N>() {
-            // SAFETY: per the contract, boxes of N linked through their first word.
-            unsafe { free_chain::<N>(top) };
-            return;
-        }
-        // Release: the chain's links before a poster reads them.
-        let old = spare.swap(top as usize, AcqRel) as *mut Block;
+        // Release: the chain's links before a poster reads them; Acquire: the old chain
+        // (put back by a poster) before it is freed here.
+        let old = spare.swap(top, AcqRel);
         // SAFETY: the swap made the old chain ours.
         unsafe { free_blocks(old) };
     }
 
+    /// Puts one block back into this thread's cache (freed if the cache is gone).
+    ///
     /// # Safety
-    /// As `give_back`.
-    pub(super) unsafe fn free_chain<N>(mut top: *mut Block) {
-        if shared::<N>() {
-            // SAFETY: per the contract, blocks.
-            unsafe { free_blocks(top) };
-            return;
+    /// `block` is an owned block that no chain links.
+    pub(super) unsafe fn keep(block: *mut Block) {
+        // SAFETY: per the contract.
+        unsafe { (*block).next = ptr::null_mut() };
+        let kept = CACHE.try_with(|cache| {
+            // SAFETY: per the contract.
+            unsafe { (*block).next = cache.top.get() };
+            cache.top.set(block);
+        });
+        if kept.is_err() {
+            // SAFETY: per the contract.
+            unsafe { free_blocks(block) };
         }
+    }
+
+    #[cfg(all(test, not(loom)))]
+    /// The length of the chain at `top` (tests).
+    ///
+    /// # Safety
+    /// No other thread changes the chain meanwhile.
+    pub(super) unsafe fn chain_len(mut top: *mut Block) -> usize {
+        let mut n = 0;
         while !top.is_null() {
-            // SAFETY: per the contract, a box of N whose first word links the chain.
-            unsafe {
-                let next = *top.cast::<*mut Block>();
-                drop(Box::from_raw(top.cast::<MaybeUninit<N>>()));
-                top = next;
-            }
+            n += 1;
+            // SAFETY: per the contract.
+            top = unsafe { (*top).next };
         }
+        n
+    }
+
+    #[cfg(all(test, not(loom)))]
+    /// The length of this thread's cache (tests).
+    pub(super) fn cached() -> usize {
+        // SAFETY: the cache is this thread's own.
+        CACHE.with(|cache| unsafe { chain_len(cache.top.get()) })
     }
 }
 
@@ -441,6 +591,31 @@ mod loom_tests {
     #[test]
     fn loom_two_posters_never_lose_a_wakeup_and_wake_once() {
         model(2);
+    }
+
+    /// A take racing the posts (then a last take after them): every item comes out
+    /// once, read whole. Loom checks each read of a node's fields against the
+    /// happens-before order the word's RMWs make (the cells are loom's), so a post
+    /// published without Release, or a take without Acquire, fails here.
+    #[test]
+    fn loom_a_take_racing_posts_reads_every_item_whole_once() {
+        loom::model(|| {
+            let stack = Arc::new(PostStack::new());
+            let handles: Vec<_> = (0..2)
+                .map(|i| {
+                    let stack = stack.clone();
+                    thread::spawn(move || assert_eq!(stack.push(i), Pushed::Queued(false)))
+                })
+                .collect();
+            let mut out = Vec::new();
+            stack.take_into(&mut out);
+            for h in handles {
+                h.join().unwrap();
+            }
+            stack.take_into(&mut out);
+            out.sort();
+            assert_eq!(out, vec![0, 1]);
+        });
     }
 
     /// Posts racing `close`: each is refused, or handed over by `close`.
@@ -595,21 +770,89 @@ mod tests {
     }
 
     #[test]
-    fn a_chain_handed_back_is_capped() {
+    fn a_chain_handed_back_is_capped_and_shared_out_in_parts() {
         let stack = PostStack::new();
-        for i in 0..nodes::CHAIN_MAX as u32 + 50 {
+        for i in 0..CHAIN_MAX as u32 + 50 {
             stack.push(i);
         }
+        // (Posting emptied this thread's cache.)
+        assert_eq!(nodes::cached(), 0);
         taken(&stack);
-        let mut spare = stack.spare.load(SeqCst) as *mut *mut u8;
-        let mut len = 0;
-        while !spare.is_null() {
-            len += 1;
-            // SAFETY: the spare chain is not taken by anyone meanwhile (this thread
-            // alone uses the stack); each block's first word links the next.
-            spare = unsafe { *spare }.cast();
+        // SAFETY (both): this thread alone uses the stack, so the chain stays put.
+        let spare = || unsafe { nodes::chain_len(stack.spare.load(SeqCst)) };
+        assert_eq!(spare(), CHAIN_MAX, "the surplus was freed");
+        stack.push(1);
+        assert_eq!(
+            nodes::cached(),
+            nodes::CACHE_MAX - 1,
+            "a thread keeps a part"
+        );
+        assert_eq!(
+            spare(),
+            CHAIN_MAX - nodes::CACHE_MAX,
+            "and puts the rest back"
+        );
+    }
+
+    #[test]
+    fn a_refused_post_keeps_its_node_for_the_next_post() {
+        let open = PostStack::new();
+        for i in 0..10 {
+            open.push(i);
         }
-        assert_eq!(len, nodes::CHAIN_MAX);
+        taken(&open);
+        open.push(0); // refills this thread's cache from the chain just handed back
+        assert_eq!(nodes::cached(), 9);
+        let closed = PostStack::new();
+        closed.close_into(&mut Vec::new());
+        assert_eq!(closed.push(7), Pushed::Refused(7));
+        assert_eq!(
+            nodes::cached(),
+            9,
+            "the refused post's node went back to the cache"
+        );
+        let before = nodes::MADE.with(|m| m.get());
+        for i in 1..10 {
+            open.push(i);
+        }
+        assert_eq!(nodes::MADE.with(|m| m.get()), before, "all from the cache");
+        assert_eq!(taken(&open), (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn concurrent_takes_share_the_items_out_once() {
+        const EACH: u32 = 20_000;
+        let stack = Arc::new(PostStack::new());
+        let done = Arc::new(AtomicBool::new(false));
+        let poster = {
+            let stack = stack.clone();
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    stack.push(i);
+                }
+            })
+        };
+        let taker = {
+            let (stack, done) = (stack.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while !done.load(SeqCst) {
+                    stack.take_into(&mut got);
+                }
+                got
+            })
+        };
+        let mut mine = Vec::new();
+        while !poster.is_finished() {
+            stack.take_into(&mut mine);
+        }
+        poster.join().unwrap();
+        done.store(true, SeqCst);
+        let mut all = taker.join().unwrap();
+        stack.take_into(&mut mine);
+        all.extend(mine);
+        all.sort();
+        assert_eq!(all, (0..EACH).collect::<Vec<_>>());
     }
 
     /// Posters against a loop thread that takes and parks (blocking on a channel until a
@@ -658,6 +901,7 @@ mod tests {
         for p in posters {
             p.join().unwrap();
         }
+        assert!(woken.try_recv().is_err(), "a park was woken twice");
         for seq in got {
             assert_eq!(seq, (0..EACH).collect::<Vec<_>>());
         }
