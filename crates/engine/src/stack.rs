@@ -542,34 +542,37 @@ mod nodes {
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
-    use loom::sync::atomic::AtomicUsize;
     use loom::sync::Arc;
     use loom::thread;
 
-    /// One park of the loop against `posters` posts: if the loop blocks (its park was
+    /// Starts `n` posters, poster `i` posting `i`; each returns what its post did.
+    fn posters(stack: &Arc<PostStack<usize>>, n: usize) -> Vec<thread::JoinHandle<Pushed<usize>>> {
+        (0..n)
+            .map(|i| {
+                let stack = stack.clone();
+                thread::spawn(move || stack.push(i))
+            })
+            .collect()
+    }
+
+    fn joined(handles: Vec<thread::JoinHandle<Pushed<usize>>>) -> Vec<Pushed<usize>> {
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    /// One park of the loop against `n` posts: if the loop blocks (its park was
     /// announced), exactly one poster must have been told to wake it; if it does not,
     /// it must have seen an item; and every item is taken in the end.
-    fn model(posters: usize) {
+    fn model(n: usize) {
         loom::model(move || {
             let stack = Arc::new(PostStack::new());
-            let wakers = Arc::new(AtomicUsize::new(0));
-            let handles: Vec<_> = (0..posters)
-                .map(|i| {
-                    let (stack, wakers) = (stack.clone(), wakers.clone());
-                    thread::spawn(move || match stack.push(i) {
-                        Pushed::Queued(true) => {
-                            wakers.fetch_add(1, Relaxed);
-                        }
-                        Pushed::Queued(false) => {}
-                        Pushed::Refused(_) => panic!("refused while open"),
-                    })
-                })
-                .collect();
+            let handles = posters(&stack, n);
             let parked = stack.park();
-            for h in handles {
-                h.join().unwrap();
-            }
-            let woken = wakers.load(Relaxed);
+            let pushed = joined(handles);
+            assert!(!pushed.iter().any(|p| matches!(p, Pushed::Refused(_))));
+            let woken = pushed
+                .iter()
+                .filter(|&p| *p == Pushed::Queued(true))
+                .count();
             if parked {
                 assert_eq!(woken, 1, "a blocked loop is woken exactly once");
             } else {
@@ -579,7 +582,7 @@ mod loom_tests {
             let mut out = Vec::new();
             stack.take_into(&mut out);
             out.sort();
-            assert_eq!(out, (0..posters).collect::<Vec<_>>(), "every item taken");
+            assert_eq!(out, (0..n).collect::<Vec<_>>(), "every item taken");
         });
     }
 
@@ -601,16 +604,11 @@ mod loom_tests {
     fn loom_a_take_racing_posts_reads_every_item_whole_once() {
         loom::model(|| {
             let stack = Arc::new(PostStack::new());
-            let handles: Vec<_> = (0..2)
-                .map(|i| {
-                    let stack = stack.clone();
-                    thread::spawn(move || assert_eq!(stack.push(i), Pushed::Queued(false)))
-                })
-                .collect();
+            let handles = posters(&stack, 2);
             let mut out = Vec::new();
             stack.take_into(&mut out);
-            for h in handles {
-                h.join().unwrap();
+            for pushed in joined(handles) {
+                assert_eq!(pushed, Pushed::Queued(false));
             }
             stack.take_into(&mut out);
             out.sort();
@@ -623,18 +621,13 @@ mod loom_tests {
     fn loom_a_post_racing_close_is_refused_or_handed_over() {
         loom::model(|| {
             let stack = Arc::new(PostStack::new());
-            let handles: Vec<_> = (0..2)
-                .map(|i| {
-                    let stack = stack.clone();
-                    thread::spawn(move || matches!(stack.push(i), Pushed::Queued(_)))
-                })
-                .collect();
+            let handles = posters(&stack, 2);
             let mut handed = Vec::new();
             stack.close_into(&mut handed);
-            let accepted = handles
-                .into_iter()
-                .map(|h| h.join().unwrap())
-                .filter(|&a| a)
+            let pushed = joined(handles);
+            let accepted = pushed
+                .iter()
+                .filter(|p| matches!(p, Pushed::Queued(_)))
                 .count();
             assert_eq!(handed.len(), accepted, "an accepted post vanished");
             assert!(matches!(stack.push(9), Pushed::Refused(9)));
