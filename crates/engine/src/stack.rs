@@ -184,23 +184,24 @@ impl<T> PostStack<T> {
 
     /// A node holding `item`, not published.
     fn new_node(&self, item: T) -> *mut Node<T> {
-        let node = Node {
-            next: UnsafeCell::new(ptr::null_mut()),
-            item: UnsafeCell::new(MaybeUninit::new(item)),
-        };
         let at = if Self::RECYCLED {
             nodes::take(&self.spare).cast::<Node<T>>()
         } else {
             Box::into_raw(Box::new(MaybeUninit::<Node<T>>::uninit())).cast()
         };
         if at.addr() & !ADDRESS != 0 {
-            // SAFETY: `at` is fresh, unpublished node memory of ours.
-            unsafe { self.release_uninit(at) };
+            // SAFETY: `at` is fresh, unwritten node memory of ours.
+            unsafe { self.free_uninit(at) };
+            // (`item` is still ours here: dropped as the panic unwinds.)
             panic!(
                 "weaveloop's injector needs untagged 48-bit user-space addresses (x86-64, \
                  or aarch64 without memory tagging); the allocator returned {at:p}"
             );
         }
+        let node = Node {
+            next: UnsafeCell::new(ptr::null_mut()),
+            item: UnsafeCell::new(MaybeUninit::new(item)),
+        };
         // SAFETY: `at` is fresh memory sized and aligned for a Node<T> (a block when
         // RECYCLED, see `nodes::fits`), this thread's alone.
         unsafe { at.write(node) };
@@ -332,12 +333,18 @@ impl<T> PostStack<T> {
         }
     }
 
+    /// Frees node memory that was never written (not recycled: its address is unusable).
+    ///
     /// # Safety
     /// `at` is node memory from `new_node`, not written yet, of ours.
-    unsafe fn release_uninit(&self, at: *mut Node<T>) {
+    unsafe fn free_uninit(&self, at: *mut Node<T>) {
         if Self::RECYCLED {
-            // SAFETY: per the contract (a block).
-            unsafe { nodes::keep(at.cast()) };
+            // SAFETY: per the contract, a block; its link is set before it is freed.
+            unsafe {
+                let block = at.cast::<nodes::Block>();
+                nodes::unlink(block);
+                nodes::free_blocks(block);
+            }
         } else {
             // SAFETY: per the contract, the uninitialised box made by `new_node`.
             drop(unsafe { Box::from_raw(at.cast::<MaybeUninit<Node<T>>>()) });
@@ -349,10 +356,11 @@ impl<T> Drop for PostStack<T> {
     fn drop(&mut self) {
         let mut rest = Vec::new();
         self.close_into(&mut rest);
-        drop(rest);
         let spare = self.spare.swap(ptr::null_mut(), Acquire);
         // SAFETY: `&mut self`: the spare chain is reachable from here alone.
         unsafe { nodes::free_blocks(spare) };
+        // (Last: an item's drop that panics leaves no node memory behind.)
+        drop(rest);
     }
 }
 
@@ -502,9 +510,18 @@ mod nodes {
     ///
     /// # Safety
     /// `block` is an owned block that no chain links.
-    pub(super) unsafe fn keep(block: *mut Block) {
+    /// Clears a block's link (memory fresh from `take` holds whatever it held).
+    ///
+    /// # Safety
+    /// `block` is an owned block.
+    pub(super) unsafe fn unlink(block: *mut Block) {
         // SAFETY: per the contract.
         unsafe { (*block).next = ptr::null_mut() };
+    }
+
+    pub(super) unsafe fn keep(block: *mut Block) {
+        // SAFETY: per the contract.
+        unsafe { unlink(block) };
         let kept = CACHE.try_with(|cache| {
             // SAFETY: per the contract.
             unsafe { (*block).next = cache.top.get() };
@@ -529,6 +546,13 @@ mod nodes {
             top = unsafe { (*top).next };
         }
         n
+    }
+
+    #[cfg(all(test, not(loom)))]
+    /// Frees this thread's cache (tests: a known start).
+    pub(super) fn clear_cache() {
+        // SAFETY: the cache is this thread's own.
+        CACHE.with(|cache| unsafe { free_blocks(cache.top.replace(ptr::null_mut())) });
     }
 
     #[cfg(all(test, not(loom)))]
@@ -730,13 +754,17 @@ mod tests {
 
     #[test]
     fn node_memory_taken_by_the_loop_is_reused_by_posters() {
+        assert!(PostStack::<u32>::RECYCLED);
+        nodes::clear_cache();
         let stack = Arc::new(PostStack::new());
         let made = || nodes::MADE.with(|m| m.get());
         // This thread posts and takes: its second round of posts reuses the chain the
-        // first take handed back (once its own cache, if any, is used up).
+        // first take handed back.
+        let start = made();
         for i in 0..100 {
             stack.push(i);
         }
+        assert_eq!(made() - start, 100, "the first round allocates");
         taken(&stack);
         let before = made();
         for i in 0..100 {
@@ -789,6 +817,7 @@ mod tests {
 
     #[test]
     fn a_refused_post_keeps_its_node_for_the_next_post() {
+        nodes::clear_cache();
         let open = PostStack::new();
         for i in 0..10 {
             open.push(i);
@@ -814,38 +843,53 @@ mod tests {
 
     #[test]
     fn concurrent_takes_share_the_items_out_once() {
-        const EACH: u32 = 20_000;
-        let stack = Arc::new(PostStack::new());
-        let done = Arc::new(AtomicBool::new(false));
-        let poster = {
-            let stack = stack.clone();
-            std::thread::spawn(move || {
-                for i in 0..EACH {
-                    stack.push(i);
-                }
-            })
-        };
-        let taker = {
-            let (stack, done) = (stack.clone(), done.clone());
-            std::thread::spawn(move || {
-                let mut got = Vec::new();
-                while !done.load(SeqCst) {
-                    stack.take_into(&mut got);
-                }
-                got
-            })
-        };
-        let mut mine = Vec::new();
-        while !poster.is_finished() {
+        const EACH: u32 = 5_000;
+        // Rounds until both takers took something in the same round (a round where one
+        // of them got nothing still checks that every item came out once).
+        let mut overlapped = false;
+        for _ in 0..50 {
+            let stack = Arc::new(PostStack::new());
+            let start = Arc::new(std::sync::Barrier::new(3));
+            let done = Arc::new(AtomicBool::new(false));
+            let poster = {
+                let (stack, start) = (stack.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    for i in 0..EACH {
+                        stack.push(i);
+                    }
+                })
+            };
+            let taker = {
+                let (stack, start, done) = (stack.clone(), start.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    start.wait();
+                    while !done.load(SeqCst) {
+                        stack.take_into(&mut got);
+                    }
+                    got
+                })
+            };
+            let mut mine = Vec::new();
+            start.wait();
+            while !poster.is_finished() {
+                stack.take_into(&mut mine);
+            }
+            poster.join().unwrap();
+            done.store(true, SeqCst);
+            let theirs = taker.join().unwrap();
             stack.take_into(&mut mine);
+            overlapped = !mine.is_empty() && !theirs.is_empty();
+            let mut all = theirs;
+            all.extend(mine);
+            all.sort();
+            assert_eq!(all, (0..EACH).collect::<Vec<_>>());
+            if overlapped {
+                break;
+            }
         }
-        poster.join().unwrap();
-        done.store(true, SeqCst);
-        let mut all = taker.join().unwrap();
-        stack.take_into(&mut mine);
-        all.extend(mine);
-        all.sort();
-        assert_eq!(all, (0..EACH).collect::<Vec<_>>());
+        assert!(overlapped, "the two takers never both took in one round");
     }
 
     /// Posters against a loop thread that takes and parks (blocking on a channel until a
