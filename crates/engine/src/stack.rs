@@ -754,7 +754,7 @@ mod tests {
 
     #[test]
     fn node_memory_taken_by_the_loop_is_reused_by_posters() {
-        assert!(PostStack::<u32>::RECYCLED);
+        const { assert!(PostStack::<u32>::RECYCLED) };
         nodes::clear_cache();
         let stack = Arc::new(PostStack::new());
         let made = || nodes::MADE.with(|m| m.get());
