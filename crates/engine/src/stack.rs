@@ -229,6 +229,7 @@ impl<T> PostStack<T> {
 
     /// # Safety
     /// `top` heads a chain of filled nodes made by `push` that no other thread reaches.
+    // SAFETY: (contract) called by take_into/close_into with the chain their RMW took.
     unsafe fn collect(&self, top: *mut Node<T>, out: &mut Vec<T>) -> usize {
         let start = out.len();
         let (mut at, mut kept) = (top, 0);
@@ -294,6 +295,7 @@ impl<T> PostStack<T> {
 
     /// # Safety
     /// `top` heads an owned chain of emptied nodes (or is null).
+    // SAFETY: (contract) called by `collect` with chains it took and emptied.
     unsafe fn release_chain(&self, top: *mut Node<T>) {
         if Self::RECYCLED {
             // SAFETY: per the contract; RECYCLED nodes are blocks linked by their first
@@ -307,6 +309,8 @@ impl<T> PostStack<T> {
 
     /// # Safety
     /// As `release_chain`.
+    // SAFETY: (contract) called by `collect` and `release_chain` with owned, emptied
+    // chains.
     unsafe fn free_chain(&self, mut top: *mut Node<T>) {
         if Self::RECYCLED {
             // SAFETY: as in `release_chain`.
@@ -317,12 +321,14 @@ impl<T> PostStack<T> {
             // SAFETY: per the contract, boxes made by `new_node`, emptied (the item is
             // MaybeUninit: dropping the node does not drop it).
             let node = unsafe { Box::from_raw(top) };
+            // SAFETY: `p` points into the node just boxed, alive until the next line.
             top = node.next.with(|p| unsafe { *p });
         }
     }
 
     /// # Safety
     /// `node` is an emptied node of ours that no chain links.
+    // SAFETY: (contract) called by `push` with its own node, refused and emptied.
     unsafe fn release_one(&self, node: *mut Node<T>) {
         if Self::RECYCLED {
             // SAFETY: per the contract (a block, see `release_chain`).
@@ -337,14 +343,11 @@ impl<T> PostStack<T> {
     ///
     /// # Safety
     /// `at` is node memory from `new_node`, not written yet, of ours.
+    // SAFETY: (contract) called by `new_node` with memory it just got, unwritten.
     unsafe fn free_uninit(&self, at: *mut Node<T>) {
         if Self::RECYCLED {
-            // SAFETY: per the contract, a block; its link is set before it is freed.
-            unsafe {
-                let block = at.cast::<nodes::Block>();
-                nodes::unlink(block);
-                nodes::free_blocks(block);
-            }
+            // SAFETY: per the contract, a block of ours that no chain links.
+            unsafe { nodes::free_one(at.cast()) };
         } else {
             // SAFETY: per the contract, the uninitialised box made by `new_node`.
             drop(unsafe { Box::from_raw(at.cast::<MaybeUninit<Node<T>>>()) });
@@ -506,22 +509,24 @@ mod nodes {
         unsafe { free_blocks(old) };
     }
 
+    /// Frees one block, linked or not (memory fresh from `take` holds whatever its link
+    /// held: it is cleared first).
+    ///
+    /// # Safety
+    /// `block` is an owned block that no chain links.
+    pub(super) unsafe fn free_one(block: *mut Block) {
+        // SAFETY: per the contract; with its link cleared it is a chain of one.
+        unsafe {
+            (*block).next = ptr::null_mut();
+            free_blocks(block);
+        }
+    }
+
     /// Puts one block back into this thread's cache (freed if the cache is gone).
     ///
     /// # Safety
     /// `block` is an owned block that no chain links.
-    /// Clears a block's link (memory fresh from `take` holds whatever it held).
-    ///
-    /// # Safety
-    /// `block` is an owned block.
-    pub(super) unsafe fn unlink(block: *mut Block) {
-        // SAFETY: per the contract.
-        unsafe { (*block).next = ptr::null_mut() };
-    }
-
     pub(super) unsafe fn keep(block: *mut Block) {
-        // SAFETY: per the contract.
-        unsafe { unlink(block) };
         let kept = CACHE.try_with(|cache| {
             // SAFETY: per the contract.
             unsafe { (*block).next = cache.top.get() };
@@ -529,7 +534,7 @@ mod nodes {
         });
         if kept.is_err() {
             // SAFETY: per the contract.
-            unsafe { free_blocks(block) };
+            unsafe { free_one(block) };
         }
     }
 
