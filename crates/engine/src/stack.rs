@@ -848,53 +848,49 @@ mod tests {
 
     #[test]
     fn concurrent_takes_share_the_items_out_once() {
-        const EACH: u32 = 5_000;
-        // Rounds until both takers took something in the same round (a round where one
-        // of them got nothing still checks that every item came out once).
-        let mut overlapped = false;
-        for _ in 0..50 {
-            let stack = Arc::new(PostStack::new());
-            let start = Arc::new(std::sync::Barrier::new(3));
-            let done = Arc::new(AtomicBool::new(false));
-            let poster = {
-                let (stack, start) = (stack.clone(), start.clone());
-                std::thread::spawn(move || {
-                    start.wait();
-                    for i in 0..EACH {
-                        stack.push(i);
-                    }
-                })
-            };
-            let taker = {
-                let (stack, start, done) = (stack.clone(), start.clone(), done.clone());
-                std::thread::spawn(move || {
-                    let mut got = Vec::new();
-                    start.wait();
-                    while !done.load(SeqCst) {
-                        stack.take_into(&mut got);
-                    }
-                    got
-                })
-            };
-            let mut mine = Vec::new();
-            start.wait();
-            while !poster.is_finished() {
-                stack.take_into(&mut mine);
+        // The poster keeps posting until both takers have taken something, so the test
+        // does not depend on how the threads are scheduled (the deadline is only a
+        // safety net). Every item must then come out exactly once.
+        let stack = Arc::new(PostStack::new());
+        let took = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
+        let both_took = |took: &[AtomicBool; 2]| took.iter().all(|t| t.load(SeqCst));
+        let poster = {
+            let (stack, took) = (stack.clone(), took.clone());
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                let mut posted = 0u32;
+                while !both_took(&took) {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the takers never both took"
+                    );
+                    stack.push(posted);
+                    posted += 1;
+                }
+                posted
+            })
+        };
+        let take = move |stack: &PostStack<u32>, took: &[AtomicBool; 2], who: usize| {
+            let mut got = Vec::new();
+            while !both_took(took) {
+                let before = got.len();
+                stack.take_into(&mut got);
+                if got.len() > before {
+                    took[who].store(true, SeqCst);
+                }
             }
-            poster.join().unwrap();
-            done.store(true, SeqCst);
-            let theirs = taker.join().unwrap();
-            stack.take_into(&mut mine);
-            overlapped = !mine.is_empty() && !theirs.is_empty();
-            let mut all = theirs;
-            all.extend(mine);
-            all.sort();
-            assert_eq!(all, (0..EACH).collect::<Vec<_>>());
-            if overlapped {
-                break;
-            }
-        }
-        assert!(overlapped, "the two takers never both took in one round");
+            got
+        };
+        let taker = {
+            let (stack, took) = (stack.clone(), took.clone());
+            std::thread::spawn(move || take(&stack, &took, 1))
+        };
+        let mut all = take(&stack, &took, 0);
+        all.extend(taker.join().unwrap());
+        let posted = poster.join().unwrap();
+        stack.take_into(&mut all);
+        all.sort();
+        assert_eq!(all, (0..posted).collect::<Vec<_>>());
     }
 
     /// Posters against a loop thread that takes and parks (blocking on a channel until a
