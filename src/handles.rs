@@ -50,8 +50,16 @@ impl EmptyContext {
     }
 }
 
-fn call(py: Python<'_>, t: &Target) -> PyResult<()> {
-    t.args.call(t.callback.bind(py)).map(drop)
+/// The error comes boxed: a `PyResult<()>` is eight words, and the run path moved it
+/// whole through every layer (the unset words too), each move stalling on the
+/// one-word store just made (store forwarding fails); a boxed error is one word,
+/// kept in a register.
+#[inline(always)]
+fn call(py: Python<'_>, t: &Target) -> Result<(), Box<PyErr>> {
+    match t.args.call(t.callback.bind(py)) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Box::new(e)),
+    }
 }
 
 /// The callable and its arguments; dropped once a one-shot handle has run or any
@@ -87,6 +95,7 @@ impl Args {
         }
     }
 
+    #[inline(always)]
     fn call<'py>(&self, callback: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         match self {
             Args::Empty => interop::call_with_slice(callback, &[]),
@@ -309,7 +318,7 @@ impl Callback {
         let Some(t) = target else { return Ok(()) };
         let result = match &self.own_context(py) {
             Some(c) => interop::in_context(py, c, || call(py, &t)),
-            None => empty.get(py).and_then(|ctx| {
+            None => empty.get(py).map_err(Box::new).and_then(|ctx| {
                 let r = interop::in_context(py, &ctx, || call(py, &t));
                 if r.is_err() {
                     // asyncio (3.12+) runs the exception handler in the context the
@@ -335,7 +344,7 @@ impl Callback {
                 // what the cancelled handle holds, nothing ("Exception in callback None()").
                 t.release(py);
                 Err(CallbackError {
-                    err,
+                    err: *err,
                     callback: py.None(),
                     args: Args::Empty,
                     source_traceback: self.source_traceback(py),
@@ -344,7 +353,7 @@ impl Callback {
             Err(err) => {
                 // Keep the callable until the error report has named the handle.
                 let error = CallbackError {
-                    err,
+                    err: *err,
                     callback: t.callback.clone_ref(py),
                     args: t.args.clone_ref(py),
                     source_traceback: self.source_traceback(py),

@@ -437,7 +437,7 @@ pub fn call_with_tuple<'py>(
 
 /// `callable(*items)` through vectorcall; `items` are borrowed references the caller
 /// keeps alive for the call. Safe at interpreter exit (`HangOnExit`).
-#[inline]
+#[inline(always)]
 pub fn call_with_slice<'py>(
     callable: &Bound<'py, PyAny>,
     items: &[*mut ffi::PyObject],
@@ -556,22 +556,23 @@ pub fn new_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
 }
 
 /// Runs `f` with `context` entered, as `Context.run` does.
-pub fn in_context<T>(
+#[inline(always)]
+pub fn in_context<T, E: From<PyErr>>(
     py: Python<'_>,
     context: &Py<PyAny>,
-    f: impl FnOnce() -> PyResult<T>,
-) -> PyResult<T> {
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
     let ctx = context.as_ptr();
     // SAFETY: the GIL is held and `context` is a strong reference that outlives this call;
     // PyContext_Enter type-checks its argument and fails with TypeError for a non-Context.
     if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
-        return Err(PyErr::fetch(py));
+        return Err(PyErr::fetch(py).into());
     }
     let result = f();
     // SAFETY: `ctx` was entered just above on this thread and is still alive.
     if unsafe { ffi::PyContext_Exit(ctx) } < 0 {
         let exit_err = PyErr::fetch(py);
-        return result.and(Err(exit_err));
+        return result.and(Err(exit_err.into()));
     }
     result
 }
