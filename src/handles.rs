@@ -15,6 +15,7 @@ use pyo3::PyTraverseError;
 use crate::errors;
 use crate::gil::GilCell;
 use crate::interop;
+use crate::spent::Spent;
 
 /// The context that callbacks scheduled from an empty context run in: one empty
 /// `Context` reused until a callback leaves a variable set in it, then replaced. A context
@@ -590,7 +591,33 @@ callback_accessors!(TimerHandle);
 ///   loop thread frees.
 #[pyclass(module = "weaveloop._core", frozen, weakref)]
 pub struct Handle {
-    held: Held,
+    held: HeldCell,
+}
+
+/// A handle's `Held`, replaced only to reuse a spent posted handle's object.
+struct HeldCell(std::cell::UnsafeCell<Held>);
+
+// SAFETY: the contents are replaced only by `Handle::posted`, with the GIL held, on an
+// object taken from a loop's pool of spent handles (`Spent`). An object enters the pool
+// only when `Handle::spend` found that the pool's reference would be its only one, weak
+// or strong, and the pool hands it out to one caller only: nothing else can reach the
+// object while it changes. All other access is shared reads.
+unsafe impl Sync for HeldCell {}
+
+/// True if a weak reference to `obj` exists, or if its type does not say where they
+/// are kept (then assumed to exist).
+fn has_weakrefs(obj: *mut pyo3::ffi::PyObject) -> bool {
+    // SAFETY: `obj` is a live object and the GIL is held. A positive `tp_weaklistoffset`
+    // is the offset, within the object, of its (possibly null) weak-reference list.
+    unsafe {
+        let offset = (*pyo3::ffi::Py_TYPE(obj)).tp_weaklistoffset;
+        offset <= 0
+            || !(*obj
+                .cast::<u8>()
+                .offset(offset)
+                .cast::<*mut pyo3::ffi::PyObject>())
+            .is_null()
+    }
 }
 
 /// Where a handle's callback lives, with what only that kind of handle keeps.
@@ -613,15 +640,20 @@ enum Held {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        if let Held::Shared(cb, true) = &self.held {
+        if let Held::Shared(cb, true) = self.held() {
             cb.face.store(std::ptr::null_mut(), Relaxed);
         }
     }
 }
 
 impl Handle {
+    fn held(&self) -> &Held {
+        // SAFETY: see `HeldCell`: no replacement can happen while `self` is borrowed.
+        unsafe { &*self.held.0.get() }
+    }
+
     pub fn cb(&self) -> &Callback {
-        match &self.held {
+        match self.held() {
             Held::Watcher(cb) | Held::Posted(cb, _) => cb,
             Held::Shared(cb, _) => cb,
         }
@@ -634,25 +666,58 @@ impl Handle {
         Py::new(
             py,
             Handle {
-                held: Held::Watcher(cb),
+                held: HeldCell(Held::Watcher(cb).into()),
             },
         )
     }
 
     /// A `call_soon_threadsafe` from any thread but the one running the loop: the object
     /// is what is queued. Shaped as a watcher's, but untracked, as the one-shot handles
-    /// below.
+    /// below. `spent`: where it takes an object to reuse, if one waits there.
     #[inline(always)]
-    pub fn posted(py: Python<'_>, cb: Callback) -> PyResult<Py<Handle>> {
+    pub fn posted(py: Python<'_>, cb: Callback, spent: &Spent) -> PyResult<Py<Handle>> {
         let held = Held::Posted(cb, interop::thread_serial());
-        let handle = Py::new(py, Handle { held })?;
+        if let Some(handle) = spent.take(py) {
+            // SAFETY: the pool's reference was the object's only one (see `spend`), and
+            // is now ours; the GIL is held. So nothing else sees the change.
+            let old = unsafe { std::ptr::replace(handle.get().held.0.get(), held) };
+            drop(old); // holds no Python object (see `spend`)
+            return Ok(handle);
+        }
+        let handle = Py::new(
+            py,
+            Handle {
+                held: HeldCell(held.into()),
+            },
+        )?;
         untrack(&handle);
         Ok(handle)
     }
 
+    /// For a posted handle the loop has run and is about to let go of: true if that
+    /// reference is its only one (no weak reference either) and it holds nothing any
+    /// more, so its object may be reused for a later post (`posted`, `Spent`). Lets go
+    /// of what it still holds (its context) when so.
+    pub fn spend(py: Python<'_>, handle: &Py<Handle>) -> bool {
+        let ptr = handle.as_ptr();
+        // SAFETY: the GIL is held and `ptr` is a live object the caller holds.
+        let alone = || unsafe { pyo3::ffi::Py_REFCNT(ptr) } == 1 && !has_weakrefs(ptr);
+        let Held::Posted(cb, _) = handle.get().held() else {
+            return false;
+        };
+        if cb.debug.is_some() || !alone() {
+            return false;
+        }
+        cb.release(py);
+        drop(cb.context.with(py, Option::take));
+        // Dropping those may have run Python code, which cannot reach the object (no
+        // reference, weak or strong, leads to it), but look again all the same.
+        alone()
+    }
+
     /// True if the calling thread posted it through the injector.
     pub fn posted_here(&self) -> bool {
-        matches!(self.held, Held::Posted(_, by) if by == interop::thread_serial())
+        matches!(self.held(), Held::Posted(_, by) if *by == interop::thread_serial())
     }
 
     /// A one-shot handle: the object for the caller and the callback for the queue.
@@ -682,7 +747,7 @@ impl Handle {
     /// pymalloc here, and reused objects would come back untracked.)
     fn untracked(py: Python<'_>, cb: &Arc<Callback>, first: bool) -> PyResult<Py<Handle>> {
         let handle = Handle {
-            held: Held::Shared(Arc::clone(cb), first),
+            held: HeldCell(Held::Shared(Arc::clone(cb), first).into()),
         };
         let handle = Py::new(py, handle)?;
         untrack(&handle);

@@ -12,6 +12,7 @@ mod io;
 mod loop_core;
 mod posted;
 mod run;
+mod spent;
 mod sync;
 mod transport;
 

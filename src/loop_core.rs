@@ -24,6 +24,7 @@ use crate::gil::GilCell;
 use crate::handles::{untrack, Callback, EmptyContext, Handle, HeldInterrupt, TimerHandle};
 use crate::interop;
 use crate::posted::Posted;
+use crate::spent::Spent;
 
 /// An entry of the ready queue.
 pub enum Ready {
@@ -238,6 +239,8 @@ pub struct LoopCore {
     pub(crate) timers: Mutex<TimerHeap<Py<TimerHandle>>>,
     /// Reused by callbacks scheduled from an empty context (see handles.rs).
     pub(crate) empty_context: Mutex<EmptyContext>,
+    /// Posted handles run and dropped, whose objects later posts reuse.
+    pub(crate) spent: Spent,
     pub(crate) watchers: Mutex<HashMap<RawFd, Watchers>>,
     /// Replaced only in a forked child; loaded with one atomic load on every post.
     pub(crate) shared: SharedCell,
@@ -334,7 +337,7 @@ impl LoopCore {
             this.push_soon(slf, cb)?;
             return Ok(handle);
         }
-        let handle = Handle::posted(py, cb)?;
+        let handle = Handle::posted(py, cb, &this.spent)?;
         if this.closer.load(Relaxed) == me {
             // From a callback that close() runs (see `_close_core`): what it schedules is
             // dropped with the rest of the ready queue, as its `call_soon`'s is, instead
@@ -564,6 +567,7 @@ impl LoopCore {
             batch: GilCell::new(VecDeque::with_capacity(64)),
             timers: Mutex::new(TimerHeap::new()),
             empty_context: Mutex::new(EmptyContext::default()),
+            spent: Spent::default(),
             watchers: Mutex::new(HashMap::new()),
             shared: SharedCell::new(Shared::new()?),
             in_flight: Mutex::new(HashMap::new()),

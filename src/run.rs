@@ -160,6 +160,7 @@ impl LoopCore {
             // switch 5 ms away, even while the loop always has work ready.
             py.detach(|| shared.poller.poll(wait, events))
         } else {
+            self.spent.trim(py);
             // The handshake of stack.rs: a park is announced only if nothing is queued.
             let park = shared.injector.park();
             let t = if park.may_block() { wait } else { NOW };
@@ -305,7 +306,10 @@ impl LoopCore {
             } else {
                 self.run_item(slf, &item, true, None, &mut empty)
             };
-            drop(item);
+            match item {
+                Ready::Posted(h) => self.spent.keep(py, h),
+                item => drop(item),
+            }
             if posted {
                 posted_left -= 1;
                 if posted_left % BACKLOG_REPORT_STEP == 0 {
@@ -666,6 +670,7 @@ impl LoopCore {
         }
         this.closed.store(true, Relaxed);
         this.closer.store(0, Relaxed);
+        this.spent.clear(py);
         let scheduled: VecDeque<Ready> = std::mem::take(&mut *lock(&this.ready));
         scheduled.iter().for_each(|r| r.release(py));
         drop(scheduled);

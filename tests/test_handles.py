@@ -412,3 +412,73 @@ def test_timer_handles_compare_and_hash_by_the_when_given(loop):
     finally:
         for h in (exact, approx, twin):
             h.cancel()
+
+
+# A posted handle that only the loop still refers to once it has run is kept, and its
+# object reused for a later post (weaveloop: no allocation per post in a flood). The
+# tests below hold that this is never observable: an object anyone can still reach, even
+# weakly, is not reused, and a reused one carries nothing of its last callback.
+
+
+def _post_from_thread(loop, *calls):
+    """Posts ``(callback, *args)`` calls from a new thread; returns their handles."""
+    handles = []
+
+    def poster():
+        handles.extend(loop.call_soon_threadsafe(*call) for call in calls)
+
+    join_or_fail(start_thread(poster))
+    return handles
+
+
+def test_a_posted_handle_the_caller_keeps_stays_its_own_after_running(loop):
+    ran = []
+    (first,) = _post_from_thread(loop, (ran.append, "first"))
+    _spin(loop, 1)
+    (second,) = _post_from_thread(loop, (ran.append, "second"))
+    assert second is not first
+    assert not first.cancelled() and "second" not in repr(first)
+    second.cancel()
+    assert not first.cancelled() and second.cancelled()
+    _spin(loop, 1)
+    assert ran == ["first"]
+
+
+def test_a_weakly_referenced_posted_handle_dies_once_it_has_run(loop):
+    died = []
+    (handle,) = _post_from_thread(loop, (named_callback,))
+    ref = weakref.ref(handle, died.append)
+    del handle
+    _spin(loop, 1)
+    assert ref() is None and died == [ref]
+    (later,) = _post_from_thread(loop, (named_callback,))
+    assert ref() is None and died == [ref]
+    _spin(loop, 1)
+
+
+def test_spent_posted_handles_are_reused_with_nothing_of_their_last_post(wloop):
+    var = contextvars.ContextVar("var", default="unset")
+    seen = []
+    spent_ids = []
+
+    def first_poster():
+        var.set("first poster's")
+        handle = wloop.call_soon_threadsafe(lambda: seen.append(("one", var.get())))
+        handle.cancel()
+        spent_ids.append(id(handle))  # then the queue holds its only reference
+        spent_ids.append(id(wloop.call_soon_threadsafe(lambda: seen.append(("two", var.get())))))
+
+    join_or_fail(start_thread(first_poster))
+    _spin(wloop, 1)
+    assert seen == [("two", "first poster's")]
+    # A later thread's posts (in an empty context) get those objects back, the cancelled
+    # one too: each runs its own callback, in its own context, and is not cancelled.
+    third, fourth = _post_from_thread(
+        wloop, (lambda *a: seen.append(a + (var.get(),)), "three"), (seen.append, "four")
+    )
+    assert sorted(map(id, (third, fourth))) == sorted(spent_ids)
+    assert not third.cancelled() and not fourth.cancelled()
+    assert "append" in repr(fourth) and "lambda" in repr(third)
+    assert third.get_context() is None or var not in third.get_context()
+    _spin(wloop, 1)
+    assert seen[1:] == [("three", "unset"), "four"]
