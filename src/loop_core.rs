@@ -16,7 +16,6 @@ use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 use pyo3::PyTraverseError;
-use weaveloop_engine::injector::Unpark;
 use weaveloop_engine::{clock, Injector, Poller, Throttle, TimerHeap};
 
 use crate::errors;
@@ -369,10 +368,10 @@ impl LoopCore {
             // post, so that the loop takes it at once (see Injector::hand_over).
             py.detach(|| injector.hand_over(item, HAND_OVER_TAKE_WAIT, HAND_OVER_RUN_WAIT))
         } else {
-            // Wake a parked loop without the GIL: it then finds the GIL free when it
-            // wakes instead of blocking on it until this thread lets go (a second thread
-            // wake-up).
-            injector.post_with(item, |waker| py.detach(|| waker.unpark()))
+            // Wake a parked loop without the GIL, and let it run first: it then finds
+            // the GIL free when it wakes instead of blocking on it until this thread
+            // lets go (a second thread wake-up).
+            injector.post_with(item, |waker| py.detach(|| injector.wake_and_yield(waker)))
         };
         if let Err(refused) = posted {
             drop(refused);

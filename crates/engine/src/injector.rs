@@ -55,6 +55,19 @@ pub struct Injector<T, U: Unpark = std::sync::Arc<crate::poller::Wakeup>> {
     releases: AtomicU64,
 }
 
+/// Busy-waits until `counter` is no longer `seen` (true) or `deadline` passes (false).
+fn changes(counter: &AtomicU64, seen: u64, deadline: Instant) -> bool {
+    loop {
+        if counter.load(Acquire) != seen {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::hint::spin_loop();
+    }
+}
+
 /// A park of the loop thread (see `Injector::park`).
 pub struct Park<'a, T, U: Unpark> {
     injector: &'a Injector<T, U>,
@@ -268,19 +281,20 @@ impl<T, U: Unpark> Injector<T, U> {
         let releases = self.releases.load(Acquire);
         self.post(item)?;
         let start = Instant::now();
-        let changed = |counter: &AtomicU64, seen: u64, deadline: Instant| loop {
-            if counter.load(Acquire) != seen {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::hint::spin_loop();
-        };
-        if changed(&self.resumes, resumes, start + take_wait) {
-            changed(&self.releases, releases, start + take_wait + run_wait);
+        if changes(&self.resumes, resumes, start + take_wait) {
+            changes(&self.releases, releases, start + take_wait + run_wait);
         }
         Ok(())
+    }
+
+    /// Poster, having let go of the lock it shares with the loop thread (the GIL):
+    /// wakes the parked loop with `unpark`, then yields its CPU. A loop thread woken
+    /// onto this CPU (where the scheduler tends to put it) then runs at once and takes
+    /// the lock, instead of waiting for this thread to block and finding it holding the
+    /// lock again meanwhile (measured, paced posts: p90 post-to-run 11 -> 4 us).
+    pub fn wake_and_yield(&self, unpark: &U) {
+        unpark.unpark();
+        std::thread::yield_now();
     }
 
     /// In a forked child, where only the calling thread exists: everything queued. (A
@@ -332,6 +346,32 @@ mod tests {
         drop(park);
         inj.drain_into(&mut out);
         assert_eq!(out, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn post_with_hands_the_wake_up_of_a_parked_loop_to_the_caller() {
+        let counter = Arc::new(CountingUnpark::default());
+        let inj = Injector::new(counter.clone());
+        let mut wakes = 0;
+        inj.post_with(1, |u| {
+            wakes += 1;
+            inj.wake_and_yield(u)
+        })
+        .unwrap();
+        assert_eq!(wakes, 0, "running loop: no wake-up");
+        let mut out = Vec::new();
+        inj.drain_into(&mut out);
+        let park = inj.park();
+        assert!(park.may_block());
+        for i in 2..4 {
+            inj.post_with(i, |u| {
+                wakes += 1;
+                inj.wake_and_yield(u)
+            })
+            .unwrap();
+        }
+        assert_eq!((wakes, counter.0.load(SeqCst)), (1, 1), "one wake-up, issued");
+        drop(park);
     }
 
     #[test]
