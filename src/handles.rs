@@ -601,7 +601,9 @@ struct HeldCell(std::cell::UnsafeCell<Held>);
 // object taken from a loop's pool of spent handles (`Spent`). An object enters the pool
 // only when `Handle::spend` found that the pool's reference would be its only one, weak
 // or strong, and the pool hands it out to one caller only: nothing else can reach the
-// object while it changes. All other access is shared reads.
+// object while it changes. That also rests on posted handles being untracked by the
+// cyclic GC (`gc.get_objects()` cannot find them; `spend` asserts it in debug builds)
+// and on `Handle` having no Python subclasses. All other access is shared reads.
 unsafe impl Sync for HeldCell {}
 
 /// True if a weak reference to `obj` exists, or if its type does not say where they
@@ -705,6 +707,8 @@ impl Handle {
         let Held::Posted(cb, _) = handle.get().held() else {
             return false;
         };
+        // SAFETY: the GIL is held and `ptr` is a live GC object (every pyclass is one).
+        debug_assert_eq!(unsafe { pyo3::ffi::PyObject_GC_IsTracked(ptr) }, 0);
         if cb.debug.is_some() || !alone() {
             return false;
         }

@@ -911,6 +911,14 @@ impl LoopCore {
         self.flow_control_waits.load(Relaxed)
     }
 
+    /// The spent threadsafe handles this loop keeps for reuse, how many posts reused
+    /// one, and the pool's two limits (introspection for tests; see spent.rs).
+    #[getter]
+    fn _spent_handles(&self, py: Python<'_>) -> (usize, u64, usize, usize) {
+        let (kept, reused) = self.spent.counts(py);
+        (kept, reused, Spent::MAX, Spent::IDLE)
+    }
+
     /// How many times the loop, about to run, waited for another thread that was
     /// applying posted items on its behalf (introspection for tests).
     #[getter]

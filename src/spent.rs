@@ -20,6 +20,8 @@ struct Pool {
     handles: Vec<Py<Handle>>,
     /// The fewest handles the pool held since the last `trim`.
     low: usize,
+    /// How many posts reused an object (introspection for tests).
+    reused: u64,
 }
 
 impl Default for Spent {
@@ -27,24 +29,26 @@ impl Default for Spent {
         Spent(GilCell::new(Pool {
             handles: Vec::new(),
             low: 0,
+            reused: 0,
         }))
     }
 }
 
 impl Spent {
-    /// The most the pool holds (~7 MiB of objects): more than a batch of a flood from
-    /// one thread (a forced GIL switch's worth of posts).
-    const MAX: usize = 1 << 16;
+    /// The most the pool holds (~1.8 MiB of objects): twice what flow control lets a
+    /// flood have queued (see `Throttle::CALLBACKS`), so a flood's batches all come back.
+    pub const MAX: usize = 1 << 14;
     /// What a pool trimmed twice without a post keeps.
-    const IDLE: usize = 256;
+    pub const IDLE: usize = 256;
 
     /// An object to reuse for a post: its one reference (see `Handle::spend`).
     #[inline(always)]
     pub fn take(&self, py: Python<'_>) -> Option<Py<Handle>> {
         self.0.with(py, |pool| {
-            let handle = pool.handles.pop();
+            let handle = pool.handles.pop()?;
             pool.low = pool.low.min(pool.handles.len());
-            handle
+            pool.reused += 1;
+            Some(handle)
         })
     }
 
@@ -63,11 +67,18 @@ impl Spent {
         let unused = self.0.with(py, |pool| {
             let len = pool.handles.len();
             let free = pool.low.min(len.saturating_sub(Self::IDLE));
-            let unused = pool.handles.split_off(len - free);
+            // The bottom ones: the least recently used (the pool is a stack).
+            let unused: Vec<Py<Handle>> = pool.handles.drain(..free).collect();
             pool.low = pool.handles.len();
             unused
         });
         drop(unused); // (outside the cell: freeing objects may run the GC)
+    }
+
+    /// (Introspection for tests.) How many objects the pool holds, and how many posts
+    /// reused one so far.
+    pub fn counts(&self, py: Python<'_>) -> (usize, u64) {
+        self.0.with(py, |pool| (pool.handles.len(), pool.reused))
     }
 
     /// At close: frees every object.

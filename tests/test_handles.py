@@ -6,10 +6,12 @@ Differential: every test runs on weaveloop and on the stock loop.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import decimal
 import gc
 import sys
+import threading
 import weakref
 
 import pytest
@@ -451,9 +453,22 @@ def test_a_weakly_referenced_posted_handle_dies_once_it_has_run(loop):
     del handle
     _spin(loop, 1)
     assert ref() is None and died == [ref]
-    (later,) = _post_from_thread(loop, (named_callback,))
-    assert ref() is None and died == [ref]
+
+
+def test_a_posted_handle_an_exception_handler_keeps_stays_its_own(loop):
+    kept = []
+    loop.set_exception_handler(lambda lp, context: kept.append(context["handle"]))
+
+    def fail(tag):
+        raise ValueError(tag)
+
+    _post_from_thread(loop, (fail, "first"))
     _spin(loop, 1)
+    (failed,) = kept
+    later = _post_from_thread(loop, (fail, "second"), (named_callback,))
+    assert all(h is not failed for h in later)
+    _spin(loop, 1)
+    assert kept[1] is later[0] and kept[1] is not failed
 
 
 def test_spent_posted_handles_are_reused_with_nothing_of_their_last_post(wloop):
@@ -471,14 +486,73 @@ def test_spent_posted_handles_are_reused_with_nothing_of_their_last_post(wloop):
     join_or_fail(start_thread(first_poster))
     _spin(wloop, 1)
     assert seen == [("two", "first poster's")]
+    kept, reused, _, _ = wloop._spent_handles
+    assert kept == 2
     # A later thread's posts (in an empty context) get those objects back, the cancelled
     # one too: each runs its own callback, in its own context, and is not cancelled.
     third, fourth = _post_from_thread(
         wloop, (lambda *a: seen.append(a + (var.get(),)), "three"), (seen.append, "four")
     )
+    assert wloop._spent_handles[:2] == (0, reused + 2)
     assert sorted(map(id, (third, fourth))) == sorted(spent_ids)
     assert not third.cancelled() and not fourth.cancelled()
     assert "append" in repr(fourth) and "lambda" in repr(third)
     assert third.get_context() is None or var not in third.get_context()
     _spin(wloop, 1)
     assert seen[1:] == [("three", "unset"), "four"]
+
+
+def test_posts_to_a_running_loop_reuse_handles_and_each_runs_once(wloop):
+    from _support import LoopThread, wait_or_fail
+
+    threads, each = 4, 5000
+    ran = collections.Counter()
+    all_ran = threading.Event()
+
+    def arrived(tag):
+        ran[tag] += 1
+        if sum(ran.values()) == threads * each:
+            all_ran.set()
+
+    lt = LoopThread(wloop).start()
+    try:
+        posters = [
+            start_thread(
+                lambda t=t: [wloop.call_soon_threadsafe(arrived, (t, i)) for i in range(each)]
+            )
+            for t in range(threads)
+        ]
+        for p in posters:
+            join_or_fail(p)
+        wait_or_fail(all_ran, "every posted callback to run")
+    finally:
+        lt.stop()
+    assert ran == collections.Counter({(t, i): 1 for t in range(threads) for i in range(each)})
+    assert wloop._spent_handles[1] > 0
+
+
+def test_the_pool_of_spent_handles_is_bounded_trimmed_when_idle_and_freed_at_close(wloop):
+    def park_once():
+        # One iteration that parks (until the timer), which trims the pool.
+        wloop.call_later(0.001, wloop.stop)
+        wloop.run_forever()
+
+    kept, _, most, idle = wloop._spent_handles
+    assert kept == 0
+    _post_from_thread(wloop, *[(named_callback,)] * (most + 10))
+    _spin(wloop, 1)
+    assert wloop._spent_handles[0] == most
+    # The first trim may keep them all (the burst drew the pool down to nothing: it may
+    # come again); a second one without a post in between leaves only a few.
+    park_once()
+    park_once()
+    assert wloop._spent_handles[0] == idle
+    wloop.close()
+    assert wloop._spent_handles[0] == 0
+
+
+def test_debug_mode_handles_are_not_reused(wloop):
+    wloop.set_debug(True)
+    _post_from_thread(wloop, (named_callback,), (named_callback,))
+    _spin(wloop, 1)
+    assert wloop._spent_handles[:2] == (0, 0)
