@@ -370,7 +370,11 @@ mod tests {
             })
             .unwrap();
         }
-        assert_eq!((wakes, counter.0.load(SeqCst)), (1, 1), "one wake-up, issued");
+        assert_eq!(
+            (wakes, counter.0.load(SeqCst)),
+            (1, 1),
+            "one wake-up, issued"
+        );
         drop(park);
     }
 
