@@ -594,16 +594,17 @@ pub struct Handle {
     held: HeldCell,
 }
 
-/// A handle's `Held`, replaced only to reuse a spent posted handle's object.
+/// A handle's `Held`, replaced only to reuse a spent posted handle's object: by
+/// `Handle::posted`, with the GIL held, on an object taken from a loop's pool of spent
+/// handles (`Spent`). An object enters the pool only when `Handle::spend` found that the
+/// pool's reference would be its only one, weak or strong, and the pool hands it out to
+/// one caller only: nothing else can reach the object while it changes. That also rests
+/// on posted handles being untracked by the cyclic GC (`gc.get_objects()` cannot find
+/// them; `spend` asserts it in debug builds) and on `Handle` having no Python
+/// subclasses. All other access is shared reads.
 struct HeldCell(std::cell::UnsafeCell<Held>);
 
-// SAFETY: the contents are replaced only by `Handle::posted`, with the GIL held, on an
-// object taken from a loop's pool of spent handles (`Spent`). An object enters the pool
-// only when `Handle::spend` found that the pool's reference would be its only one, weak
-// or strong, and the pool hands it out to one caller only: nothing else can reach the
-// object while it changes. That also rests on posted handles being untracked by the
-// cyclic GC (`gc.get_objects()` cannot find them; `spend` asserts it in debug builds)
-// and on `Handle` having no Python subclasses. All other access is shared reads.
+// SAFETY: see `HeldCell`: the one write happens while no other reference exists.
 unsafe impl Sync for HeldCell {}
 
 /// True if a weak reference to `obj` exists, or if its type does not say where they

@@ -291,7 +291,6 @@ impl LoopCore {
             else {
                 break;
             };
-            let posted = matches!(item, Ready::Posted(_));
             let r = if debug {
                 match self.run_item_timed(slf, &item, &mut empty) {
                     Timed::Ran(r) => r,
@@ -306,15 +305,15 @@ impl LoopCore {
             } else {
                 self.run_item(slf, &item, true, None, &mut empty)
             };
-            match item {
-                Ready::Posted(h) => self.spent.keep(py, h),
-                item => drop(item),
-            }
-            if posted {
+            // A posted handle's object may serve a later post (see spent.rs).
+            if let Ready::Posted(h) = item {
+                self.spent.keep(py, h);
                 posted_left -= 1;
                 if posted_left % BACKLOG_REPORT_STEP == 0 {
                     injector.report_backlog(posted_left);
                 }
+            } else {
+                drop(item);
             }
             if let Err(e) = r {
                 result = Err(e);
