@@ -833,6 +833,40 @@ def test_a_forked_child_gets_a_self_pipe_of_its_own():
     assert_fork_script_passes(FORKED_FROM_A_CALLBACK, "weaveloop", quiet=True)
 
 
+FORKED_WORKER_RUNS_A_LOOP_OF_ITS_OWN = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+    import weaveloop
+    loop = weaveloop.new_event_loop() if sys.argv[1] == "weaveloop" else asyncio.new_event_loop()
+    async def sleeper():
+        return await asyncio.sleep(0, "own loop")
+    async def main():
+        # As multiprocessing's and ProcessPoolExecutor's "fork" workers do: the child
+        # runs code of its own, from inside the parent's task, and never returns to it.
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(30)  # safety net: a hung child dies instead of lingering
+            code = 1
+            try:
+                no_running_loop = asyncio._get_running_loop() is None
+                code = 0 if no_running_loop and asyncio.run(sleeper()) == "own loop" else 1
+            finally:
+                os._exit(code)
+        _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
+        return os.waitstatus_to_exitcode(status)
+    print("child exit", loop.run_until_complete(main()))
+    loop.close()
+    """
+)
+
+
+def test_a_child_forked_from_a_task_may_run_a_loop_of_its_own(loop_kind):
+    # The parent's loop is not the running loop in the child, as on the stock loop:
+    # it stayed so once, and asyncio.run() in a forked worker raised "cannot be called
+    # from a running event loop".
+    assert_fork_script_passes(FORKED_WORKER_RUNS_A_LOOP_OF_ITS_OWN, loop_kind, quiet=True)
+
+
 def test_a_busy_loop_lets_threads_back_from_blocking_io_have_the_gil(loop):
     # Rule 1: a loop that always has work ready still gives the GIL up at every
     # iteration, as the stock loop's select(0) does, so threads doing blocking I/O

@@ -716,15 +716,15 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             self.call_soon_threadsafe(self._set_coroutine_origin_tracking, enabled)
 
     def _after_fork_in_child(self) -> None:
+        # Forked from one of its callbacks, the loop is no longer the running loop in the
+        # child, as with the stock loop (Python 3.11: asyncio checks the process id;
+        # 3.12+: its at-fork hook forgets it): a child that runs code of its own, as
+        # multiprocessing's and ProcessPoolExecutor's forked workers do, may start a
+        # loop (`asyncio.run`) of its own.
         try:
             self._after_fork()
         finally:
             self._renew_self_pipe()
-        if self.is_running():
-            # Forked from one of its callbacks: the run goes on in the child. asyncio's
-            # own at-fork hook (Python 3.12+; it runs before this one) has forgotten the
-            # running loop; this one still runs here.
-            events._set_running_loop(self)
 
     def _renew_self_pipe(self) -> None:
         """A fresh self-pipe in a forked child: the inherited one is shared with the
