@@ -234,6 +234,17 @@ class _SocketTransport(selector_events._SelectorSocketTransport):
         if reader is not None:
             reader.direct = not isinstance(protocol, asyncio.BufferedProtocol)
 
+    def _call_connection_lost(self, exc):
+        try:
+            super()._call_connection_lost(exc)
+        finally:
+            # The Rust reader and writer hold the transport (a cycle the stock socket
+            # transport of Python 3.12+ does not have): let them go with the socket, so
+            # that a closed transport is freed without the cyclic GC. The class's
+            # methods take over, and do what those would have done on a lost connection.
+            self.__dict__.pop("_read_ready", None)
+            self.__dict__.pop("write", None)
+
 
 @_thread_checked
 class _DatagramTransport(selector_events._SelectorDatagramTransport):
