@@ -45,6 +45,7 @@ cached_imports! {
     heapify: "heapq", "heapify";
     extract_stack: "asyncio.format_helpers", "extract_stack";
     getframe: "sys", "_getframe";
+    base_event_loop: "asyncio.base_events", "BaseEventLoop";
 }
 
 macro_rules! cached_modules {
@@ -614,6 +615,51 @@ const CO_COROUTINE: u32 = 0x80;
 /// by another one while it is cached. (A GIL cell rather than a thread-local: a
 /// thread-local in an extension module costs a call to `__tls_get_addr` per access.)
 static LAST_CODE: GilCell<Option<(Py<PyAny>, bool)>> = GilCell::new(None);
+
+/// What `BaseEventLoop.create_task` last was, and whether that is asyncio's own: tools
+/// (APM agents: ddtrace, New Relic) replace it on the class, which the stock loops
+/// inherit (see `LoopCore::create_task`).
+static BASE_CREATE_TASK: GilCell<Option<(Py<PyAny>, bool)>> = GilCell::new(None);
+
+/// `BaseEventLoop.create_task` if something replaced asyncio's own on the class (one
+/// lookup in the class's dict while it has not changed).
+pub fn replaced_base_create_task(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
+    let cls = base_event_loop(py)?;
+    let key = pyo3::intern!(py, "create_task");
+    // SAFETY: the GIL is held and `cls` is a live class, whose `tp_dict` is its own live
+    // dict; PyDict_GetItemWithError returns a borrowed reference (NULL if absent, with no
+    // error set for a str key).
+    let found = unsafe {
+        let dict = (*cls.as_ptr().cast::<ffi::PyTypeObject>()).tp_dict;
+        ffi::PyDict_GetItemWithError(dict, key.as_ptr())
+    };
+    if found.is_null() {
+        return PyErr::take(py).map_or(Ok(None), Err);
+    }
+    // SAFETY: a live object the class's dict holds; a new strong reference is taken.
+    let found = unsafe { Bound::from_borrowed_ptr(py, found) };
+    let seen = BASE_CREATE_TASK.with(py, |c| match c {
+        Some((obj, stock)) if obj.as_ptr() == found.as_ptr() => Some(*stock),
+        _ => None,
+    });
+    let stock = match seen {
+        Some(stock) => stock,
+        None => {
+            // asyncio's own: a plain function whose code is asyncio.base_events'.
+            let file = py.import("asyncio.base_events")?.getattr("__file__")?;
+            let stock = found.is_instance_of::<pyo3::types::PyFunction>()
+                && found
+                    .getattr("__code__")?
+                    .getattr("co_filename")?
+                    .eq(file)?;
+            let fresh = Some((found.clone().unbind(), stock));
+            let old = BASE_CREATE_TASK.with(py, |c| std::mem::replace(c, fresh));
+            drop(old);
+            stock
+        }
+    };
+    Ok((!stock).then_some(found))
+}
 
 fn code_is_coroutine(code: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = code.py();

@@ -741,7 +741,21 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         this.check_usable()?;
-        let task = Self::new_task(slf, coro, name, context)?;
+        let task = match interop::replaced_base_create_task(py)? {
+            // Something replaced it on asyncio's class (an APM agent's wrapper, which
+            // calls asyncio's own): that runs, as on the stock loops, which inherit it.
+            Some(replaced) => {
+                let method = replaced.call_method1("__get__", (slf, slf.get_type()))?;
+                let kwargs = pyo3::types::PyDict::new(py);
+                for (key, value) in [("name", name), ("context", context)] {
+                    if let Some(value) = value {
+                        kwargs.set_item(key, value)?;
+                    }
+                }
+                method.call((coro,), Some(&kwargs))?
+            }
+            None => Self::new_task(slf, coro, name, context)?,
+        };
         let quiet = pyo3::intern!(py, "_log_destroy_pending");
         if this.closer.load(Relaxed) != 0 && task.hasattr(quiet)? {
             // Made by a callback that close() runs (another thread's post: a

@@ -151,3 +151,50 @@ def test_sleep_and_wait_for_timeout(loop):
         return "ok"
 
     assert run(loop, main()) == "ok"
+
+
+class _Wrapper:
+    """A wrapt-style replacement: a descriptor object, not a function."""
+
+    def __init__(self, wrapped, calls):
+        self.wrapped, self.calls = wrapped, calls
+
+    def __get__(self, obj, owner=None):
+        def bound(coro, **kwargs):
+            self.calls.append(sorted(kwargs))
+            return self.wrapped(obj, coro, **kwargs)
+
+        return bound
+
+
+@pytest.mark.parametrize("style", ["function", "descriptor"])
+def test_a_create_task_replaced_on_asyncio_base_class_runs(loop, monkeypatch, style):
+    # APM agents (New Relic) replace BaseEventLoop.create_task on the class, which the
+    # stock loops inherit; weaveloop's own create_task hands over to the replacement.
+    stock = asyncio.BaseEventLoop.create_task
+    calls = []
+    if style == "function":
+
+        def replacement(self, coro, **kwargs):
+            calls.append(sorted(kwargs))
+            return stock(self, coro, **kwargs)
+
+    else:
+        replacement = _Wrapper(stock, calls)
+    monkeypatch.setattr(asyncio.BaseEventLoop, "create_task", replacement)
+
+    async def child():
+        return "ran"
+
+    async def main():
+        task = asyncio.get_running_loop().create_task(child(), name="named")
+        assert task.get_name() == "named"
+        return await task, await asyncio.ensure_future(child())
+
+    assert run(loop, main()) == ("ran", "ran")
+    # (_support.run's own task first, then the two of main.)
+    assert calls[-2:] == [["name"], []]
+    monkeypatch.undo()
+    calls.clear()
+    assert run(loop, main()) == ("ran", "ran")
+    assert calls == []
