@@ -205,8 +205,25 @@ def _checking_thread(method):
     return checked
 
 
+class _RustPaths:
+    """For a transport whose hot paths are Rust objects kept as instance attributes
+    (`_rust_paths` names them). They hold the transport, a cycle the stock transports
+    do not have (3.12+): once its connection is lost they go with the socket, so that a
+    closed transport is freed without the cyclic GC. The class's methods take over, and
+    do what those would have done on a lost connection."""
+
+    _rust_paths: tuple[str, ...] = ()
+
+    def _call_connection_lost(self, exc):
+        try:
+            super()._call_connection_lost(exc)
+        finally:
+            for name in self._rust_paths:
+                self.__dict__.pop(name, None)
+
+
 @_thread_checked
-class _SocketTransport(selector_events._SelectorSocketTransport):
+class _SocketTransport(_RustPaths, selector_events._SelectorSocketTransport):
     """The stock socket transport, with its hot paths in Rust: its reader is
     ``_core.SocketReader`` (for a protocol read through ``data_received``, one ``recv``
     into a buffer the process shares, what arrived copied out, or while reads are large
@@ -217,6 +234,8 @@ class _SocketTransport(selector_events._SelectorSocketTransport):
     reads or writes as the stock one does (a reader reads with ``recv`` or, for a
     buffered protocol, ``recv_into``).
     """
+
+    _rust_paths = ("_read_ready", "write")
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         fd = sock.fileno()
@@ -234,24 +253,15 @@ class _SocketTransport(selector_events._SelectorSocketTransport):
         if reader is not None:
             reader.direct = not isinstance(protocol, asyncio.BufferedProtocol)
 
-    def _call_connection_lost(self, exc):
-        try:
-            super()._call_connection_lost(exc)
-        finally:
-            # The Rust reader and writer hold the transport (a cycle the stock socket
-            # transport of Python 3.12+ does not have): let them go with the socket, so
-            # that a closed transport is freed without the cyclic GC. The class's
-            # methods take over, and do what those would have done on a lost connection.
-            self.__dict__.pop("_read_ready", None)
-            self.__dict__.pop("write", None)
-
 
 @_thread_checked
-class _DatagramTransport(selector_events._SelectorDatagramTransport):
+class _DatagramTransport(_RustPaths, selector_events._SelectorDatagramTransport):
     """The stock datagram transport, whose reader and ``sendto`` for an IPv4 socket are
     ``_core.DatagramReader`` (the stock read path in Rust, into a buffer the process
     shares) and ``_core.DatagramWriter`` (the stock attempt to send at once, in Rust);
     other sockets receive into the loop's receive buffer (see ``_recv_buffer``)."""
+
+    _rust_paths = ("_read_ready", "sendto")
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
         ipv4 = sock.family == socket.AF_INET
@@ -265,17 +275,6 @@ class _DatagramTransport(selector_events._SelectorDatagramTransport):
             # __init__.)
             connected = bool(self._extra["peername"])
             self.sendto = _core.DatagramWriter(self, sock.fileno(), loop, connected)
-
-    def _call_connection_lost(self, exc):
-        try:
-            super()._call_connection_lost(exc)
-        finally:
-            # The Rust reader and sendto hold the transport (a cycle the stock datagram
-            # transport does not have): let them go with the socket, so that a closed
-            # transport is freed without the cyclic GC. The class's methods take over,
-            # and they do what those would have done on a lost connection.
-            self.__dict__.pop("_read_ready", None)
-            self.__dict__.pop("sendto", None)
 
     def _read_ready(self):
         if self._conn_lost:
