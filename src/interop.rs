@@ -617,8 +617,9 @@ const CO_COROUTINE: u32 = 0x80;
 static LAST_CODE: GilCell<Option<(Py<PyAny>, bool)>> = GilCell::new(None);
 
 /// What `BaseEventLoop.create_task` last was, and whether that is asyncio's own: tools
-/// (APM agents: ddtrace, New Relic) replace it on the class, which the stock loops
-/// inherit (see `LoopCore::create_task`).
+/// (APM agents, such as New Relic) replace it on the class, which the stock loops
+/// inherit (see `LoopCore::create_task`). A rewrite of the function's code in place
+/// (ddtrace's) keeps asyncio's function and file, and is not told apart.
 static BASE_CREATE_TASK: GilCell<Option<(Py<PyAny>, bool)>> = GilCell::new(None);
 
 /// `BaseEventLoop.create_task` if something replaced asyncio's own on the class (one
