@@ -610,17 +610,49 @@ pub fn is_coroutine_object(obj: &Bound<'_, PyAny>) -> bool {
 
 const CO_COROUTINE: u32 = 0x80;
 
-/// The code object last checked, with its answer: callbacks tend to be the same
-/// function over and over. Holding the code object keeps its address from being reused
-/// by another one while it is cached. (A GIL cell rather than a thread-local: a
-/// thread-local in an extension module costs a call to `__tls_get_addr` per access.)
-static LAST_CODE: GilCell<Option<(Py<PyAny>, bool)>> = GilCell::new(None);
+/// A yes/no answer about the object last asked about, kept while the same object is
+/// asked again. Holding the object keeps its address from being reused by another one
+/// while it is cached. (A GIL cell rather than a thread-local: a thread-local in an
+/// extension module costs a call to `__tls_get_addr` per access.)
+struct LastAnswer(GilCell<Option<(Py<PyAny>, bool)>>);
+
+impl LastAnswer {
+    const fn new() -> Self {
+        LastAnswer(GilCell::new(None))
+    }
+
+    /// The answer for `obj`: the cached one if `obj` was the last asked about, else
+    /// `compute()`'s, which is then cached.
+    fn get(
+        &self,
+        obj: &Bound<'_, PyAny>,
+        compute: impl FnOnce() -> PyResult<bool>,
+    ) -> PyResult<bool> {
+        let py = obj.py();
+        let hit = self.0.with(py, |c| match c {
+            Some((cached, answer)) if cached.as_ptr() == obj.as_ptr() => Some(*answer),
+            _ => None,
+        });
+        if let Some(answer) = hit {
+            return Ok(answer);
+        }
+        let answer = compute()?;
+        let fresh = Some((obj.clone().unbind(), answer));
+        let old = self.0.with(py, |c| std::mem::replace(c, fresh));
+        drop(old); // (outside the cell: dropping an object may run Python code)
+        Ok(answer)
+    }
+}
+
+/// The code object last checked, with whether it is a coroutine's: callbacks tend to be
+/// the same function over and over.
+static LAST_CODE: LastAnswer = LastAnswer::new();
 
 /// What `BaseEventLoop.create_task` last was, and whether that is asyncio's own: tools
 /// (APM agents, such as New Relic) replace it on the class, which the stock loops
 /// inherit (see `LoopCore::create_task`). A rewrite of the function's code in place
 /// (ddtrace's) keeps asyncio's function and file, and is not told apart.
-static BASE_CREATE_TASK: GilCell<Option<(Py<PyAny>, bool)>> = GilCell::new(None);
+static BASE_CREATE_TASK: LastAnswer = LastAnswer::new();
 
 /// `BaseEventLoop.create_task` if something replaced asyncio's own on the class (one
 /// lookup in the class's dict while it has not changed).
@@ -639,44 +671,25 @@ pub fn replaced_base_create_task(py: Python<'_>) -> PyResult<Option<Bound<'_, Py
     }
     // SAFETY: a live object the class's dict holds; a new strong reference is taken.
     let found = unsafe { Bound::from_borrowed_ptr(py, found) };
-    let seen = BASE_CREATE_TASK.with(py, |c| match c {
-        Some((obj, stock)) if obj.as_ptr() == found.as_ptr() => Some(*stock),
-        _ => None,
-    });
-    let stock = match seen {
-        Some(stock) => stock,
-        None => {
-            // asyncio's own: a plain function whose code is asyncio.base_events'.
-            let file = py.import("asyncio.base_events")?.getattr("__file__")?;
-            let stock = found.is_instance_of::<pyo3::types::PyFunction>()
-                && found
-                    .getattr("__code__")?
-                    .getattr("co_filename")?
-                    .eq(file)?;
-            let fresh = Some((found.clone().unbind(), stock));
-            let old = BASE_CREATE_TASK.with(py, |c| std::mem::replace(c, fresh));
-            drop(old);
-            stock
-        }
-    };
+    let stock = BASE_CREATE_TASK.get(&found, || {
+        // asyncio's own: a plain function whose code is asyncio.base_events'.
+        let file = py.import("asyncio.base_events")?.getattr("__file__")?;
+        Ok(found.is_instance_of::<pyo3::types::PyFunction>()
+            && found
+                .getattr("__code__")?
+                .getattr("co_filename")?
+                .eq(file)?)
+    })?;
     Ok((!stock).then_some(found))
 }
 
 fn code_is_coroutine(code: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let py = code.py();
-    let hit = LAST_CODE.with(py, |c| match c {
-        Some((cached, answer)) if cached.as_ptr() == code.as_ptr() => Some(*answer),
-        _ => None,
-    });
-    if let Some(answer) = hit {
-        return Ok(answer);
-    }
-    let flags: u32 = code.getattr(pyo3::intern!(py, "co_flags"))?.extract()?;
-    let answer = flags & CO_COROUTINE != 0;
-    let fresh = Some((code.clone().unbind(), answer));
-    let old = LAST_CODE.with(py, |c| std::mem::replace(c, fresh));
-    drop(old);
-    Ok(answer)
+    LAST_CODE.get(code, || {
+        let flags: u32 = code
+            .getattr(pyo3::intern!(code.py(), "co_flags"))?
+            .extract()?;
+        Ok(flags & CO_COROUTINE != 0)
+    })
 }
 
 /// Cheap `iscoroutinefunction`: plain functions, bound methods and partials are

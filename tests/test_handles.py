@@ -15,7 +15,7 @@ import threading
 import weakref
 
 import pytest
-from _support import join_or_fail, start_thread
+from _support import LoopThread, join_or_fail, start_thread, wait_or_fail
 
 
 def named_callback():
@@ -503,8 +503,6 @@ def test_spent_posted_handles_are_reused_with_nothing_of_their_last_post(wloop):
 
 
 def test_posts_to_a_running_loop_reuse_handles_and_each_runs_once(wloop):
-    from _support import LoopThread, wait_or_fail
-
     threads, each = 4, 5000
     ran = collections.Counter()
     all_ran = threading.Event()
