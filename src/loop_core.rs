@@ -804,6 +804,15 @@ impl LoopCore {
         self.stopping.load(Relaxed)
     }
 
+    /// Assignable, as asyncio's plain attribute is: servers (Sanic) clear a `stop()`
+    /// that came after `run_forever` returned. Its truth value counts; no wake-up, as on
+    /// the stock loop.
+    #[setter(_stopping)]
+    fn set_stopping_attr(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.stopping.store(value.is_truthy()?, Relaxed);
+        Ok(())
+    }
+
     #[getter]
     fn _thread_id(&self) -> Option<u64> {
         match self.owner.load(Relaxed) {

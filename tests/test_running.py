@@ -142,6 +142,42 @@ def test_loop_runs_again_after_stop(loop):
         assert ran == [i]
 
 
+def test_clearing_stopping_cancels_a_stop_made_after_the_loop_stopped(loop):
+    # Sanic's shutdown: stop() again (a signal handler) after run_forever returned, then
+    # `loop._stopping = False` so that run_until_complete runs its coroutine to the end.
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    loop.stop()
+    assert loop._stopping is True
+    loop._stopping = False
+    assert loop._stopping is False
+
+    async def main():
+        await asyncio.sleep(0)
+        return "ran"
+
+    assert loop.run_until_complete(main()) == "ran"
+
+
+def test_setting_stopping_in_a_callback_stops_the_loop_after_its_iteration(loop):
+    ran = []
+
+    def stop_by_attribute():
+        loop.call_soon(ran.append, "next iteration")
+        loop._stopping = 1
+
+    safety_net = loop.call_later(5, loop.stop)
+    loop.call_soon(stop_by_attribute)
+    loop.call_soon(ran.append, "same iteration")
+    loop.run_forever()
+    assert ran == ["same iteration"]
+    assert loop._stopping is False
+    safety_net.cancel()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ran == ["same iteration", "next iteration"]
+
+
 def test_unclosed_loop_warns_when_collected(loop_factory):
     lp = loop_factory()
     with pytest.warns(ResourceWarning, match="unclosed event loop"):

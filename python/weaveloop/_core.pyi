@@ -55,6 +55,7 @@ class LoopCore:
     """The Rust half of ``weaveloop.Loop``: scheduling, timers, fd watchers, injector."""
 
     _debug: bool
+    _stopping: bool
     _strict_threads: bool
     _custom_clock: bool
     _default_executor: concurrent.futures.Executor | None
@@ -125,8 +126,6 @@ class LoopCore:
     def _scheduled(self) -> list[TimerHandle]: ...
     @property
     def _closed(self) -> bool: ...
-    @property
-    def _stopping(self) -> bool: ...
     @property
     def _thread_id(self) -> int | None: ...
     @property
