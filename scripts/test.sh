@@ -18,6 +18,8 @@ suites() {
     "$py" tests/conformance/run.py
     echo "== conformance (CPython test.lock_tests / test.test_queue against weaveloop.sync)"
     "$py" tests/conformance/sync_run.py
+    echo "== conformance (CPython test.test_concurrent_futures against weaveloop.ThreadPoolExecutor)"
+    "$py" tests/conformance/pool_run.py
     echo "== pytest"
     "$py" -m pytest -q -p no:cacheprovider tests
 }
