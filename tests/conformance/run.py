@@ -4,7 +4,9 @@ Runs the loop-agnostic mixins of ``test_events`` (``EventLoopTestsMixin``,
 ``UnixEventLoopTestsMixin``, ``SubprocessTestsMixin``), the public-API modules
 (``test_futures``, ``test_tasks``, ``test_locks``, ...) and the I/O modules
 (``test_sock_lowlevel``, ``test_subprocess``, ``test_ssl``, ...; see ``UNITS`` and
-``EXCLUDED_CLASSES``) with weaveloop as the loop they create, each module in its own
+``EXCLUDED_CLASSES``), and three modules from outside ``test.test_asyncio`` whose tests
+run loops (``OUTSIDE_UNITS``: async generators' loop hooks, async context managers,
+``IsolatedAsyncioTestCase``) with weaveloop as the loop they create, each module in its own
 subprocess with a wall-clock timeout, and compares the outcome with
 ``expectations.txt`` next to this file.
 
@@ -111,6 +113,25 @@ NEWER_UNITS = {
 }
 UNITS += [u for u, since in NEWER_UNITS.items() if sys.version_info >= since]
 
+#: Units from outside test.test_asyncio whose tests run loops: async generators and
+#: their loop hooks, async context managers, IsolatedAsyncioTestCase. By unit name, the
+#: module's full name (test ids are reported under the unit name).
+OUTSIDE_UNITS = {
+    "test_asyncgen": "test.test_asyncgen",
+    "test_contextlib_async": "test.test_contextlib_async",
+    "test_async_case": (
+        "unittest.test.test_async_case"
+        if sys.version_info < (3, 12)
+        else "test.test_unittest.test_async_case"
+    ),
+}
+UNITS += list(OUTSIDE_UNITS)
+
+
+def _module_name(unit: str) -> str:
+    return OUTSIDE_UNITS.get(unit, PKG + unit)
+
+
 #: Units that need not create a loop of the loop under test: test_protocols only checks
 #: that the protocol ABCs' methods are no-ops.
 NO_LOOP_UNITS: set[str] = {"test_protocols"}
@@ -193,7 +214,12 @@ class TestTimeout(SystemExit):
 
 
 def _short_id(test_id: str) -> str:
-    return test_id[len(PKG) :] if test_id.startswith(PKG) else test_id
+    if test_id.startswith(PKG):
+        return test_id[len(PKG) :]
+    for unit, module in OUTSIDE_UNITS.items():
+        if test_id.startswith(module + "."):
+            return unit + test_id[len(module) :]
+    return test_id
 
 
 def _fixture_id(description: str) -> str:
@@ -271,7 +297,7 @@ def _build_suite(unit: str, counters: dict):
     _substitute_loops(unit, test_utils, factory)
     if unit in SELECTOR_LOOP_UNITS and counters["kind"] == "weaveloop":
         _substitute_selector_loop(factory)
-    module = importlib.import_module(PKG + unit)
+    module = importlib.import_module(_module_name(unit))
     if unit != "test_events":
         if unit in BARE_LOOP_UNITS:
             _substitute_bare_loop(unit, module, factory)
