@@ -1389,6 +1389,17 @@ def test_a_datagram_socket_class_overriding_recvfrom_into_is_not_read_through_it
     assert run(loop, main()) == (b"abc", [])
 
 
+def _freed_without_the_cyclic_gc(loop, main) -> bool:
+    """Runs ``main()`` (which returns a weak reference) with the cyclic GC off: whether
+    what it refers to is gone by then."""
+    gc.collect()
+    gc.disable()
+    try:
+        return run(loop, main())() is None
+    finally:
+        gc.enable()
+
+
 def test_a_closed_datagram_transport_is_freed_without_the_cyclic_gc(loop):
     # As the stock one is: once its connection is lost, nothing it holds holds it back.
     async def main():
@@ -1401,38 +1412,21 @@ def test_a_closed_datagram_transport_is_freed_without_the_cyclic_gc(loop):
         await asyncio.wait_for(protocol.lost, 10)
         return weakref.ref(transport)
 
-    gc.collect()
-    gc.disable()
-    try:
-        ref = run(loop, main())
-        assert ref() is None
-    finally:
-        gc.enable()
+    assert _freed_without_the_cyclic_gc(loop, main)
 
 
 def _a_closed_socket_transport_is_freed_without_the_cyclic_gc(loop) -> bool:
     async def main():
         server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
-        lost = loop.create_future()
-
-        class P(asyncio.Protocol):
-            def connection_lost(self, exc):
-                lost.set_result(exc)
-
-        transport, _ = await loop.create_connection(P, *server.sockets[0].getsockname())
+        transport, protocol = await loop.create_connection(_Lost, *server.sockets[0].getsockname())
         transport.write(b"through the writer")
         transport.close()
-        await asyncio.wait_for(lost, 10)
+        await asyncio.wait_for(protocol.lost, 10)
         server.close()
         await server.wait_closed()
         return weakref.ref(transport)
 
-    gc.collect()
-    gc.disable()
-    try:
-        return run(loop, main())() is None
-    finally:
-        gc.enable()
+    return _freed_without_the_cyclic_gc(loop, main)
 
 
 def test_a_closed_socket_transport_is_freed_without_the_cyclic_gc_as_the_stock_one():
