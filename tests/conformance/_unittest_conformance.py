@@ -17,6 +17,7 @@ import argparse
 import faulthandler
 import sys
 import unittest
+from collections.abc import Callable
 from pathlib import Path
 
 #: A whole run still going after this long is hung: dump stacks and exit.
@@ -60,8 +61,13 @@ class _Result(unittest.TextTestResult):
         self._record(test, "skipped")
 
 
-def main(label: str, cases: dict[str, type[unittest.TestCase]], expectations: Path) -> int:
-    """Run ``cases`` (test-case classes by the name the expectations file uses)."""
+def main(
+    label: str,
+    cases: Callable[[bool], dict[str, type[unittest.TestCase]]],
+    expectations: Path,
+) -> int:
+    """Run what ``cases(verbose)`` returns (test-case classes by the name the
+    expectations file uses)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("-v", "--verbose", action="store_true")
     ap.add_argument("--update-expectations", action="store_true")
@@ -70,7 +76,7 @@ def main(label: str, cases: dict[str, type[unittest.TestCase]], expectations: Pa
     expected = load_expectations(expectations)
     loader = unittest.TestLoader()
     outcomes: dict[str, str] = {}
-    for name, cls in cases.items():
+    for name, cls in cases(args.verbose).items():
         suite = unittest.TestSuite()
         for test in loader.loadTestsFromTestCase(cls):
             key = f"{name}.{test.id().rsplit('.', 1)[1]}"

@@ -29,13 +29,13 @@ HERE = Path(__file__).resolve().parent
 EXPECTATIONS = HERE / "pool_expectations.txt"
 
 
-def cases() -> dict[str, type[unittest.TestCase]]:
+def cases(verbose: bool) -> dict[str, type[unittest.TestCase]]:
     """Each thread-pool test case, subclassed to make weaveloop pools."""
     from test import support
     from test import test_concurrent_futures as package
     from test.test_concurrent_futures import util
 
-    support.verbose = "-v" in sys.argv or "--verbose" in sys.argv  # tests' own timings
+    support.verbose = verbose  # the tests print their own timings when it is true
 
     found: dict[str, type[unittest.TestCase]] = {}
     for info in pkgutil.iter_modules(package.__path__):
@@ -71,7 +71,7 @@ def main() -> int:
         real_init(self, *args, **kwargs)
 
     weaveloop.ThreadPoolExecutor.__init__ = counting_init
-    status = _unittest_conformance.main("pool conformance", cases(), EXPECTATIONS)
+    status = _unittest_conformance.main("pool conformance", cases, EXPECTATIONS)
     # Proof the tests ran on weaveloop pools, not the stdlib's.
     print(f"pool conformance: {made} weaveloop.ThreadPoolExecutor instances made")
     return status if made else 1

@@ -72,7 +72,7 @@ def cases() -> dict[str, type[unittest.TestCase]]:
 
 
 def main() -> int:
-    return _unittest_conformance.main("sync conformance", cases(), EXPECTATIONS)
+    return _unittest_conformance.main("sync conformance", lambda _verbose: cases(), EXPECTATIONS)
 
 
 if __name__ == "__main__":
