@@ -426,6 +426,12 @@ impl Callback {
             .with(py, |c| c.as_ref().map(|c| c.clone_ref(py)))
     }
 
+    /// Whether the callable it still holds is `obj` (false once released).
+    pub fn calls(&self, py: Python<'_>, obj: &Bound<'_, PyAny>) -> bool {
+        self.target
+            .with(py, |t| t.as_ref().is_some_and(|t| t.callback.is(obj)))
+    }
+
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Relaxed) != 0
     }

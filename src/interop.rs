@@ -46,6 +46,8 @@ cached_imports! {
     extract_stack: "asyncio.format_helpers", "extract_stack";
     getframe: "sys", "_getframe";
     base_event_loop: "asyncio.base_events", "BaseEventLoop";
+    weak_value_dictionary: "weakref", "WeakValueDictionary";
+    socket_type: "socket", "socket";
 }
 
 macro_rules! cached_modules {

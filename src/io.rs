@@ -4,9 +4,11 @@
 
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyAttributeError, PyOverflowError, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyAttributeError, PyOverflowError, PyRuntimeError, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
-use pyo3::types::{PyInt, PyTuple};
+use pyo3::types::{PyDict, PyInt, PyTuple};
 
 use crate::errors;
 use crate::handles::{Callback, Handle};
@@ -51,13 +53,13 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
 }
 
 #[derive(Clone, Copy)]
-enum Side {
+pub(crate) enum Side {
     Read,
     Write,
 }
 
 impl LoopCore {
-    fn add_watcher(
+    pub(crate) fn add_watcher(
         &self,
         py: Python<'_>,
         side: Side,
@@ -120,7 +122,7 @@ impl LoopCore {
         }
     }
 
-    fn remove_watcher(&self, side: Side, fileobj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    pub(crate) fn remove_watcher(&self, side: Side, fileobj: &Bound<'_, PyAny>) -> PyResult<bool> {
         if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(false);
         }
@@ -168,6 +170,134 @@ impl LoopCore {
             }
             None => false,
         })
+    }
+}
+
+impl LoopCore {
+    /// Whether the watcher on `fd`'s `side` is still the one that calls `callback` (not
+    /// replaced or removed since): what the stock loop asks of a watcher's handle
+    /// (`not handle.cancelled()`) before removing it when a socket operation is done.
+    pub(crate) fn watcher_calls(
+        &self,
+        py: Python<'_>,
+        side: Side,
+        fd: RawFd,
+        callback: &Bound<'_, PyAny>,
+    ) -> bool {
+        let watchers = lock(&self.watchers);
+        let Some(w) = watchers.get(&fd) else {
+            return false;
+        };
+        let slot = match side {
+            Side::Read => &w.reader,
+            Side::Write => &w.writer,
+        };
+        slot.as_ref()
+            .is_some_and(|h| !h.get().cb().is_cancelled() && h.get().cb().calls(py, callback))
+    }
+
+    /// The stock `_ensure_fd_no_transport`: RuntimeError if a transport that is not
+    /// closing owns `fd` (an int or an object with `fileno()`), ValueError for an object
+    /// that has no usable `fileno()`.
+    pub(crate) fn ensure_fd_no_transport(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let fileno = if fd.is_instance_of::<PyInt>() {
+            fd.clone()
+        } else {
+            match fd
+                .call_method0(pyo3::intern!(py, "fileno"))
+                .and_then(|f| py.get_type::<PyInt>().call1((f,)))
+            {
+                Ok(fileno) => fileno,
+                Err(e)
+                    if e.is_instance_of::<PyAttributeError>(py)
+                        || e.is_instance_of::<PyTypeError>(py)
+                        || e.is_instance_of::<PyValueError>(py) =>
+                {
+                    return Err(PyValueError::new_err(format!(
+                        "Invalid file object: {}",
+                        fd.repr()?
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let transports = slf.getattr(pyo3::intern!(py, "_transports"))?;
+        let transport = if transports.is_exact_instance(interop::weak_value_dictionary(py)?) {
+            // Its own dict of weak references, read directly: what `transports[fileno]`
+            // finds, without the Python frames of WeakValueDictionary's methods.
+            let data = transports.getattr(pyo3::intern!(py, "data"))?;
+            match data.cast::<PyDict>()?.get_item(&fileno)? {
+                Some(r) => Some(r.call0()?),
+                None => None,
+            }
+        } else {
+            Some(transports.call_method1(pyo3::intern!(py, "get"), (&fileno,))?)
+        };
+        let Some(transport) = transport.filter(|t| !t.is_none()) else {
+            return Ok(());
+        };
+        if transport
+            .call_method0(pyo3::intern!(py, "is_closing"))?
+            .is_truthy()?
+        {
+            return Ok(());
+        }
+        Err(PyRuntimeError::new_err(format!(
+            "File descriptor {} is used by transport {}",
+            fd.repr()?,
+            transport.repr()?
+        )))
+    }
+}
+
+#[pymethods]
+impl LoopCore {
+    fn _ensure_fd_no_transport(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<()> {
+        Self::ensure_fd_no_transport(slf, fd)
+    }
+
+    /// The stock `add_reader`: `_ensure_fd_no_transport`, then `_add_reader`.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::ensure_fd_no_transport(slf, fd)?;
+        slf.get()
+            .add_watcher(slf.py(), Side::Read, fd, callback, args)
+            .map(drop)
+    }
+
+    /// The stock `add_writer`: `_ensure_fd_no_transport`, then `_add_writer`.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::ensure_fd_no_transport(slf, fd)?;
+        slf.get()
+            .add_watcher(slf.py(), Side::Write, fd, callback, args)
+            .map(drop)
+    }
+
+    /// The stock `remove_reader`: `_ensure_fd_no_transport`, then `_remove_reader`.
+    fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::ensure_fd_no_transport(slf, fd)?;
+        slf.get().remove_watcher(Side::Read, fd)
+    }
+
+    /// The stock `remove_writer`: `_ensure_fd_no_transport`, then `_remove_writer`.
+    fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::ensure_fd_no_transport(slf, fd)?;
+        slf.get().remove_watcher(Side::Write, fd)
     }
 }
 

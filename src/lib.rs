@@ -12,6 +12,7 @@ mod io;
 mod loop_core;
 mod posted;
 mod run;
+mod sockops;
 mod spent;
 mod sync;
 mod transport;
@@ -29,6 +30,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transport::SocketWriter>()?;
     m.add_class::<transport::DatagramReader>()?;
     m.add_class::<transport::DatagramWriter>()?;
+    m.add_class::<sockops::SockWait>()?;
     sync::register(m)?;
     Ok(())
 }

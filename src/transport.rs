@@ -50,7 +50,7 @@ use crate::run::is_fatal;
 
 /// The largest `max_size` read through the shared buffer (the stock transports' own
 /// `max_size` is 256 KiB); a larger one reads as the stock transport does.
-const RECV_MAX: usize = 256 * 1024;
+pub(crate) const RECV_MAX: usize = 256 * 1024;
 
 /// The receive buffer every reader of the process shares: it is only used between a
 /// `recv` and the copy of what arrived, with the GIL held and no Python code run.
@@ -59,7 +59,11 @@ static RECV_BUFFER: GilCell<Vec<u8>> = GilCell::new(Vec::new());
 /// Runs `read` on the first `max_size` (at most RECV_MAX) bytes of the shared receive
 /// buffer. `read` may make the bytes object of what arrived (a bytes object is not
 /// tracked by the GC: allocating it runs no Python code) but must not run Python code.
-fn with_recv_buffer<R>(py: Python<'_>, max_size: usize, read: impl FnOnce(&mut [u8]) -> R) -> R {
+pub(crate) fn with_recv_buffer<R>(
+    py: Python<'_>,
+    max_size: usize,
+    read: impl FnOnce(&mut [u8]) -> R,
+) -> R {
     RECV_BUFFER.with(py, |buf| {
         if buf.len() < RECV_MAX {
             buf.resize(RECV_MAX, 0);
@@ -284,11 +288,11 @@ fn get_buffer<'py>(protocol: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> 
 
 /// The memory of an object that exports a writable contiguous buffer (what `recv_into`
 /// asks for), held until dropped.
-struct WritableBuffer(pyo3::ffi::Py_buffer);
+pub(crate) struct WritableBuffer(pyo3::ffi::Py_buffer);
 
 impl WritableBuffer {
     /// None if the object exports no such buffer (its error is discarded).
-    fn get(obj: &Bound<'_, PyAny>) -> Option<Self> {
+    pub(crate) fn get(obj: &Bound<'_, PyAny>) -> Option<Self> {
         let mut view = MaybeUninit::<pyo3::ffi::Py_buffer>::uninit();
         // SAFETY: the GIL is held (a Bound), and `view` is memory for one Py_buffer,
         // which PyObject_GetBuffer fills on success.
@@ -307,7 +311,7 @@ impl WritableBuffer {
         Some(WritableBuffer(unsafe { view.assume_init() }))
     }
 
-    fn memory(&mut self) -> &mut [MaybeUninit<u8>] {
+    pub(crate) fn memory(&mut self) -> &mut [MaybeUninit<u8>] {
         let len = usize::try_from(self.0.len).unwrap_or(0);
         if len == 0 {
             return &mut [];

@@ -530,6 +530,38 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         except (ValueError, OSError):
             pass
 
+    # The socket methods below: for a plain non-blocking socket.socket (and, for
+    # sock_sendall, bytes), the first attempt and the wait are Rust (``_core.SockWait``);
+    # the Rust method says NotImplemented for everything else, which the stock method does.
+
+    async def sock_recv(self, sock, n):
+        """Receive up to ``n`` bytes from ``sock``, waiting until some come (asyncio's)."""
+        got = self._sock_recv_native(sock, n)
+        if got.__class__ is bytes:
+            return got
+        if got is NotImplemented:
+            return await super().sock_recv(sock, n)
+        return await got
+
+    async def sock_recv_into(self, sock, buf):
+        """Receive into ``buf`` from ``sock``, waiting until some bytes come; their
+        count (asyncio's)."""
+        got = self._sock_recv_into_native(sock, buf)
+        if got.__class__ is int:
+            return got
+        if got is NotImplemented:
+            return await super().sock_recv_into(sock, buf)
+        return await got
+
+    async def sock_sendall(self, sock, data):
+        """Send all of ``data`` on ``sock``, waiting while it does not take it (asyncio's)."""
+        got = self._sock_sendall_native(sock, data)
+        if got is None:
+            return None
+        if got is NotImplemented:
+            return await super().sock_sendall(sock, data)
+        return await got
+
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         return _SocketTransport(self, sock, protocol, waiter, extra, server)
 

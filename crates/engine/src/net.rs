@@ -59,6 +59,30 @@ pub fn recv_uninit(socket: BorrowedFd<'_>, buf: &mut [MaybeUninit<u8>]) -> io::R
     })
 }
 
+/// `recv_uninit` that never blocks, whatever mode the socket is in (MSG_DONTWAIT): for
+/// a socket whose owner may have made it blocking since it was found non-blocking.
+pub fn recv_uninit_now(
+    socket: BorrowedFd<'_>,
+    buf: &mut [MaybeUninit<u8>],
+) -> io::Result<Received> {
+    debug_assert!(!buf.is_empty());
+    let socket = SockRef::from(&socket);
+    Ok(
+        match unless_not_now(socket.recv_with_flags(buf, libc::MSG_DONTWAIT))? {
+            None => Received::NotNow,
+            Some(0) => Received::Eof,
+            Some(n) => Received::Data(n),
+        },
+    )
+}
+
+/// `send` that never blocks, whatever mode the socket is in (MSG_DONTWAIT, as
+/// `recv_uninit_now`).
+pub fn send_now(socket: BorrowedFd<'_>, data: &[u8]) -> io::Result<Option<usize>> {
+    let socket = SockRef::from(&socket);
+    unless_not_now(socket.send_with_flags(data, libc::MSG_DONTWAIT))
+}
+
 /// How many bytes a stream socket has waiting to be read (FIONREAD).
 pub fn pending(socket: BorrowedFd<'_>) -> io::Result<usize> {
     let mut n: libc::c_int = 0;
@@ -166,6 +190,37 @@ mod tests {
         drop(b);
         let err = send(a.as_fd(), b"x").unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
+    }
+
+    #[test]
+    fn the_now_calls_never_block_a_blocking_socket() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        // Both ends stay blocking: without MSG_DONTWAIT these calls would hang.
+        let mut buf = [MaybeUninit::<u8>::uninit(); 8];
+        assert_eq!(
+            recv_uninit_now(a.as_fd(), &mut buf).unwrap(),
+            Received::NotNow
+        );
+        b.write_all(b"hi").unwrap();
+        assert_eq!(
+            recv_uninit_now(a.as_fd(), &mut buf).unwrap(),
+            Received::Data(2)
+        );
+        let chunk = vec![7u8; 1 << 16];
+        let mut sent = 0;
+        while let Some(n) = send_now(a.as_fd(), &chunk).unwrap() {
+            sent += n;
+            assert!(sent < 1 << 30, "never filled");
+        }
+        assert!(sent > 0);
+        let mut back = vec![0u8; sent];
+        b.read_exact(&mut back).unwrap();
+        assert_eq!(send_now(a.as_fd(), b"x").unwrap(), Some(1));
+        drop(b);
+        assert_eq!(
+            send_now(a.as_fd(), b"x").unwrap_err().raw_os_error(),
+            Some(libc::EPIPE)
+        );
     }
 
     #[test]

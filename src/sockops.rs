@@ -1,0 +1,415 @@
+//! `sock_recv`, `sock_recv_into` and `sock_sendall` for a plain non-blocking
+//! `socket.socket`, without a Python frame: the stock method's first attempt (a `recv`
+//! or `send` that would block is an answer, not a BlockingIOError raised and caught),
+//! and, when the socket is not ready, its wait. The wait is the stock one: a future, an
+//! fd watcher (`SockWait`) that tries again on each readiness until it settles the
+//! future, and a done callback on the future (the same `SockWait`) that removes the
+//! watcher if it is still the fd's, as the stock `_sock_read_done`/`_sock_write_done` do.
+//!
+//! Each `_sock_*_native` method returns the result, the future to await, or
+//! `NotImplemented` for what it leaves to the stock method (see `_loop.py`): a socket of
+//! another class (a subclass may override `recv` or `send`), one with a timeout, a
+//! closed one, a size or buffer out of the ordinary, data that is not `bytes`.
+//!
+//! The watcher reads and writes the socket's number, so before each attempt it looks
+//! at the socket object: closed since (its number maybe another file's by now), the
+//! attempt goes through the object, which fails as on the stock loop (EBADF).
+
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, RawFd};
+
+use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError};
+use pyo3::gc::PyVisit;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyFloat, PyInt, PyMemoryView};
+use pyo3::PyTraverseError;
+use weaveloop_engine::net::{self, Received};
+
+use crate::errors;
+use crate::gil::GilCell;
+use crate::interop;
+use crate::io::Side;
+use crate::loop_core::{new_future, LoopCore};
+use crate::run::is_fatal;
+use crate::transport::{with_recv_buffer, WritableBuffer, RECV_MAX};
+
+/// What a wait is for, with what it needs to try again.
+enum Op {
+    /// `sock_recv(sock, n)`.
+    Recv(usize),
+    /// `sock_recv_into(sock, buf)`.
+    RecvInto(Py<PyAny>),
+    /// `sock_sendall(sock, data)`, `sent` bytes of it gone out so far.
+    SendAll {
+        data: Py<PyBytes>,
+        sent: GilCell<usize>,
+    },
+}
+
+/// What one attempt gave.
+enum Attempt<'py> {
+    /// The operation's result (bytes, a count, None).
+    Done(Bound<'py, PyAny>),
+    /// The socket is not ready: wait for the next readiness.
+    NotNow,
+    /// The operation failed: the future's exception.
+    Failed(PyErr),
+}
+
+/// A plain `socket.socket` with no timeout, open: its fd. (None: the stock method.)
+fn plain_nonblocking(sock: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+    let py = sock.py();
+    if !sock.get_type().is(interop::socket_type(py)?) {
+        return Ok(None);
+    }
+    let timeout = sock.call_method0(intern!(py, "gettimeout"))?;
+    if !timeout.cast::<PyFloat>().is_ok_and(|t| t.value() == 0.0) {
+        return Ok(None);
+    }
+    open_fd(sock)
+}
+
+/// The socket object's fd, None once it is closed (`fileno()` -1).
+fn open_fd(sock: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+    let fileno: i64 = sock.call_method0(intern!(sock.py(), "fileno"))?.extract()?;
+    Ok(RawFd::try_from(fileno).ok().filter(|fd| *fd >= 0))
+}
+
+/// One `recv` of up to `n` bytes, through the buffer the process shares.
+fn recv_bytes<'py>(py: Python<'py>, socket: BorrowedFd<'_>, n: usize) -> Attempt<'py> {
+    with_recv_buffer(py, n, |buf| {
+        // SAFETY: u8 and MaybeUninit<u8> have the same layout, and recv only writes
+        // initialised bytes into the buffer, so it stays a valid [u8] afterwards.
+        let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+        match net::recv_uninit_now(socket, uninit) {
+            Ok(Received::Data(got)) => Attempt::Done(PyBytes::new(py, &buf[..got]).into_any()),
+            Ok(Received::Eof) => Attempt::Done(PyBytes::new(py, b"").into_any()),
+            Ok(Received::NotNow) => Attempt::NotNow,
+            Err(e) => Attempt::Failed(errors::os_error(e)),
+        }
+    })
+}
+
+/// One `recv` into `buf`'s memory (the buffer is exported for the call only).
+/// None: `buf` exports no writable contiguous memory, or none at all (the stock method).
+fn recv_into<'py>(
+    py: Python<'py>,
+    socket: BorrowedFd<'_>,
+    buf: &Bound<'py, PyAny>,
+) -> Option<Attempt<'py>> {
+    let mut view = WritableBuffer::get(buf)?;
+    let memory = view.memory();
+    if memory.is_empty() {
+        return None;
+    }
+    Some(match net::recv_uninit_now(socket, memory) {
+        Ok(Received::Data(got)) => Attempt::Done(PyInt::new(py, got).into_any()),
+        Ok(Received::Eof) => Attempt::Done(PyInt::new(py, 0).into_any()),
+        Ok(Received::NotNow) => Attempt::NotNow,
+        Err(e) => Attempt::Failed(errors::os_error(e)),
+    })
+}
+
+/// The stock answer to a Python-level attempt: BlockingIOError and InterruptedError mean
+/// try again later; KeyboardInterrupt and SystemExit are raised; anything else fails the
+/// operation.
+fn stock_outcome<'py>(py: Python<'py>, r: PyResult<Bound<'py, PyAny>>) -> PyResult<Attempt<'py>> {
+    match r {
+        Ok(v) => Ok(Attempt::Done(v)),
+        Err(e)
+            if e.is_instance_of::<PyBlockingIOError>(py)
+                || e.is_instance_of::<PyInterruptedError>(py) =>
+        {
+            Ok(Attempt::NotNow)
+        }
+        Err(e) if is_fatal(py, &e) => Err(e),
+        Err(e) => Ok(Attempt::Failed(e)),
+    }
+}
+
+/// A socket operation waiting for its socket: the fd watcher that tries it again on
+/// each readiness (called with no argument), and its future's done callback (called
+/// with the future). Holds the future until it is done.
+#[pyclass(module = "weaveloop._core", frozen)]
+pub struct SockWait {
+    fut: GilCell<Option<Py<PyAny>>>,
+    sock: Py<PyAny>,
+    fd: RawFd,
+    op: Op,
+}
+
+impl SockWait {
+    fn side(&self) -> Side {
+        match self.op {
+            Op::Recv(_) | Op::RecvInto(_) => Side::Read,
+            Op::SendAll { .. } => Side::Write,
+        }
+    }
+
+    /// One attempt at the operation, with the socket's number if its object is still
+    /// open on it, else through the object as the stock `_sock_recv` & co. do.
+    fn attempt<'py>(&self, py: Python<'py>) -> PyResult<Attempt<'py>> {
+        let sock = self.sock.bind(py);
+        if open_fd(sock)? != Some(self.fd) {
+            return self.stock_attempt(py);
+        }
+        // SAFETY: `fd` is the socket's: its object was just seen open on it, and nothing
+        // since ran Python code.
+        let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        Ok(match &self.op {
+            Op::Recv(n) => recv_bytes(py, socket, *n),
+            Op::RecvInto(buf) => match recv_into(py, socket, buf.bind(py)) {
+                Some(a) => a,
+                None => return self.stock_attempt(py),
+            },
+            Op::SendAll { data, sent } => {
+                let data = data.bind(py).as_bytes();
+                let from = sent.with(py, |s| *s);
+                match net::send_now(socket, &data[from..]) {
+                    Ok(Some(n)) => self.sent(py, from + n, data.len()),
+                    Ok(None) => Attempt::NotNow,
+                    Err(e) => Attempt::Failed(errors::os_error(e)),
+                }
+            }
+        })
+    }
+
+    /// The attempt as the stock loop makes it, through the socket object's methods.
+    fn stock_attempt<'py>(&self, py: Python<'py>) -> PyResult<Attempt<'py>> {
+        let sock = self.sock.bind(py);
+        match &self.op {
+            Op::Recv(n) => stock_outcome(py, sock.call_method1(intern!(py, "recv"), (*n,))),
+            Op::RecvInto(buf) => {
+                stock_outcome(py, sock.call_method1(intern!(py, "recv_into"), (buf,)))
+            }
+            Op::SendAll { data, sent } => {
+                let from = sent.with(py, |s| *s);
+                let view = PyMemoryView::from(data.bind(py).as_any())?;
+                let rest =
+                    view.get_item(pyo3::types::PySlice::new(py, from as isize, isize::MAX, 1))?;
+                match stock_outcome(py, sock.call_method1(intern!(py, "send"), (rest,)))? {
+                    Attempt::Done(n) => {
+                        let total = data.bind(py).as_bytes().len();
+                        Ok(self.sent(py, from + n.extract::<usize>()?, total))
+                    }
+                    other => Ok(other),
+                }
+            }
+        }
+    }
+
+    /// `sendall`'s progress: done once all of it is out.
+    fn sent<'py>(&self, py: Python<'py>, sent: usize, total: usize) -> Attempt<'py> {
+        if let Op::SendAll { sent: s, .. } = &self.op {
+            s.with(py, |s| *s = sent);
+        }
+        if sent >= total {
+            Attempt::Done(py.None().into_bound(py))
+        } else {
+            Attempt::NotNow
+        }
+    }
+
+    /// The socket is ready: the stock `_sock_recv`/`_sock_recv_into`/`_sock_sendall`.
+    fn ready(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(fut) = self.fut.with(py, |f| f.as_ref().map(|f| f.clone_ref(py))) else {
+            return Ok(());
+        };
+        let fut = fut.bind(py);
+        // (A cancellation may have been scheduled in the previous iteration.)
+        if fut.call_method0(intern!(py, "done"))?.is_truthy()? {
+            return Ok(());
+        }
+        match self.attempt(py)? {
+            Attempt::NotNow => {}
+            Attempt::Done(v) => {
+                fut.call_method1(intern!(py, "set_result"), (v,))?;
+            }
+            Attempt::Failed(e) => {
+                fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The future is done: the stock `_sock_read_done`/`_sock_write_done`, which remove
+    /// the fd's watcher unless it was replaced or removed meanwhile.
+    fn done(slf: &Bound<'_, Self>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let held = this.fut.with(py, Option::take);
+        drop(held);
+        let event_loop = fut.call_method0(intern!(py, "get_loop"))?;
+        let event_loop = event_loop.cast::<LoopCore>()?;
+        let side = this.side();
+        if !event_loop
+            .get()
+            .watcher_calls(py, side, this.fd, slf.as_any())
+        {
+            return Ok(());
+        }
+        let fd = this.fd.into_pyobject(py)?.into_any();
+        LoopCore::ensure_fd_no_transport(event_loop, &fd)?;
+        event_loop.get().remove_watcher(side, &fd)?;
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl SockWait {
+    #[pyo3(signature = (fut = None))]
+    fn __call__(slf: &Bound<'_, Self>, fut: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        match fut {
+            None => slf.get().ready(slf.py()),
+            Some(fut) => Self::done(slf, fut),
+        }
+    }
+
+    /// The stock method this watcher stands in for, as a report of its error names it.
+    #[getter]
+    fn __qualname__(&self) -> &'static str {
+        match self.op {
+            Op::Recv(_) => "BaseSelectorEventLoop._sock_recv",
+            Op::RecvInto(_) => "BaseSelectorEventLoop._sock_recv_into",
+            Op::SendAll { .. } => "BaseSelectorEventLoop._sock_sendall",
+        }
+    }
+
+    #[getter]
+    fn __name__(&self) -> &'static str {
+        let qualname = self.__qualname__();
+        qualname.rsplit('.').next().unwrap_or(qualname)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(fut) = self.fut.peek_in_gc() {
+            visit.call(fut)?;
+        }
+        visit.call(&self.sock)?;
+        match &self.op {
+            Op::Recv(_) => Ok(()),
+            Op::RecvInto(buf) => visit.call(buf),
+            Op::SendAll { data, .. } => visit.call(data),
+        }
+    }
+}
+
+impl LoopCore {
+    /// The wait of the stock method: a future, the fd watcher, the done callback.
+    fn sock_wait<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        fd: RawFd,
+        op: Op,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let fut = new_future(slf.as_any())?;
+        let fd_obj = fd.into_pyobject(py)?.into_any();
+        Self::ensure_fd_no_transport(slf, &fd_obj)?;
+        let wait = SockWait {
+            fut: GilCell::new(Some(fut.clone().unbind())),
+            sock: sock.clone().unbind(),
+            fd,
+            op,
+        };
+        let side = wait.side();
+        let wait = Bound::new(py, wait)?.into_any();
+        let no_args = pyo3::types::PyTuple::empty(py);
+        slf.get().add_watcher(py, side, &fd_obj, &wait, &no_args)?;
+        fut.call_method1(intern!(py, "add_done_callback"), (&wait,))?;
+        Ok(fut)
+    }
+}
+
+#[pymethods]
+impl LoopCore {
+    /// `sock_recv(sock, n)` for a plain non-blocking socket: the bytes received, the
+    /// future to await, or NotImplemented (the stock method).
+    fn _sock_recv_native<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        n: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let not_here = py.NotImplemented().into_bound(py);
+        let Some(n) = n
+            .cast_exact::<PyInt>()
+            .ok()
+            .and_then(|n| n.extract::<usize>().ok())
+            .filter(|n| (1..=RECV_MAX).contains(n))
+        else {
+            return Ok(not_here);
+        };
+        let Some(fd) = plain_nonblocking(sock)? else {
+            return Ok(not_here);
+        };
+        // SAFETY: `plain_nonblocking` has just seen the socket object open on `fd`, and
+        // nothing since ran Python code.
+        let socket = unsafe { BorrowedFd::borrow_raw(fd) };
+        match recv_bytes(py, socket, n) {
+            Attempt::Done(data) => Ok(data),
+            Attempt::Failed(e) => Err(e),
+            Attempt::NotNow => Self::sock_wait(slf, sock, fd, Op::Recv(n)),
+        }
+    }
+
+    /// `sock_recv_into(sock, buf)` for a plain non-blocking socket: the count received,
+    /// the future to await, or NotImplemented (the stock method).
+    fn _sock_recv_into_native<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        buf: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let not_here = py.NotImplemented().into_bound(py);
+        let Some(fd) = plain_nonblocking(sock)? else {
+            return Ok(not_here);
+        };
+        // SAFETY: as in `_sock_recv_native`.
+        let socket = unsafe { BorrowedFd::borrow_raw(fd) };
+        match recv_into(py, socket, buf) {
+            None => Ok(not_here),
+            Some(Attempt::Done(n)) => Ok(n),
+            Some(Attempt::Failed(e)) => Err(e),
+            Some(Attempt::NotNow) => {
+                Self::sock_wait(slf, sock, fd, Op::RecvInto(buf.clone().unbind()))
+            }
+        }
+    }
+
+    /// `sock_sendall(sock, data)` for a plain non-blocking socket and `bytes`: None once
+    /// all of it went out at once, else the future to await; or NotImplemented (the
+    /// stock method).
+    fn _sock_sendall_native<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let not_here = py.NotImplemented().into_bound(py);
+        let Ok(bytes) = data.cast_exact::<PyBytes>() else {
+            return Ok(not_here);
+        };
+        let buf = bytes.as_bytes();
+        if buf.is_empty() {
+            return Ok(not_here);
+        }
+        let Some(fd) = plain_nonblocking(sock)? else {
+            return Ok(not_here);
+        };
+        // SAFETY: as in `_sock_recv_native`.
+        let socket = unsafe { BorrowedFd::borrow_raw(fd) };
+        let sent = match net::send_now(socket, buf) {
+            Ok(Some(n)) if n == buf.len() => return Ok(py.None().into_bound(py)),
+            Ok(Some(n)) => n,
+            Ok(None) => 0,
+            Err(e) => return Err(errors::os_error(e)),
+        };
+        let op = Op::SendAll {
+            data: bytes.clone().unbind(),
+            sent: GilCell::new(sent),
+        };
+        Self::sock_wait(slf, sock, fd, op)
+    }
+}
