@@ -13,7 +13,7 @@ use pyo3::types::{PyDict, PyInt, PyTuple};
 use crate::errors;
 use crate::handles::{Callback, Handle};
 use crate::interop;
-use crate::loop_core::{lock, LoopCore};
+use crate::loop_core::{interest, lock, LoopCore};
 
 const EVENT_READ: u8 = 1;
 const EVENT_WRITE: u8 = 2;
@@ -66,6 +66,7 @@ impl LoopCore {
         fileobj: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
+        once: bool,
     ) -> PyResult<Py<Handle>> {
         self.check_closed()?;
         self.check_thread_strict()?;
@@ -92,16 +93,19 @@ impl LoopCore {
             if w.fileobj.is_none() {
                 w.fileobj = Some(fileobj.clone().unbind());
             }
-            let (read, write) = match side {
-                Side::Read => (true, w.writer.is_some()),
-                Side::Write => (w.reader.is_some(), true),
+            let reader = w.reader.is_some().then_some(w.reader_once);
+            let writer = w.writer.is_some().then_some(w.writer_once);
+            let next = match side {
+                Side::Read => interest(Some(once), writer),
+                Side::Write => interest(reader, Some(once)),
             };
-            match shared.poller.set_interest(fd, read, write) {
+            match shared.poller.watch(fd, next) {
                 Ok(()) => {
-                    let slot = match side {
-                        Side::Read => &mut w.reader,
-                        Side::Write => &mut w.writer,
+                    let (slot, slot_once) = match side {
+                        Side::Read => (&mut w.reader, &mut w.reader_once),
+                        Side::Write => (&mut w.writer, &mut w.writer_once),
                     };
+                    *slot_once = once;
                     Ok(slot.replace(handle.clone_ref(py)))
                 }
                 Err(e) => Err((e, watchers.remove(&fd))),
@@ -149,9 +153,10 @@ impl LoopCore {
                 Side::Read => w.reader.take(),
                 Side::Write => w.writer.take(),
             };
-            let (read, write) = (w.reader.is_some(), w.writer.is_some());
+            let interest = w.interest();
+            let (read, write) = (interest.read, interest.write);
             // Stopping all watching of a closed fd cannot fail (epoll forgot it already).
-            let refused = shared.poller.set_interest(fd, read, write).err();
+            let refused = shared.poller.watch(fd, interest).err();
             let emptied = if refused.is_some() || (!read && !write) {
                 watchers.remove(&fd)
             } else {
@@ -270,7 +275,7 @@ impl LoopCore {
     ) -> PyResult<()> {
         Self::ensure_fd_no_transport(slf, fd)?;
         slf.get()
-            .add_watcher(slf.py(), Side::Read, fd, callback, args)
+            .add_watcher(slf.py(), Side::Read, fd, callback, args, false)
             .map(drop)
     }
 
@@ -284,7 +289,7 @@ impl LoopCore {
     ) -> PyResult<()> {
         Self::ensure_fd_no_transport(slf, fd)?;
         slf.get()
-            .add_watcher(slf.py(), Side::Write, fd, callback, args)
+            .add_watcher(slf.py(), Side::Write, fd, callback, args, false)
             .map(drop)
     }
 
@@ -311,7 +316,7 @@ impl LoopCore {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        self.add_watcher(py, Side::Read, fd, callback, args)
+        self.add_watcher(py, Side::Read, fd, callback, args, false)
     }
 
     #[pyo3(signature = (fd, callback, *args))]
@@ -322,7 +327,7 @@ impl LoopCore {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        self.add_watcher(py, Side::Write, fd, callback, args)
+        self.add_watcher(py, Side::Write, fd, callback, args, false)
     }
 
     fn _remove_reader(&self, fd: &Bound<'_, PyAny>) -> PyResult<bool> {

@@ -16,6 +16,7 @@ use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 use pyo3::PyTraverseError;
+use weaveloop_engine::poller::Interest;
 use weaveloop_engine::{clock, Injector, Poller, Throttle, TimerHeap};
 
 use crate::errors;
@@ -98,6 +99,32 @@ pub struct Watchers {
     /// The object first registered for the fd (an int or a file object): a file object
     /// closed since is still found by identity, as the selectors module finds it.
     pub fileobj: Option<Py<PyAny>>,
+    /// Whether the reader, the writer, is a wait for one readiness (a socket operation's
+    /// `SockWait`), which the poller may register one-shot (`Interest::once`).
+    pub reader_once: bool,
+    pub writer_once: bool,
+}
+
+impl Watchers {
+    /// What the poller is to watch the fd for: one-shot only if every side watched is.
+    pub fn interest(&self) -> Interest {
+        interest(
+            self.reader.is_some().then_some(self.reader_once),
+            self.writer.is_some().then_some(self.writer_once),
+        )
+    }
+}
+
+/// The interest in an fd whose reader and writer are these (Some(once) for a side
+/// watched).
+pub fn interest(reader: Option<bool>, writer: Option<bool>) -> Interest {
+    Interest {
+        read: reader.is_some(),
+        write: writer.is_some(),
+        once: (reader.is_some() || writer.is_some())
+            && reader.unwrap_or(true)
+            && writer.unwrap_or(true),
+    }
 }
 
 /// What other threads reach: the poller (for its waker) and the injector.

@@ -216,11 +216,11 @@ impl LoopCore {
                     }
                 }
                 if changed {
-                    let (read, write) = (w.reader.is_some(), w.writer.is_some());
+                    let interest = w.interest();
                     // Refused: the fd was closed since; the poller forgot it, and so does
                     // the table (the other side too).
-                    let refused = shared.poller.set_interest(ev.fd, read, write).is_err();
-                    if refused || (!read && !write) {
+                    let refused = shared.poller.watch(ev.fd, interest).is_err();
+                    if refused || (!interest.read && !interest.write) {
                         emptied.extend(watchers.remove(&ev.fd));
                     }
                 }
@@ -759,9 +759,7 @@ impl LoopCore {
                 let registered = if old.stale_at_fork(*fd) {
                     Err(std::io::Error::from_raw_os_error(libc::EBADF))
                 } else {
-                    fresh
-                        .poller
-                        .set_interest(*fd, w.reader.is_some(), w.writer.is_some())
+                    fresh.poller.watch(*fd, w.interest())
                 };
                 if let Err(e) = registered {
                     stale_fds.push(*fd);

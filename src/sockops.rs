@@ -211,9 +211,14 @@ impl SockWait {
         }
     }
 
-    /// The socket is ready: the stock `_sock_recv`/`_sock_recv_into`/`_sock_sendall`.
-    fn ready(&self, py: Python<'_>) -> PyResult<()> {
-        let Some(fut) = self.fut.with(py, |f| f.as_ref().map(|f| f.clone_ref(py))) else {
+    /// The socket is ready: the stock `_sock_recv`/`_sock_recv_into`/`_sock_sendall`;
+    /// once the operation is done, its watcher goes at once (the stock one goes in the
+    /// future's done callback, in the next iteration: after a poll, which would have
+    /// re-armed the one-shot registration for nothing; see `poller::Interest::once`).
+    fn ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(fut) = this.fut.with(py, |f| f.as_ref().map(|f| f.clone_ref(py))) else {
             return Ok(());
         };
         let fut = fut.bind(py);
@@ -221,25 +226,30 @@ impl SockWait {
         if fut.call_method0(intern!(py, "done"))?.is_truthy()? {
             return Ok(());
         }
-        match self.attempt(py)? {
-            Attempt::NotNow => {}
-            Attempt::Done(v) => {
-                fut.call_method1(intern!(py, "set_result"), (v,))?;
-            }
+        let settled = match this.attempt(py)? {
+            Attempt::NotNow => return Ok(()),
+            Attempt::Done(v) => fut.call_method1(intern!(py, "set_result"), (v,)),
             Attempt::Failed(e) => {
-                fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),))?;
+                fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),))
             }
-        }
-        Ok(())
+        };
+        Self::unwatch(slf, fut, false)?;
+        settled.map(drop)
     }
 
-    /// The future is done: the stock `_sock_read_done`/`_sock_write_done`, which remove
-    /// the fd's watcher unless it was replaced or removed meanwhile.
+    /// The future is done: the stock `_sock_read_done`/`_sock_write_done`.
     fn done(slf: &Bound<'_, Self>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
+        let held = slf.get().fut.with(slf.py(), Option::take);
+        drop(held);
+        Self::unwatch(slf, fut, true)
+    }
+
+    /// Removes the fd's watcher unless it was replaced or removed meanwhile (the stock
+    /// loop asks its handle: `not handle.cancelled()`); `as_stock`: through the checks
+    /// of the stock `remove_reader`/`remove_writer` (`_ensure_fd_no_transport`).
+    fn unwatch(slf: &Bound<'_, Self>, fut: &Bound<'_, PyAny>, as_stock: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let held = this.fut.with(py, Option::take);
-        drop(held);
         let event_loop = fut.call_method0(intern!(py, "get_loop"))?;
         let event_loop = event_loop.cast::<LoopCore>()?;
         let side = this.side();
@@ -250,7 +260,9 @@ impl SockWait {
             return Ok(());
         }
         let fd = this.fd.into_pyobject(py)?.into_any();
-        LoopCore::ensure_fd_no_transport(event_loop, &fd)?;
+        if as_stock {
+            LoopCore::ensure_fd_no_transport(event_loop, &fd)?;
+        }
         event_loop.get().remove_watcher(side, &fd)?;
         Ok(())
     }
@@ -261,7 +273,7 @@ impl SockWait {
     #[pyo3(signature = (fut = None))]
     fn __call__(slf: &Bound<'_, Self>, fut: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         match fut {
-            None => slf.get().ready(slf.py()),
+            None => Self::ready(slf),
             Some(fut) => Self::done(slf, fut),
         }
     }
@@ -316,7 +328,8 @@ impl LoopCore {
         let side = wait.side();
         let wait = Bound::new(py, wait)?.into_any();
         let no_args = pyo3::types::PyTuple::empty(py);
-        slf.get().add_watcher(py, side, &fd_obj, &wait, &no_args)?;
+        slf.get()
+            .add_watcher(py, side, &fd_obj, &wait, &no_args, true)?;
         fut.call_method1(intern!(py, "add_done_callback"), (&wait,))?;
         Ok(fut)
     }

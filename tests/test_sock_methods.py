@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import gc
+import os
 import socket
 import weakref
 
@@ -398,3 +399,53 @@ def test_the_wait_for_a_plain_socket_is_rusts(wloop, pair, op):
         return type(callback).__name__, callback.__qualname__
 
     assert run(wloop, main()) == ("SockWait", names[op])
+
+
+def test_a_finished_wait_leaves_nothing_that_reports_for_a_later_file(loop, pair):
+    # On weaveloop a finished wait's one-shot registration stays in the epoll set,
+    # disabled (the next wait re-arms it with one call). Here its file outlives the
+    # number (a duplicate keeps it open) and the number goes to a new file, watched with
+    # add_reader: the old file's readiness must not reach the new file's reader.
+    a, b = pair
+    number = a.fileno()
+    kept = os.dup(number)
+    c, d = socket.socketpair()
+    c.setblocking(False)
+    marker_r, marker_w = os.pipe()
+    calls = []
+
+    def on_readable():
+        try:
+            calls.append(os.read(number, 100))
+        except BlockingIOError:
+            calls.append("spurious")
+
+    try:
+
+        async def main():
+            task = await _started(loop, loop.sock_recv(a, 10))
+            b.send(b"first")
+            assert await task == b"first"
+            await asyncio.sleep(0)
+            os.dup2(c.fileno(), number)  # the old file lives on as `kept` only
+            loop.add_reader(number, on_readable)
+            polled = loop.create_future()
+            loop.add_reader(marker_r, lambda: polled.done() or polled.set_result(None))
+            b.send(b"old")  # the old file is readable...
+            os.write(marker_w, b"!")  # ...before the poll that reports the marker
+            await polled
+            await asyncio.sleep(0)
+            assert calls == []
+            d.send(b"new")
+            while not calls:
+                await asyncio.sleep(0)
+            loop.remove_reader(number)
+            loop.remove_reader(marker_r)
+            return calls
+
+        assert run(loop, main()) == [b"new"]
+    finally:
+        for fd in (kept, marker_r, marker_w):
+            os.close(fd)
+        c.close()
+        d.close()

@@ -8,14 +8,14 @@
 //! eventfd and the timer, which are its own edge-triggered registrations.
 //! A timed poll ends at its exact deadline through a timerfd, not epoll's milliseconds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Events, Poll, Registry, Token, Waker};
 
 use crate::timerfd::TimerFd;
 
@@ -43,14 +43,18 @@ pub struct Readiness {
     pub writable: bool,
 }
 
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
-struct Wanted {
-    read: bool,
-    write: bool,
+/// What an fd is watched for. `once`: each side watched is a wait for one readiness
+/// (a socket operation that is done once it succeeds): epoll reports it once
+/// (EPOLLONESHOT) and then holds the registration disabled (see `Interests::disarmed`).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Interest {
+    pub read: bool,
+    pub write: bool,
+    pub once: bool,
 }
 
-impl Wanted {
-    /// The level-triggered epoll events for this interest (None: not watched). Errors
+impl Interest {
+    /// The epoll events for this interest (None: not watched). Level-triggered; errors
     /// and hang-ups are always reported.
     fn epoll_events(self) -> Option<u32> {
         let mut events = 0;
@@ -60,7 +64,13 @@ impl Wanted {
         if self.write {
             events |= libc::EPOLLOUT;
         }
-        (events != 0).then_some(events as u32)
+        if events == 0 {
+            return None;
+        }
+        if self.once {
+            events |= libc::EPOLLONESHOT;
+        }
+        Some(events as u32)
     }
 }
 
@@ -85,7 +95,16 @@ enum Armed {
 /// The fds watched, and the registry (its epoll fd) to change the epoll set with (None
 /// once closed).
 struct Interests {
-    wanted: HashMap<RawFd, Wanted>,
+    wanted: HashMap<RawFd, Interest>,
+    /// The fds whose one-shot registration fired: epoll holds it disabled, reporting
+    /// nothing, until a MOD re-arms it. One still wanted is re-armed before the next
+    /// wait (its operation was not done: the readiness did not last). One no longer
+    /// wanted is left in the set, dormant, instead of removed: the next wait on the same
+    /// file (the next `sock_recv` on a socket) re-arms it with one MOD, where a DEL now
+    /// and an ADD then would be two calls. If the file was closed meanwhile, epoll has
+    /// forgotten it (or, while a duplicate keeps the file open, keeps it disabled for
+    /// good, reporting nothing), the MOD fails, and an ADD follows.
+    disarmed: HashSet<RawFd>,
     registry: Option<Registry>,
     /// See `note_stale_before_fork`.
     stale_at_fork: Vec<RawFd>,
@@ -141,7 +160,11 @@ impl Poller {
         )?))));
         let registry = poll.registry().try_clone()?;
         let timer = TimerFd::new()?;
-        registry.register(&mut SourceFd(&timer.as_raw_fd()), TIMER, Interest::READABLE)?;
+        registry.register(
+            &mut SourceFd(&timer.as_raw_fd()),
+            TIMER,
+            mio::Interest::READABLE,
+        )?;
         Ok(Poller {
             state: Mutex::new(Some(PollState {
                 poll,
@@ -151,6 +174,7 @@ impl Poller {
             })),
             interests: Mutex::new(Interests {
                 wanted: HashMap::new(),
+                disarmed: HashSet::new(),
                 registry: Some(registry),
                 stale_at_fork: Vec::new(),
             }),
@@ -184,6 +208,7 @@ impl Poller {
         let state = take(&self.state, wait, Option::take);
         let registry = take(&self.interests, wait, |i| {
             i.wanted.clear();
+            i.disarmed.clear();
             i.registry.take()
         });
         let waker = take(&self.waker.0, wait, Option::take);
@@ -200,6 +225,7 @@ impl Poller {
             wanted,
             registry,
             stale_at_fork,
+            ..
         } = &mut *interests;
         stale_at_fork.clear();
         let Some(registry) = registry else { return };
@@ -223,28 +249,55 @@ impl Poller {
         self.waker.clone()
     }
 
-    /// Sets what `fd` is watched for; (false, false) stops watching it. If epoll refuses
-    /// to change a registration (the fd was closed since, its number maybe reused), the
-    /// fd is forgotten and the error returned, as the selectors module drops the key.
+    /// Sets what `fd` is watched for, level-triggered; (false, false) stops watching it.
+    /// See `watch`.
     pub fn set_interest(&self, fd: RawFd, read: bool, write: bool) -> io::Result<()> {
+        self.watch(
+            fd,
+            Interest {
+                read,
+                write,
+                once: false,
+            },
+        )
+    }
+
+    /// Sets what `fd` is watched for; no side stops watching it. If epoll refuses to
+    /// change a registration (the fd was closed since, its number maybe reused), the fd
+    /// is forgotten and the error returned, as the selectors module drops the key.
+    pub fn watch(&self, fd: RawFd, new: Interest) -> io::Result<()> {
+        let new = Interest {
+            once: new.once && (new.read || new.write),
+            ..new
+        };
         let mut interests = lock(&self.interests);
         let Interests {
-            wanted, registry, ..
+            wanted,
+            disarmed,
+            registry,
+            ..
         } = &mut *interests;
         let registry = registry.as_ref().ok_or_else(closed)?;
         let old = wanted.get(&fd).copied().unwrap_or_default();
-        let new = Wanted { read, write };
         if old == new {
             return Ok(());
         }
         let epfd = registry.as_raw_fd();
         match (old.epoll_events(), new.epoll_events()) {
+            // A dormant registration (see `disarmed`) re-armed, if epoll still holds it
+            // for the file under this number; else the file is registered afresh.
+            (None, Some(events)) if disarmed.remove(&fd) => {
+                if epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, events).is_err() {
+                    epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, events)?;
+                }
+            }
             // EEXIST (a number that is one of the poller's own fds, the waker's or the
             // timer's: its file is already in the set) is an error, as the selectors
             // module's epoll registration raises it: taking that entry over would take
             // the poller's own wake-ups away.
             (None, Some(events)) => epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, events)?,
             (Some(_), Some(events)) => {
+                disarmed.remove(&fd);
                 if let Err(e) = epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, events) {
                     // (What epoll may still hold under this number is not ours: drop it.)
                     let _ = epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0);
@@ -252,6 +305,8 @@ impl Poller {
                     return Err(e);
                 }
             }
+            // A fired one-shot registration stays, dormant (see `disarmed`).
+            (Some(_), None) if disarmed.contains(&fd) => {}
             (Some(_), None) => {
                 // ENOENT/EBADF here only mean epoll already forgot a closed fd.
                 let _ = epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0);
@@ -264,6 +319,33 @@ impl Poller {
             wanted.remove(&fd);
         }
         Ok(())
+    }
+
+    /// Before a wait: re-arms the fired one-shot registrations still wanted (see
+    /// `disarmed`); one that epoll refuses (its file closed since) is left to report
+    /// nothing, as a closed fd's level-triggered registration does. Returns the number
+    /// of fds watched.
+    fn rearm_fired(&self) -> usize {
+        let mut interests = lock(&self.interests);
+        let Interests {
+            wanted,
+            disarmed,
+            registry,
+            ..
+        } = &mut *interests;
+        if !disarmed.is_empty() {
+            if let Some(registry) = registry {
+                let epfd = registry.as_raw_fd();
+                disarmed.retain(|fd| match wanted.get(fd).and_then(|w| w.epoll_events()) {
+                    Some(events) => {
+                        let _ = epoll_ctl(epfd, libc::EPOLL_CTL_MOD, *fd, events);
+                        false
+                    }
+                    None => true,
+                });
+            }
+        }
+        wanted.len()
     }
 
     /// Number of fds being watched.
@@ -307,13 +389,15 @@ impl Poller {
         };
         // Room for every watched fd (and the waker and the timer), as the selectors
         // module sizes epoll's result: each ready fd is served in this iteration.
-        let room = self.len() + 2;
+        let room = self.rearm_fired() + 2;
         if st.events.capacity() < room {
             st.events = Events::with_capacity(room.next_power_of_two());
         }
         st.poll.poll(&mut st.events, timeout)?;
-        let interests = lock(&self.interests);
-        let wanted = &interests.wanted;
+        let mut interests = lock(&self.interests);
+        let Interests {
+            wanted, disarmed, ..
+        } = &mut *interests;
         for ev in st.events.iter() {
             if ev.token() == WAKER {
                 continue;
@@ -325,6 +409,10 @@ impl Poller {
             }
             let fd = ev.token().0 as RawFd;
             let Some(w) = wanted.get(&fd) else { continue };
+            if w.once {
+                // Reported once: epoll now holds the registration disabled.
+                disarmed.insert(fd);
+            }
             let err = ev.is_error();
             let readable = w.read && (ev.is_readable() || ev.is_read_closed() || err);
             let writable = w.write && (ev.is_writable() || ev.is_write_closed() || err);
@@ -361,6 +449,125 @@ mod tests {
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
+
+    impl Poller {
+        /// What the epoll set holds: (fd, events mask) of each registration, read from
+        /// `/proc/self/fdinfo` (the waker's and the timer's left out).
+        fn epoll_set(&self) -> Vec<(RawFd, u32)> {
+            let epfd = lock(&self.interests).registry.as_ref().unwrap().as_raw_fd();
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{epfd}")).unwrap();
+            let mut set: Vec<(RawFd, u32)> = info
+                .lines()
+                .filter_map(|l| {
+                    let mut words = l.split_whitespace();
+                    (words.next()? == "tfd:").then_some(())?;
+                    let fd = words.next()?.parse().ok()?;
+                    (words.next()? == "events:").then_some(())?;
+                    let mask = u32::from_str_radix(words.next()?, 16).ok()?;
+                    Some((fd, mask))
+                })
+                .filter(|(_, mask)| mask & libc::EPOLLET as u32 == 0) // mio's own
+                .collect();
+            set.sort_unstable();
+            set
+        }
+    }
+
+    fn once(read: bool, write: bool) -> Interest {
+        Interest {
+            read,
+            write,
+            once: true,
+        }
+    }
+
+    fn ready_fds(p: &Poller) -> Vec<RawFd> {
+        let mut out = Vec::new();
+        p.poll(Wait::For(Duration::ZERO), &mut out).unwrap();
+        out.iter().map(|r| r.fd).collect()
+    }
+
+    #[test]
+    fn a_one_shot_registration_reports_again_while_still_wanted() {
+        let p = Poller::new().unwrap();
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let fd = b.as_raw_fd();
+        p.watch(fd, once(true, false)).unwrap();
+        let oneshot = libc::EPOLLONESHOT as u32;
+        assert!(p.epoll_set()[0].1 & oneshot != 0);
+        a.write_all(b"x").unwrap();
+        // Reported, disabled by epoll, re-armed before the next wait: as level-triggered
+        // for as long as the fd is watched and ready.
+        for _ in 0..3 {
+            assert_eq!(ready_fds(&p), [fd]);
+        }
+        // Either side watched level-triggered makes the whole registration so.
+        p.watch(
+            fd,
+            Interest {
+                read: true,
+                write: true,
+                once: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(p.epoll_set()[0].1 & oneshot, 0);
+    }
+
+    #[test]
+    fn a_fired_one_shot_unwatched_stays_dormant_and_a_new_wait_rearms_it() {
+        let p = Poller::new().unwrap();
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let fd = b.as_raw_fd();
+        p.watch(fd, once(true, false)).unwrap();
+        a.write_all(b"x").unwrap();
+        assert_eq!(ready_fds(&p), [fd]);
+        p.set_interest(fd, false, false).unwrap();
+        assert!(p.is_empty());
+        assert_eq!(p.epoll_set().len(), 1, "left in the set, not removed");
+        assert_eq!(ready_fds(&p), [] as [RawFd; 0], "dormant: reports nothing");
+        p.watch(fd, once(true, false)).unwrap();
+        assert_eq!(ready_fds(&p), [fd], "re-armed");
+        // An armed one that never fired is removed, as a level-triggered one is.
+        let (_c, d) = UnixStream::pair().unwrap();
+        p.watch(d.as_raw_fd(), once(true, false)).unwrap();
+        p.set_interest(d.as_raw_fd(), false, false).unwrap();
+        assert_eq!(p.epoll_set().iter().map(|r| r.0).collect::<Vec<_>>(), [fd]);
+    }
+
+    #[test]
+    fn a_dormant_registration_gives_way_to_a_new_file_under_its_number() {
+        let p = Poller::new().unwrap();
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let fd = b.as_raw_fd();
+        p.watch(fd, once(true, false)).unwrap();
+        a.write_all(b"x").unwrap();
+        assert_eq!(ready_fds(&p), [fd]);
+        p.set_interest(fd, false, false).unwrap();
+        // The file stays open through a duplicate: epoll keeps its registration,
+        // disabled, for good. The number goes to a new file (in one step, so no other
+        // test thread can take it meanwhile).
+        // SAFETY: `b`'s fd is open; the duplicate is owned here and closed below.
+        let dup = unsafe { libc::dup(fd) };
+        assert!(dup >= 0);
+        let (mut c, d) = UnixStream::pair().unwrap();
+        // SAFETY: both fds are open and owned by this test; `b` keeps owning the number,
+        // now a duplicate of `d`, and closes it when dropped.
+        assert_eq!(unsafe { libc::dup2(d.as_raw_fd(), fd) }, fd);
+        p.set_interest(fd, true, false).unwrap();
+        // The old file is readable (unread data, more coming) and reports nothing; the
+        // new one reports its own readiness only.
+        a.write_all(b"more").unwrap();
+        assert_eq!(ready_fds(&p), [] as [RawFd; 0]);
+        c.write_all(b"y").unwrap();
+        assert_eq!(ready_fds(&p), [fd]);
+        // SAFETY: `dup` is the duplicate made above, not closed yet.
+        unsafe { libc::close(dup) };
+        // Closed for good: epoll forgets the dormant registration by itself.
+        p.set_interest(fd, false, false).unwrap();
+        assert_eq!(p.epoll_set(), []);
+        drop((b, d));
+    }
 
     #[test]
     fn fds_closed_while_watched_are_noted_before_a_fork() {
