@@ -312,6 +312,9 @@ pub struct LoopCore {
     pub(crate) executor_shutdown_called: AtomicBool,
     pub(crate) default_executor: Mutex<Option<Py<PyAny>>>,
     pub(crate) cancelled_in_heap: Arc<AtomicUsize>,
+    /// The loop's last `sock_recv` read was a large one (see `transport::receive`):
+    /// shared with the operations waiting for their sockets.
+    pub(crate) large_sock_reads: Arc<AtomicBool>,
     pub(crate) clock_resolution: f64,
 }
 
@@ -615,6 +618,7 @@ impl LoopCore {
             executor_shutdown_called: AtomicBool::new(false),
             default_executor: Mutex::new(None),
             cancelled_in_heap: Arc::new(AtomicUsize::new(0)),
+            large_sock_reads: Arc::new(AtomicBool::new(false)),
             clock_resolution: clock::resolution(),
         })
     }

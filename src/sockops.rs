@@ -15,8 +15,9 @@
 //! at the socket object: closed since (its number maybe another file's by now), the
 //! attempt goes through the object, which fails as on the stock loop (EBADF).
 
-use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError};
 use pyo3::gc::PyVisit;
@@ -32,7 +33,7 @@ use crate::interop;
 use crate::io::Side;
 use crate::loop_core::{new_future, LoopCore};
 use crate::run::is_fatal;
-use crate::transport::{with_recv_buffer, WritableBuffer, RECV_MAX};
+use crate::transport::{receive, Outcome, WritableBuffer, RECV_MAX};
 
 /// What a wait is for, with what it needs to try again.
 enum Op {
@@ -76,18 +77,19 @@ fn open_fd(sock: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
     Ok(RawFd::try_from(fileno).ok().filter(|fd| *fd >= 0))
 }
 
-/// One `recv` of up to `n` bytes, through the buffer the process shares.
-fn recv_bytes<'py>(py: Python<'py>, socket: BorrowedFd<'_>, n: usize) -> Attempt<'py> {
-    with_recv_buffer(py, n, |buf| {
-        // SAFETY: u8 and MaybeUninit<u8> have the same layout, and recv only writes
-        // initialised bytes into the buffer, so it stays a valid [u8] afterwards.
-        let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
-        match net::recv_uninit_now(socket, uninit) {
-            Ok(Received::Data(got)) => Attempt::Done(PyBytes::new(py, &buf[..got]).into_any()),
-            Ok(Received::Eof) => Attempt::Done(PyBytes::new(py, b"").into_any()),
-            Ok(Received::NotNow) => Attempt::NotNow,
-            Err(e) => Attempt::Failed(errors::os_error(e)),
-        }
+/// One `recv` of up to `n` bytes (see `transport::receive`: through the buffer the
+/// process shares, or, while reads are large, straight into the bytes returned).
+fn recv_bytes<'py>(
+    py: Python<'py>,
+    socket: BorrowedFd<'_>,
+    n: usize,
+    large: &AtomicBool,
+) -> PyResult<Attempt<'py>> {
+    Ok(match receive(py, socket, n, large, net::recv_uninit_now)? {
+        Outcome::Data(data) => Attempt::Done(data.into_any()),
+        Outcome::Eof => Attempt::Done(PyBytes::new(py, b"").into_any()),
+        Outcome::NotNow => Attempt::NotNow,
+        Outcome::Failed(e) => Attempt::Failed(errors::os_error(e)),
     })
 }
 
@@ -137,6 +139,8 @@ pub struct SockWait {
     sock: Py<PyAny>,
     fd: RawFd,
     op: Op,
+    /// The loop's `large_sock_reads`.
+    large: Arc<AtomicBool>,
 }
 
 impl SockWait {
@@ -158,7 +162,7 @@ impl SockWait {
         // since ran Python code.
         let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
         Ok(match &self.op {
-            Op::Recv(n) => recv_bytes(py, socket, *n),
+            Op::Recv(n) => recv_bytes(py, socket, *n, &self.large)?,
             Op::RecvInto(buf) => match recv_into(py, socket, buf.bind(py)) {
                 Some(a) => a,
                 None => return self.stock_attempt(py),
@@ -324,6 +328,7 @@ impl LoopCore {
             sock: sock.clone().unbind(),
             fd,
             op,
+            large: slf.get().large_sock_reads.clone(),
         };
         let side = wait.side();
         let wait = Bound::new(py, wait)?.into_any();
@@ -360,7 +365,7 @@ impl LoopCore {
         // SAFETY: `plain_nonblocking` has just seen the socket object open on `fd`, and
         // nothing since ran Python code.
         let socket = unsafe { BorrowedFd::borrow_raw(fd) };
-        match recv_bytes(py, socket, n) {
+        match recv_bytes(py, socket, n, &slf.get().large_sock_reads)? {
             Attempt::Done(data) => Ok(data),
             Attempt::Failed(e) => Err(e),
             Attempt::NotNow => Self::sock_wait(slf, sock, fd, Op::Recv(n)),
