@@ -18,32 +18,37 @@ use crate::loop_core::{interest, lock, LoopCore};
 const EVENT_READ: u8 = 1;
 const EVENT_WRITE: u8 = 2;
 
-/// An int fd or an object with `fileno()`, read as the `selectors` module reads it (an
-/// int, or `int(obj.fileno())`). None: an int too large for a C int, which no watched fd
-/// can be.
-fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+/// An int fd or an object with `fileno()`, as an int object, read as the `selectors`
+/// module and the stock `_ensure_fd_no_transport` read it (an int, or
+/// `int(obj.fileno())`); ValueError("Invalid file object: ...") if it has no usable
+/// `fileno()`.
+fn fileobj_to_int<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = obj.py();
-    let fd = if obj.is_instance_of::<PyInt>() {
-        obj.clone()
-    } else {
-        match obj
-            .call_method0(pyo3::intern!(py, "fileno"))
-            .and_then(|f| py.get_type::<PyInt>().call1((f,)))
+    if obj.is_instance_of::<PyInt>() {
+        return Ok(obj.clone());
+    }
+    match obj
+        .call_method0(pyo3::intern!(py, "fileno"))
+        .and_then(|f| py.get_type::<PyInt>().call1((f,)))
+    {
+        Err(e)
+            if e.is_instance_of::<PyAttributeError>(py)
+                || e.is_instance_of::<PyTypeError>(py)
+                || e.is_instance_of::<PyValueError>(py) =>
         {
-            Ok(fd) => fd,
-            Err(e)
-                if e.is_instance_of::<PyAttributeError>(py)
-                    || e.is_instance_of::<PyTypeError>(py)
-                    || e.is_instance_of::<PyValueError>(py) =>
-            {
-                return Err(PyValueError::new_err(format!(
-                    "Invalid file object: {}",
-                    obj.repr().map(|r| r.to_string()).unwrap_or_default()
-                )));
-            }
-            Err(e) => return Err(e),
+            Err(PyValueError::new_err(format!(
+                "Invalid file object: {}",
+                obj.repr().map(|r| r.to_string()).unwrap_or_default()
+            )))
         }
-    };
+        r => r,
+    }
+}
+
+/// `fileobj_to_int`, checked as a selector checks it: a negative number is a
+/// ValueError. None: an int too large for a C int, which no watched fd can be.
+fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+    let fd = fileobj_to_int(obj)?;
     if fd.lt(0)? {
         return Err(PyValueError::new_err(format!(
             "Invalid file descriptor: {fd}"
@@ -209,27 +214,7 @@ impl LoopCore {
         fd: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let py = slf.py();
-        let fileno = if fd.is_instance_of::<PyInt>() {
-            fd.clone()
-        } else {
-            match fd
-                .call_method0(pyo3::intern!(py, "fileno"))
-                .and_then(|f| py.get_type::<PyInt>().call1((f,)))
-            {
-                Ok(fileno) => fileno,
-                Err(e)
-                    if e.is_instance_of::<PyAttributeError>(py)
-                        || e.is_instance_of::<PyTypeError>(py)
-                        || e.is_instance_of::<PyValueError>(py) =>
-                {
-                    return Err(PyValueError::new_err(format!(
-                        "Invalid file object: {}",
-                        fd.repr()?
-                    )));
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let fileno = fileobj_to_int(fd)?;
         let transports = slf.getattr(pyo3::intern!(py, "_transports"))?;
         let transport = if transports.is_exact_instance(interop::weak_value_dictionary(py)?) {
             // Its own dict of weak references, read directly: what `transports[fileno]`

@@ -15,8 +15,9 @@
 //! at the socket object: closed since (its number maybe another file's by now), the
 //! attempt goes through the object, which fails as on the stock loop (EBADF).
 
+use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, RawFd};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError};
@@ -33,7 +34,7 @@ use crate::interop;
 use crate::io::Side;
 use crate::loop_core::{new_future, LoopCore};
 use crate::run::is_fatal;
-use crate::transport::{receive, Outcome, WritableBuffer, RECV_MAX};
+use crate::transport::{with_recv_buffer, WritableBuffer, RECV_MAX};
 
 /// What a wait is for, with what it needs to try again.
 enum Op {
@@ -77,19 +78,38 @@ fn open_fd(sock: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
     Ok(RawFd::try_from(fileno).ok().filter(|fd| *fd >= 0))
 }
 
-/// One `recv` of up to `n` bytes (see `transport::receive`: through the buffer the
-/// process shares, or, while reads are large, straight into the bytes returned).
+/// Reads of this many bytes or more make the loop's `sock_recv` go to the stock method
+/// (see `LoopCore::large_sock_reads`)...
+const LARGE_READ: usize = 64 * 1024;
+
+/// ...until this many smaller reads in a row. (A large message often comes in a few
+/// reads, the last one small: one small read is no sign that reads are small now.)
+const SMALL_READS_BACK: usize = 16;
+
+/// One `recv` of up to `n` bytes through the buffer the process shares, what came
+/// copied out; `large` is set (to SMALL_READS_BACK) when that was LARGE_READ bytes or
+/// more.
 fn recv_bytes<'py>(
     py: Python<'py>,
     socket: BorrowedFd<'_>,
     n: usize,
-    large: &AtomicBool,
-) -> PyResult<Attempt<'py>> {
-    Ok(match receive(py, socket, n, large, net::recv_uninit_now)? {
-        Outcome::Data(data) => Attempt::Done(data.into_any()),
-        Outcome::Eof => Attempt::Done(PyBytes::new(py, b"").into_any()),
-        Outcome::NotNow => Attempt::NotNow,
-        Outcome::Failed(e) => Attempt::Failed(errors::os_error(e)),
+    large: &AtomicUsize,
+) -> Attempt<'py> {
+    with_recv_buffer(py, n, |buf| {
+        // SAFETY: u8 and MaybeUninit<u8> have the same layout, and recv only writes
+        // initialised bytes into the buffer, so it stays a valid [u8] afterwards.
+        let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+        match net::recv_uninit_now(socket, uninit) {
+            Ok(Received::Data(got)) => {
+                if got >= LARGE_READ {
+                    large.store(SMALL_READS_BACK, Relaxed);
+                }
+                Attempt::Done(PyBytes::new(py, &buf[..got]).into_any())
+            }
+            Ok(Received::Eof) => Attempt::Done(PyBytes::new(py, b"").into_any()),
+            Ok(Received::NotNow) => Attempt::NotNow,
+            Err(e) => Attempt::Failed(errors::os_error(e)),
+        }
     })
 }
 
@@ -140,7 +160,7 @@ pub struct SockWait {
     fd: RawFd,
     op: Op,
     /// The loop's `large_sock_reads`.
-    large: Arc<AtomicBool>,
+    large: Arc<AtomicUsize>,
 }
 
 impl SockWait {
@@ -162,7 +182,7 @@ impl SockWait {
         // since ran Python code.
         let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
         Ok(match &self.op {
-            Op::Recv(n) => recv_bytes(py, socket, *n, &self.large)?,
+            Op::Recv(n) => recv_bytes(py, socket, *n, &self.large),
             Op::RecvInto(buf) => match recv_into(py, socket, buf.bind(py)) {
                 Some(a) => a,
                 None => return self.stock_attempt(py),
@@ -342,8 +362,22 @@ impl LoopCore {
 
 #[pymethods]
 impl LoopCore {
+    /// A read of the stock `sock_recv` of `size` bytes, while the loop's reads are large
+    /// (see `large_sock_reads`): a large one keeps them so, SMALL_READS_BACK smaller ones
+    /// in a row give them back to the Rust path.
+    fn _stock_sock_read(&self, size: usize) {
+        if size >= LARGE_READ {
+            self.large_sock_reads.store(SMALL_READS_BACK, Relaxed);
+        } else {
+            let _ = self
+                .large_sock_reads
+                .fetch_update(Relaxed, Relaxed, |left| left.checked_sub(1));
+        }
+    }
+
     /// `sock_recv(sock, n)` for a plain non-blocking socket: the bytes received, the
-    /// future to await, or NotImplemented (the stock method).
+    /// future to await, or NotImplemented (the stock method; also while the loop's reads
+    /// are large, see `LoopCore::large_sock_reads`).
     fn _sock_recv_native<'py>(
         slf: &Bound<'py, Self>,
         sock: &Bound<'py, PyAny>,
@@ -351,6 +385,9 @@ impl LoopCore {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let not_here = py.NotImplemented().into_bound(py);
+        if slf.get().large_sock_reads.load(Relaxed) != 0 {
+            return Ok(not_here);
+        }
         let Some(n) = n
             .cast_exact::<PyInt>()
             .ok()
@@ -365,7 +402,7 @@ impl LoopCore {
         // SAFETY: `plain_nonblocking` has just seen the socket object open on `fd`, and
         // nothing since ran Python code.
         let socket = unsafe { BorrowedFd::borrow_raw(fd) };
-        match recv_bytes(py, socket, n, &slf.get().large_sock_reads)? {
+        match recv_bytes(py, socket, n, &slf.get().large_sock_reads) {
             Attempt::Done(data) => Ok(data),
             Attempt::Failed(e) => Err(e),
             Attempt::NotNow => Self::sock_wait(slf, sock, fd, Op::Recv(n)),

@@ -130,7 +130,7 @@ fn fatal(transport: &Bound<'_, PyAny>, err: PyErr, message: &str) -> PyResult<()
 }
 
 /// What one read came to, once out of the shared buffer.
-pub(crate) enum Outcome<'py> {
+enum Outcome<'py> {
     Data(Bound<'py, PyBytes>),
     Eof,
     NotNow,
@@ -142,44 +142,6 @@ pub(crate) enum Outcome<'py> {
 /// bytes object it hands over instead of copying it out of the shared buffer: one more
 /// syscall per read, worth it only when it saves a copy this large.
 const DIRECT_READ_MIN: usize = 64 * 1024;
-
-/// A non-blocking `recv` into memory not yet initialised (`net::recv_uninit`, or
-/// `net::recv_uninit_now` for a socket that may have been made blocking since).
-pub(crate) type RecvFn = fn(BorrowedFd<'_>, &mut [MaybeUninit<u8>]) -> std::io::Result<Received>;
-
-/// One `recv` of up to `max_size` bytes (at most RECV_MAX): into the shared buffer, or,
-/// after a large read (`large`, updated here), when a large read is waiting, into a
-/// bytes object of its size. `socket` must be open for the call.
-pub(crate) fn receive<'py>(
-    py: Python<'py>,
-    socket: BorrowedFd<'_>,
-    max_size: usize,
-    large: &AtomicBool,
-    recv: RecvFn,
-) -> PyResult<Outcome<'py>> {
-    if large.load(Relaxed) {
-        // (Where FIONREAD fails, the read goes through the shared buffer.)
-        let waiting = net::pending(socket).unwrap_or(0).min(max_size);
-        if waiting >= DIRECT_READ_MIN {
-            return receive_into_bytes(py, socket, waiting, recv);
-        }
-    }
-    let outcome = with_recv_buffer(py, max_size, |buf| {
-        // SAFETY: u8 and MaybeUninit<u8> have the same layout, and recv only writes
-        // initialised bytes into the buffer, so it stays a valid [u8] afterwards.
-        let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
-        match recv(socket, uninit) {
-            Ok(Received::Data(n)) => Outcome::Data(PyBytes::new(py, &buf[..n])),
-            Ok(Received::Eof) => Outcome::Eof,
-            Ok(Received::NotNow) => Outcome::NotNow,
-            Err(e) => Outcome::Failed(e),
-        }
-    });
-    let was_large =
-        matches!(&outcome, Outcome::Data(data) if data.as_bytes().len() >= DIRECT_READ_MIN);
-    large.store(was_large, Relaxed);
-    Ok(outcome)
-}
 
 #[pyclass(module = "weaveloop._core", frozen)]
 pub struct SocketReader {
@@ -193,13 +155,30 @@ pub struct SocketReader {
 }
 
 impl SocketReader {
-    /// One `recv` of up to `max_size` bytes (see `receive`). Called right after
-    /// `holds_its_socket`.
+    /// One `recv` of up to `max_size` bytes: into the shared buffer, or after a large
+    /// read, when a large read is waiting, into a bytes object of its size. Called right
+    /// after `holds_its_socket`.
     fn receive<'py>(&self, py: Python<'py>, max_size: usize) -> PyResult<Outcome<'py>> {
         // SAFETY: `fd` is the transport's socket: the caller has just seen its socket
         // object open on it (`holds_its_socket`), and nothing since ran Python code.
         let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
-        receive(py, socket, max_size, &self.large, net::recv_uninit)
+        if self.large.load(Relaxed) {
+            // (Where FIONREAD fails, the read goes through the shared buffer.)
+            let waiting = net::pending(socket).unwrap_or(0).min(max_size);
+            if waiting >= DIRECT_READ_MIN {
+                return receive_into_bytes(py, socket, waiting);
+            }
+        }
+        let outcome = with_recv_buffer(py, max_size, |buf| match net::recv(socket, buf) {
+            Ok(Received::Data(n)) => Outcome::Data(PyBytes::new(py, &buf[..n])),
+            Ok(Received::Eof) => Outcome::Eof,
+            Ok(Received::NotNow) => Outcome::NotNow,
+            Err(e) => Outcome::Failed(e),
+        });
+        let large =
+            matches!(&outcome, Outcome::Data(data) if data.as_bytes().len() >= DIRECT_READ_MIN);
+        self.large.store(large, Relaxed);
+        Ok(outcome)
     }
 
     /// For a `BufferedProtocol`: the stock `_read_ready__get_buffer` — skip a transport
@@ -358,7 +337,6 @@ fn receive_into_bytes<'py>(
     py: Python<'py>,
     socket: BorrowedFd<'_>,
     size: usize,
-    recv: RecvFn,
 ) -> PyResult<Outcome<'py>> {
     debug_assert!(size <= RECV_MAX);
     // (At most RECV_MAX: no overflow.)
@@ -377,7 +355,7 @@ fn receive_into_bytes<'py>(
         let start = pyo3::ffi::PyBytes_AsString(raw).cast::<MaybeUninit<u8>>();
         std::slice::from_raw_parts_mut(start, size)
     };
-    Ok(match recv(socket, buf) {
+    Ok(match net::recv_uninit(socket, buf) {
         Ok(Received::Data(n)) if n == size => Outcome::Data(bytes),
         Ok(Received::Data(n)) => {
             // SAFETY: recv initialised the first n bytes.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import faulthandler
+import socket
 import sys
 
 import pytest
@@ -61,6 +62,17 @@ def make_loop(loop_factory):
     yield make
     for lp in loops:
         _dispose(lp)
+
+
+@pytest.fixture
+def pair():
+    """A connected pair of non-blocking Unix stream sockets, closed at teardown."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
 
 
 @pytest.fixture

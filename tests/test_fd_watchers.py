@@ -21,16 +21,6 @@ from _support import (
 )
 
 
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 def _assert_a_fresh_pair_is_watchable(loop, payload: bytes, before_watching=None) -> None:
     """A new socketpair (the OS may hand out a number just closed) gets its reader
     called with ``payload``; ``before_watching`` runs once the pair exists."""

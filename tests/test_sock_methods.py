@@ -20,16 +20,6 @@ import pytest
 from _support import run
 
 
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 def _watched(loop, sock) -> int:
     """The selector events registered for ``sock`` (0: none)."""
     try:
@@ -244,19 +234,23 @@ def test_a_failed_recv_wait_sets_the_socket_error(loop):
         listener.close()
 
 
+def _waiting_op(loop, sock, op: str):
+    """The coroutine of ``op`` on ``sock``, which will have to wait: nothing is waiting
+    to be read, and for "sendall" the socket is filled first."""
+    if op == "sendall":
+        _fill(sock)
+        return loop.sock_sendall(sock, b"z" * 10)
+    if op == "recv_into":
+        return loop.sock_recv_into(sock, bytearray(10))
+    return loop.sock_recv(sock, 10)
+
+
 @pytest.mark.parametrize("op", ["recv", "recv_into", "sendall"])
 def test_a_cancelled_wait_removes_its_watcher(loop, pair, op):
     a, b = pair
 
     async def main():
-        if op == "sendall":
-            _fill(a)
-        start = {
-            "recv": lambda: loop.sock_recv(a, 10),
-            "recv_into": lambda: loop.sock_recv_into(a, bytearray(10)),
-            "sendall": lambda: loop.sock_sendall(a, b"z" * 10),
-        }[op]
-        task = await _started(loop, start())
+        task = await _started(loop, _waiting_op(loop, a, op))
         waiting = _watched(loop, a)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -400,14 +394,7 @@ def test_the_wait_for_a_plain_socket_is_rusts(wloop, pair, op):
     }
 
     async def main():
-        if op == "sendall":
-            _fill(a)
-        start = {
-            "recv": lambda: wloop.sock_recv(a, 10),
-            "recv_into": lambda: wloop.sock_recv_into(a, bytearray(10)),
-            "sendall": lambda: wloop.sock_sendall(a, b"z" * 10),
-        }[op]
-        task = await _started(wloop, start())
+        task = await _started(wloop, _waiting_op(wloop, a, op))
         reader, writer = wloop._selector.get_key(a).data
         callback = (writer if op == "sendall" else reader)._callback
         task.cancel()
@@ -464,3 +451,31 @@ def test_a_finished_wait_leaves_nothing_that_reports_for_a_later_file(loop, pair
             os.close(fd)
         c.close()
         d.close()
+
+
+def test_large_reads_hand_sock_recv_to_the_stock_method_until_smaller_ones(wloop, pair):
+    # weaveloop only: a Rust read of 64 KiB or more sends the loop's sock_recv to the
+    # stock method (whose allocation per read glibc's heap keeps warm), and 16 smaller
+    # reads in a row give it back. Which path waits shows in the watcher's callback.
+    a, b = pair
+
+    def waiting_callback() -> str:
+        return type(wloop._selector.get_key(a).data[0]._callback).__name__
+
+    async def read_one(tag: bytes) -> str:
+        task = await _started(wloop, wloop.sock_recv(a, 10))
+        which = waiting_callback()
+        b.send(tag)
+        assert await task == tag
+        return which
+
+    async def main():
+        b.send(b"x" * 70_000)
+        assert len(await wloop.sock_recv(a, 100_000)) == 70_000
+        paths = [await read_one(b"%d" % i) for i in range(16)]
+        b.send(b"y" * 70_000)  # a large read of the stock method keeps it so
+        assert len(await wloop.sock_recv(a, 100_000)) == 70_000
+        paths += [await read_one(b"%d" % i) for i in range(17)]
+        return paths
+
+    assert run(wloop, main()) == ["method"] * 32 + ["SockWait"]

@@ -540,7 +540,12 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         if got.__class__ is bytes:
             return got
         if got is NotImplemented:
-            return await super().sock_recv(sock, n)
+            data = await super().sock_recv(sock, n)
+            if data.__class__ is bytes:
+                # While reads are large the stock method reads them (see
+                # large_sock_reads in src/loop_core.rs): this one's size counts.
+                self._stock_sock_read(len(data))
+            return data
         return await got
 
     async def sock_recv_into(self, sock, buf):

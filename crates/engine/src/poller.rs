@@ -514,15 +514,22 @@ mod tests {
         assert_eq!(p.epoll_set()[0].1 & oneshot, 0);
     }
 
-    #[test]
-    fn a_fired_one_shot_unwatched_stays_dormant_and_a_new_wait_rearms_it() {
-        let p = Poller::new().unwrap();
+    /// A socket pair whose second end was watched one-shot, reported readable (with a
+    /// byte unread), then unwatched: its registration is dormant.
+    fn fired_and_unwatched(p: &Poller) -> (UnixStream, UnixStream, RawFd) {
         let (mut a, b) = UnixStream::pair().unwrap();
         let fd = b.as_raw_fd();
         p.watch(fd, once(true, false)).unwrap();
         a.write_all(b"x").unwrap();
-        assert_eq!(ready_fds(&p), [fd]);
+        assert_eq!(ready_fds(p), [fd]);
         p.set_interest(fd, false, false).unwrap();
+        (a, b, fd)
+    }
+
+    #[test]
+    fn a_fired_one_shot_unwatched_stays_dormant_and_a_new_wait_rearms_it() {
+        let p = Poller::new().unwrap();
+        let (_a, _b, fd) = fired_and_unwatched(&p);
         assert!(p.is_empty());
         assert_eq!(p.epoll_set().len(), 1, "left in the set, not removed");
         assert_eq!(ready_fds(&p), [] as [RawFd; 0], "dormant: reports nothing");
@@ -538,12 +545,7 @@ mod tests {
     #[test]
     fn a_dormant_registration_gives_way_to_a_new_file_under_its_number() {
         let p = Poller::new().unwrap();
-        let (mut a, b) = UnixStream::pair().unwrap();
-        let fd = b.as_raw_fd();
-        p.watch(fd, once(true, false)).unwrap();
-        a.write_all(b"x").unwrap();
-        assert_eq!(ready_fds(&p), [fd]);
-        p.set_interest(fd, false, false).unwrap();
+        let (mut a, b, fd) = fired_and_unwatched(&p);
         // The file stays open through a duplicate: epoll keeps its registration,
         // disabled, for good. The number goes to a new file (in one step, so no other
         // test thread can take it meanwhile).
