@@ -313,13 +313,14 @@ pub struct LoopCore {
     pub(crate) default_executor: Mutex<Option<Py<PyAny>>>,
     pub(crate) cancelled_in_heap: Arc<AtomicUsize>,
     /// A `sock_recv` of this loop read 64 KiB or more at once, and fewer than 16 read
-    /// less in a row since (the number left; see `sockops.rs`): meanwhile `sock_recv` is
-    /// the stock method. Its allocation per read, of the whole size asked for (the socket module's
-    /// `recv(n)`), is what glibc's heap keeps warm; exact-size copies of large reads,
-    /// many alive at once and each freed as a chunk of 64 KiB or more, make it trim its
-    /// top and fault the pages back in on the next read (24 page faults per round trip
-    /// of the 100 KiB `sock_*` echo, 8.5 for the stock method's, 0.1 with glibc's
-    /// MALLOC_TRIM_THRESHOLD_ raised to 4 MB). Shared with the waiting operations.
+    /// less in a row since (the number left; see `sockops.rs`): meanwhile `sock_recv`
+    /// is the stock method. Its allocation per read, of the whole size asked for (the
+    /// socket module's `recv(n)`), is what glibc's heap keeps warm; exact-size copies
+    /// of large reads, many alive at once and each freed as a chunk of 64 KiB or more,
+    /// make it trim its top and fault the pages back in on the next read (24 page
+    /// faults per round trip of the 100 KiB `sock_*` echo, 8.5 for the stock method's,
+    /// 0.1 with glibc's MALLOC_TRIM_THRESHOLD_ raised to 4 MB). Shared with the waiting
+    /// operations.
     pub(crate) large_sock_reads: Arc<AtomicUsize>,
     pub(crate) clock_resolution: f64,
 }
