@@ -206,6 +206,20 @@ impl LoopCore {
             .is_some_and(|h| !h.get().cb().is_cancelled() && h.get().cb().calls(py, callback))
     }
 
+    /// The public `add_reader`/`add_writer`: `_ensure_fd_no_transport`, then the watcher.
+    fn add_checked(
+        slf: &Bound<'_, Self>,
+        side: Side,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::ensure_fd_no_transport(slf, fd)?;
+        slf.get()
+            .add_watcher(slf.py(), side, fd, callback, args, false)
+            .map(drop)
+    }
+
     /// The stock `_ensure_fd_no_transport`: RuntimeError if a transport that is not
     /// closing owns `fd` (an int or an object with `fileno()`), ValueError for an object
     /// that has no usable `fileno()`.
@@ -258,10 +272,7 @@ impl LoopCore {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<()> {
-        Self::ensure_fd_no_transport(slf, fd)?;
-        slf.get()
-            .add_watcher(slf.py(), Side::Read, fd, callback, args, false)
-            .map(drop)
+        Self::add_checked(slf, Side::Read, fd, callback, args)
     }
 
     /// The stock `add_writer`: `_ensure_fd_no_transport`, then `_add_writer`.
@@ -272,10 +283,7 @@ impl LoopCore {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<()> {
-        Self::ensure_fd_no_transport(slf, fd)?;
-        slf.get()
-            .add_watcher(slf.py(), Side::Write, fd, callback, args, false)
-            .map(drop)
+        Self::add_checked(slf, Side::Write, fd, callback, args)
     }
 
     /// The stock `remove_reader`: `_ensure_fd_no_transport`, then `_remove_reader`.
