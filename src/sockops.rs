@@ -113,24 +113,27 @@ fn recv_bytes<'py>(
     })
 }
 
-/// One `recv` into `buf`'s memory (the buffer is exported for the call only).
-/// None: `buf` exports no writable contiguous memory, or none at all (the stock method).
+/// `buf`'s memory for a `recv_into`, exported until dropped; None if it exports no
+/// writable contiguous memory, or none at all (the stock method). Getting it may run
+/// Python code (a class's `__buffer__`, Python 3.12+), so it is got before the socket
+/// object is looked at, and what that code does to the socket is seen there.
+fn writable(buf: &Bound<'_, PyAny>) -> Option<WritableBuffer> {
+    let mut view = WritableBuffer::get(buf)?;
+    (!view.memory().is_empty()).then_some(view)
+}
+
+/// One `recv` into `view`'s memory.
 fn recv_into<'py>(
     py: Python<'py>,
     socket: BorrowedFd<'_>,
-    buf: &Bound<'py, PyAny>,
-) -> Option<Attempt<'py>> {
-    let mut view = WritableBuffer::get(buf)?;
-    let memory = view.memory();
-    if memory.is_empty() {
-        return None;
-    }
-    Some(match net::recv_uninit_now(socket, memory) {
+    view: &mut WritableBuffer,
+) -> Attempt<'py> {
+    match net::recv_uninit_now(socket, view.memory()) {
         Ok(Received::Data(got)) => Attempt::Done(PyInt::new(py, got).into_any()),
         Ok(Received::Eof) => Attempt::Done(PyInt::new(py, 0).into_any()),
         Ok(Received::NotNow) => Attempt::NotNow,
         Err(e) => Attempt::Failed(errors::os_error(e)),
-    })
+    }
 }
 
 /// The stock answer to a Python-level attempt: BlockingIOError and InterruptedError mean
@@ -174,8 +177,16 @@ impl SockWait {
     /// One attempt at the operation, with the socket's number if its object is still
     /// open on it, else through the object as the stock `_sock_recv` & co. do.
     fn attempt<'py>(&self, py: Python<'py>) -> PyResult<Attempt<'py>> {
+        let mut view = match &self.op {
+            Op::RecvInto(buf) => match writable(buf.bind(py)) {
+                Some(view) => Some(view),
+                None => return self.stock_attempt(py),
+            },
+            _ => None,
+        };
         let sock = self.sock.bind(py);
         if open_fd(sock)? != Some(self.fd) {
+            drop(view);
             return self.stock_attempt(py);
         }
         // SAFETY: `fd` is the socket's: its object was just seen open on it, and nothing
@@ -183,9 +194,9 @@ impl SockWait {
         let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
         Ok(match &self.op {
             Op::Recv(n) => recv_bytes(py, socket, *n, &self.large),
-            Op::RecvInto(buf) => match recv_into(py, socket, buf.bind(py)) {
-                Some(a) => a,
-                None => return self.stock_attempt(py),
+            Op::RecvInto(_) => match view.as_mut() {
+                Some(view) => recv_into(py, socket, view),
+                None => return self.stock_attempt(py), // (not reached: got above)
             },
             Op::SendAll { data, sent } => {
                 let data = data.bind(py).as_bytes();
@@ -418,18 +429,20 @@ impl LoopCore {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let not_here = py.NotImplemented().into_bound(py);
+        let Some(mut view) = writable(buf) else {
+            return Ok(not_here);
+        };
         let Some(fd) = plain_nonblocking(sock)? else {
             return Ok(not_here);
         };
-        // SAFETY: as in `_sock_recv_native`.
+        // SAFETY: as in `_sock_recv_native` (the buffer was got before the look).
         let socket = unsafe { BorrowedFd::borrow_raw(fd) };
-        match recv_into(py, socket, buf) {
-            None => Ok(not_here),
-            Some(Attempt::Done(n)) => Ok(n),
-            Some(Attempt::Failed(e)) => Err(e),
-            Some(Attempt::NotNow) => {
-                Self::sock_wait(slf, sock, fd, Op::RecvInto(buf.clone().unbind()))
-            }
+        let attempt = recv_into(py, socket, &mut view);
+        drop(view);
+        match attempt {
+            Attempt::Done(n) => Ok(n),
+            Attempt::Failed(e) => Err(e),
+            Attempt::NotNow => Self::sock_wait(slf, sock, fd, Op::RecvInto(buf.clone().unbind())),
         }
     }
 

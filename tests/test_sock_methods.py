@@ -14,6 +14,7 @@ import errno
 import gc
 import os
 import socket
+import sys
 import weakref
 
 import pytest
@@ -480,3 +481,59 @@ def test_large_reads_hand_sock_recv_to_the_stock_method_until_smaller_ones(wloop
         return paths
 
     assert run(wloop, main()) == ["method"] * 32 + ["SockWait"]
+
+
+def test_a_file_back_under_the_number_of_its_finished_wait_is_watched_again(loop, pair):
+    # On weaveloop a finished wait's registration stays in the epoll set (dormant); a
+    # duplicate keeps its file open while another file takes the number and is watched
+    # and unwatched; then the first file comes back under the number. The stock loop
+    # removed its registration at once; weaveloop's registering the file again must not
+    # fail on the dormant one (EEXIST) and must report its readiness.
+    a, b = pair
+    number = a.fileno()
+    kept = os.dup(number)
+    c, d = socket.socketpair()
+    try:
+
+        async def main():
+            task = await _started(loop, loop.sock_recv(a, 10))
+            b.send(b"1")
+            assert await task == b"1"
+            os.dup2(c.fileno(), number)  # the socket object `a` now names c's file
+            loop.add_reader(number, print)
+            loop.remove_reader(number)
+            os.dup2(kept, number)  # and its own again
+            task = await _started(loop, loop.sock_recv(a, 10))
+            b.send(b"2")
+            return await task
+
+        assert run(loop, main()) == b"2"
+    finally:
+        os.close(kept)
+        c.close()
+        d.close()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="__buffer__ is Python 3.12's")
+def test_a_buffer_whose_export_closes_the_socket_fails_as_the_socket_does(loop, pair):
+    # Getting a buffer runs its class's __buffer__: here it closes the socket and puts
+    # another readable file under its number. The read must not reach that file.
+    a, b = pair
+    number = a.fileno()
+    c, d = socket.socketpair()
+    d.send(b"not yours")
+
+    class Sneaky:
+        def __buffer__(self, flags):
+            a.close()
+            os.dup2(c.fileno(), number)
+            return memoryview(bytearray(16))
+
+    try:
+        with pytest.raises(OSError) as caught:
+            run(loop, loop.sock_recv_into(a, Sneaky()))
+        assert caught.value.errno == errno.EBADF
+    finally:
+        os.close(number)
+        c.close()
+        d.close()

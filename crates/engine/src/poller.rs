@@ -105,6 +105,13 @@ struct Interests {
     /// forgotten it (or, while a duplicate keeps the file open, keeps it disabled for
     /// good, reporting nothing), the MOD fails, and an ADD follows.
     disarmed: HashSet<RawFd>,
+    /// Numbers whose dormant registration gave way to another file (its MOD failed, an
+    /// ADD followed): epoll may still hold the dormant one, of a file a duplicate keeps
+    /// open. Should that file come back under the number (`dup2`, fd passing), its ADD
+    /// fails with EEXIST, and a MOD re-arms the dormant registration instead. (The
+    /// poller's own fds, whose EEXIST is an error, are open for its whole life: their
+    /// numbers never had another file's registration.)
+    gave_way: HashSet<RawFd>,
     registry: Option<Registry>,
     /// See `note_stale_before_fork`.
     stale_at_fork: Vec<RawFd>,
@@ -175,6 +182,7 @@ impl Poller {
             interests: Mutex::new(Interests {
                 wanted: HashMap::new(),
                 disarmed: HashSet::new(),
+                gave_way: HashSet::new(),
                 registry: Some(registry),
                 stale_at_fork: Vec::new(),
             }),
@@ -209,6 +217,7 @@ impl Poller {
         let registry = take(&self.interests, wait, |i| {
             i.wanted.clear();
             i.disarmed.clear();
+            i.gave_way.clear();
             i.registry.take()
         });
         let waker = take(&self.waker.0, wait, Option::take);
@@ -274,6 +283,7 @@ impl Poller {
         let Interests {
             wanted,
             disarmed,
+            gave_way,
             registry,
             ..
         } = &mut *interests;
@@ -288,14 +298,21 @@ impl Poller {
             // for the file under this number; else the file is registered afresh.
             (None, Some(events)) if disarmed.remove(&fd) => {
                 if epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, events).is_err() {
+                    gave_way.insert(fd);
                     epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, events)?;
                 }
             }
             // EEXIST (a number that is one of the poller's own fds, the waker's or the
             // timer's: its file is already in the set) is an error, as the selectors
             // module's epoll registration raises it: taking that entry over would take
-            // the poller's own wake-ups away.
-            (None, Some(events)) => epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, events)?,
+            // the poller's own wake-ups away. Unless the number's dormant registration
+            // gave way (see `gave_way`): then it is that one's file, back.
+            (None, Some(events)) => match epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, events) {
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && gave_way.remove(&fd) => {
+                    epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, events)?
+                }
+                r => r?,
+            },
             (Some(_), Some(events)) => {
                 disarmed.remove(&fd);
                 if let Err(e) = epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, events) {
@@ -569,6 +586,31 @@ mod tests {
         p.set_interest(fd, false, false).unwrap();
         assert_eq!(p.epoll_set(), []);
         drop((b, d));
+    }
+
+    #[test]
+    fn a_file_back_under_the_number_of_its_dormant_registration_is_watched_again() {
+        let p = Poller::new().unwrap();
+        let (mut a, b, fd) = fired_and_unwatched(&p);
+        // SAFETY: `b`'s fd is open; the duplicate is owned here and closed below.
+        let kept = unsafe { libc::dup(fd) };
+        assert!(kept >= 0);
+        let (_c, d) = UnixStream::pair().unwrap();
+        // SAFETY: all three fds are open and owned by this test; `b` keeps owning the
+        // number, which names `d`'s file, then (from `kept`) its own again.
+        assert_eq!(unsafe { libc::dup2(d.as_raw_fd(), fd) }, fd);
+        p.set_interest(fd, true, false).unwrap(); // the dormant one gives way
+        p.set_interest(fd, false, false).unwrap();
+        // SAFETY: as above: `kept` and the number are open and this test's.
+        assert_eq!(unsafe { libc::dup2(kept, fd) }, fd);
+        // The first file is back: its ADD finds the dormant registration (EEXIST), which
+        // is re-armed instead, and reports the byte left unread and more.
+        p.watch(fd, once(true, false)).unwrap();
+        a.write_all(b"y").unwrap();
+        assert_eq!(ready_fds(&p), [fd]);
+        // SAFETY: `kept` is the duplicate made above, not closed yet.
+        unsafe { libc::close(kept) };
+        drop(b);
     }
 
     #[test]
