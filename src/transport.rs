@@ -242,11 +242,13 @@ impl SocketReader {
         buf: &Bound<'_, PyAny>,
     ) -> PyResult<Received> {
         let py = transport.py();
-        // (A second look at the socket: `get_buffer()` ran Python code since the first.)
-        let view = if holds_its_socket(transport, self.fd)? {
-            WritableBuffer::get(buf)
-        } else {
-            None
+        // The buffer first: exporting it may run Python code (a class's `__buffer__`,
+        // Python 3.12+). Then a second look at the socket: `get_buffer()` and that code
+        // ran since the first.
+        let view = WritableBuffer::get(buf);
+        let view = match view {
+            Some(view) if holds_its_socket(transport, self.fd)? => Some(view),
+            _ => None,
         };
         let Some(mut view) = view else {
             let sock = transport.getattr(intern!(py, "_sock"))?;
@@ -265,7 +267,8 @@ impl SocketReader {
             };
         };
         // SAFETY: `fd` is the transport's socket: `holds_its_socket` has just seen its
-        // socket object open on it, and nothing since ran Python code.
+        // socket object open on it, after the buffer was exported, and nothing since ran
+        // Python code.
         let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
         // (get_buffer() returned a buffer whose len() is not 0, so it has memory: a
         // read of nothing cannot be taken for end of file.)

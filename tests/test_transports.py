@@ -1687,3 +1687,62 @@ def test_a_tls_transport_class_put_in_the_module_keeps_its_methods(monkeypatch, 
 
     cls, back = run(loop, main())
     assert cls is Counting and back == b"hello" and b"hello" in Counting.writes
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="__buffer__ is Python 3.12's")
+def test_a_buffer_whose_export_closes_the_socket_is_not_read_into_from_another_file(loop):
+    # A buffered protocol's buffer runs its class's __buffer__ when the transport
+    # exports it (3.12+): here that closes the transport's socket and puts another
+    # readable file under its number. The read fails on the closed socket (EBADF), as
+    # the stock transport's does, and the other file's data stays unread.
+    c, d = socket.socketpair()
+    c.setblocking(False)
+    d.send(b"not yours")
+    taken = []
+
+    class Sneaky:
+        def __init__(self, transport) -> None:
+            self.transport = transport
+
+        def __len__(self) -> int:
+            return 16
+
+        def __buffer__(self, flags):
+            sock = self.transport._sock
+            if not taken:  # (weaveloop exports it again for the stock read)
+                number = sock.fileno()
+                sock.close()
+                os.dup2(c.fileno(), number)
+                taken.append(number)
+            return memoryview(bytearray(16))
+
+    class Buffered(asyncio.BufferedProtocol):
+        def __init__(self) -> None:
+            self.lost = asyncio.get_running_loop().create_future()
+            self.updates = []
+
+        def connection_made(self, transport) -> None:
+            self.transport = transport
+
+        def get_buffer(self, sizehint):
+            return Sneaky(self.transport)
+
+        def buffer_updated(self, nbytes) -> None:
+            self.updates.append(nbytes)
+
+        def connection_lost(self, exc) -> None:
+            self.lost.set_result(exc)
+
+    transport, protocol, peer = _connected_pair(loop, Buffered)
+    try:
+        peer.send(b"x")
+        exc = run(loop, asyncio.wait_for(protocol.lost, 10))
+        assert isinstance(exc, OSError) and exc.errno == errno.EBADF
+        assert protocol.updates == []
+        assert c.recv(100) == b"not yours"
+    finally:
+        for number in taken:
+            os.close(number)
+        peer.close()
+        c.close()
+        d.close()
