@@ -15,7 +15,6 @@
 //! at the socket object: closed since (its number maybe another file's by now), the
 //! attempt goes through the object, which fails as on the stock loop (EBADF).
 
-use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -95,21 +94,16 @@ fn recv_bytes<'py>(
     n: usize,
     large: &AtomicUsize,
 ) -> Attempt<'py> {
-    with_recv_buffer(py, n, |buf| {
-        // SAFETY: u8 and MaybeUninit<u8> have the same layout, and recv only writes
-        // initialised bytes into the buffer, so it stays a valid [u8] afterwards.
-        let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
-        match net::recv_uninit_now(socket, uninit) {
-            Ok(Received::Data(got)) => {
-                if got >= LARGE_READ {
-                    large.store(SMALL_READS_BACK, Relaxed);
-                }
-                Attempt::Done(PyBytes::new(py, &buf[..got]).into_any())
+    with_recv_buffer(py, n, |buf| match net::recv_now(socket, buf) {
+        Ok(Received::Data(got)) => {
+            if got >= LARGE_READ {
+                large.store(SMALL_READS_BACK, Relaxed);
             }
-            Ok(Received::Eof) => Attempt::Done(PyBytes::new(py, b"").into_any()),
-            Ok(Received::NotNow) => Attempt::NotNow,
-            Err(e) => Attempt::Failed(errors::os_error(e)),
+            Attempt::Done(PyBytes::new(py, &buf[..got]).into_any())
         }
+        Ok(Received::Eof) => Attempt::Done(PyBytes::new(py, b"").into_any()),
+        Ok(Received::NotNow) => Attempt::NotNow,
+        Err(e) => Attempt::Failed(errors::os_error(e)),
     })
 }
 

@@ -41,39 +41,48 @@ fn unless_not_now<T>(result: io::Result<T>) -> io::Result<Option<T>> {
 /// Reads what the socket has, up to `buf.len()` bytes (which must not be 0: a read of
 /// nothing would look like end of file).
 pub fn recv(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
-    // SAFETY: u8 and MaybeUninit<u8> have the same layout, and recv only ever writes
-    // initialised bytes into the buffer, so it stays a valid [u8] afterwards.
-    let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
-    recv_uninit(socket, uninit)
+    recv_uninit(socket, as_uninit(buf))
+}
+
+/// `recv` that never blocks, whatever mode the socket is in (MSG_DONTWAIT): for a
+/// socket whose owner may have made it blocking since it was found non-blocking.
+pub fn recv_now(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+    recv_uninit_now(socket, as_uninit(buf))
 }
 
 /// As `recv`, into memory not yet initialised; on Data(n) its first n bytes are.
 /// (Not empty either.)
 pub fn recv_uninit(socket: BorrowedFd<'_>, buf: &mut [MaybeUninit<u8>]) -> io::Result<Received> {
+    recv_with_flags(socket, buf, 0)
+}
+
+/// As `recv_now`, into memory not yet initialised.
+pub fn recv_uninit_now(
+    socket: BorrowedFd<'_>,
+    buf: &mut [MaybeUninit<u8>],
+) -> io::Result<Received> {
+    recv_with_flags(socket, buf, libc::MSG_DONTWAIT)
+}
+
+fn recv_with_flags(
+    socket: BorrowedFd<'_>,
+    buf: &mut [MaybeUninit<u8>],
+    flags: libc::c_int,
+) -> io::Result<Received> {
     debug_assert!(!buf.is_empty());
     let socket = SockRef::from(&socket);
-    Ok(match unless_not_now(socket.recv(buf))? {
+    Ok(match unless_not_now(socket.recv_with_flags(buf, flags))? {
         None => Received::NotNow,
         Some(0) => Received::Eof,
         Some(n) => Received::Data(n),
     })
 }
 
-/// `recv_uninit` that never blocks, whatever mode the socket is in (MSG_DONTWAIT): for
-/// a socket whose owner may have made it blocking since it was found non-blocking.
-pub fn recv_uninit_now(
-    socket: BorrowedFd<'_>,
-    buf: &mut [MaybeUninit<u8>],
-) -> io::Result<Received> {
-    debug_assert!(!buf.is_empty());
-    let socket = SockRef::from(&socket);
-    Ok(
-        match unless_not_now(socket.recv_with_flags(buf, libc::MSG_DONTWAIT))? {
-            None => Received::NotNow,
-            Some(0) => Received::Eof,
-            Some(n) => Received::Data(n),
-        },
-    )
+/// An initialised buffer as one recv may write into.
+fn as_uninit(buf: &mut [u8]) -> &mut [MaybeUninit<u8>] {
+    // SAFETY: u8 and MaybeUninit<u8> have the same layout, and recv only ever writes
+    // initialised bytes into the buffer, so it stays a valid [u8] afterwards.
+    unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) }
 }
 
 /// `send` that never blocks, whatever mode the socket is in (MSG_DONTWAIT, as
@@ -103,10 +112,7 @@ pub fn recv_from(
     buf: &mut [u8],
 ) -> io::Result<Option<(usize, Option<SocketAddr>)>> {
     let socket = SockRef::from(&socket);
-    // SAFETY: u8 and MaybeUninit<u8> have the same layout, and recvfrom only ever writes
-    // initialised bytes into the buffer, so it stays a valid [u8] afterwards.
-    let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
-    Ok(unless_not_now(socket.recv_from(uninit))?.map(|(n, from)| (n, from.as_socket())))
+    Ok(unless_not_now(socket.recv_from(as_uninit(buf)))?.map(|(n, from)| (n, from.as_socket())))
 }
 
 /// Sends what the socket takes now of `data`: Some(bytes sent), None if it would block
