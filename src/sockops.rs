@@ -15,6 +15,7 @@
 //! at the socket object: closed since (its number maybe another file's by now), the
 //! attempt goes through the object, which fails as on the stock loop (EBADF).
 
+use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -60,15 +61,21 @@ enum Attempt<'py> {
 
 /// A plain `socket.socket` with no timeout, open: its fd. (None: the stock method.)
 fn plain_nonblocking(sock: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
-    let py = sock.py();
-    if !sock.get_type().is(interop::socket_type(py)?) {
-        return Ok(None);
-    }
-    let timeout = sock.call_method0(intern!(py, "gettimeout"))?;
-    if !timeout.cast::<PyFloat>().is_ok_and(|t| t.value() == 0.0) {
+    if !plain_without_timeout(sock)? {
         return Ok(None);
     }
     open_fd(sock)
+}
+
+/// Whether `sock` is a plain `socket.socket` with no timeout. Runs no Python code (the
+/// type is exactly socket's, whose methods are C).
+fn plain_without_timeout(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = sock.py();
+    if !sock.get_type().is(interop::socket_type(py)?) {
+        return Ok(false);
+    }
+    let timeout = sock.call_method0(intern!(py, "gettimeout"))?;
+    Ok(timeout.cast::<PyFloat>().is_ok_and(|t| t.value() == 0.0))
 }
 
 /// The socket object's fd, None once it is closed (`fileno()` -1).
@@ -423,11 +430,18 @@ impl LoopCore {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let not_here = py.NotImplemented().into_bound(py);
+        if !plain_without_timeout(sock)? {
+            return Ok(not_here);
+        }
+        // The buffer before the socket's fd: a class's `__buffer__` (3.12+) runs Python
+        // code, which may close the socket and give its number to another file.
         let Some(mut view) = writable(buf) else {
             return Ok(not_here);
         };
-        let Some(fd) = plain_nonblocking(sock)? else {
-            return Ok(not_here);
+        let Some(fd) = open_fd(sock)? else {
+            // Closed, before the call or by that code: what the stock method's
+            // `recv_into` raises then, without getting the buffer a second time.
+            return Err(errors::os_error(io::Error::from_raw_os_error(libc::EBADF)));
         };
         // SAFETY: as in `_sock_recv_native` (the buffer was got before the look).
         let socket = unsafe { BorrowedFd::borrow_raw(fd) };

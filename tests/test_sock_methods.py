@@ -360,9 +360,15 @@ def test_an_ssl_socket_is_refused(loop):
 def test_a_socket_closed_before_the_call_fails_as_the_socket_does(loop, pair):
     a, _ = pair
     a.close()
-    with pytest.raises(OSError) as caught:
-        run(loop, loop.sock_recv(a, 1))
-    assert caught.value.errno == errno.EBADF
+    for call in (
+        lambda: loop.sock_recv(a, 1),
+        lambda: loop.sock_recv_into(a, bytearray(1)),
+        lambda: loop.sock_sendall(a, b"x"),
+    ):
+        with pytest.raises(OSError) as caught:
+            run(loop, call())
+        assert caught.value.errno == errno.EBADF
+        assert str(caught.value) == "[Errno 9] Bad file descriptor"
 
 
 def test_a_finished_wait_leaves_no_cycle_behind(loop, pair):
@@ -523,17 +529,21 @@ def test_a_buffer_whose_export_closes_the_socket_fails_as_the_socket_does(loop, 
     c, d = socket.socketpair()
     d.send(b"not yours")
 
+    exports = 0
+
     class Sneaky:
         def __buffer__(self, flags):
-            if a.fileno() != -1:  # (weaveloop exports it again for the stock read)
-                a.close()
-                os.dup2(c.fileno(), number)
+            nonlocal exports
+            exports += 1
+            a.close()
+            os.dup2(c.fileno(), number)
             return memoryview(bytearray(16))
 
     try:
         with pytest.raises(OSError) as caught:
             run(loop, loop.sock_recv_into(a, Sneaky()))
         assert caught.value.errno == errno.EBADF
+        assert exports == 1  # as the stock method gets it: once
     finally:
         os.close(number)
         c.close()
