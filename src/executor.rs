@@ -32,6 +32,9 @@ pub struct SubmitJob {
     args: Py<PyTuple>,
     kwargs: Option<Py<PyDict>>,
     fut: Py<PyAny>,
+    /// `func` is a stdlib work item's `run`, which starts, runs and settles `fut` itself
+    /// (queued by the stdlib pool's own `submit`, see `_put_work_item`).
+    whole: bool,
 }
 
 pub enum Job {
@@ -49,6 +52,8 @@ pub struct PoolState {
     initializer: Option<Py<PyAny>>,
     initargs: Py<PyTuple>,
     broken: Mutex<Option<String>>,
+    /// `shutdown()` was called (a broken pool is shut down too, but not by it).
+    shutdown_called: AtomicBool,
 }
 
 /// The argument of a worker thread's `worker_main`.
@@ -176,6 +181,10 @@ impl PoolCore {
                     }
                     Err(e) => {
                         pool.worker_failed_to_start();
+                        // The next worker takes this one's number, as in the stdlib
+                        // pool (which names a worker by how many it has), unless another
+                        // start took the next number meanwhile.
+                        let _ = this.started.compare_exchange(n + 1, n, Relaxed, Relaxed);
                         // Under the lock: a shutdown between its check and its wait
                         // still sees this.
                         let _listed = lock(&this.threads);
@@ -244,6 +253,11 @@ fn drain_stopped_loop(py: Python<'_>, target: &Shared) {
 /// Runs a `submit` job; `ran` is called once the callable has run (or was skipped), just
 /// before the future is settled and its waiter woken.
 fn run_submit_job(py: Python<'_>, job: SubmitJob, ran: impl FnOnce()) -> PyResult<()> {
+    if job.whole {
+        let result = interop::call_with_slice(job.func.bind(py), &[]);
+        ran();
+        return result.map(drop);
+    }
     let fut = job.fut.bind(py);
     let start = interop::call_method(fut, pyo3::intern!(py, "set_running_or_notify_cancel"), &[])
         .and_then(|r| r.is_truthy());
@@ -271,14 +285,16 @@ fn run_submit_job(py: Python<'_>, job: SubmitJob, ran: impl FnOnce()) -> PyResul
 }
 
 fn run_loop_job(py: Python<'_>, job: &LoopJob) -> Outcome {
-    let done = job
+    let cancelled = job
         .fut
         .bind(py)
-        .call_method0(pyo3::intern!(py, "done"))
+        .call_method0(pyo3::intern!(py, "cancelled"))
         .and_then(|d| d.is_truthy())
         .unwrap_or(false);
-    if done && !job.target.was_abandoned(&job.fut) {
-        // Cancelled by the caller before it started: it never runs.
+    if cancelled && !job.target.was_abandoned(&job.fut) {
+        // Cancelled by the caller before it started: it never runs. (A future the caller
+        // settled otherwise, as a soft timeout may, does not stop the job, as on the
+        // stock loop; its outcome then goes nowhere, as a cancelled running job's.)
         return Outcome::Skipped;
     }
     match interop::call_with_tuple(job.func.bind(py), job.args.bind(py)) {
@@ -424,13 +440,16 @@ impl PoolCore {
             initializer,
             initargs: PyTuple::new(py, initargs)?.unbind(),
             broken: Mutex::new(None),
+            shutdown_called: AtomicBool::new(false),
         };
         self.state
             .set(Arc::new(state))
             .map_err(|_| PyRuntimeError::new_err("the ThreadPoolExecutor is already initialized"))
     }
 
-    /// `submit(fn, *args, **kwargs)` without the argument packing (done in Python).
+    /// `submit(fn, *args, **kwargs)` without the argument packing (done in Python); or,
+    /// the job checked, NotImplemented while something wraps the stdlib pool's `submit`
+    /// (a tracing agent's context propagation): `submit` then calls that wrapper.
     #[pyo3(signature = (func, args, kwargs = None))]
     fn _submit<'py>(
         slf: &Bound<'py, Self>,
@@ -441,21 +460,43 @@ impl PoolCore {
         let py = slf.py();
         let pool = slf.get().state()?.check_accepting(py)?;
         check_callback(func, "submit", false)?;
+        if !interop::stdlib_submit_is_its_own(py)? {
+            return Ok(py.NotImplemented().into_bound(py));
+        }
         let fut = interop::call_with_slice(interop::concurrent_future(py)?, &[])?;
         let job = Job::Submit(SubmitJob {
             func: func.clone().unbind(),
             args: args.clone().unbind(),
             kwargs: kwargs.map(|k| k.clone().unbind()),
             fut: fut.clone().unbind(),
+            whole: false,
         });
         PoolCore::enqueue(slf, &pool, job)?;
         Ok(fut)
     }
 
+    /// Queues a stdlib `_WorkItem` (what the stdlib pool's own `submit` puts on its
+    /// `_work_queue`, reached through a wrapper of it): a worker calls its `run()`; a
+    /// shutdown with `cancel_futures`, or a broken pool, settles its `future`.
+    fn _put_work_item(slf: &Bound<'_, Self>, item: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let pool = slf.get().state()?.check_accepting(py)?;
+        let job = Job::Submit(SubmitJob {
+            func: item.getattr(pyo3::intern!(py, "run"))?.unbind(),
+            args: PyTuple::empty(py).unbind(),
+            kwargs: None,
+            fut: item.getattr(pyo3::intern!(py, "future"))?.unbind(),
+            whole: true,
+        });
+        PoolCore::enqueue(slf, &pool, job)
+    }
+
     /// Refuses new jobs and tells the workers to exit when the queue is done; with
     /// `cancel_futures`, queued jobs are cancelled instead of run. Joining is Python's.
     fn _shutdown_pool(&self, py: Python<'_>, cancel_futures: bool) -> PyResult<()> {
-        let cancelled = self.state()?.pool().shutdown(cancel_futures);
+        let state = self.state()?;
+        state.shutdown_called.store(true, Relaxed);
+        let cancelled = state.pool().shutdown(cancel_futures);
         for job in cancelled {
             match job {
                 Job::Submit(j) => {
@@ -537,10 +578,11 @@ impl PoolCore {
         })
     }
 
-    /// As the stdlib pool's attribute (code tests `pool._shutdown` before submitting).
+    /// As the stdlib pool's attribute (code tests `pool._shutdown` before submitting):
+    /// whether `shutdown()` was called; a broken pool says so in `_broken` instead.
     #[getter]
     fn _shutdown(&self) -> PyResult<bool> {
-        Ok(self.state()?.pool().is_shut_down())
+        Ok(self.state()?.shutdown_called.load(Relaxed))
     }
 }
 

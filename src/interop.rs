@@ -39,6 +39,8 @@ cached_imports! {
     asyncio_task: "asyncio", "Task";
     thread_pool: "weaveloop._executor", "ThreadPoolExecutor";
     stdlib_pool: "concurrent.futures.thread", "ThreadPoolExecutor";
+    own_submit: "weaveloop._executor", "_OWN_SUBMIT";
+    is_stdlib_submit: "weaveloop._executor", "_is_stdlib_submit";
     get_running_loop: "asyncio.events", "_get_running_loop";
     heappush: "heapq", "heappush";
     heappop: "heapq", "heappop";
@@ -148,17 +150,47 @@ pub fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     get_running_loop(py)?.call0()
 }
 
-/// Whether a weaveloop pool's `submit` is `ThreadPoolExecutor.submit` itself (not a
-/// subclass's override): only then may `run_in_executor` bypass it.
+/// Whether `run_in_executor` may bypass a weaveloop pool's `submit`: only if calling it
+/// would reach weaveloop's own `submit` and that would queue the job itself. Not so for a
+/// subclass's override, a patch on weaveloop's class or on the instance
+/// (`mock.patch.object(pool, "submit")`), nor while something wraps the stdlib pool's
+/// `submit` (tracing agents do, to carry a context into the job): weaveloop's `submit`
+/// then hands each job to that wrapper.
 pub fn submit_is_the_pools(executor: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = executor.py();
-    let cls = executor.get_type();
-    let tpe = thread_pool(py)?;
-    if cls.is(tpe) {
+    let submit = pyo3::intern!(py, "submit");
+    if !executor.get_type().getattr(submit)?.is(own_submit(py)?) {
+        return Ok(false);
+    }
+    if let Ok(attrs) = executor.getattr(pyo3::intern!(py, "__dict__")) {
+        if attrs
+            .cast::<PyDict>()
+            .map_or(true, |d| d.contains(submit).unwrap_or(true))
+        {
+            return Ok(false);
+        }
+    }
+    stdlib_submit_is_its_own(py)
+}
+
+/// The stdlib pool's `submit` last seen to be its own (not a wrapper), kept alive so that
+/// its address is not reused by another object.
+static STDLIB_SUBMIT_SEEN: GilCell<Option<Py<PyAny>>> = GilCell::new(None);
+
+/// Whether the stdlib pool's `submit` is the one its module defines (cached by identity:
+/// one attribute lookup and a compare while nothing wraps it).
+pub fn stdlib_submit_is_its_own(py: Python<'_>) -> PyResult<bool> {
+    let current = stdlib_pool(py)?.getattr(pyo3::intern!(py, "submit"))?;
+    let seen = STDLIB_SUBMIT_SEEN.with(py, |s| s.as_ref().is_some_and(|s| s.is(&current)));
+    if seen {
         return Ok(true);
     }
-    let submit = pyo3::intern!(py, "submit");
-    Ok(cls.getattr(submit)?.is(tpe.getattr(submit)?))
+    if !call_with_slice(is_stdlib_submit(py)?, &[current.as_ptr()])?.is_truthy()? {
+        return Ok(false);
+    }
+    let old = STDLIB_SUBMIT_SEEN.with(py, |s| s.replace(current.unbind()));
+    drop(old); // (outside the cell: dropping may run Python code)
+    Ok(true)
 }
 
 /// `object.__setattr__(obj, name, value)`: sets an attribute past any `__setattr__` a

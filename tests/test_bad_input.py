@@ -21,7 +21,7 @@ import ssl
 
 import pytest
 import weaveloop
-from _support import run
+from _support import SAFETY, run
 
 
 async def coro_function():
@@ -296,10 +296,22 @@ def test_initializer_not_callable(pool_cls):
         pool_cls(max_workers=1, initializer=42)
 
 
-@pytest.mark.parametrize("workers", [0, -1])
+@pytest.mark.parametrize("workers", [0, -1, 0.0, -1.5, decimal.Decimal(0)])
 def test_max_workers_must_be_positive(pool_cls, workers):
     with pytest.raises(ValueError, match="max_workers must be greater than 0"):
         pool_cls(max_workers=workers)
+
+
+@pytest.mark.parametrize(
+    "workers", [2.5, decimal.Decimal(2), fractions.Fraction(3, 2), 2**63, float("inf")]
+)
+def test_max_workers_may_be_any_positive_number(pool_cls, workers):
+    # The stdlib pool compares its thread count with it, whatever number it is.
+    pool = pool_cls(max_workers=workers)
+    try:
+        assert pool.submit(int, "7").result(SAFETY) == 7
+    finally:
+        pool.shutdown()
 
 
 # -- fd watcher bad input -------------------------------------------------------------------

@@ -216,6 +216,24 @@ def test_running_future_cannot_be_cancelled(make_pool):
     assert f.result(SAFETY) == "released"
 
 
+def test_a_failed_worker_start_leaves_its_number_to_the_next(pool_cls, monkeypatch):
+    real_start = threading.Thread.start
+    failed = []
+
+    def flaky_start(self):
+        if not failed:
+            failed.append(self.name)
+            raise RuntimeError("can't start new thread")
+        return real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", flaky_start)
+    with pool_cls(max_workers=2, thread_name_prefix="w") as pool:
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            pool.submit(int)
+        name = pool.submit(lambda: threading.current_thread().name).result(SAFETY)
+    assert failed == ["w_0"] and name == "w_0"
+
+
 def test_default_max_workers_is_the_stdlib_default(make_pool):
     assert make_pool()._max_workers == stdlib_default_workers()
     assert make_pool(max_workers=3)._max_workers == 3

@@ -157,6 +157,35 @@ def test_executor_cancelled_before_start_never_runs(loop, make_pool):
     assert ran == ["after"]
 
 
+def test_a_job_whose_future_was_settled_before_it_started_still_runs(loop, make_pool):
+    # Only a cancellation keeps a queued job from running, not a future settled otherwise
+    # (a soft timeout's default). The stock loop then reports an AssertionError from
+    # copying the late result over; weaveloop drops that result, as for a cancelled
+    # running job.
+    pool = make_pool(max_workers=1)
+    blocker = Blocker()
+    ran = []
+    loop.set_exception_handler(lambda lp, context: None)
+
+    async def main():
+        started = loop.create_future()
+
+        def block():
+            loop.call_soon_threadsafe(started.set_result, None)
+            return blocker()
+
+        first = loop.run_in_executor(pool, block)
+        await started
+        early = loop.run_in_executor(pool, ran.append, "settled early")
+        early.set_result("default")
+        blocker.release.set()
+        await loop.run_in_executor(pool, ran.append, "after")
+        return await first, await early
+
+    assert run(loop, main()) == ("released", "default")
+    assert ran == ["settled early", "after"]
+
+
 def test_cancelling_the_awaiting_future_of_a_running_job_is_quiet(loop, make_pool):
     contexts = []
     loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import threading
+import types
 import weakref
 
 from . import _core
@@ -27,10 +28,28 @@ _workers: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 
 
 def _worker_count(max_workers):
-    # As the stdlib pool reads it: it starts a thread while fewer than max_workers run.
-    if isinstance(max_workers, float) and max_workers > 0:
-        return min(math.ceil(max_workers), sys.maxsize) if max_workers < math.inf else sys.maxsize
-    return max_workers
+    # As the stdlib pool reads it: any number above 0 (an int, a float, a Decimal...),
+    # and it starts a thread while fewer than max_workers run.
+    if max_workers is None:
+        return None
+    if max_workers <= 0:
+        raise ValueError("max_workers must be greater than 0")
+    try:
+        return min(math.ceil(max_workers), sys.maxsize)
+    except OverflowError:  # (inf)
+        return sys.maxsize
+
+
+def _is_stdlib_submit(f):
+    """Whether ``f`` is the stdlib pool's ``submit`` as its module defines it, not a
+    wrapper put in its place (by a tracing agent, ``mock.patch``...)."""
+    code = getattr(f, "__code__", None)
+    return (
+        type(f) is types.FunctionType
+        and f.__globals__ is vars(concurrent.futures.thread)
+        and code is not None
+        and code.co_name == "submit"
+    )
 
 
 class ThreadPoolExecutor(_core.PoolCore, concurrent.futures.ThreadPoolExecutor):
@@ -48,6 +67,8 @@ class ThreadPoolExecutor(_core.PoolCore, concurrent.futures.ThreadPoolExecutor):
             initializer,
             initargs,
         )
+        # What the stdlib pool's own submit uses (see submit).
+        self._shutdown_lock = threading.Lock()
         _live_pools.add(self)
 
     @property
@@ -56,9 +77,23 @@ class ThreadPoolExecutor(_core.PoolCore, concurrent.futures.ThreadPoolExecutor):
         return set(self._started_threads())
 
     def submit(self, fn, /, *args, **kwargs):
-        return self._submit(fn, args, kwargs or None)
+        future = self._submit(fn, args, kwargs or None)
+        if future is NotImplemented:
+            # Something wraps the stdlib pool's submit (tracing agents do, to carry a
+            # context into the job): the wrapper gets the job, and the stdlib method it
+            # calls queues it here, through _work_queue.
+            return concurrent.futures.thread.ThreadPoolExecutor.submit(self, fn, *args, **kwargs)
+        return future
 
     submit.__doc__ = concurrent.futures.Executor.submit.__doc__
+
+    @property
+    def _work_queue(self):
+        """Where the stdlib pool's own ``submit`` puts its work items (only ``put``)."""
+        return _WorkItems(self)
+
+    def _adjust_thread_count(self):
+        """(The stdlib pool's own ``submit`` calls this; queueing starts the workers.)"""
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         self._shutdown_pool(cancel_futures)
@@ -79,6 +114,21 @@ class ThreadPoolExecutor(_core.PoolCore, concurrent.futures.ThreadPoolExecutor):
         t.start()
         _workers.add(t)
         return t
+
+
+_OWN_SUBMIT = ThreadPoolExecutor.__dict__["submit"]
+
+
+class _WorkItems:
+    """A pool's ``_work_queue`` as the stdlib pool's ``submit`` uses it."""
+
+    __slots__ = ("_pool",)
+
+    def __init__(self, pool):
+        self._pool = pool
+
+    def put(self, item, block=True, timeout=None):
+        self._pool._put_work_item(item)
 
 
 def _python_exit():
