@@ -50,6 +50,7 @@ cached_imports! {
     base_event_loop: "asyncio.base_events", "BaseEventLoop";
     weak_value_dictionary: "weakref", "WeakValueDictionary";
     socket_type: "socket", "socket";
+    c_socket_type: "_socket", "socket";
 }
 
 macro_rules! cached_modules {

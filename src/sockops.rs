@@ -24,7 +24,7 @@ use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyFloat, PyInt, PyMemoryView};
+use pyo3::types::{PyBytes, PyFloat, PyInt, PyMemoryView, PyString};
 use pyo3::PyTraverseError;
 use weaveloop_engine::net::{self, Received};
 
@@ -59,23 +59,34 @@ enum Attempt<'py> {
     Failed(PyErr),
 }
 
-/// A plain `socket.socket` with no timeout, open: its fd. (None: the stock method.)
-fn plain_nonblocking(sock: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
-    if !plain_without_timeout(sock)? {
+/// A plain `socket.socket` with no timeout, open, whose `method` is the C one: its fd.
+/// (None: the stock method.)
+fn plain_nonblocking(sock: &Bound<'_, PyAny>, method: &str) -> PyResult<Option<RawFd>> {
+    if !plain_without_timeout(sock, method)? {
         return Ok(None);
     }
     open_fd(sock)
 }
 
-/// Whether `sock` is a plain `socket.socket` with no timeout. Runs no Python code (the
-/// type is exactly socket's, whose methods are C).
-fn plain_without_timeout(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
+/// Whether `sock` is a plain `socket.socket` with no timeout whose `method` is the C
+/// one. Runs no Python code (the type is exactly socket's, whose methods are then C).
+fn plain_without_timeout(sock: &Bound<'_, PyAny>, method: &str) -> PyResult<bool> {
     let py = sock.py();
-    if !sock.get_type().is(interop::socket_type(py)?) {
+    if !sock.get_type().is(interop::socket_type(py)?) || !c_method(sock, method)? {
         return Ok(false);
     }
     let timeout = sock.call_method0(intern!(py, "gettimeout"))?;
     Ok(timeout.cast::<PyFloat>().is_ok_and(|t| t.value() == 0.0))
+}
+
+/// Whether `sock`'s class has `_socket.socket`'s own `method`, not one put in its place
+/// on `socket.socket` (`mock.patch.object(socket.socket, "recv", ...)`, as tests do to
+/// make a read fail): the stock methods call that one.
+fn c_method(sock: &Bound<'_, PyAny>, method: &str) -> PyResult<bool> {
+    let py = sock.py();
+    let name = PyString::intern(py, method);
+    let own = interop::c_socket_type(py)?.getattr(&name)?;
+    Ok(sock.get_type().getattr(&name)?.is(&own))
 }
 
 /// The socket object's fd, None once it is closed (`fileno()` -1).
@@ -175,6 +186,15 @@ impl SockWait {
         }
     }
 
+    /// The socket method the stock attempt calls.
+    fn method(&self) -> &'static str {
+        match self.op {
+            Op::Recv(_) => "recv",
+            Op::RecvInto(_) => "recv_into",
+            Op::SendAll { .. } => "send",
+        }
+    }
+
     /// One attempt at the operation, with the socket's number if its object is still
     /// open on it, else through the object as the stock `_sock_recv` & co. do.
     fn attempt<'py>(&self, py: Python<'py>) -> PyResult<Attempt<'py>> {
@@ -186,7 +206,7 @@ impl SockWait {
             _ => None,
         };
         let sock = self.sock.bind(py);
-        if open_fd(sock)? != Some(self.fd) {
+        if !c_method(sock, self.method())? || open_fd(sock)? != Some(self.fd) {
             drop(view);
             return self.stock_attempt(py);
         }
@@ -408,7 +428,7 @@ impl LoopCore {
         else {
             return Ok(not_here);
         };
-        let Some(fd) = plain_nonblocking(sock)? else {
+        let Some(fd) = plain_nonblocking(sock, "recv")? else {
             return Ok(not_here);
         };
         // SAFETY: `plain_nonblocking` has just seen the socket object open on `fd`, and
@@ -430,7 +450,7 @@ impl LoopCore {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let not_here = py.NotImplemented().into_bound(py);
-        if !plain_without_timeout(sock)? {
+        if !plain_without_timeout(sock, "recv_into")? {
             return Ok(not_here);
         }
         // The buffer before the socket's fd: a class's `__buffer__` (3.12+) runs Python
@@ -471,7 +491,7 @@ impl LoopCore {
         if buf.is_empty() {
             return Ok(not_here);
         }
-        let Some(fd) = plain_nonblocking(sock)? else {
+        let Some(fd) = plain_nonblocking(sock, "send")? else {
             return Ok(not_here);
         };
         // SAFETY: as in `_sock_recv_native`.

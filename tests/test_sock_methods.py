@@ -18,7 +18,7 @@ import sys
 import weakref
 
 import pytest
-from _support import run
+from _support import SAFETY, run
 
 
 def _watched(loop, sock) -> int:
@@ -548,3 +548,40 @@ def test_a_buffer_whose_export_closes_the_socket_fails_as_the_socket_does(loop, 
         os.close(number)
         c.close()
         d.close()
+
+
+@pytest.mark.parametrize("first", ["sock_recv", "add_reader"])
+def test_a_new_socket_under_the_number_of_one_closed_while_watched_is_watched(wloop, first):
+    # A socket closed while still watched (a sock_recv wait left pending, or a reader
+    # never removed), and a new socket under its number watched the other way: the new
+    # socket's watcher works. (The stock loop makes no epoll call for the unchanged
+    # mask, so nothing watches the new socket: its reader never fires, its read hangs.)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    number = a.fileno()
+
+    async def main():
+        left = None
+        if first == "sock_recv":
+            left = await _started(wloop, wloop.sock_recv(a, 10))
+        else:
+            wloop.add_reader(a, lambda: None)
+        a.close()
+        b.close()
+        c, d = socket.socketpair()
+        with c, d:
+            c.setblocking(False)
+            assert c.fileno() == number, "the lowest free number is the closed socket's"
+            if first == "sock_recv":
+                got = wloop.create_future()
+                wloop.add_reader(c, lambda: got.done() or got.set_result(c.recv(10)))
+            else:
+                got = await _started(wloop, wloop.sock_recv(c, 10))
+            d.send(b"x")
+            result = await asyncio.wait_for(got, SAFETY)
+            wloop.remove_reader(number)
+        if left is not None:
+            left.cancel()
+        return result
+
+    assert run(wloop, main()) == b"x"

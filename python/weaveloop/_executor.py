@@ -12,10 +12,10 @@ import math
 import os
 import sys
 import threading
-import types
 import weakref
 
 from . import _core
+from ._patches import defined_in
 
 __all__ = ["ThreadPoolExecutor", "BrokenThreadPool"]
 
@@ -41,15 +41,8 @@ def _worker_count(max_workers):
 
 
 def _is_stdlib_submit(f):
-    """Whether ``f`` is the stdlib pool's ``submit`` as its module defines it, not a
-    wrapper put in its place (by a tracing agent, ``mock.patch``...)."""
-    code = getattr(f, "__code__", None)
-    return (
-        type(f) is types.FunctionType
-        and f.__globals__ is vars(concurrent.futures.thread)
-        and code is not None
-        and code.co_name == "submit"
-    )
+    """Whether ``f`` is the stdlib pool's own ``submit`` (not a tracing agent's wrapper)."""
+    return defined_in(f, concurrent.futures.thread, "submit")
 
 
 class ThreadPoolExecutor(_core.PoolCore, concurrent.futures.ThreadPoolExecutor):

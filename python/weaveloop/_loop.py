@@ -8,6 +8,7 @@ Invariant: every method that touches the ready queue or the timer heap is Rust.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import collections.abc
 import concurrent.futures
@@ -19,6 +20,7 @@ import signal
 import socket
 import sys
 import threading
+import types
 import warnings
 import weakref
 from asyncio import (
@@ -33,6 +35,7 @@ from asyncio import (
 
 from . import _core
 from ._executor import ThreadPoolExecutor
+from ._patches import defined_in
 
 __all__ = ["Loop", "new_event_loop", "LOOP_OPTIONS"]
 
@@ -50,12 +53,14 @@ _live_loops: weakref.WeakSet[Loop] = weakref.WeakSet()
 #: through the loop's receive buffer; a larger max_size reads as the stock transport
 #: does, so the buffer, kept for the loop's life, stays this small.
 _RECV_BUFFER_MAX = 256 * 1024
-_SOCKET_RECV = socket.socket.recv
-_SOCKET_RECV_INTO = socket.socket.recv_into
-_SOCKET_SEND = socket.socket.send
-_SOCKET_RECVFROM = socket.socket.recvfrom
-_SOCKET_RECVFROM_INTO = socket.socket.recvfrom_into
-_SOCKET_SENDTO = socket.socket.sendto
+# The C methods (socket.socket's own unless something is patched in their place there;
+# _socket.socket, a built-in type, cannot be patched).
+_SOCKET_RECV = _socket.socket.recv
+_SOCKET_RECV_INTO = _socket.socket.recv_into
+_SOCKET_SEND = _socket.socket.send
+_SOCKET_RECVFROM = _socket.socket.recvfrom
+_SOCKET_RECVFROM_INTO = _socket.socket.recvfrom_into
+_SOCKET_SENDTO = _socket.socket.sendto
 
 
 def _stock_socket_methods(sock, **methods) -> bool:
@@ -148,6 +153,9 @@ def _recv_buffer(transport) -> memoryview | None:
         transport._sock, recvfrom=_SOCKET_RECVFROM, recvfrom_into=_SOCKET_RECVFROM_INTO
     ):
         return None
+    stock = selector_events._SelectorDatagramTransport._read_ready
+    if not defined_in(stock, selector_events, "_read_ready"):
+        return None  # (patched: the transport calls the patch)
     loop = transport._loop
     buf = loop._recv_buffer
     if len(buf) < size:
@@ -191,18 +199,40 @@ def _thread_checked(cls):
     for name in _THREAD_CHECKED:
         method = getattr(cls, name, None)
         if method is not None:
-            setattr(cls, name, _checking_thread(method))
+            setattr(cls, name, _checking_thread(cls, name, method))
     return cls
 
 
-def _checking_thread(method):
-    @functools.wraps(method)
-    def checked(self, *args, **kwargs):
-        if self._loop_attached():
-            self._loop._check_thread_strict()
-        return method(self, *args, **kwargs)
+def _checking_thread(cls, name, method):
+    """`method`, `cls`'s `name`, checking the thread first. One `cls` inherits from the
+    stock class is looked up past `cls` at each call, so that a patch of the stock class
+    (a test's `mock.patch.object`, an agent's wrapper) is called as on the stock loop."""
+    if name in cls.__dict__:
 
-    return checked
+        def checked(self, *args, **kwargs):
+            if self._loop_attached():
+                self._loop._check_thread_strict()
+            return method(self, *args, **kwargs)
+
+    else:
+
+        def checked(self, *args, **kwargs):
+            if self._loop_attached():
+                self._loop._check_thread_strict()
+            return getattr(super(cls, self), name)(*args, **kwargs)
+
+    return functools.wraps(method)(checked)
+
+
+def _unpatched(transport, cls, stock_cls, *names) -> bool:
+    """Whether `transport`'s methods `names` are `cls`'s own, each passing on to
+    `stock_cls`'s, asyncio's own: no patch in their place for a Rust path to skip."""
+    module = sys.modules[stock_cls.__module__]
+    return all(
+        getattr(type(transport), name) is cls.__dict__.get(name, getattr(stock_cls, name))
+        and defined_in(getattr(stock_cls, name), module, name)
+        for name in names
+    )
 
 
 class _RustPaths:
@@ -220,6 +250,18 @@ class _RustPaths:
         finally:
             for name in self._rust_paths:
                 self.__dict__.pop(name, None)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # Each transport class gets this method under the stock one's name, which a
+        # report of an error in connection_lost names ("Exception in callback
+        # _SelectorSocketTransport._call_connection_lost(None)").
+        own = _RustPaths._call_connection_lost
+        named = types.FunctionType(
+            own.__code__, own.__globals__, own.__name__, own.__defaults__, own.__closure__
+        )
+        named.__qualname__ = super()._call_connection_lost.__qualname__
+        cls._call_connection_lost = named
 
 
 @_thread_checked
@@ -239,10 +281,22 @@ class _SocketTransport(_RustPaths, selector_events._SelectorSocketTransport):
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         fd = sock.fileno()
-        if _stock_socket_methods(sock, recv=_SOCKET_RECV, recv_into=_SOCKET_RECV_INTO):
+        stock = selector_events._SelectorSocketTransport
+        if _stock_socket_methods(
+            sock, recv=_SOCKET_RECV, recv_into=_SOCKET_RECV_INTO
+        ) and _unpatched(
+            self,
+            _SocketTransport,
+            stock,
+            "_read_ready",
+            "_read_ready__data_received",
+            "_read_ready__get_buffer",
+        ):
             # Before the stock __init__, which registers self._read_ready.
             self._read_ready = _core.SocketReader(self, fd)
-        if _stock_socket_methods(sock, send=_SOCKET_SEND):
+        if _stock_socket_methods(sock, send=_SOCKET_SEND) and _unpatched(
+            self, _SocketTransport, stock, "write"
+        ):
             # (An instance attribute: found before the class's write.)
             self.write = _core.SocketWriter(self, fd, loop)
         super().__init__(loop, sock, protocol, waiter, extra, server)
@@ -265,11 +319,20 @@ class _DatagramTransport(_RustPaths, selector_events._SelectorDatagramTransport)
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
         ipv4 = sock.family == socket.AF_INET
-        if ipv4 and _stock_socket_methods(sock, recvfrom=_SOCKET_RECVFROM):
+        stock = selector_events._SelectorDatagramTransport
+        if (
+            ipv4
+            and _stock_socket_methods(sock, recvfrom=_SOCKET_RECVFROM)
+            and _unpatched(self, _DatagramTransport, stock, "_read_ready")
+        ):
             # Before the stock __init__, which registers self._read_ready.
             self._read_ready = _core.DatagramReader(self, sock.fileno())
         super().__init__(loop, sock, protocol, address, waiter, extra)
-        if ipv4 and _stock_socket_methods(sock, sendto=_SOCKET_SENDTO, send=_SOCKET_SEND):
+        if (
+            ipv4
+            and _stock_socket_methods(sock, sendto=_SOCKET_SENDTO, send=_SOCKET_SEND)
+            and _unpatched(self, _DatagramTransport, stock, "sendto")
+        ):
             # (An instance attribute: found before the class's sendto. The protocol's
             # connection_made, which may send, runs later: call_soon'd by the stock
             # __init__.)
@@ -294,6 +357,9 @@ class _DatagramTransport(_RustPaths, selector_events._SelectorDatagramTransport)
             self._fatal_error(exc, "Fatal read error on datagram transport")
         else:
             self._protocol.datagram_received(bytes(buf[:n]), addr)
+
+    # (As a report of an error in datagram_received names it.)
+    _read_ready.__qualname__ = "_SelectorDatagramTransport._read_ready"
 
 
 @_thread_checked

@@ -116,8 +116,9 @@ pub fn recv_from(
 }
 
 /// Sends what the socket takes now of `data`: Some(bytes sent), None if it would block
-/// (or the call was interrupted) before sending any. (socket2 sends with MSG_NOSIGNAL: a
-/// closed peer is EPIPE, never SIGPIPE.)
+/// (or the call was interrupted) before sending any. (No MSG_NOSIGNAL, as in CPython's
+/// `socket.send`: a closed peer raises SIGPIPE, which Python ignores unless the program
+/// restored its default action, and the call fails with EPIPE.)
 pub fn send(socket: BorrowedFd<'_>, data: &[u8]) -> io::Result<Option<usize>> {
     let socket = SockRef::from(&socket);
     unless_not_now((&*socket).write(data))

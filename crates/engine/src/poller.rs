@@ -316,10 +316,21 @@ impl Poller {
             (Some(_), Some(events)) => {
                 disarmed.remove(&fd);
                 if let Err(e) = epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, events) {
-                    // (What epoll may still hold under this number is not ours: drop it.)
-                    let _ = epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0);
-                    wanted.remove(&fd);
-                    return Err(e);
+                    // ENOENT: the watched file was closed (epoll forgot it) and another
+                    // took its number. If only the one-shot flag changed, the selectors
+                    // module would have made no call for the same read/write mask, and
+                    // raised nothing: the new file is registered afresh. Otherwise, as
+                    // its `modify` fails: the error, and the fd forgotten.
+                    let same_mask = (old.read, old.write) == (new.read, new.write);
+                    let readded = same_mask
+                        && e.raw_os_error() == Some(libc::ENOENT)
+                        && epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, events).is_ok();
+                    if !readded {
+                        // (What epoll may still hold under this number is not ours.)
+                        let _ = epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0);
+                        wanted.remove(&fd);
+                        return Err(e);
+                    }
                 }
             }
             // A fired one-shot registration stays, dormant (see `disarmed`).
@@ -666,6 +677,33 @@ mod tests {
         // So the new file under that number can be watched.
         p.set_interest(fd, true, false).unwrap();
         drop(a);
+    }
+
+    #[test]
+    fn a_new_file_under_a_closed_watched_number_is_registered_when_only_once_changes() {
+        // A socket closed while a sock_* wait (one-shot) or add_reader (level) still
+        // watched it, and a new socket under its number watched the other way: the
+        // selectors module makes no call for the same mask and raises nothing; the new
+        // file is registered afresh, and reports its own readiness.
+        for (first, second) in [(true, false), (false, true)] {
+            let p = Poller::new().unwrap();
+            let (_a, b) = UnixStream::pair().unwrap();
+            let fd = b.as_raw_fd();
+            let interest = |once| Interest {
+                read: true,
+                write: false,
+                once,
+            };
+            p.watch(fd, interest(first)).unwrap();
+            let (mut c, d) = UnixStream::pair().unwrap();
+            // SAFETY: both fds are open and owned by this test; `b` keeps owning the
+            // number, now a duplicate of `d`, and closes it when dropped.
+            assert_eq!(unsafe { libc::dup2(d.as_raw_fd(), fd) }, fd);
+            p.watch(fd, interest(second)).unwrap();
+            c.write_all(b"x").unwrap();
+            assert_eq!(ready_fds(&p), [fd]);
+            drop((b, d));
+        }
     }
 
     #[test]
