@@ -4,7 +4,7 @@
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyModule, PyString, PyTuple};
+use pyo3::types::{PyDict, PyModule, PyString, PyTuple, PyType};
 
 use crate::gil::GilCell;
 
@@ -160,38 +160,81 @@ pub fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
 pub fn submit_is_the_pools(executor: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = executor.py();
     let submit = pyo3::intern!(py, "submit");
-    if !executor.get_type().getattr(submit)?.is(own_submit(py)?) {
+    static SEEN: ClassVerdict = ClassVerdict::new();
+    let class_ok = SEEN.get(&executor.get_type(), |cls| {
+        Ok(cls.getattr(submit)?.is(own_submit(py)?) && stdlib_submit_is_its_own(py)?)
+    })?;
+    if !class_ok {
         return Ok(false);
     }
-    if let Ok(attrs) = executor.getattr(pyo3::intern!(py, "__dict__")) {
-        if attrs
-            .cast::<PyDict>()
-            .map_or(true, |d| d.contains(submit).unwrap_or(true))
-        {
-            return Ok(false);
-        }
-    }
-    stdlib_submit_is_its_own(py)
-}
-
-/// The stdlib pool's `submit` last seen to be its own (not a wrapper), kept alive so that
-/// its address is not reused by another object.
-static STDLIB_SUBMIT_SEEN: GilCell<Option<Py<PyAny>>> = GilCell::new(None);
-
-/// Whether the stdlib pool's `submit` is the one its module defines (cached by identity:
-/// one attribute lookup and a compare while nothing wraps it).
-pub fn stdlib_submit_is_its_own(py: Python<'_>) -> PyResult<bool> {
-    let current = stdlib_pool(py)?.getattr(pyo3::intern!(py, "submit"))?;
-    let seen = STDLIB_SUBMIT_SEEN.with(py, |s| s.as_ref().is_some_and(|s| s.is(&current)));
-    if seen {
+    // SAFETY: `executor` is a live object and the GIL is held; PyObject_GenericGetDict
+    // returns a new reference to its `__dict__` (made if it had none yet), or NULL with
+    // an exception set.
+    let attrs = unsafe { ffi::PyObject_GenericGetDict(executor.as_ptr(), std::ptr::null_mut()) };
+    if attrs.is_null() {
+        let _ = PyErr::take(py); // (no __dict__: nothing patched on the instance)
         return Ok(true);
     }
-    if !call_with_slice(is_stdlib_submit(py)?, &[current.as_ptr()])?.is_truthy()? {
-        return Ok(false);
+    // SAFETY: `attrs` is the new reference just returned, owned from here on.
+    let attrs = unsafe { Bound::from_owned_ptr(py, attrs) };
+    Ok(!attrs
+        .cast::<PyDict>()
+        .map_or(true, |d| d.contains(submit).unwrap_or(true)))
+}
+
+/// Whether the stdlib pool's `submit` is the one its module defines, not a wrapper.
+pub fn stdlib_submit_is_its_own(py: Python<'_>) -> PyResult<bool> {
+    static SEEN: ClassVerdict = ClassVerdict::new();
+    SEEN.get(stdlib_pool(py)?.cast::<PyType>()?, |cls| {
+        let submit = cls.getattr(pyo3::intern!(py, "submit"))?;
+        call_with_slice(is_stdlib_submit(py)?, &[submit.as_ptr()])?.is_truthy()
+    })
+}
+
+/// The class's version tag: a new one whenever an attribute of it or of a base is set or
+/// deleted (given at its next attribute lookup; 0 until then, and for a class modified
+/// too often to get one). A verdict about a class's attributes holds while it is the
+/// same (`ClassVerdict`; and in Python, `_loop._unpatched`).
+#[pyfunction]
+pub fn _class_version(cls: &Bound<'_, PyType>) -> u32 {
+    // SAFETY: `cls` is a live type object and the GIL is held; its version tag is a
+    // plain field that only code holding the GIL changes.
+    unsafe { (*cls.as_type_ptr()).tp_version_tag }
+}
+
+/// A verdict about a class's attributes, kept while the class and its bases are
+/// unchanged: CPython gives a class a new version tag whenever an attribute of it or of
+/// a base is set or deleted (the tag its attribute cache and specialised bytecode rely
+/// on), so one compare of the class and its tag replaces the attribute lookups.
+struct ClassVerdict(GilCell<(usize, u32, bool)>);
+
+impl ClassVerdict {
+    const fn new() -> Self {
+        ClassVerdict(GilCell::new((0, 0, false)))
     }
-    let old = STDLIB_SUBMIT_SEEN.with(py, |s| s.replace(current.unbind()));
-    drop(old); // (outside the cell: dropping may run Python code)
-    Ok(true)
+
+    /// The verdict for `cls`: `decide(cls)` unless known for its current version.
+    fn get(
+        &self,
+        cls: &Bound<'_, PyType>,
+        decide: impl FnOnce(&Bound<'_, PyType>) -> PyResult<bool>,
+    ) -> PyResult<bool> {
+        let py = cls.py();
+        let key = |cls: &Bound<'_, PyType>| (cls.as_ptr() as usize, _class_version(cls));
+        let (at, tag) = key(cls);
+        let known = self.0.with(py, |&mut (seen_at, seen_tag, verdict)| {
+            (tag != 0 && (seen_at, seen_tag) == (at, tag)).then_some(verdict)
+        });
+        if let Some(verdict) = known {
+            return Ok(verdict);
+        }
+        let verdict = decide(cls)?;
+        // (Read again: the lookups may have given the class its tag. A class whose
+        // tag stays 0, modified too often for a new one, is decided each time.)
+        let (at, tag) = key(cls);
+        self.0.with(py, |seen| *seen = (at, tag, verdict));
+        Ok(verdict)
+    }
 }
 
 /// `object.__setattr__(obj, name, value)`: sets an attribute past any `__setattr__` a

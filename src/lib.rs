@@ -25,6 +25,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<executor::PoolCore>()?;
     m.add_function(wrap_pyfunction!(executor::worker_main, m)?)?;
     m.add_function(wrap_pyfunction!(executor::_mark_interpreter_exiting, m)?)?;
+    m.add_function(wrap_pyfunction!(interop::_class_version, m)?)?;
     m.add_class::<executor::WorkerArgs>()?;
     m.add_class::<transport::SocketReader>()?;
     m.add_class::<transport::SocketWriter>()?;

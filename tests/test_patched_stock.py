@@ -15,6 +15,7 @@ from asyncio import selector_events
 from unittest import mock
 
 import pytest
+import weaveloop
 from _support import run
 
 
@@ -119,6 +120,36 @@ def test_patches_of_the_stock_transport_classes_are_called(loop):
         "sendto",
         "abort",
     ]
+
+
+def test_a_patch_made_after_transports_were_made_reaches_the_next_ones(loop):
+    # (weaveloop keeps its look at the stock methods while their classes are unchanged.)
+    writes = []
+    original = selector_events._SelectorSocketTransport.write
+
+    def spy(self, data):
+        writes.append(bytes(data))
+        return original(self, data)
+
+    rust_writer = []
+
+    async def stream_write(data):
+        a, b = socket.socketpair()
+        with b:
+            transport, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+            rust_writer.append(type(vars(transport).get("write")).__name__ == "SocketWriter")
+            transport.write(data)
+            transport.close()
+            await asyncio.sleep(0)
+
+    run(loop, stream_write(b"before"))
+    with mock.patch.object(selector_events._SelectorSocketTransport, "write", spy):
+        run(loop, stream_write(b"during"))
+    run(loop, stream_write(b"after"))
+    assert writes == [b"during"]
+    # On weaveloop, the Rust write path stands aside only while the patch is there.
+    expected = [True, False, True] if isinstance(loop, weaveloop.Loop) else [False] * 3
+    assert rust_writer == expected
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])

@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import threading
 from unittest import mock
 
 import pytest
@@ -99,12 +100,16 @@ def test_jobs_a_wrapped_submit_queued_are_cancelled_by_shutdown(pool_cls, traced
 
 
 def test_a_broken_pool_fails_the_jobs_a_wrapped_submit_queued(pool_cls, traced_submit):
+    queued = threading.Event()
+
     def init():
+        queued.wait(SAFETY)  # (until every job is queued: a broken pool takes none)
         raise ValueError("init failed")
 
     pool = pool_cls(max_workers=1, initializer=init)
     try:
         futures = [pool.submit(int, str(i)) for i in range(3)]
+        queued.set()
         for f in futures:
             with pytest.raises(weaveloop.BrokenThreadPool):
                 f.result(SAFETY)

@@ -183,6 +183,10 @@ def worker_main(args: WorkerArgs) -> None:
 def _mark_interpreter_exiting() -> None:
     """From then on every pool refuses new jobs (called at interpreter exit)."""
 
+def _class_version(cls: type) -> int:
+    """The class's version tag: a new one whenever an attribute of it or of a base is set
+    or deleted (0 until its next attribute lookup)."""
+
 @final
 class SocketReader:
     """A socket transport's reader: the stock ``_read_ready`` path in Rust for protocols

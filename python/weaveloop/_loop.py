@@ -224,15 +224,27 @@ def _checking_thread(cls, name, method):
     return functools.wraps(method)(checked)
 
 
+_unpatched_seen: dict[tuple, tuple[int, bool]] = {}
+
+
 def _unpatched(transport, cls, stock_cls, *names) -> bool:
     """Whether `transport`'s methods `names` are `cls`'s own, each passing on to
-    `stock_cls`'s, asyncio's own: no patch in their place for a Rust path to skip."""
+    `stock_cls`'s, asyncio's own: no patch in their place for a Rust path to skip.
+    (Known while its class, and so each base, keeps its version: see _class_version.)"""
+    t = type(transport)
+    key = (t, cls, names)
+    seen = _unpatched_seen.get(key)
+    version = _core._class_version(t)
+    if seen is not None and version and seen[0] == version:
+        return seen[1]
     module = sys.modules[stock_cls.__module__]
-    return all(
-        getattr(type(transport), name) is cls.__dict__.get(name, getattr(stock_cls, name))
+    verdict = all(
+        getattr(t, name) is cls.__dict__.get(name, getattr(stock_cls, name))
         and defined_in(getattr(stock_cls, name), module, name)
         for name in names
     )
+    _unpatched_seen[key] = (_core._class_version(t), verdict)
+    return verdict
 
 
 class _RustPaths:
