@@ -131,20 +131,26 @@ def test_to_thread_propagates_context_and_arguments(loop):
     assert name.startswith("asyncio_")
 
 
+async def _occupied(loop, pool, blocker):
+    """The future of a job holding `pool`'s one worker in `blocker`, once it has begun."""
+    started = loop.create_future()
+
+    def block():
+        loop.call_soon_threadsafe(started.set_result, None)
+        return blocker()
+
+    first = loop.run_in_executor(pool, block)
+    await started
+    return first
+
+
 def test_executor_cancelled_before_start_never_runs(loop, make_pool):
     pool = make_pool(max_workers=1)
     blocker = Blocker()
     ran = []
 
     async def main():
-        started = loop.create_future()
-
-        def block():
-            loop.call_soon_threadsafe(started.set_result, None)
-            return blocker()
-
-        first = loop.run_in_executor(pool, block)
-        await started
+        first = await _occupied(loop, pool, blocker)
         victim = loop.run_in_executor(pool, ran.append, "victim")
         victim.cancel()
         await asyncio.sleep(0)  # let the cancellation reach the pool (stock needs a turn)
@@ -168,14 +174,7 @@ def test_a_job_whose_future_was_settled_before_it_started_still_runs(loop, make_
     loop.set_exception_handler(lambda lp, context: None)
 
     async def main():
-        started = loop.create_future()
-
-        def block():
-            loop.call_soon_threadsafe(started.set_result, None)
-            return blocker()
-
-        first = loop.run_in_executor(pool, block)
-        await started
+        first = await _occupied(loop, pool, blocker)
         early = loop.run_in_executor(pool, ran.append, "settled early")
         early.set_result("default")
         blocker.release.set()

@@ -153,8 +153,8 @@ def _recv_buffer(transport) -> memoryview | None:
         transport._sock, recvfrom=_SOCKET_RECVFROM, recvfrom_into=_SOCKET_RECVFROM_INTO
     ):
         return None
-    stock = selector_events._SelectorDatagramTransport._read_ready
-    if not defined_in(stock, selector_events, "_read_ready"):
+    stock = selector_events._SelectorDatagramTransport
+    if not _unpatched(transport, _DatagramTransport, stock, "_read_ready"):
         return None  # (patched: the transport calls the patch)
     loop = transport._loop
     buf = loop._recv_buffer
