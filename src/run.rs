@@ -274,7 +274,6 @@ impl LoopCore {
             (batch.len(), posted)
         });
         self.last_batch.store(n, Relaxed);
-        let debug = self.is_debug();
         let mut empty = std::mem::take(&mut *lock(&self.empty_context));
         let mut result = Ok(());
         let injector = &self.shared.get().injector;
@@ -291,7 +290,9 @@ impl LoopCore {
             else {
                 break;
             };
-            let r = if debug {
+            // (Looked at for each callback, as the stock loop does: one may switch debug
+            // mode for the rest of the batch.)
+            let r = if self.is_debug() {
                 match self.run_item_timed(slf, &item, &mut empty) {
                     Timed::Ran(r) => r,
                     Timed::NotRun(e) => {

@@ -118,6 +118,32 @@ def test_slow_callbacks_are_timed_on_a_replaced_clock(loop, caplog):
     assert "advances_the_clock" in slow[0] and slow[0].endswith(" took 5.000 seconds")
 
 
+def test_set_debug_from_a_callback_applies_to_the_callbacks_after_it(loop, caplog):
+    # The stock loop looks at debug mode before each callback, so a callback that
+    # switches it times (or stops timing) the rest of the same iteration. (A virtual
+    # clock, as above: each slow callback takes 5 s of it.)
+    virtual = [1000.0]
+    loop.time = lambda: virtual[0]
+    loop.slow_callback_duration = 0.05
+
+    def slow_while_on():
+        virtual[0] += 5.0
+
+    def slow_while_off():
+        virtual[0] += 5.0
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        loop.call_soon(loop.set_debug, True)
+        loop.call_soon(slow_while_on)
+        loop.call_soon(loop.set_debug, False)
+        loop.call_soon(slow_while_off)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    reports = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Executing")]
+    assert len(reports) == 1, reports
+    assert ".slow_while_on()" in reports[0] and " took 5.000 seconds" in reports[0]
+
+
 def test_a_replaced_clock_that_fails_fails_the_iteration_in_debug_mode(loop):
     # The stock loop calls self.time() around each callback in debug mode: its error
     # leaves run_forever, and the loop can run again once the clock works.
