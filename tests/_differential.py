@@ -243,6 +243,7 @@ def trace(
     stock loop's trace of the server differential (a client's send failing with EPIPE
     one step early) after weaveloop's transport methods began allocating a little more
     per call."""
+    gc_was_on = gc.isenabled()
     gc.disable()
     loop = FACTORIES[kind]()
     world = make(loop)
@@ -257,7 +258,8 @@ def trace(
             world.release()
             loop.close()
         finally:
-            gc.enable()
+            if gc_was_on:
+                gc.enable()
 
 
 @dataclasses.dataclass(frozen=True)
