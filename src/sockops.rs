@@ -61,7 +61,10 @@ enum Attempt<'py> {
 
 /// A plain `socket.socket` with no timeout, open, whose `method` is the C one: its fd.
 /// (None: the stock method.)
-fn plain_nonblocking(sock: &Bound<'_, PyAny>, method: &str) -> PyResult<Option<RawFd>> {
+fn plain_nonblocking(
+    sock: &Bound<'_, PyAny>,
+    method: &Bound<'_, PyString>,
+) -> PyResult<Option<RawFd>> {
     if !plain_without_timeout(sock, method)? {
         return Ok(None);
     }
@@ -70,7 +73,7 @@ fn plain_nonblocking(sock: &Bound<'_, PyAny>, method: &str) -> PyResult<Option<R
 
 /// Whether `sock` is a plain `socket.socket` with no timeout whose `method` is the C
 /// one. Runs no Python code (the type is exactly socket's, whose methods are then C).
-fn plain_without_timeout(sock: &Bound<'_, PyAny>, method: &str) -> PyResult<bool> {
+fn plain_without_timeout(sock: &Bound<'_, PyAny>, method: &Bound<'_, PyString>) -> PyResult<bool> {
     let py = sock.py();
     if !sock.get_type().is(interop::socket_type(py)?) || !c_method(sock, method)? {
         return Ok(false);
@@ -82,11 +85,9 @@ fn plain_without_timeout(sock: &Bound<'_, PyAny>, method: &str) -> PyResult<bool
 /// Whether `sock`'s class has `_socket.socket`'s own `method`, not one put in its place
 /// on `socket.socket` (`mock.patch.object(socket.socket, "recv", ...)`, as tests do to
 /// make a read fail): the stock methods call that one.
-fn c_method(sock: &Bound<'_, PyAny>, method: &str) -> PyResult<bool> {
-    let py = sock.py();
-    let name = PyString::intern(py, method);
-    let own = interop::c_socket_type(py)?.getattr(&name)?;
-    Ok(sock.get_type().getattr(&name)?.is(&own))
+fn c_method(sock: &Bound<'_, PyAny>, method: &Bound<'_, PyString>) -> PyResult<bool> {
+    let own = interop::c_socket_type(sock.py())?.getattr(method)?;
+    Ok(sock.get_type().getattr(method)?.is(&own))
 }
 
 /// The socket object's fd, None once it is closed (`fileno()` -1).
@@ -187,11 +188,11 @@ impl SockWait {
     }
 
     /// The socket method the stock attempt calls.
-    fn method(&self) -> &'static str {
+    fn method<'py>(&self, py: Python<'py>) -> &Bound<'py, PyString> {
         match self.op {
-            Op::Recv(_) => "recv",
-            Op::RecvInto(_) => "recv_into",
-            Op::SendAll { .. } => "send",
+            Op::Recv(_) => intern!(py, "recv"),
+            Op::RecvInto(_) => intern!(py, "recv_into"),
+            Op::SendAll { .. } => intern!(py, "send"),
         }
     }
 
@@ -206,7 +207,7 @@ impl SockWait {
             _ => None,
         };
         let sock = self.sock.bind(py);
-        if !c_method(sock, self.method())? || open_fd(sock)? != Some(self.fd) {
+        if !c_method(sock, self.method(py))? || open_fd(sock)? != Some(self.fd) {
             drop(view);
             return self.stock_attempt(py);
         }
@@ -364,6 +365,22 @@ impl SockWait {
 }
 
 impl LoopCore {
+    /// A first attempt's outcome: its result, its error, or the stock method's wait for
+    /// the socket to try `op()` again.
+    fn done_or_wait<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        fd: RawFd,
+        attempt: Attempt<'py>,
+        op: impl FnOnce() -> Op,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match attempt {
+            Attempt::Done(v) => Ok(v),
+            Attempt::Failed(e) => Err(e),
+            Attempt::NotNow => Self::sock_wait(slf, sock, fd, op()),
+        }
+    }
+
     /// The wait of the stock method: a future, the fd watcher, the done callback.
     fn sock_wait<'py>(
         slf: &Bound<'py, Self>,
@@ -428,17 +445,14 @@ impl LoopCore {
         else {
             return Ok(not_here);
         };
-        let Some(fd) = plain_nonblocking(sock, "recv")? else {
+        let Some(fd) = plain_nonblocking(sock, intern!(py, "recv"))? else {
             return Ok(not_here);
         };
         // SAFETY: `plain_nonblocking` has just seen the socket object open on `fd`, and
         // nothing since ran Python code.
         let socket = unsafe { BorrowedFd::borrow_raw(fd) };
-        match recv_bytes(py, socket, n, &slf.get().large_sock_reads) {
-            Attempt::Done(data) => Ok(data),
-            Attempt::Failed(e) => Err(e),
-            Attempt::NotNow => Self::sock_wait(slf, sock, fd, Op::Recv(n)),
-        }
+        let attempt = recv_bytes(py, socket, n, &slf.get().large_sock_reads);
+        Self::done_or_wait(slf, sock, fd, attempt, || Op::Recv(n))
     }
 
     /// `sock_recv_into(sock, buf)` for a plain non-blocking socket: the count received,
@@ -450,7 +464,7 @@ impl LoopCore {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let not_here = py.NotImplemented().into_bound(py);
-        if !plain_without_timeout(sock, "recv_into")? {
+        if !plain_without_timeout(sock, intern!(py, "recv_into"))? {
             return Ok(not_here);
         }
         // The buffer before the socket's fd: a class's `__buffer__` (3.12+) runs Python
@@ -467,11 +481,9 @@ impl LoopCore {
         let socket = unsafe { BorrowedFd::borrow_raw(fd) };
         let attempt = recv_into(py, socket, &mut view);
         drop(view);
-        match attempt {
-            Attempt::Done(n) => Ok(n),
-            Attempt::Failed(e) => Err(e),
-            Attempt::NotNow => Self::sock_wait(slf, sock, fd, Op::RecvInto(buf.clone().unbind())),
-        }
+        Self::done_or_wait(slf, sock, fd, attempt, || {
+            Op::RecvInto(buf.clone().unbind())
+        })
     }
 
     /// `sock_sendall(sock, data)` for a plain non-blocking socket and `bytes`: None once
@@ -491,7 +503,7 @@ impl LoopCore {
         if buf.is_empty() {
             return Ok(not_here);
         }
-        let Some(fd) = plain_nonblocking(sock, "send")? else {
+        let Some(fd) = plain_nonblocking(sock, intern!(py, "send"))? else {
             return Ok(not_here);
         };
         // SAFETY: as in `_sock_recv_native`.

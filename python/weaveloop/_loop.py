@@ -135,9 +135,10 @@ def _recv_buffer(transport) -> memoryview | None:
     """The loop's receive buffer, for a datagram read of ``transport.max_size`` bytes:
     one per loop, for its datagram transports, which read one at a time on the loop's
     thread. None where the transport must read as the stock one does: a ``max_size``
-    that is not an int within 1..``_RECV_BUFFER_MAX``, or a socket whose class overrides
-    ``recvfrom``. (Socket transports read through ``_core.SocketReader``, which has a
-    buffer of its own for the same reason.)
+    that is not an int within 1..``_RECV_BUFFER_MAX``, a socket whose class overrides
+    ``recvfrom``, or a stock ``_read_ready`` patched when the transport was made.
+    (Socket transports read through ``_core.SocketReader``, which has a buffer of its
+    own for the same reason.)
 
     The stock transports receive each read into a fresh ``max_size`` (256 KiB) bytes
     object, which glibc serves with an mmap, a shrinking mremap and a munmap: with small
@@ -153,9 +154,8 @@ def _recv_buffer(transport) -> memoryview | None:
         transport._sock, recvfrom=_SOCKET_RECVFROM, recvfrom_into=_SOCKET_RECVFROM_INTO
     ):
         return None
-    stock = selector_events._SelectorDatagramTransport
-    if not _unpatched(transport, _DatagramTransport, stock, "_read_ready"):
-        return None  # (patched: the transport calls the patch)
+    if not transport._own_reads:
+        return None  # (the stock _read_ready patched: the transport calls the patch)
     loop = transport._loop
     buf = loop._recv_buffer
     if len(buf) < size:
@@ -332,11 +332,10 @@ class _DatagramTransport(_RustPaths, selector_events._SelectorDatagramTransport)
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
         ipv4 = sock.family == socket.AF_INET
         stock = selector_events._SelectorDatagramTransport
-        if (
-            ipv4
-            and _stock_socket_methods(sock, recvfrom=_SOCKET_RECVFROM)
-            and _unpatched(self, _DatagramTransport, stock, "_read_ready")
-        ):
+        # Looked at once, as the stock transport's reader is bound once (registered by
+        # its __init__): reads go the weaveloop way unless the stock one was patched.
+        self._own_reads = _unpatched(self, _DatagramTransport, stock, "_read_ready")
+        if ipv4 and self._own_reads and _stock_socket_methods(sock, recvfrom=_SOCKET_RECVFROM):
             # Before the stock __init__, which registers self._read_ready.
             self._read_ready = _core.DatagramReader(self, sock.fileno())
         super().__init__(loop, sock, protocol, address, waiter, extra)

@@ -139,6 +139,18 @@ mod tests {
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
 
+    /// Sends through `send` until the socket takes no more: how much it took (some).
+    fn fill(send: impl Fn(&[u8]) -> io::Result<Option<usize>>) -> usize {
+        let chunk = vec![7u8; 1 << 16];
+        let mut sent = 0;
+        while let Some(n) = send(&chunk).unwrap() {
+            sent += n;
+            assert!(sent < 1 << 30, "never filled");
+        }
+        assert!(sent > 0);
+        sent
+    }
+
     #[test]
     fn reads_data_then_would_block_then_eof() {
         let (mut a, b) = UnixStream::pair().unwrap();
@@ -187,13 +199,7 @@ mod tests {
         let mut buf = [0u8; 5];
         b.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"hello");
-        let chunk = vec![7u8; 1 << 16];
-        let mut sent = 0;
-        while let Some(n) = send(a.as_fd(), &chunk).unwrap() {
-            sent += n;
-            assert!(sent < 1 << 30, "never filled");
-        }
-        assert!(sent > 0);
+        fill(|chunk| send(a.as_fd(), chunk));
         drop(b);
         let err = send(a.as_fd(), b"x").unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
@@ -213,13 +219,7 @@ mod tests {
             recv_uninit_now(a.as_fd(), &mut buf).unwrap(),
             Received::Data(2)
         );
-        let chunk = vec![7u8; 1 << 16];
-        let mut sent = 0;
-        while let Some(n) = send_now(a.as_fd(), &chunk).unwrap() {
-            sent += n;
-            assert!(sent < 1 << 30, "never filled");
-        }
-        assert!(sent > 0);
+        let sent = fill(|chunk| send_now(a.as_fd(), chunk));
         let mut back = vec![0u8; sent];
         b.read_exact(&mut back).unwrap();
         assert_eq!(send_now(a.as_fd(), b"x").unwrap(), Some(1));
