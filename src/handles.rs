@@ -23,7 +23,10 @@ use crate::spent::Spent;
 /// of the object itself (`copy_context()` returns a copy), so reuse is unobservable but
 /// for one contrived case: a `Token` one callback keeps after resetting its variable is
 /// accepted by `reset()` in a later callback (asyncio: ValueError, another context). It
-/// saves allocating a context per callback.
+/// saves allocating a context per callback. A handle whose `get_context()` is asked for
+/// gets a context of its own first (see `Callback::get_context`), and one whose callback
+/// left a variable set (or raised) keeps the context it ran in, as asyncio's handle keeps
+/// its copy: the next run of a watcher's callback, and `get_context()`, see the change.
 #[derive(Default)]
 pub struct EmptyContext(Option<Py<PyAny>>);
 
@@ -44,10 +47,14 @@ impl EmptyContext {
         self.0 = None;
     }
 
-    fn after_run(&mut self, py: Python<'_>, ctx: Py<PyAny>) {
-        if ctx.bind(py).len().map_or(true, |n| n != 0) {
+    /// Whether the callback that just ran in `ctx` left a variable set in it (then the
+    /// next callback gets a new empty context).
+    fn changed_by_run(&mut self, py: Python<'_>, ctx: &Py<PyAny>) -> bool {
+        let changed = ctx.bind(py).len().map_or(true, |n| n != 0);
+        if changed {
             self.0 = None;
         }
+        changed
     }
 }
 
@@ -321,17 +328,15 @@ impl Callback {
             Some(c) => interop::in_context(py, c, || call(py, &t)),
             None => empty.get(py).map_err(Box::new).and_then(|ctx| {
                 let r = interop::in_context(py, &ctx, || call(py, &t));
-                if r.is_err() {
-                    // asyncio (3.12+) runs the exception handler in the context the
-                    // callback ran in, which the handle's get_context() names: that one
-                    // is kept, and no longer shared with the next callbacks.
+                // The context it ran in becomes the handle's own if the callback left a
+                // variable set in it, or raised (asyncio 3.12+ runs the exception handler
+                // in the context the handle's get_context() names); it is no longer
+                // shared with the next callbacks.
+                if empty.changed_by_run(py, &ctx) || r.is_err() {
                     empty.forget();
-                    let stale = self
-                        .context
-                        .with(py, |slot| slot.replace(ctx.clone_ref(py)));
+                    let stale = self.context.with(py, |slot| slot.replace(ctx));
                     drop(stale);
                 }
-                empty.after_run(py, ctx);
                 r
             }),
         };
@@ -410,13 +415,20 @@ impl Callback {
         }
     }
 
-    /// The context the callback runs in (a new empty one if it was scheduled from an
-    /// empty context and has not raised; if it raised, the one it ran in).
+    /// The context the callback runs in. One scheduled from an empty context has none
+    /// of its own until it is asked for (or the callback changed or raised in the
+    /// shared one, see `EmptyContext`): a new empty one is made then and kept, so that
+    /// what is done in it reaches the callback, as with asyncio's handle.
     pub fn get_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        match self.own_context(py) {
-            Some(c) => Ok(c),
-            None => interop::new_context(py),
+        if let Some(c) = self.own_context(py) {
+            return Ok(c);
         }
+        let made = interop::new_context(py)?;
+        let stale = self
+            .context
+            .with(py, |slot| slot.replace(made.clone_ref(py)));
+        drop(stale); // (None: nothing ran between the look and the store)
+        Ok(made)
     }
 
     /// The context kept on the callback, if any (see `context`): a new reference, so

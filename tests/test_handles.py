@@ -10,6 +10,7 @@ import collections
 import contextvars
 import decimal
 import gc
+import socket
 import sys
 import threading
 import weakref
@@ -149,6 +150,59 @@ def test_get_context_defaults_to_a_copy_of_the_current_context(loop, loop_kind):
     finally:
         var.reset(token)
         h.cancel()
+
+
+def test_what_is_done_in_get_context_reaches_a_callback_from_an_empty_context(loop, loop_kind):
+    # Scheduled where no variable is set: the handle's context is still its own object,
+    # the one its callback runs in (weaveloop makes it when asked for).
+    _skip_without_get_context(loop_kind)
+    var = contextvars.ContextVar("var", default="unset")
+    seen = []
+    handles = contextvars.Context().run(
+        lambda: [
+            loop.call_soon(lambda: seen.append(("soon", var.get()))),
+            loop.call_at(loop.time(), lambda: seen.append(("timer", var.get()))),
+            loop.call_soon(lambda: seen.append(("untouched", var.get()))),
+        ]
+    )
+    for h, value in zip(handles[:2], ("x", "y")):
+        ctx = h.get_context()
+        assert ctx is h.get_context()
+        ctx.run(var.set, value)
+    done = loop.create_future()
+    loop.call_later(0.001, done.set_result, None)
+    loop.run_until_complete(done)
+    assert sorted(seen) == [("soon", "x"), ("timer", "y"), ("untouched", "unset")]
+
+
+def test_a_callback_from_an_empty_context_leaves_its_changes_in_its_handle(loop, loop_kind):
+    # A watcher's callback runs again in the same context, and get_context() names it.
+    var = contextvars.ContextVar("var", default=0)
+    seen = []
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.send(b"x")
+
+    def on_readable():
+        seen.append(var.get())
+        var.set(var.get() + 1)
+        if len(seen) == 3:
+            loop.remove_reader(a)
+            done.set_result(None)
+
+    done = loop.create_future()
+    contextvars.Context().run(loop.add_reader, a, on_readable)
+    try:
+        loop.run_until_complete(asyncio.wait_for(done, 10))
+    finally:
+        a.close()
+        b.close()
+    assert seen == [0, 1, 2]
+    if loop_kind == "asyncio" and sys.version_info < (3, 12):
+        return
+    h = contextvars.Context().run(loop.call_soon, var.set, 5)
+    _spin(loop, 1)
+    assert h.get_context()[var] == 5
 
 
 def test_repr_names_the_callback(loop):
