@@ -165,7 +165,7 @@ def test_what_is_done_in_get_context_reaches_a_callback_from_an_empty_context(lo
             loop.call_soon(lambda: seen.append(("untouched", var.get()))),
         ]
     )
-    for h, value in zip(handles[:2], ("x", "y")):
+    for h, value in zip(handles[:2], ("x", "y"), strict=True):
         ctx = h.get_context()
         assert ctx is h.get_context()
         ctx.run(var.set, value)
