@@ -662,20 +662,35 @@ impl LoopCore {
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         const NONE: &str = "delay must not be None";
+        // (Messages name call_at, as the stock call_later's call_at checks the callback.)
+        const METHOD: &str = "call_at";
         let this = slf.get();
-        if delay.is_exact_instance_of::<PyFloat>() || delay.is_exact_instance_of::<PyInt>() {
-            let when = this.now(slf)? + time_arg(delay, "delay", NONE)?;
-            return this.schedule_at(when, None, callback, args, context, "call_later");
-        }
         if delay.is_none() {
             return Err(pyo3::exceptions::PyTypeError::new_err(NONE));
+        }
+        let now = if this.custom_clock.load(Relaxed) {
+            let now = interop::call_method(slf, pyo3::intern!(slf.py(), "time"), &[])?;
+            if !now.is_exact_instance_of::<PyFloat>() {
+                // A clock of another type (an int, a Fraction): `time() + delay` in
+                // Python's arithmetic, as the stock loop adds them, so the deadline keeps
+                // the clock's type.
+                let (secs, given) = deadline_arg(&now.add(delay)?, "delay", NONE)?;
+                return this.schedule_at(secs, given, callback, args, context, METHOD);
+            }
+            now.extract::<f64>()?
+        } else {
+            clock::monotonic()
+        };
+        if delay.is_exact_instance_of::<PyFloat>() || delay.is_exact_instance_of::<PyInt>() {
+            let when = now + time_arg(delay, "delay", NONE)?;
+            return this.schedule_at(when, None, callback, args, context, METHOD);
         }
         // Any other type: `loop.time() + delay` in Python's arithmetic, as the stock loop
         // computes it, so a delay that does not add to a float (a Decimal, a str) is the
         // same TypeError, and one that does (a Fraction) gives the same deadline.
-        let when = PyFloat::new(slf.py(), this.now(slf)?).add(delay)?;
+        let when = PyFloat::new(slf.py(), now).add(delay)?;
         let (secs, given) = deadline_arg(&when, "delay", NONE)?;
-        this.schedule_at(secs, given, callback, args, context, "call_later")
+        this.schedule_at(secs, given, callback, args, context, METHOD)
     }
 
     #[pyo3(signature = (when, callback, *args, context = None))]

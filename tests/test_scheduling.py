@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import decimal
+import fractions
 import math
 import random
 import socket
@@ -327,6 +329,40 @@ def test_a_subclass_time_drives_the_scheduler(loop, how):
         assert fired == ["at 1000"]
     finally:
         fake_loop.close()
+
+
+def test_call_later_adds_the_delay_to_a_clock_of_another_type_in_its_arithmetic(loop):
+    # A virtual clock that counts in ints or Fractions: the deadline keeps its type (the
+    # stock call_later computes `time() + delay`), and one that does not add to the delay
+    # is asyncio's TypeError.
+    def named():
+        pass
+
+    loop.time = lambda: 100
+    h = loop.call_later(5, named)
+    assert (h.when(), type(h.when())) == (105, int)
+    loop.time = lambda: fractions.Fraction(1, 3)
+    t = loop.call_later(fractions.Fraction(1, 3), named)
+    assert (t.when(), type(t.when())) == (fractions.Fraction(2, 3), fractions.Fraction)
+    loop.time = lambda: decimal.Decimal(100)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        loop.call_later(2.5, named)
+    assert loop.call_later(decimal.Decimal(1), named).when() == decimal.Decimal(101)
+    for handle in (h, t):
+        handle.cancel()
+
+
+def test_call_later_names_call_at_in_its_callback_errors(loop):
+    # The stock call_later hands the callback to call_at, whose check names itself.
+    loop.set_debug(True)
+
+    async def coro_fn():
+        pass
+
+    with pytest.raises(TypeError, match=r"coroutines cannot be used with call_at\(\)"):
+        loop.call_later(1, coro_fn)
+    with pytest.raises(TypeError, match=r"a callable object was expected by call_at\(\)"):
+        loop.call_later(1, 42)
 
 
 def test_a_clock_at_infinity_with_a_timer_at_infinity_leaves_the_loop_usable(loop, loop_kind):
