@@ -90,21 +90,43 @@ pub fn import_ahead(py: Python<'_>) -> PyResult<()> {
     .map(|_| ())
 }
 
-/// What the stock `create_task` does with the name of a task a task factory made:
-/// `asyncio.tasks._set_task_name(task, name)` where that exists (up to Python 3.12:
-/// `task.set_name(name)` unless the name is None, a DeprecationWarning for a task
-/// without `set_name`); 3.13 removed it and calls `task.set_name` itself, which a task
-/// then must have (3.13.0 calls it with None too, naming the task "None", a bug later
-/// versions fixed: a None name is left out here).
+/// What the stock `create_task` does with the name of a task a task factory made. Up to
+/// Python 3.12 (where `asyncio.tasks._set_task_name` exists): `task.set_name(name)`
+/// unless the name is None, and for a task without `set_name` a DeprecationWarning,
+/// which names the line that called `create_task` (asyncio's `stacklevel=3` from its
+/// helper; here, with no Python frame of ours, the current frame). 3.13 calls
+/// `task.set_name` itself, which a task then must have (3.13.0 calls it with None too,
+/// naming the task "None", a bug later versions fixed: a None name is only looked up).
 pub fn set_task_name(
     py: Python<'_>,
     task: &Bound<'_, PyAny>,
     name: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
-    match set_task_name_helper(py)? {
-        Some(helper) => call_with_slice(helper.bind(py), &[task.as_ptr(), name.as_ptr()]).map(drop),
-        None if name.is_none() => Ok(()),
-        None => call_method(task, pyo3::intern!(py, "set_name"), &[name]).map(drop),
+    let set_name = pyo3::intern!(py, "set_name");
+    if set_task_name_helper(py)?.is_none() {
+        let method = task.getattr(set_name)?;
+        return if name.is_none() {
+            Ok(())
+        } else {
+            call_with_slice(&method, &[name.as_ptr()]).map(drop)
+        };
+    }
+    if name.is_none() {
+        return Ok(());
+    }
+    match task.getattr(set_name) {
+        Ok(method) => call_with_slice(&method, &[name.as_ptr()]).map(drop),
+        Err(e) if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => {
+            let msg = c"Task.set_name() was added in Python 3.8, the method support will be \
+                        mandatory for third-party task implementations since 3.13.";
+            PyErr::warn(
+                py,
+                &py.get_type::<pyo3::exceptions::PyDeprecationWarning>(),
+                msg,
+                1,
+            )
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -687,6 +709,7 @@ pub fn is_coroutine_object(obj: &Bound<'_, PyAny>) -> bool {
 }
 
 const CO_COROUTINE: u32 = 0x80;
+const CO_VARKEYWORDS: u32 = 0x08;
 
 /// A yes/no answer about the object last asked about, kept while the same object is
 /// asked again. Holding the object keeps its address from being reused by another one
@@ -732,9 +755,9 @@ static LAST_CODE: LastAnswer = LastAnswer::new();
 /// (ddtrace's) keeps asyncio's function and file, and is not told apart.
 static BASE_CREATE_TASK: LastAnswer = LastAnswer::new();
 
-/// `BaseEventLoop.create_task` if something replaced asyncio's own on the class (one
-/// lookup in the class's dict while it has not changed).
-pub fn replaced_base_create_task(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
+/// `BaseEventLoop.create_task` as the class has it now, with whether that is asyncio's
+/// own (one lookup in the class's dict while it has not changed); None if it has none.
+pub fn base_create_task(py: Python<'_>) -> PyResult<Option<(Bound<'_, PyAny>, bool)>> {
     let cls = base_event_loop(py)?;
     let key = pyo3::intern!(py, "create_task");
     // SAFETY: the GIL is held and `cls` is a live class, whose `tp_dict` is its own live
@@ -758,7 +781,17 @@ pub fn replaced_base_create_task(py: Python<'_>) -> PyResult<Option<Bound<'_, Py
                 .getattr("co_filename")?
                 .eq(file)?)
     })?;
-    Ok((!stock).then_some(found))
+    Ok(Some((found, stock)))
+}
+
+/// Whether `method` (asyncio's `BaseEventLoop.create_task`) takes `**kwargs`, as it does
+/// from Python 3.13.3 (passing them on to the task or the task factory).
+pub fn takes_kwargs(method: &Bound<'_, PyAny>) -> PyResult<bool> {
+    static LAST: LastAnswer = LastAnswer::new();
+    LAST.get(method, || {
+        let flags: u32 = method.getattr("__code__")?.getattr("co_flags")?.extract()?;
+        Ok(flags & CO_VARKEYWORDS != 0)
+    })
 }
 
 fn code_is_coroutine(code: &Bound<'_, PyAny>) -> PyResult<bool> {

@@ -326,10 +326,11 @@ pub struct LoopCore {
 }
 
 impl LoopCore {
-    /// `create_task`, once the loop is known usable.
+    /// `create_task`, once the loop is known usable, as asyncio's own does it.
     fn new_task<'py>(
         slf: &Bound<'py, Self>,
         coro: &Bound<'py, PyAny>,
+        factory: &Bound<'py, PyAny>,
         name: Option<&Bound<'py, PyAny>>,
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
@@ -337,7 +338,6 @@ impl LoopCore {
         let none = py.None().into_bound(py);
         let name = name.unwrap_or(&none);
         let context = context.unwrap_or(&none);
-        let factory = slf.getattr(pyo3::intern!(py, "_task_factory"))?;
         if factory.is_none() {
             // (The stock loop drops the last frame of the task's source traceback: its
             // own create_task. This one has no Python frame, so the last frame is already
@@ -352,10 +352,10 @@ impl LoopCore {
             return interop::call_kw(task, &[coro], names, &[slf.as_any(), name, context]);
         }
         let task = if context.is_none() {
-            interop::call_with_slice(&factory, &[slf.as_ptr(), coro.as_ptr()])?
+            interop::call_with_slice(factory, &[slf.as_ptr(), coro.as_ptr()])?
         } else {
             let names = interop::kwnames(py, &["context"])?;
-            interop::call_kw(&factory, &[slf.as_any(), coro], names, &[context])?
+            interop::call_kw(factory, &[slf.as_any(), coro], names, &[context])?
         };
         interop::set_task_name(py, &task, name)?;
         Ok(task)
@@ -783,31 +783,58 @@ impl LoopCore {
     }
 
     /// `asyncio.Task(coro, loop=self, ...)`, or the task factory's result, as asyncio
-    /// does; only from the loop's thread while it runs (strict mode).
-    #[pyo3(signature = (coro, *, name = None, context = None))]
+    /// does; only from the loop's thread while it runs (strict mode). asyncio's own
+    /// `BaseEventLoop.create_task` runs instead when something replaced it on the class
+    /// (an APM agent's wrapper, which calls asyncio's own: the stock loops inherit it),
+    /// for keyword arguments beyond `name` and `context` (from Python 3.13.3 it takes
+    /// `**kwargs` and passes them on; before, it refuses them with its TypeError), and,
+    /// where it takes `**kwargs`, for a task factory (which those versions call
+    /// differently from 3.13.0's).
+    #[pyo3(signature = (coro, *, name = None, context = None, **kwargs))]
     fn create_task<'py>(
         slf: &Bound<'py, Self>,
         coro: &Bound<'py, PyAny>,
         name: Option<&Bound<'py, PyAny>>,
         context: Option<&Bound<'py, PyAny>>,
+        kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let this = slf.get();
         this.check_usable()?;
-        let task = match interop::replaced_base_create_task(py)? {
-            // Something replaced it on asyncio's class (an APM agent's wrapper, which
-            // calls asyncio's own): that runs, as on the stock loops, which inherit it.
-            Some(replaced) => {
-                let method = replaced.call_method1("__get__", (slf, slf.get_type()))?;
-                let kwargs = pyo3::types::PyDict::new(py);
+        let kwargs = kwargs.filter(|k| !k.is_empty());
+        let factory = slf.getattr(pyo3::intern!(py, "_task_factory"))?;
+        let stock_method = match interop::base_create_task(py)? {
+            Some((method, false)) => Some(method),
+            Some((method, true))
+                if kwargs.is_some() || (!factory.is_none() && interop::takes_kwargs(&method)?) =>
+            {
+                Some(method)
+            }
+            _ => None,
+        };
+        let task = match stock_method {
+            Some(method) => {
+                let method = method.call_method1("__get__", (slf, slf.get_type()))?;
+                let all = match kwargs {
+                    Some(kwargs) => kwargs.copy()?,
+                    None => PyDict::new(py),
+                };
                 for (key, value) in [("name", name), ("context", context)] {
                     if let Some(value) = value {
-                        kwargs.set_item(key, value)?;
+                        all.set_item(key, value)?;
                     }
                 }
-                method.call((coro,), Some(&kwargs))?
+                method.call((coro,), Some(&all))?
             }
-            None => Self::new_task(slf, coro, name, context)?,
+            None => {
+                if let Some((key, _)) = kwargs.and_then(|k| k.iter().next()) {
+                    return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                        "create_task() got an unexpected keyword argument {}",
+                        key.repr()?
+                    )));
+                }
+                Self::new_task(slf, coro, &factory, name, context)?
+            }
         };
         let quiet = pyo3::intern!(py, "_log_destroy_pending");
         if this.closer.load(Relaxed) != 0 && task.hasattr(quiet)? {

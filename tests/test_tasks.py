@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 
 import pytest
 from _support import run
@@ -198,3 +199,67 @@ def test_a_create_task_replaced_on_asyncio_base_class_runs(loop, monkeypatch, st
     calls.clear()
     assert run(loop, main()) == ("ran", "ran")
     assert calls == []
+
+
+def test_create_task_with_other_keywords_is_asyncio_s_own(loop):
+    # Keywords beyond name and context: asyncio's create_task refuses them with its
+    # TypeError up to Python 3.13.2, and takes them from 3.13.3 (passing them on).
+    async def child():
+        pass
+
+    coro = child()
+    try:
+        with pytest.raises(TypeError, match="unexpected keyword argument 'surprise'"):
+            loop.create_task(coro, surprise=1)
+    finally:
+        coro.close()
+
+
+def test_create_task_passes_other_keywords_to_a_create_task_that_takes_them(loop, monkeypatch):
+    # As asyncio's own from Python 3.13.3 (its signature there), here a replacement.
+    stock = asyncio.BaseEventLoop.create_task
+    seen = []
+
+    def create_task(self, coro, *, name=None, context=None, **kwargs):
+        seen.append((name, kwargs))
+        return stock(self, coro, name=name, context=context)
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "create_task", create_task)
+
+    async def child():
+        return "ran"
+
+    task = loop.create_task(child(), name="n", eager_start=False, extra=1)
+    assert loop.run_until_complete(task) == "ran"
+    assert seen == [("n", {"eager_start": False, "extra": 1})]
+
+
+@pytest.mark.skipif(
+    not hasattr(asyncio.tasks, "_set_task_name"), reason="Python 3.13 has no such warning"
+)
+def test_a_factory_task_without_set_name_is_warned_about_at_the_caller_s_line(loop):
+    bare = object()
+    loop.set_task_factory(lambda loop, coro: (coro.close(), bare)[1])
+
+    async def child():
+        pass
+
+    with pytest.warns(DeprecationWarning, match=r"Task.set_name\(\) was added") as record:
+        line = sys._getframe().f_lineno + 1
+        assert loop.create_task(child(), name="n") is bare
+    assert [(w.filename, w.lineno) for w in record] == [(__file__, line)]
+
+
+def test_a_factory_result_without_set_name_on_python_3_13(loop):
+    # Python 3.13 calls the task's set_name itself (3.13.0 with any name, None too), so
+    # what a factory returns must have it; up to 3.12 one without it is accepted.
+    loop.set_task_factory(lambda loop, coro: (coro.close(), 42)[1])
+
+    async def child():
+        pass
+
+    if hasattr(asyncio.tasks, "_set_task_name"):
+        assert loop.create_task(child()) == 42
+    else:
+        with pytest.raises(AttributeError, match="set_name"):
+            loop.create_task(child())
