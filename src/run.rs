@@ -659,8 +659,6 @@ impl LoopCore {
             .into_iter()
             .chain(late)
             .partition(|r| run_posted && matches!(r, Ready::Posted(h) if !h.get().posted_here()));
-        dropped.iter().for_each(|r| r.release(py));
-        drop(dropped);
         let mut fatal = None;
         let mut empty = EmptyContext::default();
         for item in posted {
@@ -670,6 +668,10 @@ impl LoopCore {
         }
         this.closed.store(true, Relaxed);
         this.closer.store(0, Relaxed);
+        // What is dropped is let go once the loop is closed, as the stock close() clears
+        // its queue: a finalizer that schedules a callback then is told the loop is closed.
+        dropped.iter().for_each(|r| r.release(py));
+        drop(dropped);
         this.spent.clear(py);
         let scheduled: VecDeque<Ready> = std::mem::take(&mut *lock(&this.ready));
         scheduled.iter().for_each(|r| r.release(py));

@@ -399,6 +399,25 @@ def test_close_drops_pending_callbacks(loop):
     assert ran == []
 
 
+@pytest.mark.parametrize("queue", ["ready", "timers"])
+def test_a_finalizer_of_a_dropped_callback_finds_the_loop_closed(loop, queue, monkeypatch):
+    # close() marks the loop closed, then lets go of what it drops: a finalizer that
+    # schedules something then fails with 'Event loop is closed' (reported as ignored).
+    failures = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: failures.append(u.exc_value))
+
+    class SchedulesWhenFreed:
+        def __del__(self):
+            loop.call_soon(print, "never")
+
+    if queue == "ready":
+        loop.call_soon(print, SchedulesWhenFreed())
+    else:
+        loop.call_later(1, print, SchedulesWhenFreed())
+    loop.close()
+    assert [(type(e), str(e)) for e in failures] == [(RuntimeError, "Event loop is closed")]
+
+
 #: CPython 3.13.0's own loop, once a nested run_forever() was refused, takes itself for
 #: not running (its clean-up ran for the refused run): it then lets a nested run start.
 _STOCK_FORGETS_IT_RUNS = sys.version_info[:3] == (3, 13, 0)
