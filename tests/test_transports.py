@@ -21,6 +21,7 @@ import struct
 import sys
 import threading
 import traceback
+import warnings
 import weakref
 
 import pytest
@@ -1584,6 +1585,60 @@ def test_transport_calls_from_another_thread_are_refused_before_any_change(kind)
     finally:
         lt.stop()
         loop.close()
+
+
+class _ClosesWhenFreed:
+    """Holds a transport, and closes (or aborts) it from its finalizer."""
+
+    def __init__(self, transport, how):
+        self.transport, self.how = transport, how
+        self.cycle = self
+
+    def __del__(self):
+        getattr(self.transport, self.how)()
+
+
+@pytest.mark.parametrize("how", ["stream writer", "close", "abort"])
+def test_a_finalizer_run_by_the_gc_in_another_thread_closes_its_transport(loop, how):
+    # An unclosed StreamWriter left in a reference cycle: the collector may run its
+    # __del__ (which closes the transport) in any thread. Strict mode hands that close to
+    # the loop's thread instead of refusing it, which would leak the connection.
+    failures = []
+
+    async def main():
+        peer_done = loop.create_future()
+
+        async def peer(reader, writer):
+            peer_done.set_result(await reader.read())
+            writer.close()
+
+        server = await asyncio.start_server(peer, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        gc.disable()  # (so that only the collector thread's collection finds the cycle)
+        if how == "stream writer":
+            cycle = [writer]
+            cycle.append(cycle)
+        else:
+            cycle = _ClosesWhenFreed(writer.transport, how)
+        del reader, writer, cycle
+        collector = threading.Thread(target=gc.collect)
+        collector.start()
+        collector.join()
+        gc.enable()
+        try:
+            return await asyncio.wait_for(peer_done, 10)
+        finally:
+            server.close()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        hook, sys.unraisablehook = sys.unraisablehook, failures.append
+        try:
+            result = run(loop, main())
+        finally:
+            sys.unraisablehook = hook
+    assert failures == []
+    assert result == b""  # the peer's read ended: the connection was closed
 
 
 @pytest.mark.parametrize("kind", ["tcp", "unix"])

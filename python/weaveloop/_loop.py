@@ -203,22 +203,59 @@ def _thread_checked(cls):
     return cls
 
 
+#: What a finalizer may call from any thread: the call goes to the loop's thread.
+_FINALIZER_CALLS = frozenset(("close", "abort"))
+
+
+def _from_finalizer(name) -> bool:
+    """Whether method `name`, refused on this thread, was called by a finalizer that
+    may call it from any thread: a `__del__` method runs on this thread's stack (the
+    garbage collector runs finalizers in whatever thread it collects in)."""
+    if name not in _FINALIZER_CALLS:
+        return False
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _checking_thread(cls, name, method):
     """`method`, `cls`'s `name`, checking the thread first. One `cls` inherits from the
     stock class is looked up past `cls` at each call, so that a patch of the stock class
-    (a test's `mock.patch.object`, an agent's wrapper) is called as on the stock loop."""
+    (a test's `mock.patch.object`, an agent's wrapper) is called as on the stock loop.
+    A `close` or `abort` from a finalizer in another thread (an unclosed StreamWriter's
+    `__del__`, run by the garbage collector there) is not refused: it is handed to the
+    loop's thread (else nothing would ever close that transport)."""
     if name in cls.__dict__:
 
         def checked(self, *args, **kwargs):
             if self._loop_attached():
-                self._loop._check_thread_strict()
+                try:
+                    self._loop._check_thread_strict()
+                except RuntimeError:
+                    if not _from_finalizer(name):
+                        raise
+                    self._loop.call_soon_threadsafe(
+                        functools.partial(checked, self, *args, **kwargs)
+                    )
+                    return None
             return method(self, *args, **kwargs)
 
     else:
 
         def checked(self, *args, **kwargs):
             if self._loop_attached():
-                self._loop._check_thread_strict()
+                try:
+                    self._loop._check_thread_strict()
+                except RuntimeError:
+                    if not _from_finalizer(name):
+                        raise
+                    self._loop.call_soon_threadsafe(
+                        functools.partial(checked, self, *args, **kwargs)
+                    )
+                    return None
             return getattr(super(cls, self), name)(*args, **kwargs)
 
     return functools.wraps(method)(checked)
