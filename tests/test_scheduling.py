@@ -416,3 +416,15 @@ def test_a_nan_deadline_fires_at_once_on_a_sane_clock(loop):
     loop.run_until_complete(asyncio.sleep(0))
     loop.run_until_complete(asyncio.sleep(0))
     assert fired == ["nan", "zero"]
+
+
+def test_timers_with_the_same_deadline_run_in_scheduling_order(wloop):
+    # (asyncio leaves this order undefined; the stock loop's heap mixes such timers up.)
+    ran = []
+    when = wloop.time() + 0.001
+    for i in range(12):
+        wloop.call_at(when, ran.append, i)
+    done = wloop.create_future()
+    wloop.call_at(when + 0.001, done.set_result, None)
+    wloop.run_until_complete(done)
+    assert ran == list(range(12))
