@@ -132,7 +132,7 @@ impl LoopCore {
         const NOW: Wait = Wait::For(Duration::ZERO);
         let idle = wait != NOW;
         let idle_since = if idle { clock::monotonic() } else { 0.0 };
-        if idle && self.spin_worthy.load(Relaxed) {
+        if idle && self.spin_worthy.load(Relaxed) && self.spin_backoff.allows(idle_since) {
             let budget = match wait {
                 Wait::Forever => SPIN,
                 Wait::For(t) => t.min(SPIN),
@@ -140,9 +140,10 @@ impl LoopCore {
                     .map_or(Duration::ZERO, |t| t.min(SPIN)),
             };
             let offer = self.last_batch.load(Relaxed) <= HAND_OVER_BATCH;
-            let arrived = py.detach(|| shared.injector.spin_wait(budget, offer));
+            let spun = py.detach(|| shared.injector.spin_wait(budget, offer));
             shared.injector.resumed();
-            if arrived {
+            self.spin_backoff.record(spun, clock::monotonic());
+            if spun.arrived() {
                 wait = NOW;
             } else {
                 self.spin_worthy.store(false, Relaxed);
