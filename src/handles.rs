@@ -70,6 +70,26 @@ fn call(py: Python<'_>, t: &Target) -> Result<(), Box<PyErr>> {
     }
 }
 
+/// `context.run(callback, *args)`, for a `context` that is not a `Context`.
+fn call_through_run(
+    py: Python<'_>,
+    context: &Bound<'_, PyAny>,
+    t: &Target,
+) -> Result<(), Box<PyErr>> {
+    let mut all = vec![t.callback.clone_ref(py)];
+    match &t.args {
+        Args::Empty => {}
+        Args::One(a) => all.push(a.clone_ref(py)),
+        Args::Two(ab) => all.extend(ab.iter().map(|a| a.clone_ref(py))),
+        Args::Many(many) => all.extend(many.bind(py).iter().map(Bound::unbind)),
+    }
+    let result = PyTuple::new(py, all).and_then(|all| {
+        let run = context.getattr(pyo3::intern!(py, "run"))?;
+        interop::call_with_tuple(&run, &all)
+    });
+    result.map(drop).map_err(Box::new)
+}
+
 /// The callable and its arguments; dropped once a one-shot handle has run or any
 /// handle is cancelled, which breaks `obj -> handle -> obj.method` cycles (handles are
 /// not tracked by the cyclic GC, so nothing else would).
@@ -325,7 +345,14 @@ impl Callback {
         };
         let Some(t) = target else { return Ok(()) };
         let result = match &self.own_context(py) {
-            Some(c) => interop::in_context(py, c, || call(py, &t)),
+            // SAFETY: `c` is a live object and the GIL is held.
+            Some(c) if unsafe { pyo3::ffi::PyContext_CheckExact(c.as_ptr()) } != 0 => {
+                interop::in_context(py, c, || call(py, &t))
+            }
+            // Not a Context: asyncio's handle calls its `run(callback, *args)` all the
+            // same, so another object serves as one, and one without `run` fails there
+            // with the AttributeError (reported as the callback's error).
+            Some(other) => call_through_run(py, other.bind(py), &t),
             None => empty.get(py).map_err(Box::new).and_then(|ctx| {
                 let r = interop::in_context(py, &ctx, || call(py, &t));
                 // The context it ran in becomes the handle's own if the callback left a

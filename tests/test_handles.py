@@ -608,3 +608,26 @@ def test_debug_mode_handles_are_not_reused(wloop):
     _post_from_thread(wloop, (named_callback,), (named_callback,))
     _spin(wloop, 1)
     assert wloop._spent_handles[:2] == (0, 0)
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe", "call_later"])
+def test_a_context_that_is_not_a_context_is_used_through_its_run(loop, method):
+    # asyncio's handle calls `context.run(callback, *args)` whatever the context is: an
+    # object with a `run` serves (duck typing), one without fails as the callback would.
+    calls, errors = [], []
+    loop.set_exception_handler(lambda loop, context: errors.append(context["exception"]))
+
+    class Runner:
+        def run(self, callback, *args):
+            calls.append(args)
+            return callback(*args)
+
+    schedule = getattr(loop, method)
+    delay = (0,) if method == "call_later" else ()
+    schedule(*delay, calls.append, "ran", context=Runner())
+    schedule(*delay, calls.append, "never", context={})
+    _spin(loop)
+    assert calls == [("ran",), "ran"]
+    assert [(type(e), str(e)) for e in errors] == [
+        (AttributeError, "'dict' object has no attribute 'run'")
+    ]
