@@ -203,31 +203,21 @@ def _thread_checked(cls):
     return cls
 
 
-#: What a finalizer may call from any thread: the call goes to the loop's thread.
-_FINALIZER_CALLS = frozenset(("close", "abort"))
-
-
-def _from_finalizer(name) -> bool:
-    """Whether method `name`, refused on this thread, was called by a finalizer that
-    may call it from any thread: a `__del__` method runs on this thread's stack (the
-    garbage collector runs finalizers in whatever thread it collects in)."""
-    if name not in _FINALIZER_CALLS:
-        return False
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "__del__":
-            return True
-        frame = frame.f_back
-    return False
+#: What strict mode does not refuse from another thread but hands to the loop's thread
+#: (see `_checking_thread`).
+_HANDED_OVER = frozenset(("close", "abort"))
 
 
 def _checking_thread(cls, name, method):
     """`method`, `cls`'s `name`, checking the thread first. One `cls` inherits from the
     stock class is looked up past `cls` at each call, so that a patch of the stock class
     (a test's `mock.patch.object`, an agent's wrapper) is called as on the stock loop.
-    A `close` or `abort` from a finalizer in another thread (an unclosed StreamWriter's
-    `__del__`, run by the garbage collector there) is not refused: it is handed to the
-    loop's thread (else nothing would ever close that transport)."""
+    A `close` or `abort` from another thread is not refused: it is handed to the loop's
+    thread, where it runs as soon as the loop gets to it. Finalizers call them from
+    whatever thread frees their object (an unclosed StreamWriter's `__del__`, a
+    `weakref.finalize`, run by the garbage collector there): refused, the transport
+    would stay open for good; and a closing call is safe to defer."""
+    handed_over = name in _HANDED_OVER
     if name in cls.__dict__:
 
         def checked(self, *args, **kwargs):
@@ -235,7 +225,7 @@ def _checking_thread(cls, name, method):
                 try:
                     self._loop._check_thread_strict()
                 except RuntimeError:
-                    if not _from_finalizer(name):
+                    if not handed_over:
                         raise
                     self._loop.call_soon_threadsafe(
                         functools.partial(checked, self, *args, **kwargs)
@@ -250,7 +240,7 @@ def _checking_thread(cls, name, method):
                 try:
                     self._loop._check_thread_strict()
                 except RuntimeError:
-                    if not _from_finalizer(name):
+                    if not handed_over:
                         raise
                     self._loop.call_soon_threadsafe(
                         functools.partial(checked, self, *args, **kwargs)
