@@ -58,6 +58,12 @@ impl EmptyContext {
     }
 }
 
+/// The callback that runs in the shared empty context now, by address, with that
+/// context (borrowed from the run, which holds it): `get_context()` on its handle then
+/// names the context it runs in (see `Callback::get_context`). The innermost run's, for
+/// runs nested through `_run_once()`.
+static RUNNING_EMPTY: GilCell<(usize, usize)> = GilCell::new((0, 0));
+
 /// The error comes boxed: a `PyResult<()>` is eight words, and the run path moved it
 /// whole through every layer (the unset words too), each move stalling on the
 /// one-word store just made (store forwarding fails); a boxed error is one word,
@@ -354,12 +360,18 @@ impl Callback {
             // with the AttributeError (reported as the callback's error).
             Some(other) => call_through_run(py, other.bind(py), &t),
             None => empty.get(py).map_err(Box::new).and_then(|ctx| {
+                let me = (self as *const Callback).addr();
+                let running = (me, ctx.as_ptr().expose_provenance());
+                let outer = RUNNING_EMPTY.with(py, |r| std::mem::replace(r, running));
                 let r = interop::in_context(py, &ctx, || call(py, &t));
-                // The context it ran in becomes the handle's own if the callback left a
-                // variable set in it, or raised (asyncio 3.12+ runs the exception handler
-                // in the context the handle's get_context() names); it is no longer
-                // shared with the next callbacks.
-                if empty.changed_by_run(py, &ctx) || r.is_err() {
+                RUNNING_EMPTY.with(py, |r| *r = outer);
+                // The context it ran in becomes the handle's own if get_context() was
+                // asked for meanwhile (it named this one), if the callback left a
+                // variable set in it, or if it raised (asyncio 3.12+ runs the exception
+                // handler in the context the handle's get_context() names); it is no
+                // longer shared with the next callbacks.
+                let asked = self.context.with(py, |slot| slot.is_some());
+                if asked || empty.changed_by_run(py, &ctx) || r.is_err() {
                     empty.forget();
                     let stale = self.context.with(py, |slot| slot.replace(ctx));
                     drop(stale);
@@ -450,12 +462,22 @@ impl Callback {
         if let Some(c) = self.own_context(py) {
             return Ok(c);
         }
-        let made = interop::new_context(py)?;
+        let (running, ctx) = RUNNING_EMPTY.with(py, |r| *r);
+        let ctx = if running == (self as *const Callback).addr() {
+            // Asked for while it runs (by the callback, or by another thread while it
+            // lets go of the GIL): the shared context it runs in, which it keeps after.
+            // SAFETY: the GIL is held, and `ctx` is the context that run holds a strong
+            // reference to until it has cleared `RUNNING_EMPTY` again.
+            unsafe { Bound::from_borrowed_ptr(py, std::ptr::with_exposed_provenance_mut(ctx)) }
+                .unbind()
+        } else {
+            interop::new_context(py)?
+        };
         let stale = self
             .context
-            .with(py, |slot| slot.replace(made.clone_ref(py)));
-        drop(stale); // (None: nothing ran between the look and the store)
-        Ok(made)
+            .with(py, |slot| slot.replace(ctx.clone_ref(py)));
+        drop(stale); // (None: no Python code ran between the look and the store)
+        Ok(ctx)
     }
 
     /// The context kept on the callback, if any (see `context`): a new reference, so

@@ -631,3 +631,19 @@ def test_a_context_that_is_not_a_context_is_used_through_its_run(loop, method):
     assert [(type(e), str(e)) for e in errors] == [
         (AttributeError, "'dict' object has no attribute 'run'")
     ]
+
+
+def test_get_context_asked_for_while_the_callback_runs_names_the_one_it_runs_in(loop, loop_kind):
+    _skip_without_get_context(loop_kind)
+    var = contextvars.ContextVar("var", default="unset")
+    seen = {}
+
+    def callback():
+        seen["inside"] = handle.get_context()
+        var.set("set by the callback")
+        seen["again"] = handle.get_context()
+
+    handle = contextvars.Context().run(loop.call_soon, callback)
+    _spin(loop, 1)
+    assert seen["inside"] is seen["again"] is handle.get_context()
+    assert seen["inside"][var] == "set by the callback"
