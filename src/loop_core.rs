@@ -673,10 +673,11 @@ impl LoopCore {
         }
         let now = if this.custom_clock.load(Relaxed) {
             let now = interop::call_method(slf, pyo3::intern!(slf.py(), "time"), &[])?;
-            if !now.is_exact_instance_of::<PyFloat>() {
-                // A clock of another type (an int, a Fraction): `time() + delay` in
-                // Python's arithmetic, as the stock loop adds them, so the deadline keeps
-                // the clock's type.
+            if !now.is_instance_of::<PyFloat>() {
+                // A clock of another type than float (an int, a Fraction): `time() +
+                // delay` in Python's arithmetic, as the stock loop adds them, so the
+                // deadline keeps the clock's type. (A float subclass, numpy's float64
+                // say, is read as a float: one reading NaN makes the timer due at once.)
                 let (secs, given) = deadline_arg(&now.add(delay)?, "delay", NONE)?;
                 return this.schedule_at(secs, given, callback, args, context, METHOD);
             }

@@ -403,6 +403,19 @@ def test_a_nan_clock_finds_every_timer_due_as_stock_does(loop):
     assert sorted(fired) == ["at", "later"]
 
 
+def test_a_float_subclass_clock_reading_nan_finds_the_timer_due(loop):
+    # (numpy's float64 is one.)
+    class Seconds(float):
+        pass
+
+    fired = []
+    loop.time = lambda: Seconds("nan")
+    h = loop.call_later(1, fired.append, "later")
+    assert math.isnan(h.when())
+    loop.run_until_complete(asyncio.sleep(0))
+    assert fired == ["later"]
+
+
 def test_a_nan_deadline_fires_at_once_on_a_sane_clock(loop):
     # The NaN timer of a clock that read NaN for a moment stays due once the clock is
     # back: it fires at the next iteration, before later timers, and the others keep
