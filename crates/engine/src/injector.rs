@@ -611,31 +611,44 @@ mod tests {
     fn a_spin_kept_off_its_cpu_ends_contended() {
         // Two threads on one CPU: the spinner's yield lets the busy one run for a while.
         let _alone = SPIN_TESTS.lock().unwrap_or_else(|e| e.into_inner());
-        fn pin_to_cpu0() {
+        // The first CPU this process may run on.
+        // SAFETY: `set` is a zeroed, owned cpu_set_t that sched_getaffinity (0: the
+        // calling thread) fills and CPU_ISSET only reads.
+        let cpu = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(
+                libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+                0
+            );
+            (0..libc::CPU_SETSIZE as usize)
+                .find(|&cpu| libc::CPU_ISSET(cpu, &set))
+                .expect("some CPU to run on")
+        };
+        let pin = || {
             // SAFETY: `set` is a zeroed, owned cpu_set_t; CPU_SET and sched_setaffinity
             // (0: the calling thread) only read and write it.
             unsafe {
                 let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(0, &mut set);
+                libc::CPU_SET(cpu, &mut set);
                 assert_eq!(
                     libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
                     0
                 );
             }
-        }
+        };
         let inj: Injector<u32, Arc<CountingUnpark>> = Injector::new(Arc::default());
         let stop = AtomicUsize::new(0);
         let busy_running = AtomicUsize::new(0);
         let spun = std::thread::scope(|scope| {
             scope.spawn(|| {
-                pin_to_cpu0();
+                pin();
                 busy_running.store(1, SeqCst);
                 while stop.load(SeqCst) == 0 {
                     std::hint::spin_loop();
                 }
             });
             let spinner = scope.spawn(|| {
-                pin_to_cpu0();
+                pin();
                 while busy_running.load(SeqCst) == 0 {
                     std::thread::yield_now();
                 }
