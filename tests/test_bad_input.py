@@ -128,30 +128,74 @@ def test_nan_delay_is_a_value_error(wloop, schedule):
 
 
 @pytest.mark.parametrize("timeout", ["ssl_handshake_timeout", "ssl_shutdown_timeout"])
-@pytest.mark.parametrize("how", ["ssl=", "start_tls"])
-def test_a_nan_tls_timeout_is_a_value_error_at_once(wloop, timeout, how):
+@pytest.mark.parametrize(
+    "how", ["ssl=", "start_tls", "server", "unix server", "accepted socket", "start_server"]
+)
+def test_a_nan_tls_timeout_is_a_value_error_at_once(wloop, timeout, how, tmp_path):
     # weaveloop-only (follows from the row above): the stock TLS protocol refuses a
     # timeout <= 0 as it is made, in these words, and NaN passes that test; its timer
-    # would then fail inside the protocol and leave the connection hanging.
+    # would then fail inside the protocol and leave the connection hanging. Refused
+    # before anything connects (no connection reaches the listener) or serves (a server
+    # would fail each connection it accepts).
     listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
     address = listener.getsockname()
     context = ssl.create_default_context()
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    nan = {timeout: math.nan}
 
     async def main():
         if how == "ssl=":
-            await wloop.create_connection(
-                asyncio.Protocol, *address, ssl=context, **{timeout: math.nan}
-            )
-        else:
+            await wloop.create_connection(asyncio.Protocol, *address, ssl=context, **nan)
+        elif how == "start_tls":
             transport, protocol = await wloop.create_connection(asyncio.Protocol, *address)
             try:
-                await wloop.start_tls(transport, protocol, context, **{timeout: math.nan})
+                await wloop.start_tls(transport, protocol, context, **nan)
             finally:
                 transport.close()
+        elif how == "server":
+            await wloop.create_server(asyncio.Protocol, "127.0.0.1", 0, ssl=server_context, **nan)
+        elif how == "unix server":
+            path = str(tmp_path / "s")
+            await wloop.create_unix_server(asyncio.Protocol, path, ssl=server_context, **nan)
+        elif how == "accepted socket":
+            ours, theirs = socket.socketpair()
+            try:
+                await wloop.connect_accepted_socket(
+                    asyncio.Protocol, ours, ssl=server_context, **nan
+                )
+            finally:
+                ours.close()
+                theirs.close()
+        else:
+            await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0, ssl=server_context, **nan)
 
     try:
         with pytest.raises(ValueError, match=f"^{timeout} should be a positive number, got nan$"):
             run(wloop, asyncio.wait_for(main(), 10))
+        if how != "start_tls":
+            with pytest.raises(BlockingIOError):
+                listener.accept()
+    finally:
+        listener.close()
+
+
+def test_start_tls_checks_its_context_before_a_nan_timeout(loop):
+    # As the stock start_tls: the context's type first (its TypeError), the timeouts after.
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    async def main():
+        transport, protocol = await loop.create_connection(
+            asyncio.Protocol, *listener.getsockname()
+        )
+        try:
+            await loop.start_tls(transport, protocol, "no context", ssl_handshake_timeout=math.nan)
+        finally:
+            transport.close()
+
+    try:
+        with pytest.raises(TypeError, match="sslcontext is expected to be an instance"):
+            run(loop, main())
     finally:
         listener.close()
 

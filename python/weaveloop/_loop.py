@@ -37,6 +37,11 @@ from . import _core
 from ._executor import ThreadPoolExecutor
 from ._patches import defined_in
 
+try:
+    import ssl
+except ImportError:  # (built without it: no TLS, as asyncio says)
+    ssl = None
+
 __all__ = ["Loop", "new_event_loop", "LOOP_OPTIONS"]
 
 #: Loop options, keyword-only, accepted by ``new_event_loop``/``run``/``Loop``.
@@ -422,6 +427,16 @@ def _refuse_nan_ssl_timeouts(handshake, shutdown) -> None:
             raise ValueError(f"{name} should be a positive number, got {value}")
 
 
+def _refuse_nan_tls_timeouts_of(kwargs) -> None:
+    """`_refuse_nan_ssl_timeouts` for a call that makes TLS connections (`ssl=`), before
+    it connects or serves: a server would otherwise fail each connection it accepts, and
+    a client connect first, then fail."""
+    if kwargs.get("ssl"):
+        _refuse_nan_ssl_timeouts(
+            kwargs.get("ssl_handshake_timeout"), kwargs.get("ssl_shutdown_timeout")
+        )
+
+
 @_thread_checked
 class _Server(base_events.Server):
     """The stock server, its `close()` thread-checked (it would stop serving half-way:
@@ -706,18 +721,42 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
 
     @_like(unix_events.SelectorEventLoop.start_tls)
     async def start_tls(self, transport, protocol, sslcontext, **kwargs):
-        _refuse_nan_ssl_timeouts(
-            kwargs.get("ssl_handshake_timeout"), kwargs.get("ssl_shutdown_timeout")
-        )
+        # (After the stock checks of the context and the transport, as the stock
+        # protocol's own check of the timeouts comes after them.)
+        if (
+            ssl is not None
+            and isinstance(sslcontext, ssl.SSLContext)
+            and getattr(transport, "_start_tls_compatible", False)
+        ):
+            _refuse_nan_ssl_timeouts(
+                kwargs.get("ssl_handshake_timeout"), kwargs.get("ssl_shutdown_timeout")
+            )
         app_transport = await super().start_tls(transport, protocol, sslcontext, **kwargs)
         return _as_checked(app_transport, _SSLTransport)
 
+    @_like(unix_events.SelectorEventLoop.create_connection)
+    async def create_connection(self, *args, **kwargs):
+        _refuse_nan_tls_timeouts_of(kwargs)
+        return await super().create_connection(*args, **kwargs)
+
+    @_like(unix_events.SelectorEventLoop.create_unix_connection)
+    async def create_unix_connection(self, *args, **kwargs):
+        _refuse_nan_tls_timeouts_of(kwargs)
+        return await super().create_unix_connection(*args, **kwargs)
+
+    @_like(unix_events.SelectorEventLoop.connect_accepted_socket)
+    async def connect_accepted_socket(self, *args, **kwargs):
+        _refuse_nan_tls_timeouts_of(kwargs)
+        return await super().connect_accepted_socket(*args, **kwargs)
+
     @_like(unix_events.SelectorEventLoop.create_server)
     async def create_server(self, *args, **kwargs):
+        _refuse_nan_tls_timeouts_of(kwargs)
         return _as_checked(await super().create_server(*args, **kwargs), _Server)
 
     @_like(unix_events.SelectorEventLoop.create_unix_server)
     async def create_unix_server(self, *args, **kwargs):
+        _refuse_nan_tls_timeouts_of(kwargs)
         return _as_checked(await super().create_unix_server(*args, **kwargs), _Server)
 
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
