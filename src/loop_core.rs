@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 use pyo3::PyTraverseError;
 use weaveloop_engine::poller::Interest;
-use weaveloop_engine::{clock, Injector, Poller, SpinBackoff, Throttle, TimerHeap};
+use weaveloop_engine::{clock, Injector, Poller, Throttle, TimerHeap};
 
 use crate::errors;
 use crate::gil::GilCell;
@@ -274,8 +274,6 @@ pub struct LoopCore {
     pub(crate) in_flight: Mutex<HashMap<usize, Py<PyAny>>>,
     /// Whether the loop spins briefly before its next park (see run.rs, `SPIN`).
     pub(crate) spin_worthy: AtomicBool,
-    /// Whether it may spin now (no while spins find the CPUs oversubscribed).
-    pub(crate) spin_backoff: SpinBackoff,
     /// How many callbacks the last iteration ran (see run.rs, `HAND_OVER_BATCH`).
     pub(crate) last_batch: AtomicUsize,
     /// How many times flow control made a poster wait (see `call_soon_threadsafe`).
@@ -410,7 +408,9 @@ impl LoopCore {
             // Wake a parked loop without the GIL, and let it run first: it then finds
             // the GIL free when it wakes instead of blocking on it until this thread
             // lets go (a second thread wake-up).
-            injector.post_with(item, |waker| py.detach(|| injector.wake_and_yield(waker)))
+            injector.post_with(item, |waker| {
+                py.detach(|| injector.wake_and_yield(waker));
+            })
         };
         if let Err(refused) = posted {
             drop(refused);
@@ -610,7 +610,6 @@ impl LoopCore {
             shared: SharedCell::new(Shared::new()?),
             in_flight: Mutex::new(HashMap::new()),
             spin_worthy: AtomicBool::new(false),
-            spin_backoff: SpinBackoff::default(),
             last_batch: AtomicUsize::new(0),
             flow_control_waits: AtomicU64::new(0),
             owner: AtomicU64::new(0),

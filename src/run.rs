@@ -132,7 +132,7 @@ impl LoopCore {
         const NOW: Wait = Wait::For(Duration::ZERO);
         let idle = wait != NOW;
         let idle_since = if idle { clock::monotonic() } else { 0.0 };
-        if idle && self.spin_worthy.load(Relaxed) && self.spin_backoff.allows(idle_since) {
+        if idle && self.spin_worthy.load(Relaxed) && shared.injector.may_spin(idle_since) {
             let budget = match wait {
                 Wait::Forever => SPIN,
                 Wait::For(t) => t.min(SPIN),
@@ -142,7 +142,7 @@ impl LoopCore {
             let offer = self.last_batch.load(Relaxed) <= HAND_OVER_BATCH;
             let spun = py.detach(|| shared.injector.spin_wait(budget, offer));
             shared.injector.resumed();
-            self.spin_backoff.record(spun, clock::monotonic());
+            shared.injector.spun(spun);
             if spun.arrived() {
                 wait = NOW;
             } else {

@@ -53,6 +53,8 @@ pub struct Injector<T, U: Unpark = std::sync::Arc<crate::poller::Wakeup>> {
     resumes: AtomicU64,
     /// Counts the loop thread's spins and parks begun (see `released`).
     releases: AtomicU64,
+    /// Whether spins and yields are worth it now (see `CpuBackoff`).
+    cpus: CpuBackoff,
 }
 
 /// Busy-waits until `counter` is no longer `seen` (true) or `deadline` passes (false).
@@ -140,39 +142,51 @@ impl Spun {
 /// CPU with no other runnable thread a yield returns in about a microsecond.)
 pub const CONTENDED: Duration = Duration::from_micros(20);
 
-/// Whether the loop thread may spin before it parks. Spinning pays only while the thread
-/// that posts has a CPU of its own: once a spin found the CPUs oversubscribed (other
-/// processes' threads, or more busy threads than CPUs), the loop parks without spinning
-/// for `MIN` seconds, twice as long each time the next spin finds the same, up to `MAX`;
-/// a spin that does not ends that. (Measured on 2 CPUs beside one CPU-bound process: two
-/// loops in ping-pong through `call_soon_threadsafe` took 90-500 us per round trip
-/// spinning, 14-18 us parking; stock asyncio 28 us.) Only the loop thread uses it.
+/// Whether the threads of one loop may spend CPU time waiting for each other: the loop
+/// thread spinning before it parks, a posting thread yielding its CPU to the loop it
+/// woke. Either pays only while the other thread has a CPU of its own. Once a spin or a
+/// yield found the CPUs oversubscribed (other processes' threads, or more busy threads
+/// than CPUs), neither happens for `MIN` seconds, twice as long each time a later try
+/// finds the same, up to `MAX`; each try that does not shortens the next back-off a
+/// little (a tenth), so only a run of them brings it back to `MIN`. Measured on 2 CPUs: beside
+/// one CPU-bound process, two loops in ping-pong through `call_soon_threadsafe` took
+/// 90-500 us per round trip spinning, 14-18 us parking (stock asyncio 28 us); beside
+/// two, each yield of a poster let a busy process run its whole time slice, 4-11 ms.
+/// (Shared by all the loop's threads with relaxed atomics: threads that race on it only
+/// blur the timing.)
 #[derive(Default)]
-pub struct SpinBackoff {
-    /// Until when (`clock::monotonic()` seconds, as f64 bits) there is no spin.
+pub struct CpuBackoff {
+    /// Until when (`clock::monotonic()` seconds, as f64 bits) there is no spin or yield.
     off_until: AtomicU64,
-    /// How long the last back-off was (seconds, f64 bits; 0: none since a clean spin).
+    /// How long the last back-off was (seconds, f64 bits; 0: none since a clean try).
     last: AtomicU64,
 }
 
-impl SpinBackoff {
+impl CpuBackoff {
     pub const MIN: f64 = 0.001;
     pub const MAX: f64 = 1.0;
+    /// What a clean try leaves of the last back-off's length.
+    const CLEAN: f64 = 0.9;
 
-    /// Whether the loop may spin at `now` (`clock::monotonic()`).
+    /// Whether a spin or a yield may be tried at `now` (`clock::monotonic()`).
     pub fn allows(&self, now: f64) -> bool {
         now >= f64::from_bits(self.off_until.load(Relaxed))
     }
 
-    /// Notes how a spin that ended at `now` went.
-    pub fn record(&self, spun: Spun, now: f64) {
+    /// Notes how a try that ended at `now` went: whether it found the CPUs
+    /// oversubscribed.
+    pub fn record(&self, contended: bool, now: f64) {
         let last = f64::from_bits(self.last.load(Relaxed));
-        if spun.contended() {
+        if contended {
             let next = (last * 2.0).clamp(Self::MIN, Self::MAX);
             self.last.store(next.to_bits(), Relaxed);
             self.off_until.store((now + next).to_bits(), Relaxed);
         } else if last != 0.0 {
-            self.last.store(0f64.to_bits(), Relaxed);
+            // Shrinks slowly: on a machine where one try in two is kept off its CPU
+            // (two busy processes on two CPUs), the back-off still grows to `MAX`.
+            let next = last * Self::CLEAN;
+            let next = if next < Self::MIN / 2.0 { 0.0 } else { next };
+            self.last.store(next.to_bits(), Relaxed);
         }
     }
 }
@@ -191,6 +205,7 @@ impl<T, U: Unpark> Injector<T, U> {
             offer_since: AtomicU64::new(0),
             resumes: AtomicU64::new(0),
             releases: AtomicU64::new(0),
+            cpus: CpuBackoff::default(),
         }
     }
 
@@ -371,10 +386,30 @@ impl<T, U: Unpark> Injector<T, U> {
     /// wakes the parked loop with `unpark`, then yields its CPU. A loop thread woken
     /// onto this CPU (where the scheduler tends to put it) then runs at once and takes
     /// the lock, instead of waiting for this thread to block and finding it holding the
-    /// lock again meanwhile (measured, paced posts: p90 post-to-run 11 -> 4 us).
-    pub fn wake_and_yield(&self, unpark: &U) {
+    /// lock again meanwhile (measured, paced posts: p90 post-to-run 11 -> 4 us). Not
+    /// while the CPUs are oversubscribed (see `CpuBackoff`): a busy process would then
+    /// run its whole time slice first. Returns whether it yielded.
+    pub fn wake_and_yield(&self, unpark: &U) -> bool {
         unpark.unpark();
+        let now = clock::monotonic();
+        if !self.cpus.allows(now) {
+            return false;
+        }
         std::thread::yield_now();
+        let after = clock::monotonic();
+        self.cpus
+            .record(after - now >= CONTENDED.as_secs_f64(), after);
+        true
+    }
+
+    /// Loop thread: whether spinning before a park is worth it now (see `CpuBackoff`).
+    pub fn may_spin(&self, now: f64) -> bool {
+        self.cpus.allows(now)
+    }
+
+    /// Loop thread: notes how a spin went (see `CpuBackoff`).
+    pub fn spun(&self, spun: Spun) {
+        self.cpus.record(spun.contended(), clock::monotonic());
     }
 
     /// In a forked child, where only the calling thread exists: everything queued. (A
@@ -435,7 +470,7 @@ mod tests {
         let mut wakes = 0;
         inj.post_with(1, |u| {
             wakes += 1;
-            inj.wake_and_yield(u)
+            inj.wake_and_yield(u);
         })
         .unwrap();
         assert_eq!(wakes, 0, "running loop: no wake-up");
@@ -446,7 +481,7 @@ mod tests {
         for i in 2..4 {
             inj.post_with(i, |u| {
                 wakes += 1;
-                inj.wake_and_yield(u)
+                inj.wake_and_yield(u);
             })
             .unwrap();
         }
@@ -607,10 +642,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_spin_kept_off_its_cpu_ends_contended() {
-        // Two threads on one CPU: the spinner's yield lets the busy one run for a while.
-        let _alone = SPIN_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    /// Runs `f` on a thread that shares one CPU with a busy thread, so that a yield of
+    /// its lets the busy one run for a while (a time slice).
+    fn beside_a_busy_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         // The first CPU this process may run on.
         // SAFETY: `set` is a zeroed, owned cpu_set_t that sched_getaffinity (0: the
         // calling thread) fills and CPU_ISSET only reads.
@@ -636,10 +670,9 @@ mod tests {
                 );
             }
         };
-        let inj: Injector<u32, Arc<CountingUnpark>> = Injector::new(Arc::default());
         let stop = AtomicUsize::new(0);
         let busy_running = AtomicUsize::new(0);
-        let spun = std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
             scope.spawn(|| {
                 pin();
                 busy_running.store(1, SeqCst);
@@ -647,43 +680,91 @@ mod tests {
                     std::hint::spin_loop();
                 }
             });
-            let spinner = scope.spawn(|| {
+            let runner = scope.spawn(|| {
                 pin();
                 while busy_running.load(SeqCst) == 0 {
                     std::thread::yield_now();
                 }
-                let spun = inj.spin_wait(Duration::from_secs(5), false);
+                let result = f();
                 stop.store(1, SeqCst);
-                spun
+                result
             });
-            spinner.join().unwrap()
-        });
-        assert_eq!(spun, Spun::Contended);
+            runner.join().unwrap()
+        })
     }
 
     #[test]
-    fn spin_backoff_grows_while_spins_are_contended_and_ends_with_a_clean_one() {
-        let b = SpinBackoff::default();
+    fn a_spin_kept_off_its_cpu_ends_contended_and_is_noted() {
+        let _alone = SPIN_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let inj: Injector<u32, Arc<CountingUnpark>> = Injector::new(Arc::default());
+        let spun = beside_a_busy_thread(|| inj.spin_wait(Duration::from_secs(5), false));
+        assert_eq!(spun, Spun::Contended);
+        // Noted: a back-off begins (no spins or yields for a while, see below).
+        inj.spun(spun);
+        assert_eq!(f64::from_bits(inj.cpus.last.load(Relaxed)), CpuBackoff::MIN);
+    }
+
+    #[test]
+    fn a_poster_s_yield_kept_off_its_cpu_is_noted() {
+        let _alone = SPIN_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let inj: Injector<u32, Arc<CountingUnpark>> = Injector::new(Arc::default());
+        let unpark = Arc::new(CountingUnpark::default());
+        let noted = || f64::from_bits(inj.cpus.last.load(Relaxed));
+        assert_eq!(noted(), 0.0);
+        // (A yield may come back at once, if the busy thread was just switched out: it
+        // yields until one is kept off its CPU, for 5 s at most.)
+        beside_a_busy_thread(|| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while noted() == 0.0 && Instant::now() < deadline {
+                assert!(inj.wake_and_yield(&unpark));
+            }
+        });
+        assert_eq!(noted(), CpuBackoff::MIN, "a back-off began");
+    }
+
+    #[test]
+    fn a_poster_does_not_yield_while_the_cpus_are_backed_off() {
+        let inj: Injector<u32, Arc<CountingUnpark>> = Injector::new(Arc::default());
+        let unpark = Arc::new(CountingUnpark::default());
+        assert!(inj.wake_and_yield(&unpark), "a quick yield");
+        inj.cpus.record(true, clock::monotonic() + 3600.0);
+        assert!(!inj.wake_and_yield(&unpark));
+        assert!(!inj.may_spin(clock::monotonic()));
+        assert_eq!(unpark.0.load(SeqCst), 2, "each wake-up is issued");
+    }
+
+    #[test]
+    fn cpu_backoff_grows_while_tries_are_contended_and_ends_with_a_clean_one() {
+        let b = CpuBackoff::default();
         assert!(b.allows(0.0));
-        b.record(Spun::Arrived, 10.0);
+        b.record(false, 10.0);
         assert!(b.allows(10.0));
-        b.record(Spun::Contended, 10.0);
-        assert!(!b.allows(10.0 + SpinBackoff::MIN / 2.0));
-        assert!(b.allows(10.0 + SpinBackoff::MIN));
+        b.record(true, 10.0);
+        assert!(!b.allows(10.0 + CpuBackoff::MIN / 2.0));
+        assert!(b.allows(10.0 + CpuBackoff::MIN));
         // Contended again right after: twice as long, and so on up to MAX.
-        b.record(Spun::ArrivedContended, 11.0);
-        assert!(!b.allows(11.0 + SpinBackoff::MIN * 1.5));
-        assert!(b.allows(11.0 + SpinBackoff::MIN * 2.0));
+        b.record(true, 11.0);
+        assert!(!b.allows(11.0 + CpuBackoff::MIN * 1.5));
+        assert!(b.allows(11.0 + CpuBackoff::MIN * 2.0));
         for _ in 0..20 {
-            b.record(Spun::Contended, 20.0);
+            b.record(true, 20.0);
         }
-        assert!(!b.allows(20.0 + SpinBackoff::MAX * 0.99));
-        assert!(b.allows(20.0 + SpinBackoff::MAX));
-        // A clean spin (one that timed out without being kept off its CPU, or got its
-        // post) starts over from MIN.
-        b.record(Spun::TimedOut, 30.0);
-        b.record(Spun::Contended, 40.0);
-        assert!(b.allows(40.0 + SpinBackoff::MIN));
+        assert!(!b.allows(20.0 + CpuBackoff::MAX * 0.99));
+        assert!(b.allows(20.0 + CpuBackoff::MAX));
+        // A clean try (a spin that timed out without being kept off its CPU, or got its
+        // post; a quick yield) shortens the next back-off by a tenth: one clean try in
+        // two still lets it grow.
+        b.record(false, 30.0);
+        b.record(true, 40.0);
+        assert!(!b.allows(40.0 + CpuBackoff::MAX * 0.99));
+        assert!(b.allows(40.0 + CpuBackoff::MAX));
+        // A run of clean tries brings it back to MIN.
+        for _ in 0..100 {
+            b.record(false, 50.0);
+        }
+        b.record(true, 50.0);
+        assert!(!b.allows(50.0 + CpuBackoff::MIN / 2.0));
+        assert!(b.allows(50.0 + CpuBackoff::MIN));
     }
 
     /// The spin tests run one at a time: the one that keeps a spinner off its CPU on

@@ -12,7 +12,7 @@ pub mod sync;
 pub mod timerfd;
 pub mod timers;
 
-pub use injector::{Injector, SpinBackoff, Spun, Throttle};
+pub use injector::{CpuBackoff, Injector, Spun, Throttle};
 pub use poller::{Poller, Readiness, Wait};
 pub use pool::{Pool, Submitted};
 pub use timers::TimerHeap;
