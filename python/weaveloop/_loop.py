@@ -223,35 +223,20 @@ def _checking_thread(cls, name, method):
     `weakref.finalize`, run by the garbage collector there): refused, the transport
     would stay open for good; and a closing call is safe to defer."""
     handed_over = name in _HANDED_OVER
-    if name in cls.__dict__:
+    own = name in cls.__dict__
 
-        def checked(self, *args, **kwargs):
-            if self._loop_attached():
-                try:
-                    self._loop._check_thread_strict()
-                except RuntimeError:
-                    if not handed_over:
-                        raise
-                    self._loop.call_soon_threadsafe(
-                        functools.partial(checked, self, *args, **kwargs)
-                    )
-                    return None
+    def checked(self, *args, **kwargs):
+        if self._loop_attached():
+            try:
+                self._loop._check_thread_strict()
+            except RuntimeError:
+                if not handed_over:
+                    raise
+                self._loop.call_soon_threadsafe(functools.partial(checked, self, *args, **kwargs))
+                return None
+        if own:
             return method(self, *args, **kwargs)
-
-    else:
-
-        def checked(self, *args, **kwargs):
-            if self._loop_attached():
-                try:
-                    self._loop._check_thread_strict()
-                except RuntimeError:
-                    if not handed_over:
-                        raise
-                    self._loop.call_soon_threadsafe(
-                        functools.partial(checked, self, *args, **kwargs)
-                    )
-                    return None
-            return getattr(super(cls, self), name)(*args, **kwargs)
+        return getattr(super(cls, self), name)(*args, **kwargs)
 
     return functools.wraps(method)(checked)
 
