@@ -85,7 +85,7 @@ pub fn import_ahead(py: Python<'_>) -> PyResult<()> {
     DONE.get_or_try_init(py, || {
         import_all_modules(py)?;
         import_all(py)?;
-        set_task_name_helper(py).map(drop)
+        has_set_task_name_helper(py).map(drop)
     })
     .map(|_| ())
 }
@@ -102,41 +102,32 @@ pub fn set_task_name(
     task: &Bound<'_, PyAny>,
     name: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
-    let set_name = pyo3::intern!(py, "set_name");
-    if set_task_name_helper(py)?.is_none() {
-        let method = task.getattr(set_name)?;
-        return if name.is_none() {
-            Ok(())
-        } else {
-            call_with_slice(&method, &[name.as_ptr()]).map(drop)
-        };
+    let up_to_3_12 = has_set_task_name_helper(py)?;
+    if up_to_3_12 && name.is_none() {
+        return Ok(());
     }
+    let method = match task.getattr(pyo3::intern!(py, "set_name")) {
+        Ok(method) => method,
+        Err(e) if up_to_3_12 && e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => {
+            let msg = c"Task.set_name() was added in Python 3.8, the method support will be \
+                        mandatory for third-party task implementations since 3.13.";
+            let category = py.get_type::<pyo3::exceptions::PyDeprecationWarning>();
+            return PyErr::warn(py, &category, msg, 1);
+        }
+        Err(e) => return Err(e),
+    };
     if name.is_none() {
         return Ok(());
     }
-    match task.getattr(set_name) {
-        Ok(method) => call_with_slice(&method, &[name.as_ptr()]).map(drop),
-        Err(e) if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => {
-            let msg = c"Task.set_name() was added in Python 3.8, the method support will be \
-                        mandatory for third-party task implementations since 3.13.";
-            PyErr::warn(
-                py,
-                &py.get_type::<pyo3::exceptions::PyDeprecationWarning>(),
-                msg,
-                1,
-            )
-        }
-        Err(e) => Err(e),
-    }
+    call_with_slice(&method, &[name.as_ptr()]).map(drop)
 }
 
-/// `asyncio.tasks._set_task_name`, where it exists (see `set_task_name`).
-fn set_task_name_helper(py: Python<'_>) -> PyResult<&Option<Py<PyAny>>> {
-    static CELL: PyOnceLock<Option<Py<PyAny>>> = PyOnceLock::new();
-    CELL.get_or_try_init(py, || {
-        let tasks = asyncio_tasks(py)?;
-        Ok(tasks.getattr("_set_task_name").ok().map(Bound::unbind))
-    })
+/// Whether `asyncio.tasks._set_task_name` exists (up to Python 3.12; see
+/// `set_task_name`).
+fn has_set_task_name_helper(py: Python<'_>) -> PyResult<bool> {
+    static CELL: PyOnceLock<bool> = PyOnceLock::new();
+    CELL.get_or_try_init(py, || asyncio_tasks(py)?.hasattr("_set_task_name"))
+        .copied()
 }
 
 /// `asyncio.base_events.logger`, looked up on every call as the stock loop's code does

@@ -142,16 +142,24 @@ impl Spun {
 /// CPU with no other runnable thread a yield returns in about a microsecond.)
 pub const CONTENDED: Duration = Duration::from_micros(20);
 
+/// Yields the CPU; whether that kept this thread off it for `CONTENDED` or more.
+fn yield_kept_off() -> bool {
+    let before = Instant::now();
+    std::thread::yield_now();
+    before.elapsed() >= CONTENDED
+}
+
 /// Whether the threads of one loop may spend CPU time waiting for each other: the loop
 /// thread spinning before it parks, a posting thread yielding its CPU to the loop it
 /// woke. Either pays only while the other thread has a CPU of its own. Once a spin or a
 /// yield found the CPUs oversubscribed (other processes' threads, or more busy threads
 /// than CPUs), neither happens for `MIN` seconds, twice as long each time a later try
 /// finds the same, up to `MAX`; each try that does not shortens the next back-off a
-/// little (a tenth), so only a run of them brings it back to `MIN`. Measured on 2 CPUs: beside
-/// one CPU-bound process, two loops in ping-pong through `call_soon_threadsafe` took
-/// 90-500 us per round trip spinning, 14-18 us parking (stock asyncio 28 us); beside
-/// two, each yield of a poster let a busy process run its whole time slice, 4-11 ms.
+/// little (a tenth), so only a run of them brings it back to `MIN`. Measured on 2 CPUs:
+/// beside one CPU-bound process, two loops in ping-pong through `call_soon_threadsafe`
+/// took 90-500 us per round trip spinning, 14-18 us parking (stock asyncio 28 us);
+/// beside two, each yield of a poster let a busy process run its whole time slice,
+/// 4-11 ms.
 /// (Shared by all the loop's threads with relaxed atomics: threads that race on it only
 /// blur the timing.)
 #[derive(Default)]
@@ -328,8 +336,7 @@ impl<T, U: Unpark> Injector<T, U> {
                         Spun::TimedOut
                     };
                 }
-                std::thread::yield_now();
-                if now.elapsed() >= CONTENDED {
+                if yield_kept_off() {
                     break if self.queue.is_empty() {
                         Spun::Contended
                     } else {
@@ -391,14 +398,11 @@ impl<T, U: Unpark> Injector<T, U> {
     /// run its whole time slice first. Returns whether it yielded.
     pub fn wake_and_yield(&self, unpark: &U) -> bool {
         unpark.unpark();
-        let now = clock::monotonic();
-        if !self.cpus.allows(now) {
+        if !self.cpus.allows(clock::monotonic()) {
             return false;
         }
-        std::thread::yield_now();
-        let after = clock::monotonic();
-        self.cpus
-            .record(after - now >= CONTENDED.as_secs_f64(), after);
+        let kept_off = yield_kept_off();
+        self.cpus.record(kept_off, clock::monotonic());
         true
     }
 
