@@ -26,6 +26,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(executor::worker_main, m)?)?;
     m.add_function(wrap_pyfunction!(executor::_mark_interpreter_exiting, m)?)?;
     m.add_function(wrap_pyfunction!(interop::_class_version, m)?)?;
+    m.add_function(wrap_pyfunction!(interop::_reads_context_in_place, m)?)?;
     m.add_class::<executor::WorkerArgs>()?;
     m.add_class::<transport::SocketReader>()?;
     m.add_class::<transport::SocketWriter>()?;
@@ -33,5 +34,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transport::DatagramWriter>()?;
     m.add_class::<sockops::SockWait>()?;
     sync::register(m)?;
+    interop::locate_thread_context(m.py())?;
     Ok(())
 }

@@ -337,6 +337,63 @@ def test_threadsafe_context(loop):
     assert seen == ["ctx"]
 
 
+def test_posts_from_threads_run_in_the_context_each_thread_had(loop):
+    # The poster's context as it is at the post: never used (a new thread's), holding a
+    # variable, emptied again by a reset, a fresh one entered by Context.run. Each
+    # callback changes the variable; no change reaches another callback or the poster.
+    var = contextvars.ContextVar("var", default="unset")
+    seen = {}
+    left_in_poster = {}
+
+    def report(name):
+        seen[name] = var.get()
+        var.set("changed by " + name)
+
+    def untouched():
+        loop.call_soon_threadsafe(report, "untouched")
+
+    def holding():
+        var.set("held")
+        loop.call_soon_threadsafe(report, "holding")
+        loop.call_soon_threadsafe(report, "holding again")
+        left_in_poster["holding"] = var.get()
+
+    def emptied():
+        var.reset(var.set("gone"))
+        loop.call_soon_threadsafe(report, "emptied")
+
+    def fresh():
+        var.set("fresh")
+        loop.call_soon_threadsafe(report, "fresh")
+
+    def in_fresh_context():
+        contextvars.Context().run(fresh)
+
+    for target in (untouched, holding, emptied, in_fresh_context):
+        join_or_fail(start_thread(target))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == {
+        "untouched": "unset",
+        "holding": "held",
+        "holding again": "held",
+        "emptied": "unset",
+        "fresh": "fresh",
+    }
+    assert left_in_poster == {"holding": "held"}
+    assert var.get() == "unset"
+
+
+def test_weaveloop_reads_the_posting_threads_context_in_place():
+    # On the supported Pythons the emptiness check of a callback's context reads the
+    # thread state instead of copying the context (a Context allocated per post only to
+    # be dropped); a layout that does not check out falls back to the copy silently,
+    # which this makes loud.
+    from weaveloop import _core
+
+    assert _core._reads_context_in_place()
+
+
 def test_close_drops_what_the_closing_thread_posted_itself(loop, caplog):
     # Posted by the thread that then closes the loop (tornado's add_callback posts so):
     # it did not race close(), which drops it with the ready queue, as asyncio's does.

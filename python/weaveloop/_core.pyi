@@ -192,6 +192,10 @@ def _class_version(cls: type) -> int:
     """The class's version tag: a new one whenever an attribute of it or of a base is set
     or deleted (0 until its next attribute lookup)."""
 
+def _reads_context_in_place() -> bool:
+    """Whether callbacks find their thread's context empty without copying it (the
+    thread state's layout checked out at import)."""
+
 @final
 class SocketReader:
     """A socket transport's reader: the stock ``_read_ready`` path in Rust for protocols
