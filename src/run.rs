@@ -509,6 +509,12 @@ impl LoopCore {
 
     fn run_once_inner(&self, slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         let py = slf.py();
+        // Signals that arrived meanwhile, handled once per iteration as the stock loop's
+        // Python code does: callbacks that run no Python code (a C callable that
+        // reschedules itself) would otherwise keep a pending Ctrl+C from being noticed
+        // until a poll is interrupted, which, with the wake-up fd someone else's, it
+        // is not.
+        py.check_signals()?;
         let shared = self.shared.get();
         self.housekeep_timers();
         let wait = self.poll_timeout(slf)?;

@@ -295,3 +295,128 @@ def test_removing_the_last_signal_handler_keeps_the_runs_wakeup_fd(wloop):
 
     assert run(wloop, main()) == wloop._csock.fileno()
     assert peek() == -1, "restored once the run ends"
+
+
+def _full_socketpair():
+    """A non-blocking socket pair whose sending side cannot take another byte."""
+    import socket
+
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        while True:
+            a.send(b"\0" * 4096)
+    except BlockingIOError:
+        pass
+    return a, b
+
+
+def _unraisable_reports_of_a_signal(sig) -> list:
+    """What CPython reports as unraisable when `sig` arrives here (a failed write to the
+    wake-up fd is reported so, from the main thread once the signal is handled)."""
+    import sys
+
+    reports = []
+    handled = threading.Event()
+    old_hook = sys.unraisablehook
+    old_handler = signal.signal(sig, lambda *_: handled.set())
+    sys.unraisablehook = lambda u: reports.append(u.err_msg)
+    try:
+        os.kill(os.getpid(), sig)
+        wait_or_fail(handled, "the signal to be handled")
+        # (The report is a pending call, made in the same pass as the handler.)
+        os.getpid()
+    finally:
+        sys.unraisablehook = old_hook
+        signal.signal(sig, old_handler)
+    return reports
+
+
+def test_a_foreign_wakeup_fd_keeps_its_warn_on_full_buffer_false_through_a_run(loop):
+    # trio installs its wake-up fd with warn_on_full_buffer=False and lets it fill up.
+    # The loop looks at the wake-up fd as it starts and ends a run (CPython can only
+    # tell what it is by replacing it); what it puts back must not start warning.
+    a, b = _full_socketpair()
+    try:
+        signal.set_wakeup_fd(a.fileno(), warn_on_full_buffer=True)
+        warned = _unraisable_reports_of_a_signal(signal.SIGUSR1)
+        assert len(warned) == 1, "the control: a full fd that warns is reported"
+        signal.set_wakeup_fd(a.fileno(), warn_on_full_buffer=False)
+        assert run(loop, asyncio.sleep(0, "ran")) == "ran"
+        assert _unraisable_reports_of_a_signal(signal.SIGUSR1) == []
+        assert signal.set_wakeup_fd(-1) == a.fileno()
+    finally:
+        signal.set_wakeup_fd(-1)
+        a.close()
+        b.close()
+
+
+def test_a_stale_foreign_wakeup_fd_does_not_fail_a_run_or_leave_the_loops_own(loop):
+    # A wake-up fd made blocking after it was installed: CPython refuses to install it
+    # again, which the loop's look at it must survive, without leaving its own socket
+    # (closed with the loop) as the process's wake-up fd.
+    import socket
+
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        signal.set_wakeup_fd(a.fileno())
+        a.setblocking(True)
+        assert run(loop, asyncio.sleep(0, "ran")) == "ran"
+        assert signal.set_wakeup_fd(-1) in (-1, a.fileno())
+    finally:
+        signal.set_wakeup_fd(-1)
+        a.close()
+        b.close()
+
+
+def test_close_from_another_thread_closes_a_loop_with_signal_handlers(loop):
+    # The stock loop closes, then removes its handlers, which fails from a thread other
+    # than the main one (signal.signal): the loop is closed all the same.
+    loop.add_signal_handler(signal.SIGUSR1, lambda: None)
+    errors = []
+
+    def close():
+        try:
+            loop.close()
+        except ValueError as e:
+            errors.append(e)
+
+    join_or_fail(start_thread(close))
+    assert len(errors) == 1 and "main thread" in str(errors[0])
+    assert loop.is_closed()
+    loop.close()  # closed: a no-op
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+
+
+def test_ctrl_c_interrupts_callbacks_that_run_no_python_code(loop):
+    # A C callable that reschedules itself keeps the loop busy without running a line
+    # of Python, and someone else's wake-up fd means no signal byte reaches the loop's
+    # own socket: the pending SIGINT must still be noticed, as the stock loop's Python
+    # code notices it between two callbacks.
+    import functools
+
+    a, b = _full_socketpair()
+    running = threading.Event()
+    try:
+        signal.set_wakeup_fd(a.fileno(), warn_on_full_buffer=False)
+        again = functools.partial(loop.call_soon, None)
+        again.__setstate__((loop.call_soon, (again,), {}, None))
+        loop.call_soon(running.set)
+        loop.call_soon(again)
+        guard = loop.call_later(SAFETY, loop.stop)  # safety net only
+
+        def interrupt():
+            wait_or_fail(running, "the loop to run")
+            _send_sigint("os_kill")
+
+        t = start_thread(interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_forever()
+        join_or_fail(t)
+        assert guard.when() > loop.time(), "the safety timer fired: SIGINT was not noticed"
+        guard.cancel()
+    finally:
+        signal.set_wakeup_fd(-1)
+        a.close()
+        b.close()

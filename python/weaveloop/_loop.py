@@ -592,7 +592,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             return None
         if old != -1:
             # Someone (add_signal_handler, another library) already owns it: keep theirs.
-            signal.set_wakeup_fd(old)
+            _put_back_wakeup_fd(old)
             return None
         return old
 
@@ -628,11 +628,11 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             if self._signal_handlers:
                 return  # add_signal_handler now relies on our fd
             current = signal.set_wakeup_fd(old)
-            if current != self._csock.fileno():
-                # Someone else installed theirs while we ran: it stays.
-                signal.set_wakeup_fd(current)
         except (ValueError, OSError):
-            pass
+            return
+        if current != self._csock.fileno():
+            # Someone else installed theirs while we ran: it stays.
+            _put_back_wakeup_fd(current)
 
     # The socket methods below: for a plain non-blocking socket.socket (and, for
     # sock_sendall, bytes), the first attempt and the wait are Rust (``_core.SockWait``);
@@ -835,20 +835,6 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             return
         if self._debug:
             base_events.logger.debug("Close %r", self)
-        if sys.is_finalizing():
-            # As the stock loop: the signal module may be gone already.
-            if self._signal_handlers:
-                warnings.warn(
-                    f"Closing the loop {self!r} on interpreter shutdown stage, "
-                    "skipping signal handlers removal",
-                    ResourceWarning,
-                    source=self,
-                    stacklevel=2,
-                )
-                self._signal_handlers.clear()
-        else:
-            for sig in list(self._signal_handlers):
-                self.remove_signal_handler(sig)
         self._close_self_pipe()
         try:
             # (A KeyboardInterrupt/SystemExit from a posted callback that this runs is
@@ -862,6 +848,25 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
                 self._default_executor = None
                 executor.shutdown(wait=False)
             _live_loops.discard(self)
+            # Last, as the stock loop does: from a thread other than the main one this
+            # fails (signal.signal), and the loop is closed all the same.
+            self._remove_signal_handlers_at_close()
+
+    def _remove_signal_handlers_at_close(self) -> None:
+        if sys.is_finalizing():
+            # As the stock loop: the signal module may be gone already.
+            if self._signal_handlers:
+                warnings.warn(
+                    f"Closing the loop {self!r} on interpreter shutdown stage, "
+                    "skipping signal handlers removal",
+                    ResourceWarning,
+                    source=self,
+                    stacklevel=3,
+                )
+                self._signal_handlers.clear()
+        else:
+            for sig in list(self._signal_handlers):
+                self.remove_signal_handler(sig)
 
     # As the stock loop's finalizer, except that what other threads posted to the
     # abandoned loop is dropped, as the stock loop drops its ready queue, rather than run
@@ -916,11 +921,26 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             # asyncio's own at-fork hook, which runs first, has just set it to -1: it was
             # the loop's if the loop held it, for a run or for signal handlers.)
             previous = signal.set_wakeup_fd(self._csock.fileno(), warn_on_full_buffer=False)
-            held = self._wakeup_fd_to_restore is not None or bool(self._signal_handlers)
-            if previous != old and not (previous == -1 and held):
-                signal.set_wakeup_fd(previous)
         except (ValueError, OSError):
-            pass
+            return
+        held = self._wakeup_fd_to_restore is not None or bool(self._signal_handlers)
+        if previous != old and not (previous == -1 and held):
+            _put_back_wakeup_fd(previous)
+
+
+def _put_back_wakeup_fd(fd: int) -> None:
+    """Re-installs someone else's signal wake-up fd, which a look at it took out (CPython
+    can only tell what it was by replacing it). Whether its owner asked for
+    ``warn_on_full_buffer`` cannot be read, so it goes back without the warning: an
+    owner that wanted it loses a warning, where one that did not (trio, which lets its
+    fd fill up) would otherwise get a traceback printed per signal. An fd CPython no
+    longer takes (closed, or made blocking since) is not the loop's to mend: the
+    wake-up fd is left unset rather than pointing at the loop's own socket, which
+    close() closes."""
+    try:
+        signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+    except (ValueError, OSError):
+        signal.set_wakeup_fd(-1)
 
 
 def _set_result_unless_done(future, result) -> None:
