@@ -250,8 +250,11 @@ fn drain_stopped_loop(py: Python<'_>, target: &Shared) {
     }
 }
 
-/// Runs a `submit` job; `ran` is called once the callable has run (or was skipped), just
-/// before the future is settled and its waiter woken.
+/// Runs a `submit` job; `ran` is called once it is over: its future settled, done
+/// callbacks included (or the callable skipped), still holding the GIL, as the stdlib
+/// worker releases its idle semaphore after `work_item.run()`. Counted idle before the
+/// callbacks, the worker would be taken for a `submit` one of them makes, which then
+/// waited for it (a callback that waited for that job's result never returned).
 fn run_submit_job(py: Python<'_>, job: SubmitJob, ran: impl FnOnce()) -> PyResult<()> {
     if job.whole {
         let result = interop::call_with_slice(job.func.bind(py), &[]);
@@ -272,16 +275,16 @@ fn run_submit_job(py: Python<'_>, job: SubmitJob, ran: impl FnOnce()) -> PyResul
         job.args.bind(py),
         job.kwargs.as_ref().map(|k| k.bind(py)),
     );
-    ran();
-    match result {
-        // Either runs the future's done callbacks, Python code.
-        Ok(v) => interop::call_method(fut, pyo3::intern!(py, "set_result"), &[&v])?,
+    // Either runs the future's done callbacks, Python code.
+    let settled = match result {
+        Ok(v) => interop::call_method(fut, pyo3::intern!(py, "set_result"), &[&v]),
         Err(e) => {
             let exc = errors::exception(py, &e).into_any();
-            interop::call_method(fut, pyo3::intern!(py, "set_exception"), &[&exc])?
+            interop::call_method(fut, pyo3::intern!(py, "set_exception"), &[&exc])
         }
     };
-    Ok(())
+    ran();
+    settled.map(drop)
 }
 
 fn run_loop_job(py: Python<'_>, job: &LoopJob) -> Outcome {
@@ -347,7 +350,8 @@ pub fn worker_main(py: Python<'_>, args: &Bound<'_, WorkerArgs>) -> PyResult<()>
         counted_idle = false;
         match job {
             None => return Ok(()),
-            // (Counted idle before whoever awaits the job can run: see Pool::idle_soon.)
+            // (Counted idle before whoever awaits the job can run, see Pool::idle_soon,
+            // and after its done callbacks, see run_submit_job.)
             Some(Job::Submit(j)) => {
                 // Settling the future failed: a done callback raised a BaseException
                 // (they run here, as in the stdlib pool), or the future was put in a
@@ -497,16 +501,27 @@ impl PoolCore {
         let state = self.state()?;
         state.shutdown_called.store(true, Relaxed);
         let cancelled = state.pool().shutdown(cancel_futures);
+        // The jobs are out of the queue: each future is cancelled even when a done
+        // callback of an earlier one raises (a BaseException: a Ctrl+C landing there),
+        // which is raised once all are, the next ones reported as unraisable. (The stdlib
+        // pool stops at it, and leaves the rest queued for its workers to run.)
+        let mut failed = None;
         for job in cancelled {
             match job {
                 Job::Submit(j) => {
                     // Runs the future's done callbacks.
-                    interop::call_method(j.fut.bind(py), pyo3::intern!(py, "cancel"), &[])?;
+                    let fut = j.fut.bind(py);
+                    if let Err(e) = interop::call_method(fut, pyo3::intern!(py, "cancel"), &[]) {
+                        match failed {
+                            None => failed = Some(e),
+                            Some(_) => e.write_unraisable(py, Some(fut)),
+                        }
+                    }
                 }
                 Job::Loop(j) => post_done(py, j.target, j.fut, Outcome::Cancelled),
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Every worker thread started so far. A submit on another thread may have reserved

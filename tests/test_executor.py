@@ -190,6 +190,56 @@ def test_shutdown_cancel_futures_cancels_queued_jobs(make_pool):
     assert ran == []
 
 
+def test_a_done_callback_raising_during_a_cancelling_shutdown_leaves_no_future_pending(
+    make_pool,
+):
+    # A BaseException out of a queued future's done callback (a Ctrl+C landing there)
+    # comes out of shutdown(cancel_futures=True); the futures queued behind it still
+    # finish: the stdlib pool leaves them queued and runs them, weaveloop's cancels them.
+    pool = make_pool(max_workers=1)
+    blocker = Blocker()
+    first = pool.submit(blocker)
+    wait_or_fail(blocker.started, "the job to start")
+    queued = [pool.submit(int, i) for i in range(4)]
+
+    def interrupt(_):
+        raise KeyboardInterrupt
+
+    queued[1].add_done_callback(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        pool.shutdown(wait=False, cancel_futures=True)
+    assert queued[0].cancelled() and queued[1].cancelled()
+    blocker.release.set()
+    pool.shutdown(wait=True)
+    assert first.result(SAFETY) == "released"
+    for i, f in enumerate(queued[2:], 2):
+        assert f.cancelled() or f.result(0) == i
+
+
+def test_a_done_callback_may_submit_a_job_and_wait_for_it(make_pool):
+    # The worker settling a future runs its done callbacks; it is not idle until they
+    # return, so a job a callback submits gets another worker (max_workers allowing).
+    pool = make_pool(max_workers=4)
+    go = threading.Event()
+    called = threading.Event()
+    seen = []
+
+    def submit_and_wait(_):
+        try:
+            seen.append(pool.submit(str, "inner").result(SAFETY))
+        except BaseException as e:  # reported by the assertion below
+            seen.append(e)
+        finally:
+            called.set()
+
+    outer = pool.submit(go.wait, SAFETY)
+    outer.add_done_callback(submit_and_wait)
+    go.set()
+    wait_or_fail(called, "the done callback to return")
+    assert seen == ["inner"]
+    assert outer.result(0) is True
+
+
 def test_future_cancelled_before_start_never_runs(make_pool):
     pool = make_pool(max_workers=1)
     blocker = Blocker()
