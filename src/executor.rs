@@ -98,12 +98,9 @@ impl PoolState {
         lock(&self.pool).clone()
     }
 
+    /// In the stdlib's order: broken, shut down (at exit, a pool whose workers were
+    /// told to stop is), then the interpreter exiting.
     fn check_accepting(&self, py: Python<'_>) -> PyResult<Arc<Pool<Job>>> {
-        if INTERPRETER_EXITING.load(Relaxed) {
-            return Err(PyRuntimeError::new_err(
-                "cannot schedule new futures after interpreter shutdown",
-            ));
-        }
         if let Some(msg) = lock(&self.broken).clone() {
             return Err(PyErr::from_value(
                 interop::broken_thread_pool(py)?.call1((msg,))?,
@@ -112,6 +109,11 @@ impl PoolState {
         let pool = self.pool();
         if pool.is_shut_down() {
             return Err(errors::pool_shut_down());
+        }
+        if INTERPRETER_EXITING.load(Relaxed) {
+            return Err(PyRuntimeError::new_err(
+                "cannot schedule new futures after interpreter shutdown",
+            ));
         }
         Ok(pool)
     }

@@ -584,6 +584,38 @@ def test_no_new_jobs_after_interpreter_shutdown_began(pool_cls):
     ]
 
 
+def test_after_exit_a_pool_that_had_workers_reads_shut_down(pool_cls):
+    # At exit the stdlib's workers mark their pool shut down as they stop: a later
+    # submit there hears "after shutdown", and on a pool that never started a worker
+    # "after interpreter shutdown".
+    module = pool_cls.__module__.split(".")[0]
+    code = textwrap.dedent(
+        f"""
+        import threading
+        pools_closed = threading.Event()
+        threading._register_atexit(pools_closed.set)
+        import {module}
+        from {pool_cls.__module__} import {pool_cls.__name__} as Pool
+        worked, idle = Pool(max_workers=1), Pool(max_workers=1)
+        worked.submit(int).result()
+        def late():
+            pools_closed.wait()
+            for name, pool in (("worked", worked), ("idle", idle)):
+                try:
+                    pool.submit(int)
+                except RuntimeError as e:
+                    print(name, pool._shutdown, e, flush=True)
+        threading.Thread(target=late).start()
+        """
+    )
+    out = run_python(code, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "worked True cannot schedule new futures after shutdown",
+        "idle False cannot schedule new futures after interpreter shutdown",
+    ]
+
+
 def test_ctrl_c_inside_a_worker_start_does_not_hang_the_exit(pool_cls):
     # KeyboardInterrupt raised in Thread.start() after the thread began: the submit
     # fails, the worker runs anyway, and the process must still exit.

@@ -126,11 +126,15 @@ class _WorkItems:
 
 def _python_exit():
     _core._mark_interpreter_exiting()
-    pools = list(_live_pools)
-    for p in pools:
-        p._shutdown_pool(False)
-    for p in pools:
-        for t in p._started_threads():
+    # The pools that have workers are shut down (their workers told to stop), as the
+    # stdlib's workers mark theirs when they see the interpreter exit; a later submit
+    # hears "after shutdown" there, "after interpreter shutdown" elsewhere.
+    started = [(p, p._started_threads()) for p in list(_live_pools)]
+    for p, threads in started:
+        if threads:
+            p._shutdown_pool(False)
+    for _, threads in started:
+        for t in threads:
             t.join()
     # Also the workers of pools collected meanwhile: they exit once their queue is done.
     for t in list(_workers):
