@@ -547,11 +547,12 @@ def test_a_pool_shut_down_before_fork_stays_shut_down_in_the_child(pool_cls):
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-def test_no_new_jobs_after_interpreter_shutdown_began(pool_cls):
-    # A non-daemon thread that outlives the main thread finds the pools closed to new
-    # work (the stdlib's rule), on the submit path and on run_in_executor's fast path.
+def _run_after_the_pools_exit_hook(pool_cls, setup: str, late: str):
+    """Runs a program that makes `Pool` (`pool_cls`) and runs `setup`, then ends its
+    main thread, leaving a non-daemon thread that runs `late` once the pools' exit hook
+    (the stdlib's `_python_exit` or weaveloop's) has run. Its completed process."""
     module = pool_cls.__module__.split(".")[0]
-    code = textwrap.dedent(
+    preamble = textwrap.dedent(
         f"""
         import threading
         # Registered before the pool modules register theirs, so it runs after them.
@@ -559,24 +560,34 @@ def test_no_new_jobs_after_interpreter_shutdown_began(pool_cls):
         threading._register_atexit(pools_closed.set)
         import {module}
         from {pool_cls.__module__} import {pool_cls.__name__} as Pool
-        import weaveloop
-        def late():
-            pools_closed.wait()
-            pool = Pool(max_workers=1)
-            try:
-                pool.submit(int)
-            except RuntimeError as e:
-                print("submit:", e, flush=True)
-            loop = weaveloop.new_event_loop()
-            try:
-                loop.run_until_complete(loop.run_in_executor(pool, int))
-            except RuntimeError as e:
-                print("run_in_executor:", e, flush=True)
-            loop.close()
-        threading.Thread(target=late).start()
         """
     )
-    out = run_python(code, timeout=60)
+    body = textwrap.indent(textwrap.dedent(late), "    ")
+    code = (
+        f"{preamble}{textwrap.dedent(setup)}\n"
+        f"def late():\n    pools_closed.wait()\n{body}\n"
+        "threading.Thread(target=late).start()\n"
+    )
+    return run_python(code, timeout=60)
+
+
+def test_no_new_jobs_after_interpreter_shutdown_began(pool_cls):
+    # A non-daemon thread that outlives the main thread finds the pools closed to new
+    # work (the stdlib's rule), on the submit path and on run_in_executor's fast path.
+    late = """
+        pool = Pool(max_workers=1)
+        try:
+            pool.submit(int)
+        except RuntimeError as e:
+            print("submit:", e, flush=True)
+        loop = weaveloop.new_event_loop()
+        try:
+            loop.run_until_complete(loop.run_in_executor(pool, int))
+        except RuntimeError as e:
+            print("run_in_executor:", e, flush=True)
+        loop.close()
+    """
+    out = _run_after_the_pools_exit_hook(pool_cls, "import weaveloop", late)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "submit: cannot schedule new futures after interpreter shutdown",
@@ -588,27 +599,18 @@ def test_after_exit_a_pool_that_had_workers_reads_shut_down(pool_cls):
     # At exit the stdlib's workers mark their pool shut down as they stop: a later
     # submit there hears "after shutdown", and on a pool that never started a worker
     # "after interpreter shutdown".
-    module = pool_cls.__module__.split(".")[0]
-    code = textwrap.dedent(
-        f"""
-        import threading
-        pools_closed = threading.Event()
-        threading._register_atexit(pools_closed.set)
-        import {module}
-        from {pool_cls.__module__} import {pool_cls.__name__} as Pool
+    setup = """
         worked, idle = Pool(max_workers=1), Pool(max_workers=1)
         worked.submit(int).result()
-        def late():
-            pools_closed.wait()
-            for name, pool in (("worked", worked), ("idle", idle)):
-                try:
-                    pool.submit(int)
-                except RuntimeError as e:
-                    print(name, pool._shutdown, e, flush=True)
-        threading.Thread(target=late).start()
-        """
-    )
-    out = run_python(code, timeout=60)
+    """
+    late = """
+        for name, pool in (("worked", worked), ("idle", idle)):
+            try:
+                pool.submit(int)
+            except RuntimeError as e:
+                print(name, pool._shutdown, e, flush=True)
+    """
+    out = _run_after_the_pools_exit_hook(pool_cls, setup, late)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "worked True cannot schedule new futures after shutdown",

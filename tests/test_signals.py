@@ -57,6 +57,25 @@ def _interrupt_when_parked(loop, how: str, running: threading.Event) -> threadin
     return start_thread(helper)
 
 
+def _run_until_interrupted(loop, how: str) -> None:
+    """Runs `loop` until a SIGINT, sent (`how`) from a helper thread once the loop runs,
+    comes out of it as KeyboardInterrupt; fails if the safety timer stopped it first."""
+    running = threading.Event()
+
+    def helper():
+        wait_or_fail(running, "the loop to run")
+        _send_sigint(how)
+
+    loop.call_soon(running.set)
+    guard = loop.call_later(SAFETY, loop.stop)  # safety net only
+    t = start_thread(helper)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_forever()
+    join_or_fail(t)
+    assert guard.when() > loop.time(), "the safety timer fired: SIGINT was not noticed"
+    guard.cancel()
+
+
 @needs_parked_detection
 @pytest.mark.parametrize("how", ["pthread_kill", "os_kill"])
 def test_sigint_interrupts_a_parked_run_forever(loop, how):
@@ -242,20 +261,7 @@ def test_sigint_just_before_the_park_is_not_missed(wloop, how):
     # weaveloop-only: the stock loop has no wake-up fd outside add_signal_handler, so a
     # SIGINT landing between its last signal check and epoll_wait goes unnoticed until
     # something else wakes it. weaveloop wakes on the signal in every case.
-    running = threading.Event()
-
-    def helper():
-        wait_or_fail(running, "the loop to run")
-        _send_sigint(how)
-
-    wloop.call_soon(running.set)
-    guard = wloop.call_later(SAFETY, wloop.stop)  # safety net only
-    t = start_thread(helper)
-    with pytest.raises(KeyboardInterrupt):
-        wloop.run_forever()
-    join_or_fail(t)
-    assert guard.when() > wloop.time(), "the safety timer fired: SIGINT was not noticed"
-    guard.cancel()
+    _run_until_interrupted(wloop, how)
     assert run(wloop, asyncio.sleep(0, "usable")) == "usable"
 
 
@@ -397,25 +403,12 @@ def test_ctrl_c_interrupts_callbacks_that_run_no_python_code(loop):
     import functools
 
     a, b = _full_socketpair()
-    running = threading.Event()
     try:
         signal.set_wakeup_fd(a.fileno(), warn_on_full_buffer=False)
         again = functools.partial(loop.call_soon, None)
         again.__setstate__((loop.call_soon, (again,), {}, None))
-        loop.call_soon(running.set)
         loop.call_soon(again)
-        guard = loop.call_later(SAFETY, loop.stop)  # safety net only
-
-        def interrupt():
-            wait_or_fail(running, "the loop to run")
-            _send_sigint("os_kill")
-
-        t = start_thread(interrupt)
-        with pytest.raises(KeyboardInterrupt):
-            loop.run_forever()
-        join_or_fail(t)
-        assert guard.when() > loop.time(), "the safety timer fired: SIGINT was not noticed"
-        guard.cancel()
+        _run_until_interrupted(loop, "os_kill")
     finally:
         signal.set_wakeup_fd(-1)
         a.close()
