@@ -675,9 +675,13 @@ unsafe fn context_field(at: usize) -> *mut ffi::PyObject {
 /// up there and leaving it restores what was there before. Otherwise, or on another
 /// Python, contexts are copied to be looked at, as before.
 pub fn locate_thread_context(py: Python<'_>) -> PyResult<()> {
-    // offsetof(PyThreadState, context) for 3.11, and for 3.12 and 3.13 (x86-64 and
-    // aarch64 alike: the fields before it are pointers, ints and a 32-bit bit-field);
+    // offsetof(PyThreadState, context) for 3.11, and for 3.12 and 3.13, on 64-bit
+    // targets (x86-64 and aarch64 alike: the fields before it are pointers, ints and a
+    // 32-bit bit-field; Py_DEBUG does not change it, the struct has no object header);
     // sizeof(PyThreadState) is 360, 288 and 304 bytes.
+    if !cfg!(target_pointer_width = "64") {
+        return Ok(());
+    }
     let at = match py.version_info().minor {
         11 => 224,
         12 | 13 => 208,

@@ -413,3 +413,31 @@ def test_ctrl_c_interrupts_callbacks_that_run_no_python_code(loop):
         signal.set_wakeup_fd(-1)
         a.close()
         b.close()
+
+
+def test_what_close_runs_cannot_reopen_the_number_of_the_signal_wakeup_fd(wloop, tmp_path):
+    # weaveloop-only (the stock close() drops what other threads posted; weaveloop's
+    # runs it): while a loop with signal handlers closes, its self-pipe is the process's
+    # signal wake-up fd. A file the posted code opens must not get that number, or a
+    # signal's byte lands in the file.
+    wloop.add_signal_handler(signal.SIGUSR1, lambda: None)
+    wakeup_fd = wloop._csock.fileno()
+    opened = []
+
+    def posted():
+        # (Numbers are handed out lowest first: opening up to 64 files reaches the
+        # wake-up fd's number if it is free.)
+        for i in range(64):
+            opened.append(open(tmp_path / f"f{i}", "wb"))  # noqa: SIM115 -- closed below
+            if opened[-1].fileno() == wakeup_fd:
+                break
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    join_or_fail(start_thread(wloop.call_soon_threadsafe, posted))
+    try:
+        wloop.close()
+    finally:
+        for f in opened:
+            f.close()
+    assert opened, "the posted callback ran"
+    assert [p.read_bytes() for p in sorted(tmp_path.iterdir())] == [b""] * len(opened)

@@ -835,7 +835,6 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             return
         if self._debug:
             base_events.logger.debug("Close %r", self)
-        self._close_self_pipe()
         try:
             # (A KeyboardInterrupt/SystemExit from a posted callback that this runs is
             # raised once the loop is closed: the rest of the close still happens.)
@@ -848,6 +847,10 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
                 self._default_executor = None
                 executor.shutdown(wait=False)
             _live_loops.discard(self)
+            # After the posted callbacks the core's close runs: with signal handlers,
+            # the self-pipe is the process's signal wake-up fd, and a file such code
+            # opened could otherwise take the closed socket's number and get the bytes.
+            self._close_self_pipe()
             # Last, as the stock loop does: from a thread other than the main one this
             # fails (signal.signal), and the loop is closed all the same.
             self._remove_signal_handlers_at_close()

@@ -3,12 +3,13 @@
 //! loop. Invariants: jobs run in submission order of dequeue; after `shutdown` no job is
 //! accepted; every worker that was started receives exactly one exit signal.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering::SeqCst};
 
 use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
 
 enum Msg<J> {
-    Job(J),
+    /// A job, and whether its submit claimed an idle worker for it (see `next_job`).
+    Job(J, bool),
     Exit,
 }
 
@@ -28,7 +29,11 @@ pub struct Pool<J> {
     rx: Receiver<Msg<J>>,
     max_workers: usize,
     workers: AtomicUsize,
-    idle: AtomicUsize,
+    /// Workers counted idle that no claimed job has gone to yet, less the claimed jobs
+    /// still queued (see `next_job`); a submit claims one while it is above 0. It may
+    /// dip below 0 for a moment: a counted worker took a job queued unclaimed while a
+    /// claimed one waits behind it.
+    idle: AtomicIsize,
     shut_down: AtomicBool,
 }
 
@@ -41,7 +46,7 @@ impl<J: Send> Pool<J> {
             rx,
             max_workers,
             workers: AtomicUsize::new(0),
-            idle: AtomicUsize::new(0),
+            idle: AtomicIsize::new(0),
             shut_down: AtomicBool::new(false),
         }
     }
@@ -69,18 +74,21 @@ impl<J: Send> Pool<J> {
         if self.shut_down.load(SeqCst) {
             return Err(job);
         }
-        if let Err(e) = self.tx.send(Msg::Job(job)) {
+        // Claim an idle worker for this job, as the stdlib claims its idle semaphore.
+        let claimed = self
+            .idle
+            .fetch_update(SeqCst, SeqCst, |n| (n > 0).then_some(n - 1))
+            .is_ok();
+        if let Err(e) = self.tx.send(Msg::Job(job, claimed)) {
+            if claimed {
+                self.idle.fetch_add(1, SeqCst);
+            }
             match e.0 {
-                Msg::Job(j) => return Err(j),
+                Msg::Job(j, _) => return Err(j),
                 Msg::Exit => unreachable!("submit only sends jobs"),
             }
         }
-        // Claim an idle worker for this job, as the stdlib claims its idle semaphore.
-        if self
-            .idle
-            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
+        if claimed {
             return Ok(Submitted::Queued);
         }
         let reserved = self
@@ -117,19 +125,27 @@ impl<J: Send> Pool<J> {
     /// Worker side: the next job, blocking while the queue is empty; None means exit.
     /// Call it without holding any interpreter lock. `counted_idle`: `idle_soon` counted
     /// this worker idle already.
+    ///
+    /// The idle count stays exact when the job taken is not the one the count meant:
+    /// a claimed job taken by a worker that was not counted (busy until just now: its
+    /// done callbacks let go of the GIL, and the submit they woke claimed another,
+    /// waiting worker) leaves that other worker idle, so the claim is given back; an
+    /// unclaimed job taken by a counted worker uncounts it. Without that the count
+    /// drifted down by one each time, until every submit started a worker, up to
+    /// `max_workers` (or up, leaving a job queued behind a worker thought idle).
     pub fn next_job(&self, counted_idle: bool) -> Option<J> {
-        let msg = if counted_idle {
+        let (msg, counted) = if counted_idle {
             match self.rx.recv() {
-                Ok(m) => m,
+                Ok(m) => (m, true),
                 Err(_) => return None,
             }
         } else {
             match self.rx.try_recv() {
-                Ok(m) => m,
+                Ok(m) => (m, false),
                 Err(TryRecvError::Empty) => {
                     self.idle.fetch_add(1, SeqCst);
                     match self.rx.recv() {
-                        Ok(m) => m,
+                        Ok(m) => (m, true),
                         Err(_) => return None,
                     }
                 }
@@ -137,7 +153,18 @@ impl<J: Send> Pool<J> {
             }
         };
         match msg {
-            Msg::Job(j) => Some(j),
+            Msg::Job(j, claimed) => {
+                match (counted, claimed) {
+                    (false, true) => {
+                        self.idle.fetch_add(1, SeqCst);
+                    }
+                    (true, false) => {
+                        self.idle.fetch_sub(1, SeqCst);
+                    }
+                    _ => {}
+                }
+                Some(j)
+            }
             Msg::Exit => {
                 // Passed on, so that a worker the count missed (one whose start was
                 // reported failed though its thread runs) still gets one.
@@ -156,7 +183,7 @@ impl<J: Send> Pool<J> {
             let mut exits = 0;
             while let Ok(m) = self.rx.try_recv() {
                 match m {
-                    Msg::Job(j) => cancelled.push(j),
+                    Msg::Job(j, _) => cancelled.push(j),
                     Msg::Exit => exits += 1,
                 }
             }
@@ -254,6 +281,42 @@ mod tests {
         pool.submit(3).unwrap();
         pool.submit(4).unwrap();
         assert!(!pool.idle_soon());
+    }
+
+    #[test]
+    fn a_claimed_job_a_busy_worker_takes_leaves_the_waiting_worker_counted_idle() {
+        // Worker A runs job 1; worker B ran job 2 and waits, counted idle.
+        let pool = Pool::new(4);
+        assert_eq!(pool.submit(1), Ok(Submitted::SpawnWorker));
+        assert_eq!(pool.next_job(false), Some(1));
+        assert_eq!(pool.submit(2), Ok(Submitted::SpawnWorker));
+        assert_eq!(pool.next_job(false), Some(2));
+        assert!(pool.idle_soon());
+        // A's done callbacks let go of the GIL; the submit they woke claims B.
+        assert_eq!(pool.submit(3), Ok(Submitted::Queued));
+        // A, done, finds job 3 queued and takes it: B is still idle, and the next
+        // submit goes to it instead of starting a third worker.
+        assert!(!pool.idle_soon());
+        assert_eq!(pool.next_job(false), Some(3));
+        assert_eq!(pool.submit(4), Ok(Submitted::Queued));
+        assert_eq!(pool.next_job(true), Some(4));
+        assert!(pool.idle_soon());
+        assert_eq!(pool.submit(5), Ok(Submitted::Queued));
+        assert_eq!(pool.workers(), 2);
+    }
+
+    #[test]
+    fn an_unclaimed_job_a_counted_worker_takes_uncounts_it() {
+        // Submitted while no worker was counted idle (the pool full), taken by a worker
+        // that counted itself meanwhile: that worker is busy, not idle.
+        let pool = Pool::new(1);
+        assert_eq!(pool.submit(1), Ok(Submitted::SpawnWorker));
+        assert_eq!(pool.next_job(false), Some(1));
+        assert_eq!(pool.submit(2), Ok(Submitted::Queued));
+        // (As if the worker had counted itself just before job 2 arrived.)
+        pool.idle.fetch_add(1, SeqCst);
+        assert_eq!(pool.next_job(true), Some(2));
+        assert_eq!(pool.idle.load(SeqCst), 0);
     }
 
     #[test]
