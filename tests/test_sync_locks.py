@@ -389,11 +389,13 @@ def test_semaphore_thread_side_errors_match_threading():
         ws.RLock().release()
 
 
-@pytest.mark.parametrize("stock", sorted(set(SYNC_LOOPS) - {"weaveloop"}))
-def test_grant_to_a_loop_closed_before_it_runs_is_passed_on(stock):
-    # A stock loop's close() discards queued callbacks, the posted wake-up among them:
-    # the grant must come back to the lock, not vanish with the loop.
-    lp = SYNC_LOOPS[stock]()
+@pytest.mark.parametrize("releaser", ["this thread", "another thread"])
+def test_grant_to_a_loop_closed_before_it_runs_is_passed_on(factory, releaser):
+    # A stock loop's close() discards queued callbacks, the posted wake-up among them;
+    # weaveloop's runs those other threads posted, before it marks the loop closed, and
+    # drops what they schedule: either way the grant must come back to the lock, not
+    # vanish with the loop.
+    lp = factory()
     lock = ws.Lock()
     lock.acquire()
 
@@ -404,12 +406,60 @@ def test_grant_to_a_loop_closed_before_it_runs_is_passed_on(stock):
     task = lp.create_task(waiter())
     lp.run_until_complete(asyncio.sleep(0))  # the coroutine queues on the lock
     wait_until(lambda: lock._waiting() == 1, "the coroutine to queue")
-    lock.release()  # granted to the coroutine: a wake-up is posted to the idle loop
-    lp.close()  # ... and discarded
+    # Granted to the coroutine: a wake-up is posted to the idle loop ...
+    if releaser == "this thread":
+        lock.release()
+    else:
+        join_or_fail(start_thread(lock.release))
+    lp.close()  # ... and discarded, or run while the loop closes
     task._log_destroy_pending = False  # left pending on purpose: no warning at its end
     del task
     assert lock.acquire(timeout=SAFETY), "the grant was lost with the loop"
     lock.release()
+
+
+@pytest.mark.parametrize("give_up", ["cancel", "timeout"])
+def test_a_notification_taken_by_a_waiter_cancelled_while_relocking_goes_to_the_next(
+    factory, give_up
+):
+    # Notified, then cancelled while it waits to take the lock back (the notifier still
+    # holds it): the waiter gives up, and the notification wakes the next waiter instead
+    # of being lost with it (as asyncio.Condition does since 3.13).
+    async def main():
+        cond = ws.Condition(ws.Lock())
+        state = 0
+        queued = 0
+
+        async def consumer():
+            nonlocal state, queued
+            async with cond.aio:
+                queued += 1
+                await cond.aio.wait_for(lambda: state != 0)
+                state -= 1
+
+        async def impatient():
+            async with asyncio.timeout(0.01):
+                await consumer()
+
+        first = asyncio.ensure_future(impatient() if give_up == "timeout" else consumer())
+        second = asyncio.ensure_future(consumer())
+        while queued < 2:
+            await asyncio.sleep(0)
+        async with cond.aio:
+            state += 1
+            cond.aio.notify(1)  # to `first`, which then cannot take the lock back
+            if give_up == "cancel":
+                await asyncio.sleep(0)
+                first.cancel()
+            else:
+                while not first.cancelling():  # its timeout has fired
+                    await asyncio.sleep(0.001)
+        await second
+        with pytest.raises((asyncio.CancelledError, TimeoutError)):
+            await first
+        return state, cond._n._waiting()
+
+    assert run(factory, main) == (0, 0)
 
 
 def test_condition_wait_zero_on_a_loop_thread_keeps_the_lock(factory):

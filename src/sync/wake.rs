@@ -5,6 +5,7 @@
 //! unrun — is revoked and passed on. Invariant: a token (loop, future) is touched only
 //! with the GIL held.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use pyo3::gc::PyVisit;
@@ -13,6 +14,7 @@ use pyo3::PyTraverseError;
 use weaveloop_engine::sync::{Granted, Notifier, Semaphore, Waiter};
 
 use crate::interop;
+use crate::loop_core::LoopCore;
 
 /// A coroutine waiter's token: the future it awaits and the loop that future belongs to.
 pub struct Token {
@@ -80,7 +82,14 @@ fn settle(py: Python<'_>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
     Ok(())
 }
 
+/// Whether `lp` will never run a callback of its own again: closed, or (a weaveloop
+/// loop) closing, running what other threads posted before it is marked closed; the
+/// futures it would settle there are dropped unrun with the rest of its queue.
 fn is_closed(py: Python<'_>, lp: &Bound<'_, PyAny>) -> bool {
+    if let Ok(core) = lp.cast::<LoopCore>() {
+        let core = core.get();
+        return core.closed.load(Relaxed) || core.closer.load(Relaxed) != 0;
+    }
     lp.call_method0(pyo3::intern!(py, "is_closed"))
         .and_then(|c| c.is_truthy())
         .unwrap_or(true)

@@ -187,12 +187,14 @@ class _AioCondition:
         else:
             depth = 1
             lock.release()
+        notified = False
         try:
             try:
                 await fut
             except BaseException:
                 c._n._abandon(waiter)
                 raise
+            notified = True
             return True
         finally:
             # Re-take the lock whatever happened, as asyncio.Condition does.
@@ -212,6 +214,11 @@ class _AioCondition:
             if isinstance(lock, RLock):
                 lock._own(depth, owner)
             if cancelled is not None:
+                if notified:
+                    # Notified, then cancelled while re-taking the lock: the caller gives
+                    # up, and the notification goes to the next waiter (as asyncio's
+                    # since 3.13), not lost with it.
+                    c._n._notify(1)
                 raise cancelled
 
     async def wait_for(self, predicate: Callable[[], Any]) -> Any:
