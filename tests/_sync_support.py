@@ -95,3 +95,12 @@ class HeldByAThread:
     def release(self) -> None:
         self._release.set()
         join_or_fail(self._thread)
+
+
+def call_outcome(call) -> tuple:
+    """("returned", what `call()` returned), or the name and message of the exception it
+    raised: one entry of a transcript compared with the stdlib's."""
+    try:
+        return ("returned", call())
+    except Exception as e:
+        return (type(e).__name__, str(e))

@@ -9,12 +9,20 @@ the specification of issue 4.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 
 import pytest
 import weaveloop.sync as ws
 from _support import SAFETY, join_or_fail, start_thread, wait_or_fail
-from _sync_support import SYNC_LOOPS, HeldByAThread, ThreadLoop, run, wait_until
+from _sync_support import (
+    SYNC_LOOPS,
+    HeldByAThread,
+    ThreadLoop,
+    call_outcome,
+    run,
+    wait_until,
+)
 
 
 @pytest.fixture(params=sorted(SYNC_LOOPS))
@@ -387,6 +395,30 @@ def test_semaphore_thread_side_errors_match_threading():
         ws.Lock().release()
     with pytest.raises(RuntimeError, match="cannot release un-acquired lock"):
         ws.RLock().release()
+
+
+def _blocking_argument_script(mod) -> list:
+    """Calls on a semaphore with no permit, a held lock and an unset event that must
+    return or raise at once: a false `blocking` (None among them), NaN timeouts."""
+    sem, lock, event = mod.Semaphore(0), mod.Lock(), mod.Event()
+    lock.acquire()
+    nan = float("nan")
+    return [
+        call_outcome(lambda: sem.acquire(None)),
+        call_outcome(lambda: sem.acquire(0)),
+        call_outcome(lambda: sem.acquire(""))
+        if sys.version_info >= (3, 12) or mod is threading
+        else ("returned", False),
+        call_outcome(lambda: sem.acquire(None, timeout=1)),
+        # (Not `sem.acquire(timeout=nan)`: threading's loops forever, busy; weaveloop's
+        # reads NaN as no time left, as threading's Condition.wait does.)
+        call_outcome(lambda: lock.acquire(timeout=nan)),
+        call_outcome(lambda: event.wait(nan)),
+    ]
+
+
+def test_blocking_arguments_and_nan_timeouts_read_as_threadings():
+    assert _blocking_argument_script(ws) == _blocking_argument_script(threading)
 
 
 @pytest.mark.parametrize("releaser", ["this thread", "another thread"])

@@ -11,7 +11,7 @@ import threading
 import pytest
 import weaveloop.sync as ws
 from _support import SAFETY, join_or_fail, start_thread
-from _sync_support import SYNC_LOOPS, ThreadLoop, run, wait_until
+from _sync_support import SYNC_LOOPS, ThreadLoop, call_outcome, run, wait_until
 
 
 @pytest.fixture(params=sorted(SYNC_LOOPS))
@@ -222,6 +222,30 @@ def _resize_script(q) -> list:
     try_put(22)
     out.append((q.maxsize, q.qsize(), q.full()))
     return out
+
+
+@pytest.mark.parametrize("kind", ["Queue", "LifoQueue", "PriorityQueue", "SimpleQueue"])
+def test_a_false_block_and_nan_timeouts_read_as_the_queue_modules(kind):
+    def script(mod) -> list:
+        empty = getattr(mod, kind)()
+        out = [_outcome(empty.get, None), _outcome(empty.get, False, 1)]
+        if kind != "SimpleQueue":
+            full = getattr(mod, kind)(1)
+            full.put(0)
+            out.append(_outcome(full.put, 1, None))
+        return out
+
+    assert script(ws) == script(queue)
+    # A NaN timeout: the queue module's loops forever, busy (NaN is never <= 0 left,
+    # and its Condition.wait reads it as no wait); refused here, in the words of the
+    # locks' NaN error.
+    nan_refused = ("ValueError", "Invalid value NaN (not a number)")
+    q = getattr(ws, kind)()
+    assert call_outcome(lambda: q.get(timeout=float("nan"))) == nan_refused
+    if kind != "SimpleQueue":
+        q = getattr(ws, kind)(1)
+        q.put(0)
+        assert call_outcome(lambda: q.put(1, timeout=float("nan"))) == nan_refused
 
 
 @pytest.mark.parametrize("kind", ["Queue", "LifoQueue", "PriorityQueue"])

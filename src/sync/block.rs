@@ -22,9 +22,16 @@ pub enum Wait {
     Forever,
 }
 
-/// A `blocking`/`block` argument: any object, by truth value (absent: true).
-pub fn truthy(flag: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
-    flag.map_or(Ok(true), |f| f.is_truthy())
+/// A `blocking`/`block` argument of a semaphore or a queue: any object, by its truth
+/// value, as the stdlib's `if not blocking` reads it (None is false: do not block).
+pub struct Truth(pub bool);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Truth {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        obj.is_truthy().map(Truth)
+    }
 }
 
 /// A lock's `acquire(blocking)`, read as the running Python's `_thread` locks read it:
@@ -48,6 +55,10 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Blocking {
 const TIMEOUT_MAX: f64 = 9_223_372_036.0;
 
 fn until(timeout: f64) -> PyResult<Wait> {
+    if timeout.is_nan() {
+        // As `_thread` locks, under every stdlib wait.
+        return Err(PyValueError::new_err("Invalid value NaN (not a number)"));
+    }
     if timeout > TIMEOUT_MAX || !timeout.is_finite() {
         return Err(PyOverflowError::new_err("timeout value is too large"));
     }

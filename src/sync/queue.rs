@@ -27,7 +27,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyList;
 use weaveloop_engine::sync::{Cancel, TaskCounter};
 
-use super::block::{forbid_on_loop, park, queue_wait, truthy, Wait};
+use super::block::{forbid_on_loop, park, queue_wait, Truth, Wait};
 use super::semaphore::{
     abandon_task, acquire_thread, enqueue_task, new_sem, release, Sem, MAX_PERMITS,
 };
@@ -428,12 +428,12 @@ impl QueueCore {
     /// queue.Queue.put: waits for a free slot (bounded queues), at most `timeout`. An
     /// unbounded queue never waits and, as queue.Queue, never looks at `block` and
     /// `timeout`.
-    #[pyo3(signature = (item, block = None, timeout = None))]
+    #[pyo3(signature = (item, block = Truth(true), timeout = None))]
     fn put(
         &self,
         py: Python<'_>,
         item: Py<PyAny>,
-        block: Option<&Bound<'_, PyAny>>,
+        block: Truth,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         self.refuse_if_shut(py)?;
@@ -442,7 +442,7 @@ impl QueueCore {
                 .filter(|t| !t.is_none())
                 .map(|t| t.extract())
                 .transpose()?;
-            queue_wait(truthy(block)?, timeout)?
+            queue_wait(block.0, timeout)?
         } else {
             Wait::Now
         };
@@ -455,15 +455,10 @@ impl QueueCore {
     }
 
     /// queue.Queue.get: waits for an item, at most `timeout`.
-    #[pyo3(signature = (block = None, timeout = None))]
-    fn get(
-        &self,
-        py: Python<'_>,
-        block: Option<&Bound<'_, PyAny>>,
-        timeout: Option<f64>,
-    ) -> PyResult<Py<PyAny>> {
+    #[pyo3(signature = (block = Truth(true), timeout = None))]
+    fn get(&self, py: Python<'_>, block: Truth, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         self.refuse_get_if_shut_and_empty(py)?;
-        let wait = queue_wait(truthy(block)?, timeout)?;
+        let wait = queue_wait(block.0, timeout)?;
         self.get_within(py, wait)
     }
 
