@@ -166,7 +166,8 @@ class PriorityQueue(Queue):
 
 
 class SimpleQueue(QueueCore):
-    """queue.SimpleQueue: unbounded FIFO without task tracking; ``.aio`` as for Queue."""
+    """queue.SimpleQueue: unbounded FIFO without task tracking; ``.aio`` as for Queue,
+    except that its ``join()`` returns at once and ``task_done()`` does nothing."""
 
     __slots__ = ("_aio_face",)
 
