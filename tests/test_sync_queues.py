@@ -848,3 +848,17 @@ def test_a_getter_cancelled_as_the_queue_shuts_down_loses_no_item(factory):
     assert run(factory, main, ASYNC_QUEUES["weaveloop"]) == ("x", True, "QueueShutDown", 0)
     if hasattr(asyncio, "QueueShutDown"):
         assert run(factory, main, ASYNC_QUEUES["asyncio"]) == ("x", True, "QueueShutDown", 0)
+
+
+def test_a_simple_queues_face_counts_no_tasks(factory):
+    # As documented: its threads have no task_done() to call, so there is no count to
+    # drain; join() returns with an item still queued, and task_done() does nothing.
+    async def main():
+        q = ws.SimpleQueue()
+        q.aio.put_nowait(1)
+        await q.aio.join()
+        q.aio.task_done()
+        q.aio.task_done()
+        return q.aio.get_nowait(), q.aio.empty()
+
+    assert run(factory, main) == (1, True)
