@@ -399,7 +399,8 @@ def test_semaphore_thread_side_errors_match_threading():
 
 def _blocking_argument_script(mod) -> list:
     """Calls on a semaphore with no permit, a held lock and an unset event that must
-    return or raise at once: a false `blocking` (None among them), NaN timeouts."""
+    return or raise at once: a false `blocking` (None among them), NaN and negative
+    timeouts."""
     sem, lock, event = mod.Semaphore(0), mod.Lock(), mod.Event()
     lock.acquire()
     nan = float("nan")
@@ -413,6 +414,8 @@ def _blocking_argument_script(mod) -> list:
         # (Not `sem.acquire(timeout=nan)`: threading's loops forever, busy; weaveloop's
         # reads NaN as no time left, as threading's Condition.wait does.)
         call_outcome(lambda: lock.acquire(timeout=nan)),
+        call_outcome(lambda: lock.acquire(timeout=-2)),
+        call_outcome(lambda: mod.RLock().acquire(timeout=-2)),
         call_outcome(lambda: event.wait(nan)),
     ]
 

@@ -71,8 +71,9 @@ fn until(timeout: f64) -> PyResult<Wait> {
         .map_or(Wait::Forever, Wait::Until))
 }
 
-/// `Lock.acquire(blocking, timeout)` arguments (`timeout=-1`: forever).
-pub fn lock_wait(blocking: bool, timeout: f64) -> PyResult<Wait> {
+/// `Lock.acquire(blocking, timeout)` arguments (`timeout=-1`: forever), refused in the
+/// running Python's words.
+pub fn lock_wait(py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<Wait> {
     if !blocking {
         if timeout != -1.0 {
             return Err(PyValueError::new_err(
@@ -85,7 +86,11 @@ pub fn lock_wait(blocking: bool, timeout: f64) -> PyResult<Wait> {
         return Ok(Wait::Forever);
     }
     if timeout < 0.0 {
-        return Err(PyValueError::new_err("timeout value must be positive"));
+        return Err(PyValueError::new_err(if py.version_info() >= (3, 13) {
+            "timeout value must be a non-negative number"
+        } else {
+            "timeout value must be positive"
+        }));
     }
     until(timeout)
 }

@@ -78,7 +78,7 @@ impl RLockCore {
     /// `blocking` is read as `_thread`'s locks read it (see `Blocking`).
     #[pyo3(signature = (blocking = Blocking(true), timeout = -1.0))]
     fn acquire(&self, py: Python<'_>, blocking: Blocking, timeout: f64) -> PyResult<bool> {
-        let wait = lock_wait(blocking.0, timeout)?;
+        let wait = lock_wait(py, blocking.0, timeout)?;
         self.acquire_within(py, wait)
     }
 
