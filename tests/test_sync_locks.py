@@ -935,3 +935,30 @@ def test_lock_acquire_reads_blocking_as_an_int_as_threading_does(kind, blocking)
 
     expected = outcome(getattr(threading, kind)())
     assert outcome(getattr(ws, kind)()) == expected
+
+
+def test_condition_and_barrier_faces_show_their_state_as_asyncio_does(factory):
+    def state(obj) -> str:
+        return repr(obj).rsplit("[", 1)[1]
+
+    async def script(cond, barrier) -> list:
+        out = [state(cond), state(barrier)]
+        async with cond:
+            out.append(state(cond))
+        barrier_waiter = asyncio.ensure_future(barrier.wait())
+        while barrier.n_waiting == 0:
+            await asyncio.sleep(0)
+        out.append(state(barrier))
+        await barrier.abort()
+        out.append(state(barrier))
+        with pytest.raises(asyncio.BrokenBarrierError):
+            await barrier_waiter
+        return out
+
+    async def main():
+        ours = await script(ws.Condition().aio, ws.Barrier(2).aio)
+        theirs = await script(asyncio.Condition(), asyncio.Barrier(2))
+        return ours, theirs
+
+    ours, theirs = run(factory, main)
+    assert ours == theirs

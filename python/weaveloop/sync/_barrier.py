@@ -160,6 +160,15 @@ class _AioBarrier:
     def __init__(self, barrier: Barrier) -> None:
         self._b = barrier
 
+    def __repr__(self) -> str:
+        # The state in asyncio.Barrier's words.
+        b = self._b
+        state = {_FILLING: "filling", _DRAINING: "draining", _RESETTING: "resetting"}
+        extra = "broken" if b._state < -1 else state[b._state]
+        if b._state >= -1:
+            extra += f", waiters:{b.n_waiting}/{b.parties}"
+        return f"<asyncio face of {b!r} [{extra}]>"
+
     async def __aenter__(self) -> int:
         return await self.wait()
 

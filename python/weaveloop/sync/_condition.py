@@ -139,6 +139,14 @@ class _AioCondition:
     def __init__(self, cond: Condition) -> None:
         self._c = cond
 
+    def __repr__(self) -> str:
+        # The state in asyncio.Condition's words.
+        extra = "locked" if self.locked() else "unlocked"
+        waiting = self._c._n._waiting()
+        if waiting:
+            extra += f", waiters:{waiting}"
+        return f"<asyncio face of {self._c!r} [{extra}]>"
+
     async def acquire(self) -> bool:
         await self._c._lock.__aenter__()
         return True
