@@ -658,6 +658,7 @@ static CONTEXT_SLOT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicU
 /// # Safety
 /// The GIL is held, and `at` is less than the size of a `PyThreadState` minus a
 /// pointer (the field is never dereferenced here, only read).
+// SAFETY: an unsafe fn for the contract above; its one unsafe block reads within it.
 unsafe fn context_field(at: usize) -> *mut ffi::PyObject {
     // SAFETY: the caller's contract; PyThreadState_Get returns the calling thread's
     // state, which lives while the thread holds the GIL.

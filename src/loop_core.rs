@@ -488,8 +488,18 @@ impl LoopCore {
     pub(crate) fn idle(&self) -> bool {
         self.owner.load(Relaxed) == 0
             && self.in_run_once.load(Relaxed) == 0
-            && !self.closed.load(Relaxed)
-            && self.closer.load(Relaxed) == 0
+            && !self.closed_or_closing()
+    }
+
+    /// Whether `close()` is running what other threads posted (see `_close_core`).
+    pub(crate) fn closing(&self) -> bool {
+        self.closer.load(Relaxed) != 0
+    }
+
+    /// Whether the loop will never run a callback of its own again: closed, or closing
+    /// (what the callbacks `close()` runs schedule is dropped unrun).
+    pub(crate) fn closed_or_closing(&self) -> bool {
+        self.closed.load(Relaxed) || self.closing()
     }
 
     pub(crate) fn is_debug(&self) -> bool {
@@ -840,7 +850,7 @@ impl LoopCore {
             }
         };
         let quiet = pyo3::intern!(py, "_log_destroy_pending");
-        if this.closer.load(Relaxed) != 0 && task.hasattr(quiet)? {
+        if this.closing() && task.hasattr(quiet)? {
             // Made by a callback that close() runs (another thread's post: a
             // run_coroutine_threadsafe, say): it never runs, and is dropped with the rest,
             // silently, as what that callback schedules with call_soon is; not reported
@@ -858,7 +868,7 @@ impl LoopCore {
     /// Whether `close()` is running what other threads posted (see `_close_core`).
     #[getter]
     fn _weaveloop_closing(&self) -> bool {
-        self.closer.load(Relaxed) != 0
+        self.closing()
     }
 
     #[getter]

@@ -581,7 +581,7 @@ impl LoopCore {
     fn _run_forever_core(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
         let me = interop::thread_ident();
-        if this.closer.load(Relaxed) != 0 {
+        if this.closing() {
             return Err(errors::loop_closed()); // (a callback that close() runs)
         }
         this.wait_for_foreign_drain(slf.py());
@@ -625,7 +625,7 @@ impl LoopCore {
             return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
         }
         // (Also when a callback that close() runs closes the loop again.)
-        if this.closed.load(Relaxed) || this.closer.load(Relaxed) != 0 {
+        if this.closed_or_closing() {
             return Ok(());
         }
         let shared = this.shared();

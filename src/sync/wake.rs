@@ -5,7 +5,6 @@
 //! unrun — is revoked and passed on. Invariant: a token (loop, future) is touched only
 //! with the GIL held.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use pyo3::gc::PyVisit;
@@ -87,8 +86,7 @@ fn settle(py: Python<'_>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
 /// futures it would settle there are dropped unrun with the rest of its queue.
 fn is_closed(py: Python<'_>, lp: &Bound<'_, PyAny>) -> bool {
     if let Ok(core) = lp.cast::<LoopCore>() {
-        let core = core.get();
-        return core.closed.load(Relaxed) || core.closer.load(Relaxed) != 0;
+        return core.get().closed_or_closing();
     }
     lp.call_method0(pyo3::intern!(py, "is_closed"))
         .and_then(|c| c.is_truthy())

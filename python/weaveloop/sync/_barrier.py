@@ -21,6 +21,13 @@ from ._waiting import forbid_blocking
 __all__ = ["Barrier"]
 
 _FILLING, _DRAINING, _RESETTING, _BROKEN = 0, 1, -1, -2
+# In asyncio.Barrier's words (its repr).
+_STATE_NAMES = {
+    _FILLING: "filling",
+    _DRAINING: "draining",
+    _RESETTING: "resetting",
+    _BROKEN: "broken",
+}
 
 
 class Barrier:
@@ -161,11 +168,9 @@ class _AioBarrier:
         self._b = barrier
 
     def __repr__(self) -> str:
-        # The state in asyncio.Barrier's words.
         b = self._b
-        state = {_FILLING: "filling", _DRAINING: "draining", _RESETTING: "resetting"}
-        extra = "broken" if b._state < -1 else state[b._state]
-        if b._state >= -1:
+        extra = _STATE_NAMES[b._state]
+        if b._state != _BROKEN:
             extra += f", waiters:{b.n_waiting}/{b.parties}"
         return f"<asyncio face of {b!r} [{extra}]>"
 
