@@ -130,13 +130,13 @@ impl PoolState {
                     // A future the caller cancelled meanwhile is skipped; one failure
                     // must not leave the jobs behind it pending.
                     let fut = j.fut.bind(py);
-                    let failed = interop::call_method(fut, pyo3::intern!(py, "done"), &[])
+                    let failed = interop::call_method(fut, crate::intern!(py, "done"), &[])
                         .and_then(|d| d.is_truthy())
                         .and_then(|done| match done {
                             true => Ok(()),
                             false => {
                                 let exc = errors::exception(py, &err).into_any();
-                                let set_exception = pyo3::intern!(py, "set_exception");
+                                let set_exception = crate::intern!(py, "set_exception");
                                 interop::call_method(fut, set_exception, &[&exc]).map(drop)
                             }
                         });
@@ -174,7 +174,7 @@ impl PoolCore {
                 let args = WorkerArgs { state };
                 let py = slf.py();
                 let (name, args) = (PyString::new(py, &name), Bound::new(py, args)?.into_any());
-                let start_worker = pyo3::intern!(py, "_start_worker");
+                let start_worker = crate::intern!(py, "_start_worker");
                 match interop::call_method(slf.as_any(), start_worker, &[&name, &args]) {
                     Ok(t) => {
                         lock(&this.threads).push(t.unbind());
@@ -264,7 +264,7 @@ fn run_submit_job(py: Python<'_>, job: SubmitJob, ran: impl FnOnce()) -> PyResul
         return result.map(drop);
     }
     let fut = job.fut.bind(py);
-    let start = interop::call_method(fut, pyo3::intern!(py, "set_running_or_notify_cancel"), &[])
+    let start = interop::call_method(fut, crate::intern!(py, "set_running_or_notify_cancel"), &[])
         .and_then(|r| r.is_truthy());
     if !matches!(start, Ok(true)) {
         // Cancelled before it started, or the future was in a state it cannot start
@@ -279,10 +279,10 @@ fn run_submit_job(py: Python<'_>, job: SubmitJob, ran: impl FnOnce()) -> PyResul
     );
     // Either runs the future's done callbacks, Python code.
     let settled = match result {
-        Ok(v) => interop::call_method(fut, pyo3::intern!(py, "set_result"), &[&v]),
+        Ok(v) => interop::call_method(fut, crate::intern!(py, "set_result"), &[&v]),
         Err(e) => {
             let exc = errors::exception(py, &e).into_any();
-            interop::call_method(fut, pyo3::intern!(py, "set_exception"), &[&exc])
+            interop::call_method(fut, crate::intern!(py, "set_exception"), &[&exc])
         }
     };
     ran();
@@ -293,7 +293,7 @@ fn run_loop_job(py: Python<'_>, job: &LoopJob) -> Outcome {
     let cancelled = job
         .fut
         .bind(py)
-        .call_method0(pyo3::intern!(py, "cancelled"))
+        .call_method0(crate::intern!(py, "cancelled"))
         .and_then(|d| d.is_truthy())
         .unwrap_or(false);
     if cancelled && !job.target.was_abandoned(&job.fut) {
@@ -435,7 +435,7 @@ impl PoolCore {
             // kind name their threads alike.
             _ => {
                 let n = interop::stdlib_pool(py)?
-                    .getattr(pyo3::intern!(py, "_counter"))?
+                    .getattr(crate::intern!(py, "_counter"))?
                     .call0()?;
                 format!("ThreadPoolExecutor-{n}")
             }
@@ -488,10 +488,10 @@ impl PoolCore {
         let py = slf.py();
         let pool = slf.get().state()?.check_accepting(py)?;
         let job = Job::Submit(SubmitJob {
-            func: item.getattr(pyo3::intern!(py, "run"))?.unbind(),
+            func: item.getattr(crate::intern!(py, "run"))?.unbind(),
             args: PyTuple::empty(py).unbind(),
             kwargs: None,
-            fut: item.getattr(pyo3::intern!(py, "future"))?.unbind(),
+            fut: item.getattr(crate::intern!(py, "future"))?.unbind(),
             whole: true,
         });
         PoolCore::enqueue(slf, &pool, job)
@@ -513,7 +513,7 @@ impl PoolCore {
                 Job::Submit(j) => {
                     // Runs the future's done callbacks.
                     let fut = j.fut.bind(py);
-                    if let Err(e) = interop::call_method(fut, pyo3::intern!(py, "cancel"), &[]) {
+                    if let Err(e) = interop::call_method(fut, crate::intern!(py, "cancel"), &[]) {
                         match failed {
                             None => failed = Some(e),
                             Some(_) => e.write_unraisable(py, Some(fut)),
@@ -631,7 +631,7 @@ impl LoopCore {
                 .map(|e| e.clone_ref(py));
             match default {
                 Some(e) if !this.executor_shutdown_called.load(Relaxed) => e.into_bound(py),
-                _ => interop::call_method(slf, pyo3::intern!(py, "_default_pool"), &[])?,
+                _ => interop::call_method(slf, crate::intern!(py, "_default_pool"), &[])?,
             }
         } else {
             executor.clone()
@@ -642,7 +642,7 @@ impl LoopCore {
                 PoolCore::submit_for_loop(pool, slf, func, args)
             }
             _ => {
-                let foreign = pyo3::intern!(py, "_run_in_foreign_executor");
+                let foreign = crate::intern!(py, "_run_in_foreign_executor");
                 interop::call_method(slf, foreign, &[&executor, func, args])
             }
         }

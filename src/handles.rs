@@ -90,7 +90,7 @@ fn call_through_run(
         Args::Many(many) => all.extend(many.bind(py).iter().map(Bound::unbind)),
     }
     let result = PyTuple::new(py, all).and_then(|all| {
-        let run = context.getattr(pyo3::intern!(py, "run"))?;
+        let run = context.getattr(crate::intern!(py, "run"))?;
         interop::call_with_tuple(&run, &all)
     });
     result.map(drop).map_err(Box::new)
@@ -551,8 +551,8 @@ impl Callback {
             if let Ok(frame) = d.source_traceback.bind(py).get_item(-1) {
                 // (Attributes, not `frame[0]`: on Python 3.13 indexing a FrameSummary
                 // reads its source line, which at interpreter exit fails to import.)
-                let file = frame.getattr(pyo3::intern!(py, "filename"))?;
-                let line = frame.getattr(pyo3::intern!(py, "lineno"))?;
+                let file = frame.getattr(crate::intern!(py, "filename"))?;
+                let line = frame.getattr(crate::intern!(py, "lineno"))?;
                 info.push(format!("created at {file}:{line}"));
             }
         }

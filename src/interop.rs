@@ -3,10 +3,9 @@
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyModule, PyString, PyTuple, PyType};
 
-use crate::gil::GilCell;
+use crate::gil::{GilCell, GilOnce};
 
 /// Functions returning a Python object imported on first use and kept for the life of the
 /// interpreter (`name: "module", "attribute";`), and `import_all`, which looks them all up.
@@ -14,7 +13,7 @@ macro_rules! cached_imports {
     ($($fn_name:ident: $module:literal, $attr:literal;)*) => {
         $(
             pub fn $fn_name(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-                static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+                static CELL: GilOnce<Py<PyAny>> = GilOnce::new();
                 CELL.import(py, $module, $attr)
             }
         )*
@@ -57,7 +56,7 @@ macro_rules! cached_modules {
     ($($fn_name:ident: $module:literal;)*) => {
         $(
             fn $fn_name(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
-                static CELL: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+                static CELL: GilOnce<Py<PyModule>> = GilOnce::new();
                 CELL.get_or_try_init(py, || py.import($module).map(Bound::unbind))
                     .map(|m| m.bind(py))
             }
@@ -81,7 +80,7 @@ cached_modules! {
 /// debug mode formats the handles it cancels) would stop halfway there, leaving its
 /// self-pipe open. Called when a loop is made, so nothing is imported first later.
 pub fn import_ahead(py: Python<'_>) -> PyResult<()> {
-    static DONE: PyOnceLock<()> = PyOnceLock::new();
+    static DONE: GilOnce<()> = GilOnce::new();
     DONE.get_or_try_init(py, || {
         import_all_modules(py)?;
         import_all(py)?;
@@ -106,7 +105,7 @@ pub fn set_task_name(
     if up_to_3_12 && name.is_none() {
         return Ok(());
     }
-    let method = match task.getattr(pyo3::intern!(py, "set_name")) {
+    let method = match task.getattr(crate::intern!(py, "set_name")) {
         Ok(method) => method,
         Err(e) if up_to_3_12 && e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => {
             let msg = c"Task.set_name() was added in Python 3.8, the method support will be \
@@ -125,7 +124,7 @@ pub fn set_task_name(
 /// Whether `asyncio.tasks._set_task_name` exists (up to Python 3.12; see
 /// `set_task_name`).
 fn has_set_task_name_helper(py: Python<'_>) -> PyResult<bool> {
-    static CELL: PyOnceLock<bool> = PyOnceLock::new();
+    static CELL: GilOnce<bool> = GilOnce::new();
     CELL.get_or_try_init(py, || asyncio_tasks(py)?.hasattr("_set_task_name"))
         .copied()
 }
@@ -133,7 +132,7 @@ fn has_set_task_name_helper(py: Python<'_>) -> PyResult<bool> {
 /// `asyncio.base_events.logger`, looked up on every call as the stock loop's code does
 /// (a module global), so whoever patches or replaces it gets the loop's messages too.
 pub fn asyncio_logger(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    base_events(py)?.getattr(pyo3::intern!(py, "logger"))
+    base_events(py)?.getattr(crate::intern!(py, "logger"))
 }
 
 /// `contextvars.copy_context()`.
@@ -172,7 +171,7 @@ pub fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
 /// then hands each job to that wrapper.
 pub fn submit_is_the_pools(executor: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = executor.py();
-    let submit = pyo3::intern!(py, "submit");
+    let submit = crate::intern!(py, "submit");
     static SEEN: ClassVerdict = ClassVerdict::new();
     let class_ok = SEEN.get(&executor.get_type(), |cls| {
         Ok(cls.getattr(submit)?.is(own_submit(py)?) && stdlib_submit_is_its_own(py)?)
@@ -199,7 +198,7 @@ pub fn submit_is_the_pools(executor: &Bound<'_, PyAny>) -> PyResult<bool> {
 pub fn stdlib_submit_is_its_own(py: Python<'_>) -> PyResult<bool> {
     static SEEN: ClassVerdict = ClassVerdict::new();
     SEEN.get(stdlib_pool(py)?.cast::<PyType>()?, |cls| {
-        let submit = cls.getattr(pyo3::intern!(py, "submit"))?;
+        let submit = cls.getattr(crate::intern!(py, "submit"))?;
         call_with_slice(is_stdlib_submit(py)?, &[submit.as_ptr()])?.is_truthy()
     })
 }
@@ -279,10 +278,10 @@ pub fn kwnames<'py>(
     py: Python<'py>,
     names: &'static [&'static str],
 ) -> PyResult<&'py Bound<'py, PyTuple>> {
-    static LOOP: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
-    static TASK: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
-    static CONTEXT: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
-    static DEBUG: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+    static LOOP: GilOnce<Py<PyTuple>> = GilOnce::new();
+    static TASK: GilOnce<Py<PyTuple>> = GilOnce::new();
+    static CONTEXT: GilOnce<Py<PyTuple>> = GilOnce::new();
+    static DEBUG: GilOnce<Py<PyTuple>> = GilOnce::new();
     let cell = match names {
         ["loop"] => &LOOP,
         ["context"] => &CONTEXT,
@@ -671,6 +670,22 @@ unsafe fn context_field(at: usize) -> *mut ffi::PyObject {
     }
 }
 
+/// Sets up, while the module is imported, what would otherwise be set up on first use
+/// in a once-cell that is not safe across `os.fork()`: the dlsym lookups of `may_exit`
+/// (a `std` once-cell, taken without the GIL) and the `str`s pyo3 interns inside its
+/// own once-cells for a type's names (its conversion errors name types). A fork waits
+/// for an import to finish (CPython holds the import lock across it), so none of these
+/// can be half set up in a child. (This layer's own cells are `GilOnce`s.)
+pub fn set_up_before_any_fork(py: Python<'_>) -> PyResult<()> {
+    may_exit();
+    let ty = py.get_type::<PyType>();
+    ty.name()?;
+    ty.qualname()?;
+    ty.module()?;
+    ty.fully_qualified_name()?;
+    Ok(())
+}
+
 /// Finds `PyThreadState.context` for `CONTEXT_SLOT` (module import): its offset in
 /// the headers of each supported CPython, taken only if entering a new context shows
 /// up there and leaving it restores what was there before. Otherwise, or on another
@@ -847,7 +862,7 @@ static BASE_CREATE_TASK: LastAnswer = LastAnswer::new();
 /// own (one lookup in the class's dict while it has not changed); None if it has none.
 pub fn base_create_task(py: Python<'_>) -> PyResult<Option<(Bound<'_, PyAny>, bool)>> {
     let cls = base_event_loop(py)?;
-    let key = pyo3::intern!(py, "create_task");
+    let key = crate::intern!(py, "create_task");
     // SAFETY: the GIL is held and `cls` is a live class, whose `tp_dict` is its own live
     // dict; PyDict_GetItemWithError returns a borrowed reference (NULL if absent, with no
     // error set for a str key).
@@ -885,7 +900,7 @@ pub fn takes_kwargs(method: &Bound<'_, PyAny>) -> PyResult<bool> {
 fn code_is_coroutine(code: &Bound<'_, PyAny>) -> PyResult<bool> {
     LAST_CODE.get(code, || {
         let flags: u32 = code
-            .getattr(pyo3::intern!(code.py(), "co_flags"))?
+            .getattr(crate::intern!(code.py(), "co_flags"))?
             .extract()?;
         Ok(flags & CO_COROUTINE != 0)
     })
@@ -910,9 +925,9 @@ pub fn is_coroutine_function(obj: &Bound<'_, PyAny>, debug: bool) -> PyResult<bo
         }
         let ty = f.get_type();
         if ty.is(method_type(py)?) {
-            f = f.getattr(pyo3::intern!(py, "__func__"))?;
+            f = f.getattr(crate::intern!(py, "__func__"))?;
         } else if ty.is(partial_type(py)?) {
-            f = f.getattr(pyo3::intern!(py, "func"))?;
+            f = f.getattr(crate::intern!(py, "func"))?;
         } else {
             break;
         }

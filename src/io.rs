@@ -28,7 +28,7 @@ fn fileobj_to_int<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         return Ok(obj.clone());
     }
     match obj
-        .call_method0(pyo3::intern!(py, "fileno"))
+        .call_method0(crate::intern!(py, "fileno"))
         .and_then(|f| py.get_type::<PyInt>().call1((f,)))
     {
         Err(e)
@@ -229,23 +229,23 @@ impl LoopCore {
     ) -> PyResult<()> {
         let py = slf.py();
         let fileno = fileobj_to_int(fd)?;
-        let transports = slf.getattr(pyo3::intern!(py, "_transports"))?;
+        let transports = slf.getattr(crate::intern!(py, "_transports"))?;
         let transport = if transports.is_exact_instance(interop::weak_value_dictionary(py)?) {
             // Its own dict of weak references, read directly: what `transports[fileno]`
             // finds, without the Python frames of WeakValueDictionary's methods.
-            let data = transports.getattr(pyo3::intern!(py, "data"))?;
+            let data = transports.getattr(crate::intern!(py, "data"))?;
             match data.cast::<PyDict>()?.get_item(&fileno)? {
                 Some(r) => Some(r.call0()?),
                 None => None,
             }
         } else {
-            Some(transports.call_method1(pyo3::intern!(py, "get"), (&fileno,))?)
+            Some(transports.call_method1(crate::intern!(py, "get"), (&fileno,))?)
         };
         let Some(transport) = transport.filter(|t| !t.is_none()) else {
             return Ok(());
         };
         if transport
-            .call_method0(pyo3::intern!(py, "is_closing"))?
+            .call_method0(crate::intern!(py, "is_closing"))?
             .is_truthy()?
         {
             return Ok(());

@@ -35,5 +35,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sockops::SockWait>()?;
     sync::register(m)?;
     interop::locate_thread_context(m.py())?;
+    interop::set_up_before_any_fork(m.py())?;
     Ok(())
 }

@@ -476,7 +476,7 @@ impl LoopCore {
     /// The scheduler's clock: `time.monotonic()`'s, or what a replaced `time()` says.
     pub(crate) fn now(&self, slf: &Bound<'_, LoopCore>) -> PyResult<f64> {
         if self.custom_clock.load(Relaxed) {
-            return interop::call_method(slf, pyo3::intern!(slf.py(), "time"), &[])?.extract();
+            return interop::call_method(slf, crate::intern!(slf.py(), "time"), &[])?.extract();
         }
         Ok(clock::monotonic())
     }
@@ -681,7 +681,7 @@ impl LoopCore {
             return Err(pyo3::exceptions::PyTypeError::new_err(NONE));
         }
         let now = if this.custom_clock.load(Relaxed) {
-            let now = interop::call_method(slf, pyo3::intern!(slf.py(), "time"), &[])?;
+            let now = interop::call_method(slf, crate::intern!(slf.py(), "time"), &[])?;
             if !now.is_instance_of::<PyFloat>() {
                 // A clock of another type than float (an int, a Fraction): `time() +
                 // delay` in Python's arithmetic, as the stock loop adds them, so the
@@ -743,7 +743,7 @@ impl LoopCore {
     /// Queues an `asyncio.Handle` made by Python code (signal handlers).
     fn _add_callback(&self, handle: &Bound<'_, PyAny>) -> PyResult<()> {
         if !handle
-            .getattr(pyo3::intern!(handle.py(), "_cancelled"))?
+            .getattr(crate::intern!(handle.py(), "_cancelled"))?
             .is_truthy()?
         {
             self.push_ready(Ready::Foreign(handle.clone().unbind()));
@@ -815,7 +815,7 @@ impl LoopCore {
         let this = slf.get();
         this.check_usable()?;
         let kwargs = kwargs.filter(|k| !k.is_empty());
-        let factory = slf.getattr(pyo3::intern!(py, "_task_factory"))?;
+        let factory = slf.getattr(crate::intern!(py, "_task_factory"))?;
         let stock_method = match interop::base_create_task(py)? {
             Some((method, false)) => Some(method),
             Some((method, true))
@@ -849,7 +849,7 @@ impl LoopCore {
                 Self::new_task(slf, coro, &factory, name, context)?
             }
         };
-        let quiet = pyo3::intern!(py, "_log_destroy_pending");
+        let quiet = crate::intern!(py, "_log_destroy_pending");
         if this.closing() && task.hasattr(quiet)? {
             // Made by a callback that close() runs (another thread's post: a
             // run_coroutine_threadsafe, say): it never runs, and is dropped with the rest,

@@ -178,13 +178,13 @@ impl LoopCore {
         drop(tracked);
         let fut = fut.bind(py);
         if matches!(outcome, Outcome::Skipped)
-            || fut.call_method0(pyo3::intern!(py, "done"))?.is_truthy()?
+            || fut.call_method0(crate::intern!(py, "done"))?.is_truthy()?
         {
             return Ok(());
         }
         let result = match outcome {
             Outcome::Value(v) => {
-                interop::call_method(fut, pyo3::intern!(py, "set_result"), &[v.bind(py)])
+                interop::call_method(fut, crate::intern!(py, "set_result"), &[v.bind(py)])
             }
             Outcome::Error(e) => {
                 // As wrap_future does: concurrent.futures' Cancelled/InvalidState errors
@@ -197,22 +197,22 @@ impl LoopCore {
                     Ok(exc) => (exc, None),
                     Err(c) => (errors::exception(py, &e).into_any(), Some(c)),
                 };
-                let r = interop::call_method(fut, pyo3::intern!(py, "set_exception"), &[&exc]);
+                let r = interop::call_method(fut, crate::intern!(py, "set_exception"), &[&exc]);
                 if let Some(c) = late {
                     r?;
                     return Err(c);
                 }
                 r
             }
-            Outcome::Cancelled => interop::call_method(fut, pyo3::intern!(py, "cancel"), &[]),
+            Outcome::Cancelled => interop::call_method(fut, crate::intern!(py, "cancel"), &[]),
             Outcome::Skipped => unreachable!("handled above"),
         };
         if let Err(e) = result {
             // e.g. set_exception(StopIteration) is refused with TypeError: settle the
             // future with that error rather than leave it pending forever.
-            if !fut.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+            if !fut.call_method0(crate::intern!(py, "done"))?.is_truthy()? {
                 let exc = errors::exception(py, &e).into_any();
-                interop::call_method(fut, pyo3::intern!(py, "set_exception"), &[&exc])?;
+                interop::call_method(fut, crate::intern!(py, "set_exception"), &[&exc])?;
             } else {
                 return Err(e);
             }

@@ -359,10 +359,10 @@ impl LoopCore {
             Ready::Timer(h) => (&h.get().cb, release),
             Ready::Foreign(h) => {
                 let h = h.bind(py);
-                if h.getattr(pyo3::intern!(py, "_cancelled"))?.is_truthy()? {
+                if h.getattr(crate::intern!(py, "_cancelled"))?.is_truthy()? {
                     return Ok(());
                 }
-                let run = h.getattr(pyo3::intern!(py, "_run"))?;
+                let run = h.getattr(crate::intern!(py, "_run"))?;
                 return interop::call_with_tuple(&run, &PyTuple::empty(py)).map(drop);
             }
         };
@@ -419,7 +419,7 @@ impl LoopCore {
         // is: past weaveloop.Loop's own `__setattr__`, so that no Python code runs (and
         // no signal handler can raise between the callback leaving the queue and
         // running), but through a subclass's, as that statement would be.
-        let current = pyo3::intern!(py, "_current_handle");
+        let current = crate::intern!(py, "_current_handle");
         let set_current = |value: &Bound<'_, PyAny>| {
             if self.plain_setattr.load(Relaxed) {
                 interop::set_plain_attr(slf.as_any(), current, value)
@@ -476,7 +476,7 @@ impl LoopCore {
         // As the stock loop's `dt >= self.slow_callback_duration`: a duration that is not
         // a number is an error (raised after the callback's own outcome).
         let limit = slf
-            .getattr(pyo3::intern!(py, "slow_callback_duration"))
+            .getattr(crate::intern!(py, "slow_callback_duration"))
             .and_then(|v| v.extract::<f64>());
         let logged = match &limit {
             Ok(limit) if dt >= *limit => interop::format_handle(py)
@@ -485,7 +485,7 @@ impl LoopCore {
                     let message = PyString::new(py, "Executing %s took %.3f seconds");
                     let dt = PyFloat::new(py, dt);
                     let logger = interop::asyncio_logger(py)?;
-                    let warning = pyo3::intern!(py, "warning");
+                    let warning = crate::intern!(py, "warning");
                     interop::call_method(&logger, warning, &[&message, &formatted, &dt])
                 })
                 .map(drop),
@@ -555,7 +555,7 @@ fn report_callback_error(
         context.set_item("source_traceback", tb)?;
     }
     // The handler runs as asyncio's does, inside the `except` that caught the error.
-    let handler = slf.getattr(pyo3::intern!(py, "call_exception_handler"))?;
+    let handler = slf.getattr(crate::intern!(py, "call_exception_handler"))?;
     let args = PyTuple::new(py, [context])?;
     interop::while_handling(exc.as_any(), || interop::call_with_tuple(&handler, &args)).map(drop)
 }
@@ -632,9 +632,9 @@ impl LoopCore {
         let in_flight: Vec<Py<PyAny>> = lock(&this.in_flight).drain().map(|(_, f)| f).collect();
         for fut in &in_flight {
             let fut = fut.bind(py);
-            if !fut.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+            if !fut.call_method0(crate::intern!(py, "done"))?.is_truthy()? {
                 shared.abandon(&fut.clone().unbind());
-                fut.call_method0(pyo3::intern!(py, "cancel"))?;
+                fut.call_method0(crate::intern!(py, "cancel"))?;
             }
         }
         drop(in_flight);
@@ -792,7 +792,7 @@ impl LoopCore {
         }
         let in_flight: Vec<Py<PyAny>> = lock(&this.in_flight).drain().map(|(_, f)| f).collect();
         for fut in &in_flight {
-            fut.bind(py).call_method0(pyo3::intern!(py, "cancel"))?;
+            fut.bind(py).call_method0(crate::intern!(py, "cancel"))?;
         }
         match refused {
             Some(e) => Err(errors::os_error(e)),

@@ -20,9 +20,9 @@ use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
+use crate::intern;
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError};
 use pyo3::gc::PyVisit;
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyFloat, PyInt, PyMemoryView, PyString};
 use pyo3::PyTraverseError;

@@ -922,6 +922,41 @@ def test_a_child_forked_from_a_task_may_run_a_loop_of_its_own(loop_kind):
     assert_fork_script_passes(FORKED_WORKER_RUNS_A_LOOP_OF_ITS_OWN, loop_kind, quiet=True)
 
 
+FORKED_DURING_ANOTHER_THREADS_FIRST_RUN = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys, threading
+    import concurrent.futures.thread  # (imported ahead: CPython's import locks are not
+    import weaveloop                  # what this checks)
+    started = threading.Event()
+    async def main():
+        return await asyncio.to_thread(pow, 2, 2)
+    def first_use():  # the process's first loop and first executor job
+        started.set()
+        weaveloop.run(main())
+    t = threading.Thread(target=first_use)
+    t.start()
+    started.wait()
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(10)  # safety net: a hung child dies instead of lingering
+        os._exit(0 if weaveloop.run(main()) == 4 else 1)
+    _, status = os.waitpid(pid, 0)
+    t.join()
+    print("child exit", os.waitstatus_to_exitcode(status))
+    """
+)
+
+
+def test_a_fork_during_another_threads_first_use_leaves_the_child_working():
+    # What the binding layer sets up on first use (its imports, its interned names)
+    # was kept in pyo3's once-cells, which let go of the GIL while marked "being set
+    # up": a fork in that window (by the GIL's holder) gave the child a cell no thread
+    # would ever finish, and its first loop hung for good (about one child in two).
+    # Each run is a fresh interpreter, so each fork meets the first use again.
+    for _ in range(8):
+        assert_fork_script_passes(FORKED_DURING_ANOTHER_THREADS_FIRST_RUN, "weaveloop")
+
+
 def test_a_busy_loop_lets_threads_back_from_blocking_io_have_the_gil(loop):
     # Rule 1: a loop that always has work ready still gives the GIL up at every
     # iteration, as the stock loop's select(0) does, so threads doing blocking I/O

@@ -21,9 +21,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
+use crate::gil::GilOnce;
 use pyo3::exceptions::{PyAttributeError, PyOverflowError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::PyList;
 use weaveloop_engine::sync::{Cancel, TaskCounter};
 
@@ -62,9 +62,9 @@ fn gate<'a>(py: Python<'_>, m: &'a Mutex<()>) -> MutexGuard<'a, ()> {
 }
 
 fn queue_error(py: Python<'_>, name: &'static str) -> PyErr {
-    static EMPTY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    static FULL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    static SHUT_DOWN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    static EMPTY: GilOnce<Py<PyAny>> = GilOnce::new();
+    static FULL: GilOnce<Py<PyAny>> = GilOnce::new();
+    static SHUT_DOWN: GilOnce<Py<PyAny>> = GilOnce::new();
     let cell = match name {
         "QueueEmpty" => &EMPTY,
         "QueueFull" => &FULL,

@@ -3,9 +3,9 @@
 //! and the thread running its loop are different owners.
 //! Invariant: owner and depth change only while the underlying permit is held.
 
+use crate::gil::GilOnce;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use weaveloop_engine::sync::RecursiveOwner;
 
 use super::block::{lock_wait, Blocking, Wait};
@@ -23,7 +23,7 @@ const ASYNC_FORM: &str = "async with rlock' or 'await rlock.aio.acquire()";
 fn me(py: Python<'_>) -> PyResult<usize> {
     let lp = running_loop(py)?;
     if !lp.is_none() {
-        static CURRENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        static CURRENT: GilOnce<Py<PyAny>> = GilOnce::new();
         let task = CURRENT
             .import(py, "asyncio", "current_task")?
             .call1((lp,))?;

@@ -75,8 +75,8 @@ impl SyncWaiter {
 }
 
 fn settle(py: Python<'_>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
-    if !fut.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
-        fut.call_method1(pyo3::intern!(py, "set_result"), (true,))?;
+    if !fut.call_method0(crate::intern!(py, "done"))?.is_truthy()? {
+        fut.call_method1(crate::intern!(py, "set_result"), (true,))?;
     }
     Ok(())
 }
@@ -88,7 +88,7 @@ fn is_closed(py: Python<'_>, lp: &Bound<'_, PyAny>) -> bool {
     if let Ok(core) = lp.cast::<LoopCore>() {
         return core.get().closed_or_closing();
     }
-    lp.call_method0(pyo3::intern!(py, "is_closed"))
+    lp.call_method0(crate::intern!(py, "is_closed"))
         .and_then(|c| c.is_truthy())
         .unwrap_or(true)
 }
@@ -177,7 +177,7 @@ pub fn wake(py: Python<'_>, granted: Granted<Token>, pass_on: &PassOn) {
             pass_on: pass_on.clone(),
         };
         let posted = Py::new(py, batch).and_then(|b| {
-            lp.call_method1(pyo3::intern!(py, "call_soon_threadsafe"), (b,))
+            lp.call_method1(crate::intern!(py, "call_soon_threadsafe"), (b,))
                 .map(drop)
         });
         // A refused post (closed loop) drops the batch unrun: its Drop passes the
