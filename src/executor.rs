@@ -13,7 +13,7 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 use weaveloop_engine::{Pool, Submitted};
 
 use crate::errors;
-use crate::handles::check_callback;
+use crate::handles::{check_callback, check_not_coroutine};
 use crate::interop;
 use crate::loop_core::{lock, new_future, LoopCore, Shared};
 use crate::posted::{Outcome, Posted};
@@ -465,7 +465,7 @@ impl PoolCore {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let pool = slf.get().state()?.check_accepting(py)?;
-        check_callback(func, "submit", false)?;
+        check_not_coroutine(func, "submit")?;
         if !interop::stdlib_submit_is_its_own(py)? {
             return Ok(py.NotImplemented().into_bound(py));
         }

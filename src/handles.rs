@@ -568,6 +568,18 @@ pub fn check_callback(cb: &Bound<'_, PyAny>, method: &str, debug: bool) -> PyRes
     held.raise()
 }
 
+/// A pool's `submit` check: a coroutine, or a function that makes one, is refused (the
+/// job would only make a coroutine that nothing awaits). Anything else is the job's to
+/// run: a non-callable fails in the worker, into the future, as in the stdlib pool.
+pub fn check_not_coroutine(cb: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
+    if interop::is_coroutine_object(cb)
+        || (cb.is_callable() && interop::is_coroutine_function(cb, false)?)
+    {
+        return Err(errors::coroutine_refused(method));
+    }
+    Ok(())
+}
+
 /// `check_callback`, where `debug` (Some in debug mode) holds an interrupt raised in
 /// asyncio's `iscoroutinefunction`; the callable then counts as not one.
 fn check_callback_holding(

@@ -66,6 +66,17 @@ def test_submit_exception_goes_to_the_future(make_pool):
     assert pool.submit(lambda: "alive").result(SAFETY) == "alive"
 
 
+@pytest.mark.parametrize("job", [None, 42, "text"])
+def test_a_non_callable_job_fails_in_its_future(make_pool, job):
+    # submit takes it; calling it fails in the worker, and the future says so. (The
+    # weaveloop pool raised from submit itself, past code that reads the future.)
+    pool = make_pool(max_workers=1)
+    exc = pool.submit(job).exception(SAFETY)
+    assert type(exc) is TypeError
+    assert str(exc) == f"'{type(job).__name__}' object is not callable"
+    assert pool.submit(lambda: "alive").result(SAFETY) == "alive"
+
+
 def test_submit_from_inside_a_job(make_pool):
     pool = make_pool(max_workers=2)
     inner = pool.submit(lambda: pool.submit(lambda: "inner")).result(SAFETY)
