@@ -180,6 +180,32 @@ def test_a_nan_tls_timeout_is_a_value_error_at_once(wloop, timeout, how, tmp_pat
         listener.close()
 
 
+@pytest.mark.parametrize("how", ["create_connection", "open_connection"])
+def test_a_nan_happy_eyeballs_delay_is_a_value_error_before_connecting(wloop, how):
+    # weaveloop-only (follows from the NaN-delay row): the stock race waits that long
+    # between attempts through the loop's timers. It raised there, after the first
+    # attempt had connected a socket it then left open.
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    address = listener.getsockname()
+
+    async def main():
+        if how == "create_connection":
+            await wloop.create_connection(asyncio.Protocol, *address, happy_eyeballs_delay=math.nan)
+        else:
+            await asyncio.open_connection(*address, happy_eyeballs_delay=math.nan)
+
+    try:
+        with pytest.raises(
+            ValueError, match=r"^Invalid happy_eyeballs_delay: NaN \(not a number\)$"
+        ):
+            run(wloop, asyncio.wait_for(main(), 10))
+        with pytest.raises(BlockingIOError):  # no attempt reached the listener
+            listener.accept()
+    finally:
+        listener.close()
+
+
 def test_start_tls_checks_its_context_before_a_nan_timeout(loop):
     # As the stock start_tls: the context's type first (its TypeError), the timeouts after.
     listener = socket.create_server(("127.0.0.1", 0))

@@ -722,6 +722,12 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
     @_like(unix_events.SelectorEventLoop.create_connection)
     async def create_connection(self, *args, **kwargs):
         _refuse_nan_tls_timeouts_of(kwargs)
+        delay = kwargs.get("happy_eyeballs_delay")
+        if isinstance(delay, float) and math.isnan(delay):
+            # The stock race waits that long between attempts with this loop's timers,
+            # which refuse NaN: refused before the first attempt connects a socket that
+            # the failure would leave open.
+            raise ValueError("Invalid happy_eyeballs_delay: NaN (not a number)")
         return await super().create_connection(*args, **kwargs)
 
     @_like(unix_events.SelectorEventLoop.create_unix_connection)
