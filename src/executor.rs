@@ -107,10 +107,14 @@ impl PoolState {
             ));
         }
         let pool = self.pool();
-        if pool.is_shut_down() {
+        let exiting = INTERPRETER_EXITING.load(Relaxed);
+        // (A pool the exit hook stopped is not marked shut down until its workers have
+        // stopped, as the stdlib's workers mark theirs: meanwhile, a job still running
+        // hears "after interpreter shutdown", as it would there.)
+        if pool.is_shut_down() && (self.shutdown_called.load(Relaxed) || !exiting) {
             return Err(errors::pool_shut_down());
         }
-        if INTERPRETER_EXITING.load(Relaxed) {
+        if exiting {
             return Err(PyRuntimeError::new_err(
                 "cannot schedule new futures after interpreter shutdown",
             ));
@@ -499,9 +503,14 @@ impl PoolCore {
 
     /// Refuses new jobs and tells the workers to exit when the queue is done; with
     /// `cancel_futures`, queued jobs are cancelled instead of run. Joining is Python's.
-    fn _shutdown_pool(&self, py: Python<'_>, cancel_futures: bool) -> PyResult<()> {
+    /// `by_exit`: the interpreter exit hook's, which leaves the pool marked as not shut
+    /// down (`_shutdown`) until a later call, once its workers have stopped.
+    #[pyo3(signature = (cancel_futures, by_exit = false))]
+    fn _shutdown_pool(&self, py: Python<'_>, cancel_futures: bool, by_exit: bool) -> PyResult<()> {
         let state = self.state()?;
-        state.shutdown_called.store(true, Relaxed);
+        if !by_exit {
+            state.shutdown_called.store(true, Relaxed);
+        }
         let cancelled = state.pool().shutdown(cancel_futures);
         // The jobs are out of the queue: each future is cancelled even when a done
         // callback of an earlier one raises (a BaseException: a Ctrl+C landing there),

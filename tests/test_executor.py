@@ -629,6 +629,45 @@ def test_after_exit_a_pool_that_had_workers_reads_shut_down(pool_cls):
     ]
 
 
+def test_a_job_running_at_exit_hears_interpreter_shutdown_from_its_own_pool(pool_cls):
+    # The stdlib pool is marked shut down only once its workers stop: a job still
+    # running at exit, submitting to its own pool, hears "after interpreter shutdown".
+    # (weaveloop's exit hook marked its pools at once: "after shutdown".)
+    module = pool_cls.__module__.split(".")[0]
+    code = textwrap.dedent(
+        f"""
+        import sys, threading
+        import {module}
+        from {pool_cls.__module__} import {pool_cls.__name__} as Pool
+        started = threading.Event()
+        main = threading.main_thread().ident
+        def main_thread_joins_at_exit():
+            names, frame = set(), sys._current_frames().get(main)
+            while frame is not None:
+                names.add(frame.f_code.co_name)
+                frame = frame.f_back
+            return {{"_python_exit", "join"}} <= names
+        def job():
+            started.set()
+            # Until the pools' exit hook waits to join this very worker.
+            while not main_thread_joins_at_exit():
+                pass
+            try:
+                pool.submit(int)
+            except RuntimeError as e:
+                print("job:", e, flush=True)
+        pool = Pool(max_workers=1)
+        pool.submit(job)
+        started.wait()
+        """
+    )
+    out = run_python(code, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "job: cannot schedule new futures after interpreter shutdown"
+    ]
+
+
 def test_ctrl_c_inside_a_worker_start_does_not_hang_the_exit(pool_cls):
     # KeyboardInterrupt raised in Thread.start() after the thread began: the submit
     # fails, the worker runs anyway, and the process must still exit.

@@ -126,16 +126,20 @@ class _WorkItems:
 
 def _python_exit():
     _core._mark_interpreter_exiting()
-    # The pools that have workers are shut down (their workers told to stop), as the
-    # stdlib's workers mark theirs when they see the interpreter exit; a later submit
-    # hears "after shutdown" there, "after interpreter shutdown" elsewhere.
+    # The workers of every pool that has some are told to stop once their queue is
+    # done, then joined; then those pools are marked shut down, as the stdlib's workers
+    # mark theirs as they stop. A submit hears "after interpreter shutdown" until then
+    # (a job still running, say), and "after shutdown" there from then on.
     started = [(p, p._started_threads()) for p in list(_live_pools)]
     for p, threads in started:
         if threads:
-            p._shutdown_pool(False)
+            p._shutdown_pool(False, by_exit=True)
     for _, threads in started:
         for t in threads:
             t.join()
+    for p, threads in started:
+        if threads:
+            p._shutdown_pool(False)
     # Also the workers of pools collected meanwhile: they exit once their queue is done.
     for t in list(_workers):
         if t is not threading.current_thread():
