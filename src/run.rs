@@ -1,7 +1,8 @@
-//! One loop iteration and the loops around it: `_run_once`, `_run_forever_core`,
-//! `_close_core`, `_after_fork`. An iteration runs only the callbacks that were ready
-//! when it began (after polling), as the stock loop does; the GIL is released while
-//! parked, and while briefly spinning after a quick cross-thread wake-up.
+//! One loop iteration and the loops around it: `_run_once`, `_run_forever_core`
+//! (between `_enter_running` and `_leave_running`), `_close_core`, `_after_fork`.
+//! An iteration runs only the callbacks that were ready when it began (after polling),
+//! as the stock loop does; the GIL is released while parked, and while briefly
+//! spinning after a quick cross-thread wake-up.
 
 use std::collections::VecDeque;
 use std::io;
@@ -576,38 +577,56 @@ impl LoopCore {
         this.run_once(slf)
     }
 
-    /// Runs iterations until `stop()`; the Python side sets up asyncgen hooks and the
-    /// running-loop marker around it.
-    fn _run_forever_core(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// Marks the loop running on this thread: the last step of `_run_forever_setup`
+    /// (Python's side sets up asyncgen hooks and the running-loop marker). From then on
+    /// `_run_once()` may be called by hand (a GUI toolkit's loop driving this one, as
+    /// 3.13 lets it) or by `_run_forever_core`, until `_leave_running`.
+    fn _enter_running(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
-        let me = interop::thread_ident();
         if this.closing() {
             return Err(errors::loop_closed()); // (a callback that close() runs)
         }
         this.wait_for_foreign_drain(slf.py());
         if this
             .owner
-            .compare_exchange(0, me, Relaxed, Relaxed)
+            .compare_exchange(0, interop::thread_ident(), Relaxed, Relaxed)
             .is_err()
         {
             return Err(errors::already_running());
         }
         this.shared().set_running(true);
-        let result = loop {
-            if let Err(e) = this.run_once(slf) {
-                break Err(e);
-            }
+        Ok(())
+    }
+
+    /// Runs iterations until `stop()`, between `_enter_running` and `_leave_running`.
+    fn _run_forever_core(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        if this.owner.load(Relaxed) != interop::thread_ident() {
+            return Err(PyRuntimeError::new_err(
+                "the loop is not set up to run on this thread (_run_forever_setup)",
+            ));
+        }
+        loop {
+            this.run_once(slf)?;
             if this.stopping.load(Relaxed) {
-                break Ok(());
+                return Ok(());
             }
-        };
+        }
+    }
+
+    /// Undoes `_enter_running` (the first step of `_run_forever_cleanup`); nothing if
+    /// the loop is not running on this thread.
+    fn _leave_running(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        if this.owner.load(Relaxed) != interop::thread_ident() {
+            return Ok(());
+        }
         this.stopping.store(false, Relaxed);
         this.owner.store(0, Relaxed);
         // Posts and completions that came in since the last look stay where the GC sees
         // them; later ones are applied by their posters (see Shared::running).
         this.shared().set_running(false);
-        let drained = this.drain_while_idle(slf);
-        result.and(drained)
+        this.drain_while_idle(slf)
     }
 
     /// Closes the Rust side: executor futures still in flight are cancelled (their jobs

@@ -559,25 +559,49 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
     # -- running -------------------------------------------------------------------
 
     def run_forever(self) -> None:
+        # Through the setup and cleanup steps 3.13 split out, so that a subclass that
+        # extends them has them run (on every Python version).
+        self._run_forever_setup()
+        try:
+            self._run_forever_core()
+        finally:
+            self._run_forever_cleanup()
+
+    def _run_forever_setup(self) -> None:
+        """Sets the loop up to run on this thread: what `run_forever()` does before its
+        first iteration (Python 3.13's hook, for loops that a GUI toolkit's loop drives
+        by calling `_run_once()`, until `_run_forever_cleanup()`). Undone if it fails:
+        a loop that is already running stays as it was."""
         self._check_closed()
         self._check_running()
         # Also a `time()` patched on the class since (`mock.patch.object(Loop, "time")`).
         self._custom_clock = self._time_replaced()
         self._plain_setattr = self._own_setattr()
-        self._set_coroutine_origin_tracking(self._debug)
-        old_agen_hooks = sys.get_asyncgen_hooks()
-        self._wakeup_fd_to_restore = self._install_wakeup_fd()
+        self._enter_running()
         try:
+            self._set_coroutine_origin_tracking(self._debug)
+            self._old_agen_hooks = sys.get_asyncgen_hooks()
+            self._wakeup_fd_to_restore = self._install_wakeup_fd()
             sys.set_asyncgen_hooks(
                 firstiter=self._asyncgen_firstiter_hook,
                 finalizer=self._asyncgen_finalizer_hook,
             )
             events._set_running_loop(self)
-            self._run_forever_core()
+        except BaseException:
+            self._run_forever_cleanup()
+            raise
+
+    def _run_forever_cleanup(self) -> None:
+        """Undoes `_run_forever_setup()`: what `run_forever()` does after its last
+        iteration (Python 3.13's hook)."""
+        try:
+            self._leave_running()
         finally:
             events._set_running_loop(None)
             self._set_coroutine_origin_tracking(False)
-            sys.set_asyncgen_hooks(*old_agen_hooks)
+            if self._old_agen_hooks is not None:
+                sys.set_asyncgen_hooks(*self._old_agen_hooks)
+                self._old_agen_hooks = None
             self._restore_wakeup_fd(self._wakeup_fd_to_restore)
             self._wakeup_fd_to_restore = None
 
