@@ -58,11 +58,38 @@ impl EmptyContext {
     }
 }
 
-/// The callback that runs in the shared empty context now, by address, with that
-/// context (borrowed from the run, which holds it): `get_context()` on its handle then
-/// names the context it runs in (see `Callback::get_context`). The innermost run's, for
-/// runs nested through `_run_once()`.
-static RUNNING_EMPTY: GilCell<(usize, usize)> = GilCell::new((0, 0));
+/// The callbacks that run in a shared empty context now, by address, each with that
+/// context (borrowed from its run, which holds it): `get_context()` on a handle whose
+/// callback is listed names the context it runs in (see `Callback::get_context`).
+/// Several at once: runs nested through `_run_once()` (the innermost last), and runs on
+/// loops of other threads while a callback here lets go of the GIL. Each run removes
+/// its own entry (`RunningEmpty`), so they may end in any order: one that restored what
+/// it found, as this did once, could put back an entry whose run had ended and whose
+/// context was freed.
+static RUNNING_EMPTY: GilCell<Vec<(usize, usize)>> = GilCell::new(Vec::new());
+
+/// A run's entry in `RUNNING_EMPTY`, removed when the run ends (also by unwinding).
+struct RunningEmpty<'py> {
+    py: Python<'py>,
+    entry: (usize, usize),
+}
+
+impl<'py> RunningEmpty<'py> {
+    fn enter(py: Python<'py>, entry: (usize, usize)) -> Self {
+        RUNNING_EMPTY.with(py, |runs| runs.push(entry));
+        RunningEmpty { py, entry }
+    }
+}
+
+impl Drop for RunningEmpty<'_> {
+    fn drop(&mut self) {
+        RUNNING_EMPTY.with(self.py, |runs| {
+            if let Some(i) = runs.iter().rposition(|e| *e == self.entry) {
+                runs.remove(i);
+            }
+        });
+    }
+}
 
 /// The error comes boxed: a `PyResult<()>` is eight words, and the run path moved it
 /// whole through every layer (the unset words too), each move stalling on the
@@ -361,10 +388,9 @@ impl Callback {
             Some(other) => call_through_run(py, other.bind(py), &t),
             None => empty.get(py).map_err(Box::new).and_then(|ctx| {
                 let me = (self as *const Callback).addr();
-                let running = (me, ctx.as_ptr().expose_provenance());
-                let outer = RUNNING_EMPTY.with(py, |r| std::mem::replace(r, running));
+                let running = RunningEmpty::enter(py, (me, ctx.as_ptr().expose_provenance()));
                 let r = interop::in_context(py, &ctx, || call(py, &t));
-                RUNNING_EMPTY.with(py, |r| *r = outer);
+                drop(running);
                 // The context it ran in becomes the handle's own if get_context() was
                 // asked for meanwhile (it named this one), if the callback left a
                 // variable set in it, or if it raised (asyncio 3.12+ runs the exception
@@ -462,12 +488,18 @@ impl Callback {
         if let Some(c) = self.own_context(py) {
             return Ok(c);
         }
-        let (running, ctx) = RUNNING_EMPTY.with(py, |r| *r);
-        let ctx = if running == (self as *const Callback).addr() {
+        let me = (self as *const Callback).addr();
+        let running = RUNNING_EMPTY.with(py, |runs| {
+            runs.iter()
+                .rev()
+                .find(|(cb, _)| *cb == me)
+                .map(|&(_, ctx)| ctx)
+        });
+        let ctx = if let Some(ctx) = running {
             // Asked for while it runs (by the callback, or by another thread while it
             // lets go of the GIL): the shared context it runs in, which it keeps after.
             // SAFETY: the GIL is held, and `ctx` is the context that run holds a strong
-            // reference to until it has cleared `RUNNING_EMPTY` again.
+            // reference to until it has removed its entry from `RUNNING_EMPTY`.
             unsafe { Bound::from_borrowed_ptr(py, std::ptr::with_exposed_provenance_mut(ctx)) }
                 .unbind()
         } else {

@@ -647,3 +647,43 @@ def test_get_context_asked_for_while_the_callback_runs_names_the_one_it_runs_in(
     _spin(loop, 1)
     assert seen["inside"] is seen["again"] is handle.get_context()
     assert seen["inside"][var] == "set by the callback"
+
+
+def test_runs_on_two_loops_that_end_out_of_order_leave_no_stale_running_context(
+    make_loop, loop_kind
+):
+    # A callback on loop A lets go of the GIL while one on loop B (another thread)
+    # starts, and ends first. weaveloop kept "the callback running in the shared empty
+    # context" in one process-wide slot that each run restored as it found it: B's run
+    # put A's entry back after A's had ended, so A's handle later named loop A's
+    # shared context, borrowed from a run that no longer held it (a freed object, once
+    # its last owner dropped it).
+    _skip_without_get_context(loop_kind)
+    var = contextvars.ContextVar("var", default="unset")
+    la, lb = make_loop(), make_loop()
+    a_running, b_running, a_done = threading.Event(), threading.Event(), threading.Event()
+
+    def on_a():
+        a_running.set()
+        wait_or_fail(b_running, "loop B's callback to start")
+
+    def on_b():
+        b_running.set()
+        wait_or_fail(a_done, "loop A's callback to end")
+
+    def run_a():
+        _spin(la, 1)
+        a_done.set()
+
+    ha = contextvars.Context().run(la.call_soon, on_a)
+    contextvars.Context().run(lb.call_soon, on_b)
+    ta = start_thread(run_a)
+    wait_or_fail(a_running, "loop A's callback to start")
+    tb = start_thread(_spin, lb, 1)
+    join_or_fail(ta)
+    join_or_fail(tb)
+    # A later callback on loop A changes the shared empty context it runs in.
+    later = contextvars.Context().run(la.call_soon, var.set, "set later")
+    _spin(la, 1)
+    assert later.get_context()[var] == "set later"
+    assert var not in ha.get_context()
