@@ -13,6 +13,7 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 use weaveloop_engine::{Pool, Submitted};
 
 use crate::errors;
+use crate::gil::GilCell;
 use crate::handles::{check_callback, check_not_coroutine};
 use crate::interop;
 use crate::loop_core::{lock, new_future, LoopCore, Shared};
@@ -67,10 +68,18 @@ pub struct PoolCore {
     /// Set by `_configure` (from `ThreadPoolExecutor.__init__`, so that subclasses may
     /// pass their own constructor arguments).
     state: OnceLock<Arc<PoolState>>,
+    /// The workers started so far. Behind an `Arc` that a forked child replaces rather
+    /// than locks: `_started_threads` takes its lock without the GIL, and a fork (by
+    /// the GIL's holder) may land while another thread holds it.
+    listed: GilCell<Arc<Listed>>,
+    started: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Listed {
     threads: Mutex<Vec<Py<PyAny>>>,
     /// Signalled when a started worker joins `threads` or a reservation is undone.
-    listed: Condvar,
-    started: AtomicUsize,
+    changed: Condvar,
 }
 
 impl Drop for PoolCore {
@@ -92,6 +101,13 @@ const BROKEN_MSG: &str = "A thread initializer failed, the thread pool is not us
 
 /// Set when the interpreter starts exiting (`_python_exit`): no new jobs from then on.
 static INTERPRETER_EXITING: AtomicBool = AtomicBool::new(false);
+
+impl PoolCore {
+    /// The list of started workers (see `listed`).
+    fn listed(&self, py: Python<'_>) -> Arc<Listed> {
+        self.listed.with(py, |l| Arc::clone(l))
+    }
+}
 
 impl PoolState {
     fn pool(&self) -> Arc<Pool<Job>> {
@@ -181,8 +197,9 @@ impl PoolCore {
                 let start_worker = crate::intern!(py, "_start_worker");
                 match interop::call_method(slf.as_any(), start_worker, &[&name, &args]) {
                     Ok(t) => {
-                        lock(&this.threads).push(t.unbind());
-                        this.listed.notify_all();
+                        let listed = this.listed(py);
+                        lock(&listed.threads).push(t.unbind());
+                        listed.changed.notify_all();
                         Ok(())
                     }
                     Err(e) => {
@@ -193,8 +210,9 @@ impl PoolCore {
                         let _ = this.started.compare_exchange(n + 1, n, Relaxed, Relaxed);
                         // Under the lock: a shutdown between its check and its wait
                         // still sees this.
-                        let _listed = lock(&this.threads);
-                        this.listed.notify_all();
+                        let listed = this.listed(py);
+                        let _listing = lock(&listed.threads);
+                        listed.changed.notify_all();
                         Err(e)
                     }
                 }
@@ -388,8 +406,7 @@ impl PoolCore {
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
         PoolCore {
             state: OnceLock::new(),
-            threads: Mutex::new(Vec::new()),
-            listed: Condvar::new(),
+            listed: GilCell::new(Arc::default()),
             started: AtomicUsize::new(0),
         }
     }
@@ -541,17 +558,18 @@ impl PoolCore {
     /// them all. (Bounded by `START_WAIT`, against a start that never returns.)
     fn _started_threads(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
         let pool = self.state()?.pool();
+        let listed = self.listed(py);
         let deadline = Instant::now() + START_WAIT;
         // In slices, with a look at pending signals between them (Ctrl+C).
         while py.detach(|| {
             let slice_end = deadline.min(Instant::now() + SIGNAL_CHECK);
-            let mut threads = lock(&self.threads);
+            let mut threads = lock(&listed.threads);
             while threads.len() < pool.workers() {
                 let left = slice_end.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     return Instant::now() < deadline;
                 }
-                threads = match self.listed.wait_timeout(threads, left) {
+                threads = match listed.changed.wait_timeout(threads, left) {
                     Ok((guard, _)) => guard,
                     Err(poisoned) => poisoned.into_inner().0,
                 };
@@ -560,15 +578,16 @@ impl PoolCore {
         }) {
             py.check_signals()?;
         }
-        Ok(lock(&self.threads)
+        let threads = lock(&listed.threads)
             .iter()
             .map(|t| t.clone_ref(py))
-            .collect())
+            .collect();
+        Ok(threads)
     }
 
     /// In a forked child: the parent's workers do not exist here; start afresh (a pool
     /// that was shut down stays shut down).
-    fn _reset_after_fork(&self) {
+    fn _reset_after_fork(&self, py: Python<'_>) {
         let Some(state) = self.state.get() else {
             return;
         };
@@ -577,12 +596,39 @@ impl PoolCore {
         if old.is_shut_down() {
             drop(state.pool().shutdown(false));
         }
-        let threads = std::mem::take(&mut *lock(&self.threads));
+        let listed = self.listed.with(py, |l| std::mem::take(l));
         self.started.store(0, Relaxed);
         // The parent's queued jobs stay with the old pool; it is leaked rather than
         // dropped because its channel may have been locked by a thread that is gone.
         std::mem::forget(old);
+        // So is the parent's list of workers if a thread that is gone held its lock
+        // (`_started_threads` looking at it); otherwise its thread objects are dropped.
+        let threads = match listed.threads.try_lock() {
+            Ok(mut threads) => Some(std::mem::take(&mut *threads)),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(std::mem::take(&mut *p.into_inner())),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        match threads {
+            Some(threads) => drop(threads),
+            None => std::mem::forget(listed),
+        }
+    }
+
+    /// For tests: holds the lock of the workers' list for `seconds` without the GIL, as
+    /// `_started_threads` does while it looks, once `held` (a `threading.Event`) is set
+    /// (a fork may then land inside that window).
+    fn _hold_worker_list(
+        &self,
+        py: Python<'_>,
+        seconds: f64,
+        held: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let listed = self.listed(py);
+        let threads = lock(&listed.threads);
+        held.call_method0(crate::intern!(py, "set"))?;
+        py.detach(|| std::thread::sleep(Duration::from_secs_f64(seconds)));
         drop(threads);
+        Ok(())
     }
 
     #[getter]

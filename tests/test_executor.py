@@ -22,6 +22,7 @@ import weaveloop
 from _support import (
     SAFETY,
     Blocker,
+    assert_fork_script_passes,
     join_or_fail,
     run_python,
     start_thread,
@@ -556,6 +557,47 @@ def test_a_pool_shut_down_before_fork_stays_shut_down_in_the_child(pool_cls):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+FORKED_WHILE_ANOTHER_THREAD_HOLDS_THE_WORKER_LIST = textwrap.dedent(
+    """
+    import os, signal, threading, time
+    import weaveloop
+    pool = weaveloop.ThreadPoolExecutor(2)
+    pool.submit(int).result()
+    held = threading.Event()
+    # As a shutdown (or `_threads`) holds it while it looks, without the GIL.
+    holder = threading.Thread(target=pool._hold_worker_list, args=(1.0, held))
+    holder.start()
+    held.wait()
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(10)  # safety net
+        os._exit(0 if pool.submit(pow, 2, 3).result(5) == 8 and pool._threads else 1)
+    # Safety net: a child hung inside os.fork() never sets its alarm.
+    deadline, status = time.monotonic() + 10, None
+    while status is None and time.monotonic() < deadline:
+        done, st = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = st
+        else:
+            time.sleep(0.01)
+    if status is None:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        print("child hung")
+    else:
+        print("child exit", os.waitstatus_to_exitcode(status))
+    holder.join()
+    """
+)
+
+
+def test_a_fork_while_another_thread_holds_the_worker_list_leaves_the_child_a_pool():
+    # The child's reset took the lock of the parent's list of workers, which
+    # `_started_threads` holds without the GIL: a fork inside that window hung the
+    # child inside os.fork() (about 1% of forks under churn). It now starts a new list.
+    assert_fork_script_passes(FORKED_WHILE_ANOTHER_THREAD_HOLDS_THE_WORKER_LIST, "weaveloop")
 
 
 def _run_after_the_pools_exit_hook(pool_cls, setup: str, late: str):
