@@ -596,7 +596,7 @@ impl PoolCore {
         if old.is_shut_down() {
             drop(state.pool().shutdown(false));
         }
-        let listed = self.listed.with(py, |l| std::mem::take(l));
+        let listed = self.listed.with(py, std::mem::take);
         self.started.store(0, Relaxed);
         // The parent's queued jobs stay with the old pool; it is leaked rather than
         // dropped because its channel may have been locked by a thread that is gone.
