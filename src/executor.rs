@@ -99,6 +99,9 @@ const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
 const BROKEN_MSG: &str = "A thread initializer failed, the thread pool is not usable anymore";
 
+/// What `_release_worker_list` tells the thread `_hold_worker_list` started (tests).
+static HELD_WORKER_LIST: Mutex<Option<std::sync::mpsc::Sender<()>>> = Mutex::new(None);
+
 /// Set when the interpreter starts exiting (`_python_exit`): no new jobs from then on.
 static INTERPRETER_EXITING: AtomicBool = AtomicBool::new(false);
 
@@ -114,8 +117,7 @@ impl PoolState {
         lock(&self.pool).clone()
     }
 
-    /// In the stdlib's order: broken, shut down (at exit, a pool whose workers were
-    /// told to stop is), then the interpreter exiting.
+    /// In the stdlib's order: broken, shut down, then the interpreter exiting.
     fn check_accepting(&self, py: Python<'_>) -> PyResult<Arc<Pool<Job>>> {
         if let Some(msg) = lock(&self.broken).clone() {
             return Err(PyErr::from_value(
@@ -124,8 +126,8 @@ impl PoolState {
         }
         let pool = self.pool();
         let exiting = INTERPRETER_EXITING.load(Relaxed);
-        // (A pool the exit hook stopped is not marked shut down until its workers have
-        // stopped, as the stdlib's workers mark theirs: meanwhile, a job still running
+        // (A pool the exit hook stopped reads as shut down once one of its workers has
+        // stopped, as a stdlib worker marks its pool: until then, a job still running
         // hears "after interpreter shutdown", as it would there.)
         if pool.is_shut_down() && (self.shutdown_called.load(Relaxed) || !exiting) {
             return Err(errors::pool_shut_down());
@@ -373,7 +375,15 @@ pub fn worker_main(py: Python<'_>, args: &Bound<'_, WorkerArgs>) -> PyResult<()>
         let Some(job) = job else { continue };
         counted_idle = false;
         match job {
-            None => return Ok(()),
+            None => {
+                // Stopped by the interpreter's exit (its hook, `_python_exit`): the pool
+                // reads as shut down from now on, as a stdlib worker marks its own pool
+                // when it meets the exit's sentinel.
+                if INTERPRETER_EXITING.load(Relaxed) {
+                    this.shutdown_called.store(true, Relaxed);
+                }
+                return Ok(());
+            }
             // (Counted idle before whoever awaits the job can run, see Pool::idle_soon,
             // and after its done callbacks, see run_submit_job.)
             Some(Job::Submit(j)) => {
@@ -521,7 +531,7 @@ impl PoolCore {
     /// Refuses new jobs and tells the workers to exit when the queue is done; with
     /// `cancel_futures`, queued jobs are cancelled instead of run. Joining is Python's.
     /// `by_exit`: the interpreter exit hook's, which leaves the pool marked as not shut
-    /// down (`_shutdown`) until a later call, once its workers have stopped.
+    /// down (`_shutdown`) until one of its workers has stopped (see `worker_main`).
     #[pyo3(signature = (cancel_futures, by_exit = false))]
     fn _shutdown_pool(&self, py: Python<'_>, cancel_futures: bool, by_exit: bool) -> PyResult<()> {
         let state = self.state()?;
@@ -614,21 +624,29 @@ impl PoolCore {
         }
     }
 
-    /// For tests: holds the lock of the workers' list for `seconds` without the GIL, as
-    /// `_started_threads` does while it looks, once `held` (a `threading.Event`) is set
-    /// (a fork may then land inside that window).
-    fn _hold_worker_list(
-        &self,
-        py: Python<'_>,
-        seconds: f64,
-        held: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
+    /// For tests: a thread of its own (not Python's) takes the lock of the workers'
+    /// list and holds it, without the GIL, as `_started_threads` does while it looks,
+    /// until `_release_worker_list()`; this returns once the lock is held (a fork may
+    /// then land inside that window). Meanwhile nothing here may start a worker.
+    fn _hold_worker_list(&self, py: Python<'_>) -> PyResult<()> {
         let listed = self.listed(py);
-        let threads = lock(&listed.threads);
-        held.call_method0(crate::intern!(py, "set"))?;
-        py.detach(|| std::thread::sleep(Duration::from_secs_f64(seconds)));
-        drop(threads);
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (held, is_held) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let _threads = lock(&listed.threads);
+            let _ = held.send(());
+            let _ = released.recv();
+        });
+        py.detach(move || is_held.recv())
+            .map_err(|_| PyRuntimeError::new_err("the holding thread ended"))?;
+        *lock(&HELD_WORKER_LIST) = Some(release);
         Ok(())
+    }
+
+    /// For tests: ends `_hold_worker_list()`.
+    #[staticmethod]
+    fn _release_worker_list() {
+        drop(lock(&HELD_WORKER_LIST).take());
     }
 
     #[getter]

@@ -673,9 +673,12 @@ unsafe fn context_field(at: usize) -> *mut ffi::PyObject {
 /// Sets up, while the module is imported, what would otherwise be set up on first use
 /// in a once-cell that is not safe across `os.fork()`: the dlsym lookups of `may_exit`
 /// (a `std` once-cell, taken without the GIL) and the `str`s pyo3 interns inside its
-/// own once-cells for a type's names (its conversion errors name types). A fork waits
-/// for an import to finish (CPython holds the import lock across it), so none of these
-/// can be half set up in a child. (This layer's own cells are `GilOnce`s.)
+/// own once-cells for a type's names (its conversion errors name types). A fork may
+/// land during that import, and leave one of these half set up in the child; but that
+/// child cannot finish importing the module either (the import's module lock belongs
+/// to a thread that does not exist there), so it never reaches them. Set up later, on
+/// first use, a fork could leave them half set up for a child that does use them.
+/// (This layer's own cells are `GilOnce`s.)
 pub fn set_up_before_any_fork(py: Python<'_>) -> PyResult<()> {
     may_exit();
     let ty = py.get_type::<PyType>();

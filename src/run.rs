@@ -577,8 +577,8 @@ impl LoopCore {
         this.run_once(slf)
     }
 
-    /// Marks the loop running on this thread: the last step of `_run_forever_setup`
-    /// (Python's side sets up asyncgen hooks and the running-loop marker). From then on
+    /// Marks the loop running on this thread: a step of `_run_forever_setup`, before
+    /// the Python side sets up asyncgen hooks and the running-loop marker. From then on
     /// `_run_once()` may be called by hand (a GUI toolkit's loop driving this one, as
     /// 3.13 lets it) or by `_run_forever_core`, until `_leave_running`.
     fn _enter_running(slf: &Bound<'_, Self>) -> PyResult<()> {

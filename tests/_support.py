@@ -158,6 +158,23 @@ def run_python(code: str, *args: str, timeout: float = SAFETY, env=None):
     )
 
 
+def reap_child(pid: int, timeout: float = 10) -> str:
+    """For fork scripts: waits for child ``pid``; ``child exit <code>``, or ``child hung``
+    once it is killed after ``timeout`` (a safety net: a child hung inside ``os.fork()``
+    never sets an alarm of its own, and alarms are not inherited)."""
+    import signal
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return f"child exit {os.waitstatus_to_exitcode(status)}"
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return "child hung"
+
+
 def assert_fork_script_passes(script: str, loop_kind: str, quiet: bool = False) -> None:
     """Runs ``script`` (which forks and prints ``child exit <code>``) in a fresh
     interpreter with ``loop_kind`` as its argument and this module importable; the

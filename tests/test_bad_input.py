@@ -206,6 +206,26 @@ def test_a_nan_happy_eyeballs_delay_is_a_value_error_before_connecting(wloop, ho
         listener.close()
 
 
+def test_a_nan_happy_eyeballs_delay_with_a_connected_sock_is_not_used(loop):
+    # With sock= there is no race to wait in, and the stock loop ignores the delay.
+    listener = socket.create_server(("127.0.0.1", 0))
+    sock = socket.create_connection(listener.getsockname())
+    sock.setblocking(False)
+
+    async def main():
+        transport, _ = await loop.create_connection(
+            asyncio.Protocol, sock=sock, happy_eyeballs_delay=math.nan
+        )
+        transport.close()
+        return "connected"
+
+    try:
+        assert run(loop, main()) == "connected"
+    finally:
+        sock.close()
+        listener.close()
+
+
 def test_start_tls_checks_its_context_before_a_nan_timeout(loop):
     # As the stock start_tls: the context's type first (its TypeError), the timeouts after.
     listener = socket.create_server(("127.0.0.1", 0))

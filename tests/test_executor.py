@@ -561,34 +561,19 @@ def test_a_pool_shut_down_before_fork_stays_shut_down_in_the_child(pool_cls):
 
 FORKED_WHILE_ANOTHER_THREAD_HOLDS_THE_WORKER_LIST = textwrap.dedent(
     """
-    import os, signal, threading, time
+    import os, signal
     import weaveloop
+    from _support import reap_child
     pool = weaveloop.ThreadPoolExecutor(2)
     pool.submit(int).result()
-    held = threading.Event()
-    # As a shutdown (or `_threads`) holds it while it looks, without the GIL.
-    holder = threading.Thread(target=pool._hold_worker_list, args=(1.0, held))
-    holder.start()
-    held.wait()
+    # Held by another thread, as a shutdown (or `_threads`) holds it while it looks.
+    pool._hold_worker_list()
     pid = os.fork()
     if pid == 0:
         signal.alarm(10)  # safety net
         os._exit(0 if pool.submit(pow, 2, 3).result(5) == 8 and pool._threads else 1)
-    # Safety net: a child hung inside os.fork() never sets its alarm.
-    deadline, status = time.monotonic() + 10, None
-    while status is None and time.monotonic() < deadline:
-        done, st = os.waitpid(pid, os.WNOHANG)
-        if done:
-            status = st
-        else:
-            time.sleep(0.01)
-    if status is None:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        print("child hung")
-    else:
-        print("child exit", os.waitstatus_to_exitcode(status))
-    holder.join()
+    print(reap_child(pid))
+    pool._release_worker_list()
     """
 )
 
@@ -707,6 +692,49 @@ def test_a_job_running_at_exit_hears_interpreter_shutdown_from_its_own_pool(pool
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "job: cannot schedule new futures after interpreter shutdown"
+    ]
+
+
+def test_at_exit_a_pool_reads_shut_down_once_one_of_its_workers_stopped(pool_cls):
+    # A stdlib worker marks its pool shut down as it meets the exit's sentinel. A job
+    # still running then hears "after shutdown" from a pool one of whose workers has
+    # stopped (its own pool's idle one, another pool's), and "after interpreter
+    # shutdown" from a pool that never had one. (weaveloop marked pools only once every
+    # worker of every pool had been joined.)
+    module = pool_cls.__module__.split(".")[0]
+    code = textwrap.dedent(
+        f"""
+        import threading
+        import {module}
+        from {pool_cls.__module__} import {pool_cls.__name__} as Pool
+        started, ready = threading.Event(), threading.Event()
+        def job():
+            started.set()
+            ready.wait()
+            me = threading.current_thread()
+            others = [t for t in [*own._threads, *idle._threads] if t is not me]
+            # Until the exit hook has stopped the other workers (only exit stops them).
+            while any(t.is_alive() for t in others):
+                pass
+            for name, pool in (("own", own), ("idle", idle), ("unused", unused)):
+                try:
+                    pool.submit(int)
+                except RuntimeError as e:
+                    print(name, e, flush=True)
+        own, idle, unused = Pool(max_workers=2), Pool(max_workers=1), Pool(max_workers=1)
+        idle.submit(int).result()
+        own.submit(job)
+        started.wait()
+        own.submit(int).result()  # a second worker of its own, idle from now on
+        ready.set()
+        """
+    )
+    out = run_python(code, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "own cannot schedule new futures after shutdown",
+        "idle cannot schedule new futures after shutdown",
+        "unused cannot schedule new futures after interpreter shutdown",
     ]
 
 

@@ -127,9 +127,9 @@ class _WorkItems:
 def _python_exit():
     _core._mark_interpreter_exiting()
     # The workers of every pool that has some are told to stop once their queue is
-    # done, then joined; then those pools are marked shut down, as the stdlib's workers
-    # mark theirs as they stop. A submit hears "after interpreter shutdown" until then
-    # (a job still running, say), and "after shutdown" there from then on.
+    # done, then joined. A pool reads as shut down once one of its workers has stopped
+    # so, as the stdlib's workers mark theirs: a submit there hears "after interpreter
+    # shutdown" until then (from a job still running, say), "after shutdown" after.
     started = [(p, p._started_threads()) for p in list(_live_pools)]
     for p, threads in started:
         if threads:
@@ -137,9 +137,6 @@ def _python_exit():
     for _, threads in started:
         for t in threads:
             t.join()
-    for p, threads in started:
-        if threads:
-            p._shutdown_pool(False)
     # Also the workers of pools collected meanwhile: they exit once their queue is done.
     for t in list(_workers):
         if t is not threading.current_thread():

@@ -539,7 +539,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
 
     def _time_replaced(self) -> bool:
         # (A `time()` patched on the class after the loop was made is noticed when the
-        # loop next starts running, see run_forever.)
+        # loop next starts running, see _run_forever_setup.)
         return type(self).time is not _core.LoopCore.time or "time" in self.__dict__
 
     @property
@@ -588,7 +588,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             )
             events._set_running_loop(self)
         except BaseException:
-            self._run_forever_cleanup()
+            Loop._run_forever_cleanup(self)  # (this class's: a subclass's may pair with its setup)
             raise
 
     def _run_forever_cleanup(self) -> None:
@@ -747,10 +747,10 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
     async def create_connection(self, *args, **kwargs):
         _refuse_nan_tls_timeouts_of(kwargs)
         delay = kwargs.get("happy_eyeballs_delay")
-        if isinstance(delay, float) and math.isnan(delay):
+        if isinstance(delay, float) and math.isnan(delay) and kwargs.get("sock") is None:
             # The stock race waits that long between attempts with this loop's timers,
             # which refuse NaN: refused before the first attempt connects a socket that
-            # the failure would leave open.
+            # the failure would leave open. (With `sock=` there is no race.)
             raise ValueError("Invalid happy_eyeballs_delay: NaN (not a number)")
         return await super().create_connection(*args, **kwargs)
 
