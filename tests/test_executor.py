@@ -433,14 +433,24 @@ def test_a_job_exception_keeps_its_traceback(make_pool):
     assert traceback.extract_tb(exc.__traceback__)[-1].name == "job"
 
 
+def _pool_imports(pool_cls) -> str:
+    """The lines that make `pool_cls` importable as `Pool` in a program of its own."""
+    module = pool_cls.__module__.split(".")[0]
+    return f"import {module}\nfrom {pool_cls.__module__} import {pool_cls.__name__} as Pool\n"
+
+
+def _run_pool_program(pool_cls, program: str):
+    """Runs `program` in a fresh interpreter, with `pool_cls` imported as `Pool` first.
+    Its completed process."""
+    return run_python(_pool_imports(pool_cls) + textwrap.dedent(program), timeout=60)
+
+
 def test_workers_are_joined_at_interpreter_exit(pool_cls):
     # A job still running when the main thread ends must finish before the process exits.
-    module = pool_cls.__module__.split(".")[0]
-    code = textwrap.dedent(
-        f"""
+    out = _run_pool_program(
+        pool_cls,
+        """
         import threading, time
-        import {module}
-        from {pool_cls.__module__} import {pool_cls.__name__} as Pool
         pool = Pool(max_workers=1)
         started = threading.Event()
         def job():
@@ -450,9 +460,8 @@ def test_workers_are_joined_at_interpreter_exit(pool_cls):
         pool.submit(job)
         started.wait()
         print("main exiting", flush=True)
-        """
+        """,
     )
-    out = run_python(code, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["main", "exiting", "job", "finished"]
 
@@ -589,17 +598,14 @@ def _run_after_the_pools_exit_hook(pool_cls, setup: str, late: str):
     """Runs a program that makes `Pool` (`pool_cls`) and runs `setup`, then ends its
     main thread, leaving a non-daemon thread that runs `late` once the pools' exit hook
     (the stdlib's `_python_exit` or weaveloop's) has run. Its completed process."""
-    module = pool_cls.__module__.split(".")[0]
     preamble = textwrap.dedent(
-        f"""
+        """
         import threading
         # Registered before the pool modules register theirs, so it runs after them.
         pools_closed = threading.Event()
         threading._register_atexit(pools_closed.set)
-        import {module}
-        from {pool_cls.__module__} import {pool_cls.__name__} as Pool
         """
-    )
+    ) + _pool_imports(pool_cls)
     body = textwrap.indent(textwrap.dedent(late), "    ")
     code = (
         f"{preamble}{textwrap.dedent(setup)}\n"
@@ -660,12 +666,10 @@ def test_a_job_running_at_exit_hears_interpreter_shutdown_from_its_own_pool(pool
     # The stdlib pool is marked shut down only once its workers stop: a job still
     # running at exit, submitting to its own pool, hears "after interpreter shutdown".
     # (weaveloop's exit hook marked its pools at once: "after shutdown".)
-    module = pool_cls.__module__.split(".")[0]
-    code = textwrap.dedent(
-        f"""
+    out = _run_pool_program(
+        pool_cls,
+        """
         import sys, threading
-        import {module}
-        from {pool_cls.__module__} import {pool_cls.__name__} as Pool
         started = threading.Event()
         main = threading.main_thread().ident
         def main_thread_joins_at_exit():
@@ -673,7 +677,7 @@ def test_a_job_running_at_exit_hears_interpreter_shutdown_from_its_own_pool(pool
             while frame is not None:
                 names.add(frame.f_code.co_name)
                 frame = frame.f_back
-            return {{"_python_exit", "join"}} <= names
+            return {"_python_exit", "join"} <= names
         def job():
             started.set()
             # Until the pools' exit hook waits to join this very worker.
@@ -686,9 +690,8 @@ def test_a_job_running_at_exit_hears_interpreter_shutdown_from_its_own_pool(pool
         pool = Pool(max_workers=1)
         pool.submit(job)
         started.wait()
-        """
+        """,
     )
-    out = run_python(code, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "job: cannot schedule new futures after interpreter shutdown"
@@ -701,12 +704,10 @@ def test_at_exit_a_pool_reads_shut_down_once_one_of_its_workers_stopped(pool_cls
     # stopped (its own pool's idle one, another pool's), and "after interpreter
     # shutdown" from a pool that never had one. (weaveloop marked pools only once every
     # worker of every pool had been joined.)
-    module = pool_cls.__module__.split(".")[0]
-    code = textwrap.dedent(
-        f"""
+    out = _run_pool_program(
+        pool_cls,
+        """
         import threading
-        import {module}
-        from {pool_cls.__module__} import {pool_cls.__name__} as Pool
         started, ready = threading.Event(), threading.Event()
         def job():
             started.set()
@@ -727,9 +728,8 @@ def test_at_exit_a_pool_reads_shut_down_once_one_of_its_workers_stopped(pool_cls
         started.wait()
         own.submit(int).result()  # a second worker of its own, idle from now on
         ready.set()
-        """
+        """,
     )
-    out = run_python(code, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "own cannot schedule new futures after shutdown",
@@ -741,12 +741,10 @@ def test_at_exit_a_pool_reads_shut_down_once_one_of_its_workers_stopped(pool_cls
 def test_ctrl_c_inside_a_worker_start_does_not_hang_the_exit(pool_cls):
     # KeyboardInterrupt raised in Thread.start() after the thread began: the submit
     # fails, the worker runs anyway, and the process must still exit.
-    module = pool_cls.__module__.split(".")[0]
-    code = textwrap.dedent(
-        f"""
+    out = _run_pool_program(
+        pool_cls,
+        """
         import threading
-        import {module}
-        from {pool_cls.__module__} import {pool_cls.__name__} as Pool
         start = threading.Thread.start
         def interrupted_start(self):
             threading.Thread.start = start
@@ -760,9 +758,8 @@ def test_ctrl_c_inside_a_worker_start_does_not_hang_the_exit(pool_cls):
             print("interrupted", flush=True)
         print(pool.submit(pow, 2, 2).result(timeout=30), flush=True)
         pool.shutdown(wait=True)
-        """
+        """,
     )
-    out = run_python(code, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["interrupted", "4"]
 
