@@ -14,7 +14,7 @@ import threading
 
 import pytest
 import weaveloop.sync as ws
-from _support import SAFETY, join_or_fail, start_thread, wait_or_fail
+from _support import SAFETY, assert_fork_script_passes, join_or_fail, start_thread, wait_or_fail
 from _sync_support import (
     SYNC_LOOPS,
     HeldByAThread,
@@ -888,6 +888,90 @@ def test_a_wait_in_a_child_forked_by_another_thread_runs_signal_handlers():
     t = start_thread(forker)
     join_or_fail(t)
     assert os.waitstatus_to_exitcode(outcome["status"]) == 0
+
+
+_PARENTS_WAITERS_IN_A_FORKED_CHILD = """
+import os, threading, traceback
+import weaveloop.sync as ws
+from _support import SAFETY, reap_child
+from _sync_support import wait_until
+
+q, full, lock, sem, cond = ws.Queue(), ws.Queue(1), ws.Lock(), ws.Semaphore(0), ws.Condition()
+full.put(0)
+lock.acquire()
+
+def cond_waits():
+    with cond:
+        cond.wait(SAFETY)
+
+# One thread per primitive, each blocked there when the main thread forks.
+waiting = [
+    threading.Thread(target=f, daemon=True)
+    for f in (
+        lambda: q.get(timeout=SAFETY),
+        lambda: full.put(1, timeout=SAFETY),
+        lambda: lock.acquire(timeout=SAFETY),
+        lambda: sem.acquire(timeout=SAFETY),
+        cond_waits,
+    )
+]
+for t in waiting:
+    t.start()
+wait_until(
+    lambda: (q._getters_waiting(), full._putters_waiting(), lock._waiting(), sem._waiting(),
+             cond._n._waiting()) == (1, 1, 1, 1, 1),
+    "every thread to wait",
+)
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        # The parent's waiting threads do not exist here: none counts, and what is
+        # released goes to the child's own waiters, not to them.
+        assert (q._getters_waiting(), full._putters_waiting(), lock._waiting(),
+                sem._waiting(), cond._n._waiting()) == (0, 0, 0, 0, 0)
+        q.put("a")
+        assert q.get(timeout=SAFETY) == "a"
+        assert full.get_nowait() == 0
+        full.put("b", timeout=SAFETY)
+        assert full.get_nowait() == "b"
+        lock.release()
+        assert lock.acquire(timeout=SAFETY)
+        sem.release()
+        assert sem.acquire(timeout=SAFETY)
+        woke = []
+        def child_waits():
+            with cond:
+                woke.append(cond.wait(SAFETY))
+        t = threading.Thread(target=child_waits)
+        t.start()
+        wait_until(lambda: cond._n._waiting() == 1, "the child's thread to wait")
+        with cond:
+            cond.notify()
+        t.join(SAFETY)
+        assert woke == [True], woke
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    os._exit(code)
+print(reap_child(pid, timeout=60))
+q.put(None)
+full.get()
+lock.release()
+sem.release()
+with cond:
+    cond.notify_all()
+for t in waiting:
+    t.join(SAFETY)
+"""
+
+
+def test_the_parents_thread_waiters_are_gone_in_a_forked_child():
+    # A forked child has only the thread that forked. Thread waiters the parent's other
+    # threads had queued stayed queued there, and a release handed its item, slot,
+    # permit or notification to one of them: a thread that does not exist. The child's
+    # get, put, acquire and wait then waited for good.
+    assert_fork_script_passes(_PARENTS_WAITERS_IN_A_FORKED_CHILD, "weaveloop")
 
 
 def test_a_signal_during_a_blocking_acquire_wins_over_a_grant_that_follows_it():

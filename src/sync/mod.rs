@@ -25,5 +25,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<condition::NotifierCore>()?;
     m.add_class::<queue::QueueCore>()?;
     m.add_class::<wake::WakeBatch>()?;
+    // Thread waiters a fork leaves behind are dropped from the queues in the child.
+    weaveloop_engine::sync::fork::install();
     Ok(())
 }

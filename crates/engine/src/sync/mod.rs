@@ -10,6 +10,7 @@
 pub mod condition;
 pub mod counter;
 pub mod event;
+pub mod fork;
 pub mod lock;
 pub mod semaphore;
 pub mod waiter;

@@ -1,13 +1,15 @@
 //! One waiter queued on a primitive (a parked thread or a coroutine's opaque token) and
 //! the FIFO queue that holds them.
 //! Invariant: a waiter leaves its queue exactly once, under the queue's mutex: popped and
-//! granted by a releaser, or removed by its own cancellation; never both.
+//! granted by a releaser, removed by its own cancellation, or (a thread waiter whose
+//! thread a fork left behind, see `fork`) dropped ungranted; never two of these.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 #[cfg(not(loom))]
 use std::time::Instant;
 
+use super::fork::{self, Origin};
 use super::prim::{current, AtomicU8, Ordering::*, Thread};
 
 const WAITING: u8 = 0;
@@ -18,7 +20,7 @@ const CLAIMED: u8 = 2;
 const REVOKED: u8 = 3;
 
 enum Kind<T> {
-    Thread(Thread),
+    Thread(Thread, Origin),
     Task(T),
 }
 
@@ -46,7 +48,7 @@ impl<T> Waiter<T> {
     pub fn thread() -> Arc<Self> {
         Arc::new(Waiter {
             state: AtomicU8::new(WAITING),
-            kind: Kind::Thread(current()),
+            kind: Kind::Thread(current(), Origin::here()),
         })
     }
 
@@ -62,7 +64,15 @@ impl<T> Waiter<T> {
     pub fn token(&self) -> Option<&T> {
         match &self.kind {
             Kind::Task(t) => Some(t),
-            Kind::Thread(_) => None,
+            Kind::Thread(..) => None,
+        }
+    }
+
+    /// A thread waiter whose thread does not exist in this process (a fork left it).
+    fn is_gone(&self) -> bool {
+        match &self.kind {
+            Kind::Thread(_, origin) => origin.is_gone(),
+            Kind::Task(_) => false,
         }
     }
 
@@ -134,7 +144,7 @@ impl<T> Waiter<T> {
     }
 
     fn unpark(&self) {
-        if let Kind::Thread(t) = &self.kind {
+        if let Kind::Thread(t, _) = &self.kind {
             t.unpark();
         }
     }
@@ -154,7 +164,7 @@ impl<T> Popped<T> {
         let mut tasks = Vec::new();
         for w in self.0 {
             match w.kind {
-                Kind::Thread(_) => w.unpark(),
+                Kind::Thread(..) => w.unpark(),
                 Kind::Task(_) => tasks.push(w),
             }
         }
@@ -187,32 +197,57 @@ impl<T> Granted<T> {
     }
 }
 
-/// FIFO queue of waiters; lives inside a primitive's mutex.
+/// FIFO queue of waiters; lives inside a primitive's mutex. Thread waiters that a fork
+/// left behind are not counted, and are dropped at the first change after the fork.
 pub struct WaitQueue<T> {
     q: VecDeque<Arc<Waiter<T>>>,
+    /// The fork generation the queue last dropped left-behind waiters in.
+    generation: usize,
 }
 
 impl<T> Default for WaitQueue<T> {
     fn default() -> Self {
-        WaitQueue { q: VecDeque::new() }
+        WaitQueue {
+            q: VecDeque::new(),
+            generation: fork::generation(),
+        }
     }
 }
 
 impl<T> WaitQueue<T> {
+    /// Whether no waiter that still exists is queued.
     pub fn is_empty(&self) -> bool {
-        self.q.is_empty()
+        if self.generation == fork::generation() {
+            return self.q.is_empty();
+        }
+        self.q.iter().all(|w| w.is_gone())
     }
 
+    /// Number of queued waiters that still exist.
     pub fn len(&self) -> usize {
-        self.q.len()
+        if self.generation == fork::generation() {
+            return self.q.len();
+        }
+        self.q.iter().filter(|w| !w.is_gone()).count()
+    }
+
+    /// After a fork, drops the thread waiters whose threads the child does not have.
+    fn drop_gone(&mut self) {
+        let now = fork::generation();
+        if self.generation != now {
+            self.q.retain(|w| !w.is_gone());
+            self.generation = now;
+        }
     }
 
     pub fn push(&mut self, w: Arc<Waiter<T>>) {
+        self.drop_gone();
         self.q.push_back(w);
     }
 
     /// Pops the oldest waiter, marks it granted and adds it to `out`.
     pub fn grant_one(&mut self, out: &mut Popped<T>) -> bool {
+        self.drop_gone();
         match self.q.pop_front() {
             Some(w) => {
                 w.grant();
@@ -230,6 +265,7 @@ impl<T> WaitQueue<T> {
 
     /// A waiter gives up. Caller holds the queue's mutex, so this cannot race a grant.
     pub fn cancel(&mut self, w: &Arc<Waiter<T>>) -> Cancel {
+        self.drop_gone();
         if let Some(i) = self.q.iter().rposition(|x| Arc::ptr_eq(x, w)) {
             self.q.remove(i);
             return Cancel::Removed;
