@@ -474,17 +474,17 @@ impl LoopCore {
                 return Err(e);
             }
         };
-        // As the stock loop's `dt >= self.slow_callback_duration`: a duration that is not
-        // a number is an error (raised after the callback's own outcome).
-        let limit = slf
+        // The stock loop's `dt >= self.slow_callback_duration`, a Python comparison: a
+        // duration it cannot compare raises its TypeError (after the callback's outcome).
+        let dt = PyFloat::new(py, dt);
+        let slow = slf
             .getattr(crate::intern!(py, "slow_callback_duration"))
-            .and_then(|v| v.extract::<f64>());
-        let logged = match &limit {
-            Ok(limit) if dt >= *limit => interop::format_handle(py)
+            .and_then(|limit| dt.ge(limit));
+        let logged = match &slow {
+            Ok(true) => interop::format_handle(py)
                 .and_then(|f| interop::call_with_slice(f, &[handle.as_ptr()]))
                 .and_then(|formatted| {
                     let message = PyString::new(py, "Executing %s took %.3f seconds");
-                    let dt = PyFloat::new(py, dt);
                     let logger = interop::asyncio_logger(py)?;
                     let warning = crate::intern!(py, "warning");
                     interop::call_method(&logger, warning, &[&message, &formatted, &dt])
@@ -494,7 +494,7 @@ impl LoopCore {
         };
         item.release(py);
         logged?;
-        limit.map(drop)
+        slow.map(drop)
     }
 
     /// One iteration: poll (blocking at most until the next timer), then run what is ready.

@@ -308,9 +308,32 @@ def test_a_slow_callback_duration_that_is_not_a_number_is_an_error(loop):
     ran = []
     loop.call_soon(ran.append, 1)
     loop.call_soon(loop.stop)
-    with pytest.raises(TypeError):
+    with pytest.raises(
+        TypeError, match="'>=' not supported between instances of 'float' and 'str'"
+    ):
         loop.run_forever()
     assert ran == [1]
+    loop.slow_callback_duration = 0.1
+
+
+def test_a_slow_callback_duration_is_compared_as_python_compares(loop, caplog):
+    # `dt >= limit` with Python's rules: a Fraction compares with a float, and so does
+    # an object whose reflected comparison (`__le__`) answers.
+    from fractions import Fraction
+
+    class Never:
+        def __le__(self, other):
+            return False
+
+    loop.set_debug(True)
+    for limit, logged in ((Fraction(0), True), (Never(), False)):
+        loop.slow_callback_duration = limit
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            loop.call_soon(loop.stop)
+            loop.run_forever()
+        took = [r for r in caplog.records if "took" in r.getMessage()]
+        assert bool(took) == logged, (limit, caplog.records)
     loop.slow_callback_duration = 0.1
 
 
