@@ -517,8 +517,27 @@ def test_semaphore_overflow_is_an_error_not_a_wrap():
     with pytest.raises(OverflowError):
         sem.release(2**62)
     assert sem.acquire(False) and not sem.acquire(False), "the value stayed 1"
-    with pytest.raises(OverflowError):
-        ws.Queue(maxsize=2**62)
+
+
+@pytest.mark.parametrize("maxsize", [2**62, sys.maxsize, 10**30])
+def test_a_maxsize_larger_than_memory_bounds_nothing_as_in_queue_queue(maxsize):
+    # queue.Queue takes any int; no queue holds that many items (it was an OverflowError).
+    q = ws.Queue(maxsize=maxsize)
+    q.put(1, timeout=SAFETY)
+    assert (q.maxsize, q.qsize(), q.full()) == (maxsize, 1, False)
+    q.maxsize = 1
+    assert q.full()
+    q.maxsize = maxsize
+    assert not q.full()
+    q.put(2, timeout=SAFETY)
+    assert [q.get_nowait(), q.get_nowait()] == [1, 2]
+
+
+def test_a_whole_float_semaphore_value_counts_as_its_int():
+    # threading.Semaphore(2.0) counts down by ones, as its int would.
+    for cls in (ws.Semaphore, ws.BoundedSemaphore):
+        sem = cls(2.0)
+        assert [sem.acquire(False) for _ in range(3)] == [True, True, False]
 
 
 @pytest.mark.parametrize("cls", [threading.Condition, ws.Condition])
@@ -728,6 +747,129 @@ def test_notify_with_any_count_as_threading_and_asyncio(factory, n):
         return True
 
     assert run(factory, main)
+
+
+def _left_waiting_after_notify(cond, n, waiting) -> int:
+    """Three threads wait on ``cond`` (a ws or a threading Condition); how many are still
+    waiting right after ``notify(n)`` (both take the notified ones off at once)."""
+
+    def waiter():
+        with cond:
+            cond.wait(SAFETY)
+
+    threads = [start_thread(waiter) for _ in range(3)]
+    wait_until(lambda: waiting(cond) == 3, "three threads to wait")
+    with cond:
+        cond.notify(n)
+        left = waiting(cond)
+        cond.notify_all()
+    for t in threads:
+        join_or_fail(t)
+    return left
+
+
+@pytest.mark.parametrize("n", [1.0, 1.5, 0.25, -1.0, 2.0**70, float("inf"), float("nan")])
+def test_notify_with_a_float_count_wakes_as_many_as_threading(n):
+    # threading's `while n > 0: n -= 1`: the ceiling of a fraction, none for a NaN (a
+    # float was a TypeError here).
+    mine = _left_waiting_after_notify(ws.Condition(), n, lambda c: c._n._waiting())
+    theirs = _left_waiting_after_notify(threading.Condition(), n, lambda c: len(c._waiters))
+    assert mine == theirs
+
+
+@pytest.mark.parametrize("n", [1.0, 1.5, 0.25, -1.0, float("inf"), float("nan")])
+def test_aio_notify_with_a_float_count_wakes_as_many_as_asyncio(factory, n):
+    # asyncio's `if woken >= n: break`: the ceiling of a fraction, everybody for a NaN.
+    async def left_waiting(cond, waiting) -> int:
+        async def waiter():
+            async with cond:
+                await cond.wait()
+
+        tasks = [asyncio.ensure_future(waiter()) for _ in range(3)]
+        while waiting() < 3:
+            await asyncio.sleep(0)  # lets the next task queue itself; not a time wait
+        async with cond:
+            cond.notify(n)
+            left = waiting()
+            cond.notify_all()
+        await asyncio.gather(*tasks)
+        return left
+
+    async def main():
+        mine = ws.Condition()
+        theirs = asyncio.Condition()
+        return (
+            await left_waiting(mine.aio, mine._n._waiting),
+            await left_waiting(theirs, lambda: sum(not f.done() for f in theirs._waiters)),
+        )
+
+    mine, theirs = run(factory, main)
+    assert mine == theirs
+
+
+def _timeout_calls(mod, timeout) -> dict:
+    """Blocking calls given ``timeout`` that need no wait (the event set, a permit free,
+    an item or a slot there), and the same calls where they would have to wait."""
+    import queue
+
+    sync = ws if mod == "ws" else threading
+    queues = ws if mod == "ws" else queue
+
+    def ready(make, prepare, call):
+        def go():
+            obj = make()
+            prepare(obj)
+            return call(obj)
+
+        return go
+
+    def nothing(_):
+        return None
+
+    def with_item(q):
+        q.put("item")
+
+    def set_event(e):
+        e.set()
+
+    return {
+        "set Event.wait": ready(sync.Event, set_event, lambda e: e.wait(timeout)),
+        "unset Event.wait": ready(sync.Event, nothing, lambda e: e.wait(timeout)),
+        "Semaphore(1).acquire": ready(
+            lambda: sync.Semaphore(1), nothing, lambda s: s.acquire(timeout=timeout)
+        ),
+        "BoundedSemaphore(1).acquire": ready(
+            lambda: sync.BoundedSemaphore(1), nothing, lambda s: s.acquire(timeout=timeout)
+        ),
+        "Semaphore(0).acquire": ready(
+            lambda: sync.Semaphore(0), nothing, lambda s: s.acquire(timeout=timeout)
+        ),
+        "Queue.get of an item": ready(queues.Queue, with_item, lambda q: q.get(timeout=timeout)),
+        "Queue(2).put": ready(
+            lambda: queues.Queue(2), nothing, lambda q: q.put(1, timeout=timeout)
+        ),
+        "SimpleQueue.get of an item": ready(
+            queues.SimpleQueue, with_item, lambda q: q.get(timeout=timeout)
+        ),
+        "empty Queue.get": ready(queues.Queue, nothing, lambda q: q.get(timeout=timeout)),
+        "full Queue(1).put": ready(
+            lambda: queues.Queue(1), with_item, lambda q: q.put(1, timeout=timeout)
+        ),
+    }
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e10, float("nan")])
+def test_a_timeout_no_wait_can_use_is_refused_only_by_a_call_that_waits(timeout):
+    # As threading and queue: a call that need not wait returns without looking at its
+    # timeout; one that has to wait refuses it. (It was refused up front here.) Calls
+    # the stdlib would spin on for good with a NaN (it never reaches 0 left) are left
+    # out; SimpleQueue, in C, converts its timeout first.
+    mine, theirs = _timeout_calls("ws", timeout), _timeout_calls("stdlib", timeout)
+    spins = {"Semaphore(0).acquire", "empty Queue.get", "full Queue(1).put"}
+    for name in mine:
+        if timeout != timeout and name in spins:
+            continue
+        assert call_outcome(mine[name]) == call_outcome(theirs[name]), name
 
 
 def test_barrier_reset_and_abort_are_allowed_on_a_loops_thread(factory):

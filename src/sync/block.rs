@@ -20,6 +20,41 @@ pub enum Wait {
     Now,
     Until(Instant),
     Forever,
+    /// A timeout the stdlib refuses only once it has to wait (`Event.wait(math.inf)` on a
+    /// set event returns True): refused by `park`, after every way of not waiting.
+    Refused(BadTimeout),
+}
+
+/// A timeout no wait can use.
+#[derive(Clone, Copy, Debug)]
+pub enum BadTimeout {
+    NotANumber,
+    TooLarge,
+}
+
+impl Wait {
+    /// A timeout no wait can use, refused before anything is looked at: as a `_thread`
+    /// lock's `acquire` and `_queue.SimpleQueue.get` (C) convert theirs first.
+    pub fn refused_at_once(self) -> PyResult<Wait> {
+        match self {
+            Wait::Refused(bad) => Err(bad.error()),
+            wait => Ok(wait),
+        }
+    }
+}
+
+impl BadTimeout {
+    /// As `_thread` locks refuse it, under every stdlib wait.
+    fn error(self) -> PyErr {
+        match self {
+            BadTimeout::NotANumber => PyValueError::new_err("Invalid value NaN (not a number)"),
+            // (`_thread` says "timeout value is too large" only for the few values between
+            // its limit and the largest its clock holds.)
+            BadTimeout::TooLarge => {
+                PyOverflowError::new_err("timestamp out of range for platform time_t")
+            }
+        }
+    }
 }
 
 /// A `blocking`/`block` argument of a semaphore or a queue: any object, by its truth
@@ -54,21 +89,21 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Blocking {
 /// `_thread.TIMEOUT_MAX` on Linux (seconds).
 const TIMEOUT_MAX: f64 = 9_223_372_036.0;
 
-fn until(timeout: f64) -> PyResult<Wait> {
+/// A wait of `timeout` seconds; one no wait can use is `Wait::Refused` (see there).
+fn until(timeout: f64) -> Wait {
     if timeout.is_nan() {
-        // As `_thread` locks, under every stdlib wait.
-        return Err(PyValueError::new_err("Invalid value NaN (not a number)"));
+        return Wait::Refused(BadTimeout::NotANumber);
     }
     if timeout > TIMEOUT_MAX || !timeout.is_finite() {
-        return Err(PyOverflowError::new_err("timeout value is too large"));
+        return Wait::Refused(BadTimeout::TooLarge);
     }
     if timeout <= 0.0 {
-        return Ok(Wait::Now);
+        return Wait::Now;
     }
     let d = Duration::from_secs_f64(timeout);
-    Ok(Instant::now()
+    Instant::now()
         .checked_add(d)
-        .map_or(Wait::Forever, Wait::Until))
+        .map_or(Wait::Forever, Wait::Until)
 }
 
 /// `Lock.acquire(blocking, timeout)` arguments (`timeout=-1`: forever), refused in the
@@ -92,7 +127,8 @@ pub fn lock_wait(py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<Wait>
             "timeout value must be positive"
         }));
     }
-    until(timeout)
+    // A `_thread` lock refuses a timeout it cannot use at once, also when it is free.
+    until(timeout).refused_at_once()
 }
 
 /// `Semaphore.acquire(blocking, timeout)` arguments (`timeout=None`: forever).
@@ -103,7 +139,7 @@ pub fn semaphore_wait(blocking: bool, timeout: Option<f64>) -> PyResult<Wait> {
         )),
         (false, None) => Ok(Wait::Now),
         (true, None) => Ok(Wait::Forever),
-        (true, Some(t)) => until(t.max(0.0)),
+        (true, Some(t)) => Ok(until(t.max(0.0))),
     }
 }
 
@@ -111,7 +147,7 @@ pub fn semaphore_wait(blocking: bool, timeout: Option<f64>) -> PyResult<Wait> {
 pub fn optional_wait(timeout: Option<f64>) -> PyResult<Wait> {
     match timeout {
         None => Ok(Wait::Forever),
-        Some(t) => until(t.max(0.0)),
+        Some(t) => Ok(until(t.max(0.0))),
     }
 }
 
@@ -123,7 +159,7 @@ pub fn queue_wait(block: bool, timeout: Option<f64>) -> PyResult<Wait> {
         (true, Some(t)) if t < 0.0 => Err(PyValueError::new_err(
             "'timeout' must be a non-negative number",
         )),
-        (true, Some(t)) => until(t),
+        (true, Some(t)) => Ok(until(t)),
     }
 }
 
@@ -156,6 +192,7 @@ fn is_main_thread() -> bool {
 pub fn park(py: Python<'_>, w: &Arc<W>, wait: Wait) -> PyResult<bool> {
     let deadline = match wait {
         Wait::Now => return Ok(!w.is_waiting()),
+        Wait::Refused(bad) => return Err(bad.error()),
         Wait::Until(d) => Some(d),
         Wait::Forever => None,
     };

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering::Relaxed, Ordering::Se
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use crate::gil::GilOnce;
-use pyo3::exceptions::{PyAttributeError, PyOverflowError, PyValueError};
+use pyo3::exceptions::{PyAttributeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 use weaveloop_engine::sync::{Cancel, TaskCounter};
@@ -195,19 +195,14 @@ const UNBOUNDED: usize = MAX_PERMITS / 4;
 /// `MAX_PERMITS`.
 const FLOOD: usize = MAX_PERMITS / 4;
 
+/// The slots of a queue of `maxsize`: a bound above `UNBOUNDED` (more items than memory
+/// holds) is that, as no bound at all.
 fn capacity(maxsize: isize) -> usize {
     if maxsize > 0 {
-        maxsize as usize
+        (maxsize as usize).min(UNBOUNDED)
     } else {
         UNBOUNDED
     }
-}
-
-fn check_maxsize(maxsize: isize) -> PyResult<()> {
-    if maxsize > 0 && maxsize as usize > UNBOUNDED {
-        return Err(PyOverflowError::new_err("maxsize is too large"));
-    }
-    Ok(())
 }
 
 const GET_ASYNC: &str = "await q.aio.get()";
@@ -309,7 +304,6 @@ impl QueueCore {
         track_tasks: bool,
         simple: bool,
     ) -> PyResult<Self> {
-        check_maxsize(maxsize)?;
         let store = match kind {
             "fifo" => Store::Fifo(Mutex::new(VecDeque::new())),
             "lifo" => Store::Lifo(Mutex::new(Vec::new())),
@@ -384,7 +378,6 @@ impl QueueCore {
                 "SimpleQueue has no maxsize to set",
             ));
         };
-        check_maxsize(value)?;
         // Each change applies the difference it swapped in, so concurrent changes add
         // up to the last value, in whatever order they land; no lock is held.
         let old = capacity(self.maxsize.swap(value, Relaxed));
@@ -458,7 +451,10 @@ impl QueueCore {
     #[pyo3(signature = (block = Truth(true), timeout = None))]
     fn get(&self, py: Python<'_>, block: Truth, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         self.refuse_get_if_shut_and_empty(py)?;
-        let wait = queue_wait(block.0, timeout)?;
+        let mut wait = queue_wait(block.0, timeout)?;
+        if self.slots.is_none() {
+            wait = wait.refused_at_once()?;
+        }
         self.get_within(py, wait)
     }
 

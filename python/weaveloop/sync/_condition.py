@@ -9,6 +9,7 @@ notification received by a waiter that then gives up goes to the next one.
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import time
 from asyncio.events import _get_running_loop
@@ -22,10 +23,16 @@ from ._waiting import forbid_blocking, not_retaken, release_at_exit, wait_grante
 __all__ = ["Condition"]
 
 
-def _count(n: int) -> int:
-    """How many waiters ``notify(n)`` wakes: none for ``n <= 0``, all for a huge ``n``, as
-    threading and asyncio read it."""
-    return 0 if n <= 0 else min(n, sys.maxsize)
+def _count(n: Any, *, nan_wakes_all: bool = False) -> int:
+    """How many waiters ``notify(n)`` wakes, as threading (``while n > 0: n -= 1``) and
+    asyncio (``if woken >= n: break``) read ``n``: none for ``n <= 0``, the ceiling of a
+    fraction, all for a huge ``n``; a NaN wakes none on the thread face and all on the
+    asyncio one (``nan_wakes_all``)."""
+    if n != n:
+        return sys.maxsize if nan_wakes_all else 0
+    if n <= 0:
+        return 0
+    return sys.maxsize if n >= sys.maxsize else math.ceil(n)
 
 
 class Condition:
@@ -239,7 +246,7 @@ class _AioCondition:
     def notify(self, n: int = 1) -> None:
         if not self._owned():
             raise RuntimeError("cannot notify on un-acquired lock")
-        self._c._n._notify(_count(n))
+        self._c._n._notify(_count(n, nan_wakes_all=True))
 
     def notify_all(self) -> None:
         if not self._owned():

@@ -145,6 +145,15 @@ class RLock(_Faced, RLockCore):
         )
 
 
+def _permits(value: Any) -> Any:
+    """A semaphore's initial value: a whole float counts as its int, as the stdlib's
+    semaphores count it down by ones (any other float is refused: a value that never
+    reaches 0 would never block)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class Semaphore(_Faced, SemaphoreCore):
     """threading.Semaphore that coroutines can take with ``async with`` (or ``.aio``)."""
 
@@ -152,7 +161,7 @@ class Semaphore(_Faced, SemaphoreCore):
     _AIO = _AioSemaphore
 
     def __new__(cls, value: int = 1) -> Semaphore:
-        return super().__new__(cls, value, False)
+        return super().__new__(cls, _permits(value), False)
 
     def __init__(self, value: int = 1) -> None:
         self._aio_face = None
@@ -168,7 +177,7 @@ class BoundedSemaphore(Semaphore):
     __slots__ = ()
 
     def __new__(cls, value: int = 1) -> BoundedSemaphore:
-        return SemaphoreCore.__new__(cls, value, True)
+        return SemaphoreCore.__new__(cls, _permits(value), True)
 
     def __repr__(self) -> str:
         cls = type(self)

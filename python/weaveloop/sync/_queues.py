@@ -12,6 +12,7 @@ puts raise QueueShutDown, gets too once the queue is empty.
 from __future__ import annotations
 
 import math
+import sys
 import types
 from typing import Any
 
@@ -86,9 +87,12 @@ class AsyncQueue:
 def _capacity(maxsize: Any) -> Any:
     """The whole number of items ``maxsize`` allows: queue.Queue and asyncio.Queue are full
     once ``qsize() >= maxsize``, so a fractional one holds its ceiling; one that is never
-    reached (inf, NaN) is no bound."""
+    reached (inf, NaN) is no bound, and one above ``sys.maxsize`` holds as many as that
+    (more than memory does)."""
     if isinstance(maxsize, float):
-        return math.ceil(maxsize) if 0 < maxsize < math.inf else 0
+        return min(math.ceil(maxsize), sys.maxsize) if 0 < maxsize < math.inf else 0
+    if isinstance(maxsize, int):
+        return min(maxsize, sys.maxsize)
     return maxsize
 
 
