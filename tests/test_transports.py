@@ -777,6 +777,100 @@ def test_an_invalid_datagram_max_size_fails_as_on_the_stock_transport(loop):
     assert type(contexts[0]["exception"]) is TypeError
 
 
+def test_an_unclosed_datagram_transport_is_freed_when_its_loop_closes(loop):
+    # As the stock one, whose only holder is its reader's registration: close() lets go
+    # of it, and its __del__ warns and closes the socket at once. weaveloop's Rust
+    # reader and sendto, attributes of the transport, once held it in a cycle: the
+    # socket stayed open until the cyclic GC, which warned of the socket too.
+    async def main():
+        transport, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+        )
+        return transport.get_extra_info("socket").fileno(), weakref.ref(transport)
+
+    fd, transport = run(loop, main())
+    gc.disable()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loop.close()
+            still_open = os.path.exists(f"/proc/self/fd/{fd}")
+        warned = [str(w.message).split(" <")[0] for w in caught]
+        del caught  # a record holds the transport (its `source`)
+        freed = transport() is None
+    finally:
+        gc.enable()
+    assert (freed, still_open) == (True, False)
+    assert warned == ["unclosed transport"]
+
+
+class _Forgetful(asyncio.DatagramProtocol):
+    """Keeps no reference to its transport, only a weak one (to close it at the end)."""
+
+    def __init__(self, got: asyncio.Future) -> None:
+        self.got = got
+
+    def connection_made(self, transport) -> None:
+        self.transport = weakref.ref(transport)
+
+    def datagram_received(self, data, addr) -> None:
+        if not self.got.done():
+            self.got.set_result(data)
+
+
+def test_a_datagram_transport_nobody_holds_keeps_receiving(loop):
+    # Its reader's registration holds it, as on the stock loop.
+    async def main():
+        got = loop.create_future()
+        _, protocol = await loop.create_datagram_endpoint(
+            lambda: _Forgetful(got), local_addr=("127.0.0.1", 0)
+        )
+        gc.collect()
+        transport = protocol.transport()
+        address = transport.get_extra_info("sockname")
+        del transport
+        gc.collect()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"still here", address)
+            data = await got
+        protocol.transport().close()
+        return data
+
+    assert run(loop, main()) == b"still here"
+
+
+def test_a_kept_sendto_of_a_closed_transport_sends_nothing(loop):
+    # The stock bound method keeps its transport, which counts the send after its
+    # connection was lost; weaveloop's Rust sendto holds it weakly, and once it is gone
+    # sends nothing. Neither raises.
+    async def main():
+        lost = loop.create_future()
+
+        class Protocol(asyncio.DatagramProtocol):
+            def connection_lost(self, exc):
+                lost.set_result(exc)
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            transport, _ = await loop.create_datagram_endpoint(
+                Protocol, remote_addr=peer.getsockname()
+            )
+            send = transport.sendto
+            transport.sendto(b"first")
+            transport.close()
+            assert await lost is None
+            del transport
+            gc.collect()
+            send(b"second")
+            peer.setblocking(False)
+            received = [peer.recv(100)]
+            with contextlib.suppress(BlockingIOError):
+                received.append(peer.recv(100))
+        return received
+
+    assert run(loop, main()) == [b"first"]
+
+
 def test_a_write_after_a_drained_close_never_reaches_the_fds_next_owner(loop):
     # close() with data buffered: once the peer has read it all, the transport lets its
     # socket go (closed, _sock None) with its lost-connection count still 0. A later

@@ -266,10 +266,11 @@ def _unpatched(transport, cls, stock_cls, *names) -> bool:
 
 class _RustPaths:
     """For a transport whose hot paths are Rust objects kept as instance attributes
-    (`_rust_paths` names them). They hold the transport, a cycle the stock transports
-    do not have (3.12+): once its connection is lost they go with the socket, so that a
-    closed transport is freed without the cyclic GC. The class's methods take over, and
-    do what those would have done on a lost connection."""
+    (`_rust_paths` names them). A socket transport's hold the transport, a cycle the
+    stock transports do not have (3.12+): once its connection is lost they go with the
+    socket, so that a closed transport is freed without the cyclic GC. (A datagram
+    transport's hold it weakly, see `_DatagramTransport._add_reader`.) The class's
+    methods take over, and do what those would have done on a lost connection."""
 
     _rust_paths: tuple[str, ...] = ()
 
@@ -366,6 +367,13 @@ class _DatagramTransport(_RustPaths, selector_events._SelectorDatagramTransport)
             # __init__.)
             connected = bool(self._extra["peername"])
             self.sendto = _core.DatagramWriter(self, sock.fileno(), loop, connected)
+
+    def _add_reader(self, fd, callback, *args):
+        # The Rust reader, an attribute, holds the transport weakly (no cycle); the one
+        # registered holds it, as the stock registration's bound method does.
+        if type(callback) is _core.DatagramReader:
+            callback = callback.pinned()
+        super()._add_reader(fd, callback, *args)
 
     def _read_ready(self):
         if self._conn_lost:
