@@ -38,9 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use crate::intern;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::{
-    PyByteArray, PyBytes, PyInt, PyMemoryView, PySlice, PyString, PyTuple, PyWeakrefReference,
-};
+use pyo3::types::{PyByteArray, PyBytes, PyInt, PyMemoryView, PySlice, PyString, PyTuple};
 use pyo3::PyTraverseError;
 use weaveloop_engine::net::{self, Received};
 
@@ -85,10 +83,7 @@ macro_rules! of_transport {
         #[pymethods]
         impl $ty {
             fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-                let transport = match Holds::get(&self.transport, py) {
-                    Some(t) => t.repr()?.to_string(),
-                    None => "a transport that is gone".to_owned(),
-                };
+                let transport = self.transport.bind(py).repr()?;
                 Ok(format!(concat!("<", stringify!($ty), " of {}>"), transport))
             }
 
@@ -103,63 +98,12 @@ macro_rules! of_transport {
             }
 
             fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-                Holds::traverse(&self.transport, &visit)?;
+                visit.call(&self.transport)?;
                 $(visit.call(&self.$also)?;)*
                 Ok(())
             }
         }
     };
-}
-
-/// How a Rust path holds its transport. A socket transport's paths hold it (`Py`): a
-/// cycle (transport, its attribute, transport) that the stock transports have too. A
-/// datagram transport's attributes hold it weakly (`Weak`), as the stock one is held by
-/// nothing but its reader's registration with the loop (a bound method): that
-/// registration holds a reader that holds it (`DatagramReader::pinned`), so a transport
-/// left unclosed is freed, and closes its socket, once the loop lets go of it (at
-/// `close()`), not at the next cyclic GC.
-trait Holds {
-    /// The transport; None once a weakly held one is gone.
-    fn get<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>>;
-    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError>;
-}
-
-impl Holds for Py<PyAny> {
-    fn get<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        Some(self.bind(py).clone())
-    }
-
-    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(self)
-    }
-}
-
-/// A transport held strongly or weakly (see `Holds`).
-enum Held {
-    Strong(Py<PyAny>),
-    Weak(Py<PyWeakrefReference>),
-}
-
-impl Held {
-    fn weak(transport: &Bound<'_, PyAny>) -> PyResult<Self> {
-        Ok(Held::Weak(PyWeakrefReference::new(transport)?.unbind()))
-    }
-}
-
-impl Holds for Held {
-    fn get<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        match self {
-            Held::Strong(t) => Some(t.bind(py).clone()),
-            Held::Weak(w) => w.bind(py).upgrade(),
-        }
-    }
-
-    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        match self {
-            Held::Strong(t) => visit.call(t),
-            Held::Weak(w) => visit.call(w),
-        }
-    }
 }
 
 /// The transport's `max_size`, if a read of that many bytes goes through the shared
@@ -512,36 +456,19 @@ fn address_tuple<'py>(py: Python<'py>, addr: Option<SocketAddr>) -> PyResult<Bou
 /// the shared buffer. An unusual `max_size` reads through the class's `_read_ready`.
 #[pyclass(module = "weaveloop._core", frozen)]
 pub struct DatagramReader {
-    transport: Held,
+    transport: Py<PyAny>,
     fd: RawFd,
 }
 
 #[pymethods]
 impl DatagramReader {
-    /// The transport's attribute, which holds it weakly (see `Holds`).
     #[new]
-    fn new(transport: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<Self> {
-        Ok(DatagramReader {
-            transport: Held::weak(transport)?,
-            fd,
-        })
-    }
-
-    /// The same reader holding its transport, for the loop's registration; None once the
-    /// transport is gone.
-    fn pinned(&self, py: Python<'_>) -> Option<DatagramReader> {
-        let transport = self.transport.get(py)?;
-        Some(DatagramReader {
-            transport: Held::Strong(transport.unbind()),
-            fd: self.fd,
-        })
+    fn new(transport: Py<PyAny>, fd: RawFd) -> Self {
+        DatagramReader { transport, fd }
     }
 
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        let Some(transport) = self.transport.get(py) else {
-            return Ok(());
-        };
-        let transport = &transport;
+        let transport = self.transport.bind(py);
         if transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
             return Ok(());
         }
@@ -607,9 +534,7 @@ fn ipv4_address(addr: &Bound<'_, PyAny>) -> Option<SocketAddrV4> {
 /// The `sendto` of an IPv4 datagram transport (see the module's doc).
 #[pyclass(module = "weaveloop._core", frozen)]
 pub struct DatagramWriter {
-    /// Weakly (see `Holds`): a `sendto` kept after its transport is gone sends nothing,
-    /// as the stock one sends nothing after its connection is lost.
-    transport: Held,
+    transport: Py<PyAny>,
     fd: RawFd,
     /// The transport's loop: rule 5 is checked before anything is sent.
     event_loop: Py<LoopCore>,
@@ -666,18 +591,13 @@ impl DatagramWriter {
 #[pymethods]
 impl DatagramWriter {
     #[new]
-    fn new(
-        transport: &Bound<'_, PyAny>,
-        fd: RawFd,
-        event_loop: Py<LoopCore>,
-        connected: bool,
-    ) -> PyResult<Self> {
-        Ok(DatagramWriter {
-            transport: Held::weak(transport)?,
+    fn new(transport: Py<PyAny>, fd: RawFd, event_loop: Py<LoopCore>, connected: bool) -> Self {
+        DatagramWriter {
+            transport,
             fd,
             event_loop,
             connected,
-        })
+        }
     }
 
     #[pyo3(signature = (data, addr=None))]
@@ -686,10 +606,7 @@ impl DatagramWriter {
         // Before anything is sent (a send that blocks ends in registering the writer,
         // which checks too, but the stock `sendto` would have tried a send by then).
         self.event_loop.get().check_thread_strict()?;
-        let Some(transport) = self.transport.get(py) else {
-            return Ok(());
-        };
-        let transport = &transport;
+        let transport = self.transport.bind(py);
         let Ok(bytes) = data.cast_exact::<PyBytes>() else {
             return self.stock(transport, data, addr);
         };

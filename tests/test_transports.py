@@ -840,9 +840,8 @@ def test_a_datagram_transport_nobody_holds_keeps_receiving(loop):
 
 
 def test_a_kept_sendto_of_a_closed_transport_sends_nothing(loop):
-    # The stock bound method keeps its transport, which counts the send after its
-    # connection was lost; weaveloop's Rust sendto holds it weakly, and once it is gone
-    # sends nothing. Neither raises.
+    # The stock bound method keeps its transport, which counts a send after its
+    # connection was lost and sends nothing; so does the Rust sendto. Neither raises.
     async def main():
         lost = loop.create_future()
 
@@ -869,6 +868,35 @@ def test_a_kept_sendto_of_a_closed_transport_sends_nothing(loop):
         return received
 
     assert run(loop, main()) == [b"first"]
+
+
+def test_a_kept_sendto_keeps_a_paused_transport(loop):
+    # With its reading paused no registration holds the transport: the sendto an
+    # application kept does, as the stock bound method does (a weakly held one was
+    # tried: the transport was freed under it, its socket closed, the datagram lost).
+    async def main():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            got = loop.create_future()
+            _, protocol = await loop.create_datagram_endpoint(
+                lambda: _Forgetful(got), remote_addr=peer.getsockname()
+            )
+            await asyncio.sleep(0)  # one iteration: the reader is registered
+            transport = protocol.transport()
+            registered = loop._selector.get_key(transport.get_extra_info("socket").fileno()).data[0]
+            assert registered._callback == transport._read_ready
+            send = transport.sendto
+            transport.pause_reading()
+            del transport
+            gc.collect()
+            send(b"hello")
+            data = await loop.sock_recv(peer, 100)
+            alive = protocol.transport() is not None
+            if alive:
+                protocol.transport().close()
+        return data, alive
+
+    assert run(loop, main()) == (b"hello", True)
 
 
 def test_a_write_after_a_drained_close_never_reaches_the_fds_next_owner(loop):

@@ -216,12 +216,9 @@ class SocketReader:
 
 @final
 class DatagramReader:
-    """An IPv4 datagram transport's reader: the stock ``_read_ready`` in Rust. Made for
-    the transport's attribute, it holds the transport weakly; ``pinned()`` is the same
-    reader holding it, for the loop's registration (None once the transport is gone)."""
+    """An IPv4 datagram transport's reader: the stock ``_read_ready`` in Rust."""
 
     def __new__(cls, transport: object, fd: int) -> DatagramReader: ...
-    def pinned(self) -> DatagramReader | None: ...
     def __call__(self) -> None: ...
     @property
     def __qualname__(self) -> str: ...  # "_SelectorDatagramTransport._read_ready"
@@ -232,8 +229,7 @@ class DatagramReader:
 class DatagramWriter:
     """An IPv4 datagram transport's ``sendto``: the stock one in Rust for ``bytes`` sent
     while nothing is buffered, to the connected peer or a numeric IPv4 address; anything
-    else goes to the class's ``sendto``. It holds the transport weakly: once the
-    transport is gone it sends nothing."""
+    else goes to the class's ``sendto``."""
 
     def __new__(
         cls, transport: object, fd: int, event_loop: LoopCore, connected: bool

@@ -266,11 +266,12 @@ def _unpatched(transport, cls, stock_cls, *names) -> bool:
 
 class _RustPaths:
     """For a transport whose hot paths are Rust objects kept as instance attributes
-    (`_rust_paths` names them). A socket transport's hold the transport, a cycle the
-    stock transports do not have (3.12+): once its connection is lost they go with the
-    socket, so that a closed transport is freed without the cyclic GC. (A datagram
-    transport's hold it weakly, see `_DatagramTransport._add_reader`.) The class's
-    methods take over, and do what those would have done on a lost connection."""
+    (`_rust_paths` names them). A socket transport's hold the transport, a cycle (the
+    stock socket transports of 3.12+ have one too until they close: their bound
+    `_read_ready_cb` and `_write_ready`): once its connection is lost they go with the
+    socket, so that a closed transport is freed without the cyclic GC. The class's
+    methods take over, and do what those would have done on a lost connection. (A
+    datagram transport's also go when its loop closes, see `_DatagramTransport`.)"""
 
     _rust_paths: tuple[str, ...] = ()
 
@@ -278,8 +279,11 @@ class _RustPaths:
         try:
             super()._call_connection_lost(exc)
         finally:
-            for name in self._rust_paths:
-                self.__dict__.pop(name, None)
+            self._let_rust_paths_go()
+
+    def _let_rust_paths_go(self):
+        for name in self._rust_paths:
+            self.__dict__.pop(name, None)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -345,6 +349,7 @@ class _DatagramTransport(_RustPaths, selector_events._SelectorDatagramTransport)
     shares) and ``_core.DatagramWriter`` (the stock attempt to send at once, in Rust);
     other sockets receive into the loop's receive buffer (see ``_recv_buffer``)."""
 
+    # (`_pinned`: the transport held by itself while reading is paused, see there.)
     _rust_paths = ("_read_ready", "sendto")
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
@@ -367,13 +372,11 @@ class _DatagramTransport(_RustPaths, selector_events._SelectorDatagramTransport)
             # __init__.)
             connected = bool(self._extra["peername"])
             self.sendto = _core.DatagramWriter(self, sock.fileno(), loop, connected)
-
-    def _add_reader(self, fd, callback, *args):
-        # The Rust reader, an attribute, holds the transport weakly (no cycle); the one
-        # registered holds it, as the stock registration's bound method does.
-        if type(callback) is _core.DatagramReader:
-            callback = callback.pinned()
-        super()._add_reader(fd, callback, *args)
+        # The stock transport is held by its reader's registration, which the loop lets
+        # go when it closes: one nobody else holds is then freed, and its __del__ closes
+        # the socket. The Rust paths hold this one in a cycle; they go at the loop's
+        # close, so that it is freed then too, not at the next cyclic GC.
+        loop._datagram_transports.add(self)
 
     def _read_ready(self):
         if self._conn_lost:
@@ -524,6 +527,7 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
         self._abandoned = False
         # Shared by the loop's datagram transports (see _recv_buffer).
         self._recv_buffer = memoryview(b"")
+        self._datagram_transports: weakref.WeakSet = weakref.WeakSet()
         self._make_self_pipe()
         _live_loops.add(self)
 
@@ -873,6 +877,8 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             return
         if self._debug:
             base_events.logger.debug("Close %r", self)
+        for transport in list(self._datagram_transports):
+            transport._let_rust_paths_go()
         try:
             # (A KeyboardInterrupt/SystemExit from a posted callback that this runs is
             # raised once the loop is closed: the rest of the close still happens.)
