@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+from fractions import Fraction
 
 import pytest
 import weaveloop.sync as ws
@@ -519,18 +520,30 @@ def test_semaphore_overflow_is_an_error_not_a_wrap():
     assert sem.acquire(False) and not sem.acquire(False), "the value stayed 1"
 
 
-@pytest.mark.parametrize("maxsize", [2**62, sys.maxsize, 10**30])
-def test_a_maxsize_larger_than_memory_bounds_nothing_as_in_queue_queue(maxsize):
-    # queue.Queue takes any int; no queue holds that many items (it was an OverflowError).
-    q = ws.Queue(maxsize=maxsize)
-    q.put(1, timeout=SAFETY)
-    assert (q.maxsize, q.qsize(), q.full()) == (maxsize, 1, False)
-    q.maxsize = 1
-    assert q.full()
-    q.maxsize = maxsize
-    assert not q.full()
-    q.put(2, timeout=SAFETY)
-    assert [q.get_nowait(), q.get_nowait()] == [1, 2]
+@pytest.mark.parametrize(
+    "maxsize", [2**62, sys.maxsize, 10**30, -(10**30), -(2**63) - 1, 2.5, Fraction(5, 2)]
+)
+def test_any_maxsize_reads_as_in_queue_queue(maxsize):
+    # queue.Queue takes any number: no queue holds more than memory does, and one of 0
+    # or less is unbounded (huge ones were an OverflowError here, a Fraction a TypeError).
+    import queue
+
+    def transcript(q) -> list:
+        out = [q.maxsize]
+        for item in range(4):
+            try:
+                q.put_nowait(item)
+                out.append("put")
+            except queue.Full:  # (weaveloop's QueueFull is one)
+                out.append("full")
+        out += [q.qsize(), q.full()]
+        q.maxsize = 1
+        out.append(q.full())
+        q.maxsize = maxsize
+        out += [q.full(), [q.get_nowait() for _ in range(q.qsize())]]
+        return out
+
+    assert transcript(ws.Queue(maxsize)) == transcript(queue.Queue(maxsize))
 
 
 def test_a_whole_float_semaphore_value_counts_as_its_int():
@@ -852,18 +865,26 @@ def _timeout_calls(mod, timeout) -> dict:
             queues.SimpleQueue, with_item, lambda q: q.get(timeout=timeout)
         ),
         "empty Queue.get": ready(queues.Queue, nothing, lambda q: q.get(timeout=timeout)),
+        "held Lock.acquire": ready(
+            sync.Lock, lambda lock: lock.acquire(), lambda lock: lock.acquire(timeout=timeout)
+        ),
+        "free Lock.acquire": ready(sync.Lock, nothing, lambda lock: lock.acquire(timeout=timeout)),
+        "non-blocking Lock.acquire": ready(
+            sync.Lock, nothing, lambda lock: lock.acquire(False, timeout)
+        ),
         "full Queue(1).put": ready(
             lambda: queues.Queue(1), with_item, lambda q: q.put(1, timeout=timeout)
         ),
     }
 
 
-@pytest.mark.parametrize("timeout", [float("inf"), 1e10, float("nan")])
+@pytest.mark.parametrize("timeout", [float("inf"), 1e10, float("nan"), 10**400, -(10**400)])
 def test_a_timeout_no_wait_can_use_is_refused_only_by_a_call_that_waits(timeout):
     # As threading and queue: a call that need not wait returns without looking at its
-    # timeout; one that has to wait refuses it. (It was refused up front here.) Calls
-    # the stdlib would spin on for good with a NaN (it never reaches 0 left) are left
-    # out; SimpleQueue, in C, converts its timeout first.
+    # timeout; one that has to wait refuses it. (It was refused up front here, and an int
+    # too large for a float before anything.) Calls the stdlib would spin on for good
+    # with a NaN (it never reaches 0 left) are left out; SimpleQueue, in C, converts its
+    # timeout first, and the queue module makes its deadline first.
     mine, theirs = _timeout_calls("ws", timeout), _timeout_calls("stdlib", timeout)
     spins = {"Semaphore(0).acquire", "empty Queue.get", "full Queue(1).put"}
     for name in mine:

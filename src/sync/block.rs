@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyInt;
 
 use super::wake::W;
 use crate::interop::running_loop;
@@ -29,31 +30,104 @@ pub enum Wait {
 #[derive(Clone, Copy, Debug)]
 pub enum BadTimeout {
     NotANumber,
-    TooLarge,
+    /// Beyond what CPython's clock holds; `int`: it was given as an int.
+    TooLarge {
+        int: bool,
+    },
+    /// An int too large for a float, which `threading.Semaphore` and `queue.Queue` add to
+    /// the time to make a deadline.
+    NotAFloat,
 }
 
-impl Wait {
-    /// A timeout no wait can use, refused before anything is looked at: as a `_thread`
-    /// lock's `acquire` and `_queue.SimpleQueue.get` (C) convert theirs first.
-    pub fn refused_at_once(self) -> PyResult<Wait> {
+impl BadTimeout {
+    /// As CPython's clock refuses it (`_PyTime_FromSecondsObject`), under every stdlib
+    /// wait. (`_thread` says "timeout value is too large" only for the few values between
+    /// its limit and the largest its clock holds.)
+    fn error(self, py: Python<'_>) -> PyErr {
         match self {
-            Wait::Refused(bad) => Err(bad.error()),
-            wait => Ok(wait),
+            BadTimeout::NotANumber => PyValueError::new_err("Invalid value NaN (not a number)"),
+            BadTimeout::TooLarge { int: false } => {
+                PyOverflowError::new_err("timestamp out of range for platform time_t")
+            }
+            BadTimeout::NotAFloat => PyOverflowError::new_err("int too large to convert to float"),
+            BadTimeout::TooLarge { int: true } => {
+                PyOverflowError::new_err(if py.version_info() >= (3, 13) {
+                    "timestamp too large to convert to C PyTime_t"
+                } else {
+                    "timestamp too large to convert to C _PyTime_t"
+                })
+            }
         }
     }
 }
 
-impl BadTimeout {
-    /// As `_thread` locks refuse it, under every stdlib wait.
-    fn error(self) -> PyErr {
-        match self {
-            BadTimeout::NotANumber => PyValueError::new_err("Invalid value NaN (not a number)"),
-            // (`_thread` says "timeout value is too large" only for the few values between
-            // its limit and the largest its clock holds.)
-            BadTimeout::TooLarge => {
-                PyOverflowError::new_err("timestamp out of range for platform time_t")
-            }
+/// A timeout argument in seconds, any real number as the stdlib's waits take it. An int
+/// too large for a float (`10**400`) reads as an infinite one of its sign: refused as
+/// too large by a wait that uses it, and nothing to the calls that never look at it (a
+/// set event's `wait`).
+#[derive(Clone, Copy, Debug)]
+pub struct Seconds {
+    value: f64,
+    /// Given as an int (for the words of its refusal).
+    int: bool,
+}
+
+impl Seconds {
+    /// `Lock.acquire`'s default, "no timeout".
+    pub const UNSET: Seconds = Seconds {
+        value: -1.0,
+        int: true,
+    };
+
+    /// What CPython's clock cannot hold: NaN, or beyond `TIMEOUT_MAX` either way.
+    fn unusable(self) -> Option<BadTimeout> {
+        if self.value.is_nan() {
+            return Some(BadTimeout::NotANumber);
         }
+        (self.value.abs() > TIMEOUT_MAX).then_some(BadTimeout::TooLarge { int: self.int })
+    }
+
+    /// The timeout, refused if CPython's clock cannot hold it: as a `_thread` lock's
+    /// `acquire` and `_queue.SimpleQueue.get` (C) convert theirs, before they look at
+    /// anything else.
+    pub fn converted(self, py: Python<'_>) -> PyResult<Self> {
+        match self.unusable() {
+            Some(bad) => Err(bad.error(py)),
+            None => Ok(self),
+        }
+    }
+
+    /// An int too large for a float (read as infinite).
+    fn not_a_float(self) -> bool {
+        self.int && self.value.is_infinite()
+    }
+
+    /// A negative timeout (or NaN) waits not at all, as `Condition.wait`'s does.
+    fn at_least_zero(self) -> Self {
+        Seconds {
+            value: self.value.max(0.0),
+            ..self
+        }
+    }
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Seconds {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let int = obj.is_instance_of::<PyInt>();
+        let value = match obj.extract::<f64>() {
+            Ok(v) => v,
+            Err(e) if int && e.is_instance_of::<PyOverflowError>(obj.py()) => {
+                if obj.lt(0)? {
+                    f64::NEG_INFINITY
+                } else {
+                    f64::INFINITY
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Seconds { value, int })
     }
 }
 
@@ -90,13 +164,11 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Blocking {
 const TIMEOUT_MAX: f64 = 9_223_372_036.0;
 
 /// A wait of `timeout` seconds; one no wait can use is `Wait::Refused` (see there).
-fn until(timeout: f64) -> Wait {
-    if timeout.is_nan() {
-        return Wait::Refused(BadTimeout::NotANumber);
+fn until(timeout: Seconds) -> Wait {
+    if let Some(bad) = timeout.unusable() {
+        return Wait::Refused(bad);
     }
-    if timeout > TIMEOUT_MAX || !timeout.is_finite() {
-        return Wait::Refused(BadTimeout::TooLarge);
-    }
+    let timeout = timeout.value;
     if timeout <= 0.0 {
         return Wait::Now;
     }
@@ -107,58 +179,63 @@ fn until(timeout: f64) -> Wait {
 }
 
 /// `Lock.acquire(blocking, timeout)` arguments (`timeout=-1`: forever), refused in the
-/// running Python's words.
-pub fn lock_wait(py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<Wait> {
+/// running Python's words and order: a timeout its clock cannot hold first.
+pub fn lock_wait(py: Python<'_>, blocking: bool, timeout: Seconds) -> PyResult<Wait> {
+    let timeout = timeout.converted(py)?;
+    let timeout_value = timeout.value;
     if !blocking {
-        if timeout != -1.0 {
+        if timeout_value != -1.0 {
             return Err(PyValueError::new_err(
                 "can't specify a timeout for a non-blocking call",
             ));
         }
         return Ok(Wait::Now);
     }
-    if timeout == -1.0 {
+    if timeout_value == -1.0 {
         return Ok(Wait::Forever);
     }
-    if timeout < 0.0 {
+    if timeout_value < 0.0 {
         return Err(PyValueError::new_err(if py.version_info() >= (3, 13) {
             "timeout value must be a non-negative number"
         } else {
             "timeout value must be positive"
         }));
     }
-    // A `_thread` lock refuses a timeout it cannot use at once, also when it is free.
-    until(timeout).refused_at_once()
+    Ok(until(timeout))
 }
 
 /// `Semaphore.acquire(blocking, timeout)` arguments (`timeout=None`: forever).
-pub fn semaphore_wait(blocking: bool, timeout: Option<f64>) -> PyResult<Wait> {
+pub fn semaphore_wait(blocking: bool, timeout: Option<Seconds>) -> PyResult<Wait> {
     match (blocking, timeout) {
         (false, Some(_)) => Err(PyValueError::new_err(
             "can't specify timeout for non-blocking acquire",
         )),
         (false, None) => Ok(Wait::Now),
         (true, None) => Ok(Wait::Forever),
-        (true, Some(t)) => Ok(until(t.max(0.0))),
+        // (The stdlib makes a deadline of it only once it has to wait.)
+        (true, Some(t)) if t.not_a_float() => Ok(Wait::Refused(BadTimeout::NotAFloat)),
+        (true, Some(t)) => Ok(until(t.at_least_zero())),
     }
 }
 
 /// `Event.wait(timeout)`, `Condition.wait(timeout)` arguments (None: forever).
-pub fn optional_wait(timeout: Option<f64>) -> PyResult<Wait> {
+pub fn optional_wait(timeout: Option<Seconds>) -> PyResult<Wait> {
     match timeout {
         None => Ok(Wait::Forever),
-        Some(t) => Ok(until(t.max(0.0))),
+        Some(t) => Ok(until(t.at_least_zero())),
     }
 }
 
 /// `Queue.put/get(block, timeout)` arguments, with queue's own checks.
-pub fn queue_wait(block: bool, timeout: Option<f64>) -> PyResult<Wait> {
+pub fn queue_wait(py: Python<'_>, block: bool, timeout: Option<Seconds>) -> PyResult<Wait> {
     match (block, timeout) {
         (false, _) => Ok(Wait::Now),
         (true, None) => Ok(Wait::Forever),
-        (true, Some(t)) if t < 0.0 => Err(PyValueError::new_err(
+        (true, Some(t)) if t.value < 0.0 => Err(PyValueError::new_err(
             "'timeout' must be a non-negative number",
         )),
+        // (The queue module makes its deadline before it looks at the queue.)
+        (true, Some(t)) if t.not_a_float() => Err(BadTimeout::NotAFloat.error(py)),
         (true, Some(t)) => Ok(until(t)),
     }
 }
@@ -192,7 +269,7 @@ fn is_main_thread() -> bool {
 pub fn park(py: Python<'_>, w: &Arc<W>, wait: Wait) -> PyResult<bool> {
     let deadline = match wait {
         Wait::Now => return Ok(!w.is_waiting()),
-        Wait::Refused(bad) => return Err(bad.error()),
+        Wait::Refused(bad) => return Err(bad.error(py)),
         Wait::Until(d) => Some(d),
         Wait::Forever => None,
     };

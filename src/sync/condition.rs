@@ -9,7 +9,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use weaveloop_engine::sync::{Cancel, Notifier};
 
-use super::block::{optional_wait, park};
+use super::block::{optional_wait, park, Seconds};
 use super::wake::{wake, PassOn, SyncWaiter, Token, W};
 
 #[pyclass(module = "weaveloop._core", subclass, weakref, frozen)]
@@ -42,7 +42,7 @@ impl NotifierCore {
 
     /// Parks a thread waiter without the GIL; True if notified, False on timeout.
     #[pyo3(signature = (w, timeout = None))]
-    fn _park(&self, py: Python<'_>, w: &SyncWaiter, timeout: Option<f64>) -> PyResult<bool> {
+    fn _park(&self, py: Python<'_>, w: &SyncWaiter, timeout: Option<Seconds>) -> PyResult<bool> {
         let wait = optional_wait(timeout)?;
         match park(py, &w.w, wait) {
             Ok(true) => Ok(true),

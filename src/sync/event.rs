@@ -5,7 +5,7 @@
 use pyo3::prelude::*;
 use weaveloop_engine::sync::{Cancel, EventCore as Core};
 
-use super::block::{forbid_on_loop, optional_wait, park, Wait};
+use super::block::{forbid_on_loop, optional_wait, park, Seconds, Wait};
 use super::wake::{wake, PassOn, SyncWaiter, Token, W};
 
 #[pyclass(module = "weaveloop._core", subclass, weakref, frozen)]
@@ -37,7 +37,7 @@ impl EventCore {
 
     /// threading.Event.wait: the flag on return (False only on timeout).
     #[pyo3(signature = (timeout = None))]
-    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+    fn wait(&self, py: Python<'_>, timeout: Option<Seconds>) -> PyResult<bool> {
         let wait = optional_wait(timeout)?;
         if let Wait::Now = wait {
             return Ok(self.ev.is_set());

@@ -27,7 +27,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyList;
 use weaveloop_engine::sync::{Cancel, TaskCounter};
 
-use super::block::{forbid_on_loop, park, queue_wait, Truth, Wait};
+use super::block::{forbid_on_loop, park, queue_wait, Seconds, Truth, Wait};
 use super::semaphore::{
     abandon_task, acquire_thread, enqueue_task, new_sem, release, Sem, MAX_PERMITS,
 };
@@ -435,7 +435,7 @@ impl QueueCore {
                 .filter(|t| !t.is_none())
                 .map(|t| t.extract())
                 .transpose()?;
-            queue_wait(block.0, timeout)?
+            queue_wait(py, block.0, timeout)?
         } else {
             Wait::Now
         };
@@ -449,12 +449,14 @@ impl QueueCore {
 
     /// queue.Queue.get: waits for an item, at most `timeout`.
     #[pyo3(signature = (block = Truth(true), timeout = None))]
-    fn get(&self, py: Python<'_>, block: Truth, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+    fn get(&self, py: Python<'_>, block: Truth, timeout: Option<Seconds>) -> PyResult<Py<PyAny>> {
         self.refuse_get_if_shut_and_empty(py)?;
-        let mut wait = queue_wait(block.0, timeout)?;
-        if self.slots.is_none() {
-            wait = wait.refused_at_once()?;
-        }
+        let timeout = match timeout {
+            // SimpleQueue's (C) converts a timeout it will use before anything else.
+            Some(t) if self.slots.is_none() && block.0 => Some(t.converted(py)?),
+            t => t,
+        };
+        let wait = queue_wait(py, block.0, timeout)?;
         self.get_within(py, wait)
     }
 

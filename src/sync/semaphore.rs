@@ -9,7 +9,7 @@ use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use weaveloop_engine::sync::{Cancel, Semaphore};
 
-use super::block::{forbid_on_loop, park, semaphore_wait, Truth, Wait};
+use super::block::{forbid_on_loop, park, semaphore_wait, Seconds, Truth, Wait};
 use super::wake::{wake, PassOn, SyncWaiter, Token, W};
 
 /// Shared with the wake-up batches in flight, which pass undeliverable grants back.
@@ -164,7 +164,7 @@ impl SemaphoreCore {
 
     /// threading.Semaphore.acquire: True once a permit is taken, False on timeout.
     #[pyo3(signature = (blocking = Truth(true), timeout = None))]
-    fn acquire(&self, py: Python<'_>, blocking: Truth, timeout: Option<f64>) -> PyResult<bool> {
+    fn acquire(&self, py: Python<'_>, blocking: Truth, timeout: Option<Seconds>) -> PyResult<bool> {
         let wait = semaphore_wait(blocking.0, timeout)?;
         acquire_thread(py, &self.sem, wait, "Semaphore.acquire()", ASYNC_FORM)
     }
