@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+from decimal import Decimal
 from fractions import Fraction
 
 import pytest
@@ -521,7 +522,18 @@ def test_semaphore_overflow_is_an_error_not_a_wrap():
 
 
 @pytest.mark.parametrize(
-    "maxsize", [2**62, sys.maxsize, 10**30, -(10**30), -(2**63) - 1, 2.5, Fraction(5, 2)]
+    "maxsize",
+    [
+        2**62,
+        sys.maxsize,
+        10**30,
+        -(10**30),
+        -(2**63) - 1,
+        2.5,
+        Fraction(5, 2),
+        Decimal("2.5"),
+        Decimal(-1),
+    ],
 )
 def test_any_maxsize_reads_as_in_queue_queue(maxsize):
     # queue.Queue takes any number: no queue holds more than memory does, and one of 0
@@ -878,7 +890,7 @@ def _timeout_calls(mod, timeout) -> dict:
     }
 
 
-@pytest.mark.parametrize("timeout", [float("inf"), 1e10, float("nan"), 10**400, -(10**400)])
+@pytest.mark.parametrize("timeout", [float("inf"), 1e10, 10**10, float("nan"), 10**400, -(10**400)])
 def test_a_timeout_no_wait_can_use_is_refused_only_by_a_call_that_waits(timeout):
     # As threading and queue: a call that need not wait returns without looking at its
     # timeout; one that has to wait refuses it. (It was refused up front here, and an int
@@ -891,6 +903,23 @@ def test_a_timeout_no_wait_can_use_is_refused_only_by_a_call_that_waits(timeout)
         if timeout != timeout and name in spins:
             continue
         assert call_outcome(mine[name]) == call_outcome(theirs[name]), name
+
+
+@pytest.mark.parametrize("timeout", [9223372036.5, 9223372036, 9223372037.0, 9223372037])
+def test_the_largest_timeout_a_lock_takes_is_the_clocks(timeout):
+    # Under 2**63 ns, as CPython's clock holds it (not _thread.TIMEOUT_MAX, 9223372036.0),
+    # in its words for a float and for an int. Only calls that need not wait.
+    import queue
+
+    def outcomes(lock, simple):
+        simple.put(1)
+        return [
+            call_outcome(lambda: lock.acquire(timeout=timeout)),
+            call_outcome(lambda: simple.get(timeout=timeout)),
+        ]
+
+    mine = outcomes(ws.Lock(), ws.SimpleQueue())
+    assert mine == outcomes(threading.Lock(), queue.SimpleQueue())
 
 
 def test_barrier_reset_and_abort_are_allowed_on_a_loops_thread(factory):

@@ -822,9 +822,10 @@ def test_a_datagram_transport_nobody_holds_keeps_receiving(loop):
     # Its reader's registration holds it, as on the stock loop.
     async def main():
         got = loop.create_future()
-        _, protocol = await loop.create_datagram_endpoint(
+        transport, protocol = await loop.create_datagram_endpoint(
             lambda: _Forgetful(got), local_addr=("127.0.0.1", 0)
         )
+        del transport
         gc.collect()
         transport = protocol.transport()
         address = transport.get_extra_info("sockname")
@@ -877,10 +878,12 @@ def test_a_kept_sendto_keeps_a_paused_transport(loop):
     async def main():
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
             peer.bind(("127.0.0.1", 0))
+            peer.setblocking(False)
             got = loop.create_future()
-            _, protocol = await loop.create_datagram_endpoint(
+            transport, protocol = await loop.create_datagram_endpoint(
                 lambda: _Forgetful(got), remote_addr=peer.getsockname()
             )
+            del transport  # held from here on by the protocol weakly, and send
             await asyncio.sleep(0)  # one iteration: the reader is registered
             transport = protocol.transport()
             registered = loop._selector.get_key(transport.get_extra_info("socket").fileno()).data[0]

@@ -349,7 +349,6 @@ class _DatagramTransport(_RustPaths, selector_events._SelectorDatagramTransport)
     shares) and ``_core.DatagramWriter`` (the stock attempt to send at once, in Rust);
     other sockets receive into the loop's receive buffer (see ``_recv_buffer``)."""
 
-    # (`_pinned`: the transport held by itself while reading is paused, see there.)
     _rust_paths = ("_read_ready", "sendto")
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
@@ -877,7 +876,8 @@ class Loop(_core.LoopCore, unix_events.SelectorEventLoop):
             return
         if self._debug:
             base_events.logger.debug("Close %r", self)
-        for transport in list(self._datagram_transports):
+        # (A subclass's loop that skipped __init__ has no such set.)
+        for transport in list(getattr(self, "_datagram_transports", ())):
             transport._let_rust_paths_go()
         try:
             # (A KeyboardInterrupt/SystemExit from a posted callback that this runs is

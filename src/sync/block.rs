@@ -61,7 +61,8 @@ impl BadTimeout {
     }
 }
 
-/// A timeout argument in seconds, any real number as the stdlib's waits take it. An int
+/// A timeout argument in seconds: a float, an int, or what converts to a float (more than
+/// `_thread` takes, which refuses a Fraction or a Decimal). An int
 /// too large for a float (`10**400`) reads as an infinite one of its sign: refused as
 /// too large by a wait that uses it, and nothing to the calls that never look at it (a
 /// set event's `wait`).
@@ -79,12 +80,12 @@ impl Seconds {
         int: true,
     };
 
-    /// What CPython's clock cannot hold: NaN, or beyond `TIMEOUT_MAX` either way.
+    /// What CPython's clock cannot hold: NaN, or beyond `clock_holds` either way.
     fn unusable(self) -> Option<BadTimeout> {
         if self.value.is_nan() {
             return Some(BadTimeout::NotANumber);
         }
-        (self.value.abs() > TIMEOUT_MAX).then_some(BadTimeout::TooLarge { int: self.int })
+        (!clock_holds(self.value)).then_some(BadTimeout::TooLarge { int: self.int })
     }
 
     /// The timeout, refused if CPython's clock cannot hold it: as a `_thread` lock's
@@ -160,8 +161,11 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Blocking {
     }
 }
 
-/// `_thread.TIMEOUT_MAX` on Linux (seconds).
-const TIMEOUT_MAX: f64 = 9_223_372_036.0;
+/// The timeouts CPython's clock holds: under 2**63 ns, either way (`_thread` accepts
+/// 9223372036.854774 s; its `TIMEOUT_MAX`, 9223372036.0, is not where it refuses).
+fn clock_holds(seconds: f64) -> bool {
+    seconds.abs() * 1e9 < 9_223_372_036_854_775_808.0
+}
 
 /// A wait of `timeout` seconds; one no wait can use is `Wait::Refused` (see there).
 fn until(timeout: Seconds) -> Wait {
@@ -234,9 +238,11 @@ pub fn queue_wait(py: Python<'_>, block: bool, timeout: Option<Seconds>) -> PyRe
         (true, Some(t)) if t.value < 0.0 => Err(PyValueError::new_err(
             "'timeout' must be a non-negative number",
         )),
-        // (The queue module makes its deadline before it looks at the queue.)
+        // (The queue module makes its deadline, a float, before it looks at the queue: an
+        // int too large for one is refused at once, and one its clock cannot hold in the
+        // words for a float.)
         (true, Some(t)) if t.not_a_float() => Err(BadTimeout::NotAFloat.error(py)),
-        (true, Some(t)) => Ok(until(t)),
+        (true, Some(t)) => Ok(until(Seconds { int: false, ..t })),
     }
 }
 

@@ -12,7 +12,6 @@ puts raise QueueShutDown, gets too once the queue is empty.
 from __future__ import annotations
 
 import math
-import numbers
 import sys
 import types
 from typing import Any
@@ -87,14 +86,18 @@ class AsyncQueue:
 
 def _capacity(maxsize: Any) -> Any:
     """The whole number of items ``maxsize`` allows: queue.Queue and asyncio.Queue are full
-    once ``qsize() >= maxsize``, so a fractional one holds its ceiling; one that is never
-    reached (inf, NaN) is no bound, nor is one of 0 or less, and one above
-    ``sys.maxsize`` holds as many as that (more than memory does)."""
-    if isinstance(maxsize, int):
-        return 0 if maxsize <= 0 else min(maxsize, sys.maxsize)
-    if isinstance(maxsize, (float, numbers.Rational)):
-        return min(math.ceil(maxsize), sys.maxsize) if 0 < maxsize < math.inf else 0
-    return maxsize
+    once ``qsize() >= maxsize``, so a fractional one holds its ceiling; one of 0 or less
+    is no bound, nor is one never reached (inf, NaN), and one above ``sys.maxsize``
+    holds as many as that (more than memory does). What does not compare with 0 is left
+    for the core to refuse."""
+    try:
+        if not maxsize > 0:
+            return 0
+        return min(math.ceil(maxsize), sys.maxsize)
+    except (OverflowError, ValueError):  # inf, NaN
+        return 0
+    except TypeError:
+        return maxsize
 
 
 class Queue(QueueCore):
