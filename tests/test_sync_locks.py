@@ -905,6 +905,32 @@ def test_a_timeout_no_wait_can_use_is_refused_only_by_a_call_that_waits(timeout)
         assert call_outcome(mine[name]) == call_outcome(theirs[name]), name
 
 
+class _FloatLike:
+    """Converts to a float (``__float__``) and nothing else."""
+
+    def __float__(self) -> float:
+        return 0.01
+
+
+@pytest.mark.parametrize(
+    "timeout", [Fraction(1, 100), Decimal("0.01"), _FloatLike(), "0.01"], ids=repr
+)
+def test_a_timeout_of_another_type_reads_as_in_threading_and_queue(timeout):
+    # Each call reads its timeout as the stdlib's: a lock's acquire, a Condition's (so an
+    # Event's and a Semaphore's) wait and SimpleQueue.get as CPython's clock does (a
+    # float or an int: a Fraction is a TypeError), Semaphore.acquire and queue.Queue
+    # with Python's arithmetic first (a Decimal or a str is a TypeError there), and none
+    # of them when it never waits (a set event's wait takes a str). Were read as any
+    # float before. (A Fraction on a queue really waits: 10 ms, then Empty or Full.)
+    def outcome(call):
+        kind, what = call_outcome(call)
+        return {"QueueEmpty": "Empty", "QueueFull": "Full"}.get(kind, kind), what
+
+    mine, theirs = _timeout_calls("ws", timeout), _timeout_calls("stdlib", timeout)
+    for name in mine:
+        assert outcome(mine[name]) == outcome(theirs[name]), name
+
+
 @pytest.mark.parametrize("timeout", [9223372036.5, 9223372036, 9223372037.0, 9223372037])
 def test_the_largest_timeout_a_lock_takes_is_the_clocks(timeout):
     # Under 2**63 ns, as CPython's clock holds it (not _thread.TIMEOUT_MAX, 9223372036.0),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyInt;
+use pyo3::types::{PyFloat, PyInt};
 
 use super::wake::W;
 use crate::interop::running_loop;
@@ -21,8 +21,9 @@ pub enum Wait {
     Now,
     Until(Instant),
     Forever,
-    /// A timeout the stdlib refuses only once it has to wait (`Event.wait(math.inf)` on a
-    /// set event returns True): refused by `park`, after every way of not waiting.
+    /// A timeout the clock cannot hold, refused by `park` once the call has to wait: a
+    /// queue's get or put reads its timeout at once but uses it only then (a `get` with
+    /// `timeout=math.inf` of an item that is there returns it).
     Refused(BadTimeout),
 }
 
@@ -34,9 +35,6 @@ pub enum BadTimeout {
     TooLarge {
         int: bool,
     },
-    /// An int too large for a float, which `threading.Semaphore` and `queue.Queue` add to
-    /// the time to make a deadline.
-    NotAFloat,
 }
 
 impl BadTimeout {
@@ -49,7 +47,6 @@ impl BadTimeout {
             BadTimeout::TooLarge { int: false } => {
                 PyOverflowError::new_err("timestamp out of range for platform time_t")
             }
-            BadTimeout::NotAFloat => PyOverflowError::new_err("int too large to convert to float"),
             BadTimeout::TooLarge { int: true } => {
                 PyOverflowError::new_err(if py.version_info() >= (3, 13) {
                     "timestamp too large to convert to C PyTime_t"
@@ -61,11 +58,7 @@ impl BadTimeout {
     }
 }
 
-/// A timeout argument in seconds: a float, an int, or what converts to a float (more than
-/// `_thread` takes, which refuses a Fraction or a Decimal). An int
-/// too large for a float (`10**400`) reads as an infinite one of its sign: refused as
-/// too large by a wait that uses it, and nothing to the calls that never look at it (a
-/// set event's `wait`).
+/// A timeout in seconds, as read from its argument (see `ClockSeconds`, `queue_wait`).
 #[derive(Clone, Copy, Debug)]
 pub struct Seconds {
     value: f64,
@@ -74,12 +67,6 @@ pub struct Seconds {
 }
 
 impl Seconds {
-    /// `Lock.acquire`'s default, "no timeout".
-    pub const UNSET: Seconds = Seconds {
-        value: -1.0,
-        int: true,
-    };
-
     /// What CPython's clock cannot hold: NaN, or beyond `clock_holds` either way.
     fn unusable(self) -> Option<BadTimeout> {
         if self.value.is_nan() {
@@ -87,48 +74,52 @@ impl Seconds {
         }
         (!clock_holds(self.value)).then_some(BadTimeout::TooLarge { int: self.int })
     }
-
-    /// The timeout, refused if CPython's clock cannot hold it: as a `_thread` lock's
-    /// `acquire` and `_queue.SimpleQueue.get` (C) convert theirs, before they look at
-    /// anything else.
-    pub fn converted(self, py: Python<'_>) -> PyResult<Self> {
-        match self.unusable() {
-            Some(bad) => Err(bad.error(py)),
-            None => Ok(self),
-        }
-    }
-
-    /// An int too large for a float (read as infinite).
-    fn not_a_float(self) -> bool {
-        self.int && self.value.is_infinite()
-    }
-
-    /// A negative timeout (or NaN) waits not at all, as `Condition.wait`'s does.
-    fn at_least_zero(self) -> Self {
-        Seconds {
-            value: self.value.max(0.0),
-            ..self
-        }
-    }
 }
 
-impl<'a, 'py> FromPyObject<'a, 'py> for Seconds {
+/// A timeout argument read as CPython's clock reads one (`_PyTime_FromSecondsObject`): a
+/// float, or an int (anything with `__index__`; a Fraction is a TypeError), refused if
+/// NaN or beyond what the clock holds, before anything else is looked at. For a `_thread`
+/// lock's `acquire` and `_queue.SimpleQueue.get` (C).
+#[derive(Clone, Copy, Debug)]
+pub struct ClockSeconds(Seconds);
+
+impl ClockSeconds {
+    /// `Lock.acquire`'s default, "no timeout".
+    pub const UNSET: ClockSeconds = ClockSeconds(Seconds {
+        value: -1.0,
+        int: true,
+    });
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for ClockSeconds {
     type Error = PyErr;
 
     fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
-        let int = obj.is_instance_of::<PyInt>();
-        let value = match obj.extract::<f64>() {
-            Ok(v) => v,
-            Err(e) if int && e.is_instance_of::<PyOverflowError>(obj.py()) => {
-                if obj.lt(0)? {
-                    f64::NEG_INFINITY
-                } else {
-                    f64::INFINITY
-                }
+        let py = obj.py();
+        let seconds = if let Ok(f) = obj.cast::<PyFloat>() {
+            Seconds {
+                value: f.value(),
+                int: false,
             }
-            Err(e) => return Err(e),
+        } else {
+            // An int, or what `operator.index` makes one of (its TypeError otherwise, in
+            // CPython's words).
+            let index = if obj.is_instance_of::<PyInt>() {
+                obj.to_owned()
+            } else {
+                py.import("operator")?.getattr("index")?.call1((obj,))?
+            };
+            let value = match index.extract::<f64>() {
+                Ok(v) => v,
+                Err(_) if index.lt(0)? => f64::NEG_INFINITY,
+                Err(_) => f64::INFINITY,
+            };
+            Seconds { value, int: true }
         };
-        Ok(Seconds { value, int })
+        match seconds.unusable() {
+            Some(bad) => Err(bad.error(py)),
+            None => Ok(ClockSeconds(seconds)),
+        }
     }
 }
 
@@ -167,7 +158,7 @@ fn clock_holds(seconds: f64) -> bool {
     seconds.abs() * 1e9 < 9_223_372_036_854_775_808.0
 }
 
-/// A wait of `timeout` seconds; one no wait can use is `Wait::Refused` (see there).
+/// A wait of `timeout` seconds; one the clock cannot hold is `Wait::Refused`.
 fn until(timeout: Seconds) -> Wait {
     if let Some(bad) = timeout.unusable() {
         return Wait::Refused(bad);
@@ -184,8 +175,8 @@ fn until(timeout: Seconds) -> Wait {
 
 /// `Lock.acquire(blocking, timeout)` arguments (`timeout=-1`: forever), refused in the
 /// running Python's words and order: a timeout its clock cannot hold first.
-pub fn lock_wait(py: Python<'_>, blocking: bool, timeout: Seconds) -> PyResult<Wait> {
-    let timeout = timeout.converted(py)?;
+pub fn lock_wait(py: Python<'_>, blocking: bool, timeout: ClockSeconds) -> PyResult<Wait> {
+    let timeout = timeout.0;
     let timeout_value = timeout.value;
     if !blocking {
         if timeout_value != -1.0 {
@@ -208,41 +199,74 @@ pub fn lock_wait(py: Python<'_>, blocking: bool, timeout: Seconds) -> PyResult<W
     Ok(until(timeout))
 }
 
-/// `Semaphore.acquire(blocking, timeout)` arguments (`timeout=None`: forever).
-pub fn semaphore_wait(blocking: bool, timeout: Option<Seconds>) -> PyResult<Wait> {
-    match (blocking, timeout) {
-        (false, Some(_)) => Err(PyValueError::new_err(
-            "can't specify timeout for non-blocking acquire",
-        )),
-        (false, None) => Ok(Wait::Now),
-        (true, None) => Ok(Wait::Forever),
-        // (The stdlib makes a deadline of it only once it has to wait.)
-        (true, Some(t)) if t.not_a_float() => Ok(Wait::Refused(BadTimeout::NotAFloat)),
-        (true, Some(t)) => Ok(until(t.at_least_zero())),
+/// Whether a `Condition.wait`-style timeout may make the call wait (None, or above 0),
+/// looked at without raising: rule 4 refuses a blocking call before its timeout is read,
+/// and one that does not compare with 0 is refused where `condition_wait` reads it.
+pub fn may_wait(timeout: Option<&Bound<'_, PyAny>>) -> bool {
+    match timeout.filter(|t| !t.is_none()) {
+        None => true,
+        Some(t) => t.gt(0).unwrap_or(true),
     }
 }
 
-/// `Event.wait(timeout)`, `Condition.wait(timeout)` arguments (None: forever).
-pub fn optional_wait(timeout: Option<Seconds>) -> PyResult<Wait> {
-    match timeout {
+/// A timeout read as `threading.Condition.wait` reads it, when it is about to wait: None
+/// waits for good; one not above 0 (Python's `>`, with its TypeError) does not wait; one
+/// above 0 as a `_thread` lock's acquire reads it (`ClockSeconds`: a Fraction is a
+/// TypeError, inf an OverflowError). `Event.wait` reads it so when the event is not set,
+/// `Semaphore.acquire` when no permit is free.
+pub fn condition_wait(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Wait> {
+    match timeout.filter(|t| !t.is_none()) {
         None => Ok(Wait::Forever),
-        Some(t) => Ok(until(t.at_least_zero())),
+        Some(t) if !t.gt(0)? => Ok(Wait::Now),
+        Some(t) => Ok(until(t.extract::<ClockSeconds>()?.0)),
     }
 }
 
-/// `Queue.put/get(block, timeout)` arguments, with queue's own checks.
-pub fn queue_wait(py: Python<'_>, block: bool, timeout: Option<Seconds>) -> PyResult<Wait> {
+/// `Semaphore.acquire`'s timeout once no permit is free: threading's makes a deadline of
+/// it first (`time() + timeout`: a str, a Decimal or an int too large for a float is
+/// refused there), then waits on its condition with it (`condition_wait`).
+pub fn semaphore_wait(py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Wait> {
+    if let Some(t) = timeout.filter(|t| !t.is_none()) {
+        PyFloat::new(py, 0.0).add(t)?;
+    }
+    condition_wait(timeout)
+}
+
+/// `Queue.put/get(block, timeout)` arguments, read as the queue module reads them: not
+/// at all unless blocking, then `timeout < 0` refused, then a deadline `time() + timeout`
+/// made (Python's comparison and addition, with their errors: a str, a Decimal, an int
+/// too large for a float).
+pub fn queue_wait(
+    py: Python<'_>,
+    block: bool,
+    timeout: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Wait> {
+    let timeout = timeout.filter(|t| !t.is_none());
     match (block, timeout) {
         (false, _) => Ok(Wait::Now),
         (true, None) => Ok(Wait::Forever),
-        (true, Some(t)) if t.value < 0.0 => Err(PyValueError::new_err(
+        (true, Some(t)) => {
+            if t.lt(0)? {
+                return Err(PyValueError::new_err(
+                    "'timeout' must be a non-negative number",
+                ));
+            }
+            let value: f64 = PyFloat::new(py, 0.0).add(t)?.extract()?;
+            Ok(until(Seconds { value, int: false }))
+        }
+    }
+}
+
+/// `SimpleQueue.get(block, timeout)` arguments, read as `_queue` (C) reads them: a
+/// timeout as the clock reads it (see `ClockSeconds`), then refused if negative.
+pub fn simple_queue_wait(block: bool, timeout: Option<ClockSeconds>) -> PyResult<Wait> {
+    match (block, timeout) {
+        (false, _) => Ok(Wait::Now),
+        (true, None) => Ok(Wait::Forever),
+        (true, Some(ClockSeconds(t))) if t.value < 0.0 => Err(PyValueError::new_err(
             "'timeout' must be a non-negative number",
         )),
-        // (The queue module makes its deadline, a float, before it looks at the queue: an
-        // int too large for one is refused at once, and one its clock cannot hold in the
-        // words for a float.)
-        (true, Some(t)) if t.not_a_float() => Err(BadTimeout::NotAFloat.error(py)),
-        (true, Some(t)) => Ok(until(Seconds { int: false, ..t })),
+        (true, Some(ClockSeconds(t))) => Ok(until(t)),
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use weaveloop_engine::sync::{Cancel, Notifier};
 
-use super::block::{optional_wait, park, Seconds};
+use super::block::{condition_wait, park};
 use super::wake::{wake, PassOn, SyncWaiter, Token, W};
 
 #[pyclass(module = "weaveloop._core", subclass, weakref, frozen)]
@@ -42,9 +42,14 @@ impl NotifierCore {
 
     /// Parks a thread waiter without the GIL; True if notified, False on timeout.
     #[pyo3(signature = (w, timeout = None))]
-    fn _park(&self, py: Python<'_>, w: &SyncWaiter, timeout: Option<Seconds>) -> PyResult<bool> {
-        let wait = optional_wait(timeout)?;
-        match park(py, &w.w, wait) {
+    fn _park(
+        &self,
+        py: Python<'_>,
+        w: &SyncWaiter,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        // (A timeout refused here leaves as a park that failed: the waiter gives up.)
+        match condition_wait(timeout).and_then(|wait| park(py, &w.w, wait)) {
             Ok(true) => Ok(true),
             Ok(false) => Ok(self.n.cancel(&w.w) == Cancel::Granted),
             Err(e) => {

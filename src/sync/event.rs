@@ -5,7 +5,7 @@
 use pyo3::prelude::*;
 use weaveloop_engine::sync::{Cancel, EventCore as Core};
 
-use super::block::{forbid_on_loop, optional_wait, park, Seconds, Wait};
+use super::block::{condition_wait, forbid_on_loop, may_wait, park, Wait};
 use super::wake::{wake, PassOn, SyncWaiter, Token, W};
 
 #[pyclass(module = "weaveloop._core", subclass, weakref, frozen)]
@@ -37,15 +37,19 @@ impl EventCore {
 
     /// threading.Event.wait: the flag on return (False only on timeout).
     #[pyo3(signature = (timeout = None))]
-    fn wait(&self, py: Python<'_>, timeout: Option<Seconds>) -> PyResult<bool> {
-        let wait = optional_wait(timeout)?;
-        if let Wait::Now = wait {
+    fn wait(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+        if !may_wait(timeout) {
             return Ok(self.ev.is_set());
         }
         // Rule 4, deterministically: refused on a loop's thread even when already set.
         forbid_on_loop(py, "Event.wait()", "await event.aio.wait()")?;
         if self.ev.is_set() {
             return Ok(true);
+        }
+        // Read as threading's reads it: only now, as the event is not set.
+        let wait = condition_wait(timeout)?;
+        if let Wait::Now = wait {
+            return Ok(self.ev.is_set());
         }
         let w = W::thread();
         if self.ev.check_or_enqueue(&w) {

@@ -5,7 +5,7 @@
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
-use super::block::{lock_wait, Blocking, Seconds, Wait};
+use super::block::{lock_wait, Blocking, ClockSeconds, Wait};
 use super::semaphore::{
     acquire_parked, acquire_thread, coroutine_permit_hooks, new_sem, wake_released, Sem,
 };
@@ -41,8 +41,8 @@ impl LockCore {
 
     /// threading.Lock.acquire: True once taken; False if not blocking or timed out.
     /// `blocking` is read as `_thread`'s locks read it (see `Blocking`).
-    #[pyo3(signature = (blocking = Blocking(true), timeout = Seconds::UNSET))]
-    fn acquire(&self, py: Python<'_>, blocking: Blocking, timeout: Seconds) -> PyResult<bool> {
+    #[pyo3(signature = (blocking = Blocking(true), timeout = ClockSeconds::UNSET))]
+    fn acquire(&self, py: Python<'_>, blocking: Blocking, timeout: ClockSeconds) -> PyResult<bool> {
         let wait = lock_wait(py, blocking.0, timeout)?;
         acquire_thread(py, &self.sem, wait, CALL, ASYNC_FORM)
     }

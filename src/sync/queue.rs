@@ -27,7 +27,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyList;
 use weaveloop_engine::sync::{Cancel, TaskCounter};
 
-use super::block::{forbid_on_loop, park, queue_wait, Seconds, Truth, Wait};
+use super::block::{
+    forbid_on_loop, park, queue_wait, simple_queue_wait, ClockSeconds, Truth, Wait,
+};
 use super::semaphore::{
     abandon_task, acquire_thread, enqueue_task, new_sem, release, Sem, MAX_PERMITS,
 };
@@ -431,10 +433,6 @@ impl QueueCore {
     ) -> PyResult<()> {
         self.refuse_if_shut(py)?;
         let wait = if self.slots.is_some() && self.maxsize.load(Relaxed) > 0 {
-            let timeout = timeout
-                .filter(|t| !t.is_none())
-                .map(|t| t.extract())
-                .transpose()?;
             queue_wait(py, block.0, timeout)?
         } else {
             Wait::Now
@@ -449,14 +447,23 @@ impl QueueCore {
 
     /// queue.Queue.get: waits for an item, at most `timeout`.
     #[pyo3(signature = (block = Truth(true), timeout = None))]
-    fn get(&self, py: Python<'_>, block: Truth, timeout: Option<Seconds>) -> PyResult<Py<PyAny>> {
+    fn get(
+        &self,
+        py: Python<'_>,
+        block: Truth,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
         self.refuse_get_if_shut_and_empty(py)?;
-        let timeout = match timeout {
+        let wait = if self.slots.is_none() {
             // SimpleQueue's (C) converts a timeout it will use before anything else.
-            Some(t) if self.slots.is_none() && block.0 => Some(t.converted(py)?),
-            t => t,
+            let timeout = match timeout.filter(|t| !t.is_none()) {
+                Some(t) if block.0 => Some(t.extract::<ClockSeconds>()?),
+                _ => None,
+            };
+            simple_queue_wait(block.0, timeout)?
+        } else {
+            queue_wait(py, block.0, timeout)?
         };
-        let wait = queue_wait(py, block.0, timeout)?;
         self.get_within(py, wait)
     }
 

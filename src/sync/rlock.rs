@@ -8,7 +8,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use weaveloop_engine::sync::RecursiveOwner;
 
-use super::block::{lock_wait, Blocking, Seconds, Wait};
+use super::block::{lock_wait, Blocking, ClockSeconds, Wait};
 use super::semaphore::{
     acquire_thread, acquire_uninterruptible, coroutine_permit_hooks, new_sem, release, Sem,
 };
@@ -76,8 +76,8 @@ impl RLockCore {
     }
 
     /// `blocking` is read as `_thread`'s locks read it (see `Blocking`).
-    #[pyo3(signature = (blocking = Blocking(true), timeout = Seconds::UNSET))]
-    fn acquire(&self, py: Python<'_>, blocking: Blocking, timeout: Seconds) -> PyResult<bool> {
+    #[pyo3(signature = (blocking = Blocking(true), timeout = ClockSeconds::UNSET))]
+    fn acquire(&self, py: Python<'_>, blocking: Blocking, timeout: ClockSeconds) -> PyResult<bool> {
         let wait = lock_wait(py, blocking.0, timeout)?;
         self.acquire_within(py, wait)
     }

@@ -9,7 +9,7 @@ use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use weaveloop_engine::sync::{Cancel, Semaphore};
 
-use super::block::{forbid_on_loop, park, semaphore_wait, Seconds, Truth, Wait};
+use super::block::{forbid_on_loop, may_wait, park, semaphore_wait, Truth, Wait};
 use super::wake::{wake, PassOn, SyncWaiter, Token, W};
 
 /// Shared with the wake-up batches in flight, which pass undeliverable grants back.
@@ -164,9 +164,37 @@ impl SemaphoreCore {
 
     /// threading.Semaphore.acquire: True once a permit is taken, False on timeout.
     #[pyo3(signature = (blocking = Truth(true), timeout = None))]
-    fn acquire(&self, py: Python<'_>, blocking: Truth, timeout: Option<Seconds>) -> PyResult<bool> {
-        let wait = semaphore_wait(blocking.0, timeout)?;
-        acquire_thread(py, &self.sem, wait, "Semaphore.acquire()", ASYNC_FORM)
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        blocking: Truth,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let timeout = timeout.filter(|t| !t.is_none());
+        if !blocking.0 {
+            if timeout.is_some() {
+                return Err(PyValueError::new_err(
+                    "can't specify timeout for non-blocking acquire",
+                ));
+            }
+            return Ok(self.sem.try_acquire());
+        }
+        if !may_wait(timeout) {
+            // A timeout of 0 or less: one try, a non-blocking form (allowed on a loop's
+            // thread); threading's still makes its deadline when no permit is free.
+            if self.sem.try_acquire() {
+                return Ok(true);
+            }
+            semaphore_wait(py, timeout)?;
+            return Ok(self.sem.try_acquire());
+        }
+        // Rule 4, deterministically: refused on a loop's thread even when a permit is free.
+        forbid_on_loop(py, "Semaphore.acquire()", ASYNC_FORM)?;
+        if self.sem.try_acquire() {
+            return Ok(true);
+        }
+        // Read as threading's reads it: only now, as no permit is free.
+        acquire_parked(py, &self.sem, semaphore_wait(py, timeout)?)
     }
 
     /// threading.Semaphore.release: adds `n` permits, waking as many waiters (FIFO).
