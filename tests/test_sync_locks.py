@@ -931,6 +931,38 @@ def test_a_timeout_of_another_type_reads_as_in_threading_and_queue(timeout):
         assert outcome(mine[name]) == outcome(theirs[name]), name
 
 
+class _IntWithoutFloat(int):
+    """An int whose ``__float__`` fails: CPython's clock reads its int value."""
+
+    def __float__(self) -> float:
+        raise RuntimeError("not read as a float")
+
+
+@pytest.mark.parametrize("timeout", [-0.9999999995, -1e-10, -1e-9, _IntWithoutFloat(1)], ids=repr)
+def test_a_lock_and_simple_queue_read_timeouts_in_whole_nanoseconds(timeout):
+    # CPython's clock rounds a lock's timeout away from zero (-0.9999999995 s is -1 s: no
+    # timeout) and SimpleQueue's up (-1e-10 s is 0: no wait), and reads an int as its
+    # value. Only calls that need not wait.
+    import queue
+
+    def outcomes(lock_cls, simple_cls):
+        held = lock_cls()
+        held.acquire()
+        with_item = simple_cls()
+        with_item.put(1)
+        out = [
+            call_outcome(lambda: lock_cls().acquire(timeout=timeout)),
+            call_outcome(lambda: held.acquire(False, timeout)),
+            call_outcome(lambda: with_item.get(timeout=timeout)),
+        ]
+        if timeout < 0:
+            out.append(call_outcome(lambda: simple_cls().get(timeout=timeout)))
+        return [({"QueueEmpty": "Empty"}.get(kind, kind), what) for kind, what in out]
+
+    mine = outcomes(ws.Lock, ws.SimpleQueue)
+    assert mine == outcomes(threading.Lock, queue.SimpleQueue)
+
+
 @pytest.mark.parametrize("timeout", [9223372036.5, 9223372036, 9223372037.0, 9223372037])
 def test_the_largest_timeout_a_lock_takes_is_the_clocks(timeout):
     # Under 2**63 ns, as CPython's clock holds it (not _thread.TIMEOUT_MAX, 9223372036.0),

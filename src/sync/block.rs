@@ -67,6 +67,12 @@ pub struct Seconds {
 }
 
 impl Seconds {
+    /// The timeout in whole nanoseconds, rounded by `round` as CPython's clock rounds a
+    /// float (`_PyTime_FromSecondsObject`; an int's are whole already).
+    fn nanoseconds(self, round: impl Fn(f64) -> f64) -> f64 {
+        round(self.value * 1e9)
+    }
+
     /// What CPython's clock cannot hold: NaN, or beyond `clock_holds` either way.
     fn unusable(self) -> Option<BadTimeout> {
         if self.value.is_nan() {
@@ -103,8 +109,8 @@ impl<'a, 'py> FromPyObject<'a, 'py> for ClockSeconds {
             }
         } else {
             // An int, or what `operator.index` makes one of (its TypeError otherwise, in
-            // CPython's words).
-            let index = if obj.is_instance_of::<PyInt>() {
+            // CPython's words); an int subclass's own value, not its `__float__`.
+            let index = if obj.is_exact_instance_of::<PyInt>() {
                 obj.to_owned()
             } else {
                 py.import("operator")?.getattr("index")?.call1((obj,))?
@@ -177,19 +183,22 @@ fn until(timeout: Seconds) -> Wait {
 /// running Python's words and order: a timeout its clock cannot hold first.
 pub fn lock_wait(py: Python<'_>, blocking: bool, timeout: ClockSeconds) -> PyResult<Wait> {
     let timeout = timeout.0;
-    let timeout_value = timeout.value;
+    // (In whole nanoseconds, rounded away from zero as the clock rounds a lock's timeout:
+    // -0.9999999995 is -1, no timeout.)
+    let ns = timeout.nanoseconds(|d| if d >= 0.0 { d.ceil() } else { d.floor() });
+    const UNSET_NS: f64 = -1e9;
     if !blocking {
-        if timeout_value != -1.0 {
+        if ns != UNSET_NS {
             return Err(PyValueError::new_err(
                 "can't specify a timeout for a non-blocking call",
             ));
         }
         return Ok(Wait::Now);
     }
-    if timeout_value == -1.0 {
+    if ns == UNSET_NS {
         return Ok(Wait::Forever);
     }
-    if timeout_value < 0.0 {
+    if ns < 0.0 {
         return Err(PyValueError::new_err(if py.version_info() >= (3, 13) {
             "timeout value must be a non-negative number"
         } else {
@@ -263,9 +272,10 @@ pub fn simple_queue_wait(block: bool, timeout: Option<ClockSeconds>) -> PyResult
     match (block, timeout) {
         (false, _) => Ok(Wait::Now),
         (true, None) => Ok(Wait::Forever),
-        (true, Some(ClockSeconds(t))) if t.value < 0.0 => Err(PyValueError::new_err(
-            "'timeout' must be a non-negative number",
-        )),
+        // (In whole nanoseconds, rounded up as `_queue` rounds it: -1e-10 is 0.)
+        (true, Some(ClockSeconds(t))) if t.nanoseconds(f64::ceil) < 0.0 => Err(
+            PyValueError::new_err("'timeout' must be a non-negative number"),
+        ),
         (true, Some(ClockSeconds(t))) => Ok(until(t)),
     }
 }
