@@ -212,7 +212,7 @@ pub fn lock_wait(py: Python<'_>, blocking: bool, timeout: ClockSeconds) -> PyRes
 /// looked at without raising: rule 4 refuses a blocking call before its timeout is read,
 /// and one that does not compare with 0 is refused where `condition_wait` reads it.
 pub fn may_wait(timeout: Option<&Bound<'_, PyAny>>) -> bool {
-    match timeout.filter(|t| !t.is_none()) {
+    match timeout {
         None => true,
         Some(t) => t.gt(0).unwrap_or(true),
     }
@@ -224,33 +224,33 @@ pub fn may_wait(timeout: Option<&Bound<'_, PyAny>>) -> bool {
 /// TypeError, inf an OverflowError). `Event.wait` reads it so when the event is not set,
 /// `Semaphore.acquire` when no permit is free.
 pub fn condition_wait(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Wait> {
-    match timeout.filter(|t| !t.is_none()) {
+    match timeout {
         None => Ok(Wait::Forever),
         Some(t) if !t.gt(0)? => Ok(Wait::Now),
         Some(t) => Ok(until(t.extract::<ClockSeconds>()?.0)),
     }
 }
 
+/// The stdlib's deadline `time() + timeout`, less the time: Python's addition to a
+/// float, with its errors (a str, a Decimal, an int too large for a float), as
+/// `threading.Semaphore` and `queue.Queue` make theirs.
+pub fn deadline_seconds<'py>(timeout: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    PyFloat::new(timeout.py(), 0.0).add(timeout)
+}
+
 /// `Semaphore.acquire`'s timeout once no permit is free: threading's makes a deadline of
-/// it first (`time() + timeout`: a str, a Decimal or an int too large for a float is
-/// refused there), then waits on its condition with it (`condition_wait`).
-pub fn semaphore_wait(py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Wait> {
-    if let Some(t) = timeout.filter(|t| !t.is_none()) {
-        PyFloat::new(py, 0.0).add(t)?;
+/// it first (`deadline_seconds`), then waits on its condition with it (`condition_wait`).
+pub fn semaphore_wait(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Wait> {
+    if let Some(t) = timeout {
+        deadline_seconds(t)?;
     }
     condition_wait(timeout)
 }
 
 /// `Queue.put/get(block, timeout)` arguments, read as the queue module reads them: not
-/// at all unless blocking, then `timeout < 0` refused, then a deadline `time() + timeout`
-/// made (Python's comparison and addition, with their errors: a str, a Decimal, an int
-/// too large for a float).
-pub fn queue_wait(
-    py: Python<'_>,
-    block: bool,
-    timeout: Option<&Bound<'_, PyAny>>,
-) -> PyResult<Wait> {
-    let timeout = timeout.filter(|t| !t.is_none());
+/// at all unless blocking, then `timeout < 0` refused (Python's comparison, with its
+/// error), then a deadline made (`deadline_seconds`).
+pub fn queue_wait(block: bool, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Wait> {
     match (block, timeout) {
         (false, _) => Ok(Wait::Now),
         (true, None) => Ok(Wait::Forever),
@@ -260,7 +260,7 @@ pub fn queue_wait(
                     "'timeout' must be a non-negative number",
                 ));
             }
-            let value: f64 = PyFloat::new(py, 0.0).add(t)?.extract()?;
+            let value: f64 = deadline_seconds(t)?.extract()?;
             Ok(until(Seconds { value, int: false }))
         }
     }

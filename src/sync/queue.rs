@@ -433,7 +433,7 @@ impl QueueCore {
     ) -> PyResult<()> {
         self.refuse_if_shut(py)?;
         let wait = if self.slots.is_some() && self.maxsize.load(Relaxed) > 0 {
-            queue_wait(py, block.0, timeout)?
+            queue_wait(block.0, timeout)?
         } else {
             Wait::Now
         };
@@ -456,13 +456,13 @@ impl QueueCore {
         self.refuse_get_if_shut_and_empty(py)?;
         let wait = if self.slots.is_none() {
             // SimpleQueue's (C) converts a timeout it will use before anything else.
-            let timeout = match timeout.filter(|t| !t.is_none()) {
+            let timeout = match timeout {
                 Some(t) if block.0 => Some(t.extract::<ClockSeconds>()?),
                 _ => None,
             };
             simple_queue_wait(block.0, timeout)?
         } else {
-            queue_wait(py, block.0, timeout)?
+            queue_wait(block.0, timeout)?
         };
         self.get_within(py, wait)
     }

@@ -9,7 +9,7 @@ use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use weaveloop_engine::sync::{Cancel, Semaphore};
 
-use super::block::{forbid_on_loop, may_wait, park, semaphore_wait, Truth, Wait};
+use super::block::{deadline_seconds, forbid_on_loop, may_wait, park, semaphore_wait, Truth, Wait};
 use super::wake::{wake, PassOn, SyncWaiter, Token, W};
 
 /// Shared with the wake-up batches in flight, which pass undeliverable grants back.
@@ -170,7 +170,6 @@ impl SemaphoreCore {
         blocking: Truth,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
-        let timeout = timeout.filter(|t| !t.is_none());
         if !blocking.0 {
             if timeout.is_some() {
                 return Err(PyValueError::new_err(
@@ -185,7 +184,9 @@ impl SemaphoreCore {
             if self.sem.try_acquire() {
                 return Ok(true);
             }
-            semaphore_wait(py, timeout)?;
+            if let Some(t) = timeout {
+                deadline_seconds(t)?;
+            }
             return Ok(self.sem.try_acquire());
         }
         // Rule 4, deterministically: refused on a loop's thread even when a permit is free.
@@ -194,7 +195,7 @@ impl SemaphoreCore {
             return Ok(true);
         }
         // Read as threading's reads it: only now, as no permit is free.
-        acquire_parked(py, &self.sem, semaphore_wait(py, timeout)?)
+        acquire_parked(py, &self.sem, semaphore_wait(timeout)?)
     }
 
     /// threading.Semaphore.release: adds `n` permits, waking as many waiters (FIFO).

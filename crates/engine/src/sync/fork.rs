@@ -85,13 +85,14 @@ extern "C" fn child_handler() {
 pub fn install() {
     static INSTALLED: Once = Once::new();
     INSTALLED.call_once(|| {
+        // The handler touches only atomics and a const-initialised thread-local `Cell`
+        // without a destructor. The first use of a thread-local in a `dlopen`ed library
+        // may allocate in glibc; a forked child may do that, as glibc resets its
+        // allocator's and loader's locks in the child before child handlers run (a fork
+        // from a C signal handler would not be safe here, nor is it for CPython's own
+        // at-fork hooks).
         // SAFETY: registers a plain `extern "C"` function with no captured state, as a
-        // child handler only. It touches only atomics and a const-initialised
-        // thread-local `Cell` without a destructor. The first use of a thread-local in a
-        // `dlopen`ed library may allocate in glibc; a forked child may do that, as glibc
-        // resets its allocator's and loader's locks in the child before child handlers
-        // run (a fork from a C signal handler would not be safe here, nor is it for
-        // CPython's own at-fork hooks).
+        // child handler only (see above).
         let rc = unsafe { libc::pthread_atfork(None, None, Some(child_handler)) };
         assert_eq!(rc, 0, "pthread_atfork failed: {rc}");
     });
